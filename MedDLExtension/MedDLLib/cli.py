@@ -1,0 +1,69 @@
+"""The ``meddl`` command: one command line for the shared library and the four tasks.
+
+Each subcommand lives in the module that owns the concept and exposes ``add_parser(subparsers)``; this file
+only assembles them and turns expected errors (:class:`~MedDLLib.errors.MedDLError`) into one clear line on
+stderr and a non-zero exit status. Heavy imports (torch, slicer) happen inside the subcommands.
+
+Inside Slicer the same entry point runs as
+``Slicer --no-main-window --python-script <MedDLExtension>/meddl_batch.py -- <subcommand> ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from .errors import MedDLError
+
+#: Modules (relative to MedDLLib) that provide ``add_parser(subparsers)``, in the order of ``meddl --help``.
+COMMAND_MODULES: tuple[str, ...] = (
+    "commands_dicom",  # inspect, convert
+    "commands_tasks",  # phantom, train, evaluate, infer, batch, bench, demo
+    "models",  # models list|import|verify|remove
+)
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``meddl`` argument parser (every subcommand registered)."""
+    parser = argparse.ArgumentParser(
+        prog="meddl",
+        description="MedDL: deep learning for brain and chest imaging (research use only).",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="show tracebacks for every error")
+    subparsers = parser.add_subparsers(dest="command", metavar="<subcommand>")
+    subparsers.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as exc:  # a command module not written yet must not break the others
+            if exc.name == f"{__package__}.{name}":
+                continue
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``meddl``; returns the exit status (0 success, 1 expected error, 2 usage error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except MedDLError as exc:
+        if args.verbose:
+            raise
+        print(f"meddl {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"meddl {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

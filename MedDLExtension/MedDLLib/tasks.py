@@ -1,0 +1,93 @@
+"""Registry of the task modules (glioma, lgg, lung, ich) as the shared ``meddl`` command sees them.
+
+The shared library never imports a task library. Task libraries declare themselves in ``pyproject.toml``::
+
+    [project.entry-points."meddl.tasks"]
+    ich = "ICHDetectorLib.cli:TASK"
+
+and, inside Slicer (where no distribution metadata exists), the module calls :func:`register_task` when it
+loads. A task is an object derived from :class:`Task`; the shared CLI parses the common arguments and calls
+the task's methods. A method a task does not implement raises :class:`NotImplementedError`, which the CLI
+reports as "<task> does not support <subcommand> yet".
+"""
+
+from __future__ import annotations
+
+import argparse
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+ENTRY_POINT_GROUP = "meddl.tasks"
+TASK_NAMES = ("glioma", "lgg", "lung", "ich")
+
+_registered: dict[str, "Task"] = {}
+
+
+class Task:
+    """What a task module provides to the shared command line, batch runner and demo.
+
+    Subclasses set :attr:`name` (one of :data:`TASK_NAMES`) and :attr:`title`, and override the methods
+    they support. Paths are :class:`pathlib.Path`.
+    """
+
+    name: str = ""
+    title: str = ""
+
+    def add_arguments(self, subcommand: str, parser: argparse.ArgumentParser) -> None:
+        """Add task-specific options to ``meddl <subcommand> <task>`` (optional)."""
+
+    def phantom(self, out: Path, cases: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+        """Write a synthetic dataset in the real dataset's on-disk layout; return a summary."""
+        raise NotImplementedError
+
+    def train(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Train a model package (``args.data``, ``args.out``, ``args.recipe``, ...); return a summary."""
+        raise NotImplementedError
+
+    def evaluate(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Evaluate ``args.model`` on ``args.data``; return flat metrics (written to ``args.out``)."""
+        raise NotImplementedError
+
+    def infer(self, input_path: Path, model: str | None, output: Path, args: argparse.Namespace) -> dict[str, Any]:
+        """Run one study (DICOM folder or NRRD/NIfTI) and write Slicer-loadable outputs into ``output``."""
+        raise NotImplementedError
+
+    def find_studies(self, root: Path) -> list[Path]:
+        """The studies below ``root`` that ``meddl batch`` runs one by one (default: each sub-folder)."""
+        return sorted(p for p in root.iterdir() if not p.name.startswith("."))
+
+    def bench(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Measure speed and memory; return the results (written as JSON and a table)."""
+        raise NotImplementedError
+
+    def demo(self, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+        """Phantoms -> small training -> evaluation -> one inference with a PNG, inside ``out``."""
+        raise NotImplementedError
+
+
+def register_task(task: Task) -> None:
+    """Make ``task`` available to the command line (used by Slicer modules at load and by tests)."""
+    if not task.name:
+        raise ValueError("a Task needs a name")
+    _registered[task.name] = task
+
+
+def available_tasks() -> dict[str, Task]:
+    """All tasks: those registered at run time plus those declared as ``meddl.tasks`` entry points."""
+    tasks = dict(_registered)
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in tasks:
+            tasks[ep.name] = ep.load()
+    return dict(sorted(tasks.items()))
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name`` or an :class:`InputError` listing the available ones."""
+    tasks = available_tasks()
+    if name not in tasks:
+        known = ", ".join(tasks) or "none installed yet"
+        raise InputError(f"unknown task {name!r}; available tasks: {known}")
+    return tasks[name]
