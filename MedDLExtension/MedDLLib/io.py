@@ -1,0 +1,114 @@
+"""Loading inputs into a scene and saving nodes with Slicer's own storage nodes.
+
+* :func:`load_volume`: a DICOM folder (through :mod:`MedDLLib.dicom`, the one DICOM reader path) or an
+  NRRD/NIfTI/MHA file (through Slicer's ``vtkMRMLVolumeArchetypeStorageNode``) -> a new volume node.
+* :func:`save_node`: a volume, labelmap, segmentation (``.seg.nrrd``) or table node -> a file written by the
+  node's default storage node, atomically (a temporary name in the same folder, then renamed), so a
+  crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+#: Extensions read as single volume files by Slicer's archetype storage node.
+VOLUME_FILE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+
+
+def is_volume_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` names a volume file type that :func:`load_volume` reads without DICOM."""
+    return str(path).lower().endswith(VOLUME_FILE_SUFFIXES)
+
+
+def load_volume(
+    scene: Any, path: str | os.PathLike, *, series_uid: str | None = None, name: str | None = None,
+    labelmap: bool = False, **dicom_options: Any,
+) -> Any:
+    """Load a DICOM folder or a volume file into ``scene`` as a new scalar (or labelmap) volume node.
+
+    Args:
+        scene: the MRML scene to add the node to.
+        path: a folder with one DICOM series (or several plus ``series_uid``), or an NRRD/NIfTI/MHA file.
+        series_uid: which series to load when the folder holds several.
+        name: node name (default: series description or file stem).
+        labelmap: load a file as a ``vtkMRMLLabelMapVolumeNode``.
+        dicom_options: passed to :func:`MedDLLib.dicom.read_dicom_folder` (e.g. ``irregular="refuse"``).
+
+    Raises:
+        InputError / DicomError: missing path, unknown file type, or DICOM problems (naming file and tag).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_dir():
+        from . import dicom, nodes
+
+        volume = dicom.read_dicom_folder(path, series_uid=series_uid, **dicom_options)
+        node_name = name or volume.metadata.get("series_description") or path.name
+        return nodes.add_scalar_volume(scene, volume, node_name)
+    if not is_volume_file(path):
+        raise InputError(f"{path}: not a DICOM folder nor a volume file ({', '.join(VOLUME_FILE_SUFFIXES)})")
+    class_name = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
+    node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name or _stem(path)))
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    storage.SetSingleFile(1)
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        scene.RemoveNode(storage)
+        raise InputError(f"{path}: Slicer could not read this volume file (corrupt or unsupported)")
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in sorted((".seg.nrrd", *VOLUME_FILE_SUFFIXES), key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def save_node(node: Any, path: str | os.PathLike) -> Path:
+    """Write ``node`` to ``path`` with its default Slicer storage node (format from the extension).
+
+    Segmentation nodes need a ``.seg.nrrd`` name; volumes ``.nrrd``/``.nii.gz``/...; tables ``.csv``/``.tsv``.
+    The file appears under its final name only once complete (atomic rename in the same folder). The node's
+    own storage node (if any) is left untouched.
+
+    Returns:
+        the written path.
+    """
+    path = Path(path)
+    if node.IsA("vtkMRMLSegmentationNode") and not path.name.lower().endswith(".seg.nrrd"):
+        raise InputError(f"{path}: a segmentation is saved as .seg.nrrd")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage = node.CreateDefaultStorageNode()
+    if storage is None:
+        raise InputError(f"node {node.GetName()!r} ({node.GetClassName()}) cannot be saved to a file")
+    suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith((".seg.nrrd", ".nii.gz")) else path.suffix
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{suffix}")
+    written: list[Path] = [tmp]
+    try:
+        storage.SetFileName(str(tmp))
+        if node.IsA("vtkMRMLVolumeNode") and hasattr(storage, "SetUseCompression"):
+            storage.SetUseCompression(1)
+        if not storage.WriteData(node):
+            raise InputError(f"{path}: Slicer could not write node {node.GetName()!r}")
+        if node.IsA("vtkMRMLTableNode"):  # tables also write <name>.schema.<ext> beside the data
+            schema = tmp.with_name(tmp.name[: -len(suffix)] + ".schema" + suffix)
+            written.append(schema)
+            if schema.exists():
+                os.replace(schema, path.with_name(path.name[: -len(suffix)] + ".schema" + suffix))
+        os.replace(tmp, path)
+    finally:
+        for leftover in written:
+            if leftover.exists():
+                leftover.unlink()
+    return path

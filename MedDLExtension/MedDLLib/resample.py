@@ -1,0 +1,109 @@
+"""Resampling of :class:`~MedDLLib.geometry.Volume` with SimpleITK, keeping the physical geometry consistent.
+
+One resampler for the whole project: images use linear interpolation, label maps nearest neighbour. The output
+grid covers the same physical extent as the input (same origin corner and directions), so a voxel keeps its
+physical position; :func:`resample_to_reference` maps any volume (e.g. a network output) back onto another
+volume's grid.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .geometry import Geometry, Volume
+
+
+def to_sitk(volume: Volume) -> sitk.Image:
+    """A SimpleITK image with the volume's voxels and geometry (LPS, as SimpleITK uses)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array))
+    image.SetSpacing(volume.geometry.spacing_mm)
+    image.SetOrigin(volume.geometry.origin_lps_mm)
+    image.SetDirection(volume.geometry.direction.flatten().tolist())
+    return image
+
+
+def from_sitk(image: sitk.Image, metadata: dict | None = None) -> Volume:
+    """The :class:`Volume` of a SimpleITK image (array ``[k, j, i]``, geometry in LPS)."""
+    geometry = Geometry(image.GetSpacing(), image.GetOrigin(), np.array(image.GetDirection()).reshape(3, 3))
+    return Volume(sitk.GetArrayFromImage(image), geometry, dict(metadata or {}))
+
+
+def _interpolator(is_label: bool) -> int:
+    return sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
+
+
+def resample(
+    volume: Volume,
+    spacing_mm: Sequence[float] | None = None,
+    size: Sequence[int] | None = None,
+    *,
+    is_label: bool = False,
+    default_value: float = 0.0,
+) -> Volume:
+    """Resample to a new voxel spacing and/or size over the same physical extent.
+
+    Args:
+        volume: input volume.
+        spacing_mm: target spacing (i, j, k) in mm; ``None`` keeps it, or it is derived from ``size``.
+        size: target size (i, j, k) in voxels; ``None`` keeps the physical extent at the new spacing.
+            Given both, the grid is centred on the input's extent.
+        is_label: nearest-neighbour interpolation (labels) instead of linear (images).
+        default_value: value for output voxels outside the input (e.g. -1000 HU for CT air).
+    Returns:
+        a new Volume; the input's dtype is kept for labels, float32 for images.
+    """
+    in_spacing = np.array(volume.geometry.spacing_mm)
+    in_size = np.array(volume.array.shape[::-1], dtype=float)
+    extent = in_spacing * in_size  # mm covered by the input along i, j, k (voxel edges)
+    if spacing_mm is None and size is None:
+        raise InputError("resample needs a target spacing_mm and/or size")
+    if spacing_mm is not None and (len(spacing_mm) != 3 or min(spacing_mm) <= 0):
+        raise InputError(f"spacing_mm must be 3 positive numbers (i, j, k), got {spacing_mm}")
+    if size is not None and (len(size) != 3 or min(size) < 1):
+        raise InputError(f"size must be 3 positive integers (i, j, k), got {size}")
+    if spacing_mm is None:
+        out_size = np.array(size, dtype=int)
+        out_spacing = extent / out_size
+    else:
+        out_spacing = np.array(spacing_mm, dtype=float)
+        out_size = np.array(size, dtype=int) if size is not None else np.maximum(1, np.round(extent / out_spacing)).astype(int)
+    # Keep the centre of the covered extent fixed: origin is the centre of the first output voxel.
+    direction = volume.geometry.direction
+    centre_ijk_mm = (in_size - 1) * in_spacing / 2.0
+    first_in = np.array(volume.geometry.origin_lps_mm)
+    centre = first_in + direction @ centre_ijk_mm
+    out_origin = centre - direction @ ((out_size - 1) * out_spacing / 2.0)
+    out_geometry = Geometry(tuple(out_spacing), tuple(out_origin), volume.geometry.direction_lps)
+    return resample_to_geometry(volume, out_geometry, tuple(int(s) for s in out_size),
+                                is_label=is_label, default_value=default_value)
+
+
+def resample_to_geometry(
+    volume: Volume, geometry: Geometry, size_ijk: Sequence[int], *, is_label: bool = False,
+    default_value: float = 0.0,
+) -> Volume:
+    """Resample ``volume`` onto the grid ``geometry`` x ``size_ijk`` (voxels (i, j, k))."""
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetOutputSpacing(geometry.spacing_mm)
+    resampler.SetOutputOrigin(geometry.origin_lps_mm)
+    resampler.SetOutputDirection(geometry.direction.flatten().tolist())
+    resampler.SetSize([int(s) for s in size_ijk])
+    resampler.SetInterpolator(_interpolator(is_label))
+    resampler.SetDefaultPixelValue(float(default_value))
+    image = to_sitk(volume)
+    if not is_label and image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    result = from_sitk(resampler.Execute(image), volume.metadata)
+    return result
+
+
+def resample_to_reference(
+    volume: Volume, reference: Volume, *, is_label: bool = False, default_value: float = 0.0
+) -> Volume:
+    """Resample ``volume`` onto ``reference``'s voxel grid (e.g. a heatmap back into the input geometry)."""
+    return resample_to_geometry(volume, reference.geometry, reference.array.shape[::-1],
+                                is_label=is_label, default_value=default_value)
