@@ -14,6 +14,8 @@ reports as "<task> does not support <subcommand> yet".
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,9 @@ from typing import Any
 from .errors import InputError
 
 ENTRY_POINT_GROUP = "meddl.tasks"
+#: Environment variable naming extra tasks as ``module:attribute`` (comma separated), e.g. for a child process
+#: in a test: ``MEDDL_EXTRA_TASKS=dummy_task:TASK``. The attribute is a :class:`Task` instance or subclass.
+EXTRA_TASKS_ENV = "MEDDL_EXTRA_TASKS"
 TASK_NAMES = ("glioma", "lgg", "lung", "ich")
 
 _registered: dict[str, "Task"] = {}
@@ -75,9 +80,28 @@ def register_task(task: Task) -> None:
     _registered[task.name] = task
 
 
+def _extra_tasks() -> dict[str, Task]:
+    """The tasks named in :data:`EXTRA_TASKS_ENV` (``module:attribute``, comma separated)."""
+    tasks: dict[str, Task] = {}
+    for spec in filter(None, (s.strip() for s in os.environ.get(EXTRA_TASKS_ENV, "").split(","))):
+        module_name, _, attribute = spec.partition(":")
+        try:
+            task = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise InputError(f"{EXTRA_TASKS_ENV}: cannot load {spec!r} (expected module:attribute): {exc}") from exc
+        if isinstance(task, type) and issubclass(task, Task):
+            task = task()
+        if not isinstance(task, Task) or not task.name:
+            raise InputError(f"{EXTRA_TASKS_ENV}: {spec!r} is not a named meddl Task")
+        tasks[task.name] = task
+    return tasks
+
+
 def available_tasks() -> dict[str, Task]:
-    """All tasks: those registered at run time plus those declared as ``meddl.tasks`` entry points."""
+    """All tasks: registered at run time, named in ``$MEDDL_EXTRA_TASKS``, declared as ``meddl.tasks`` entry points."""
     tasks = dict(_registered)
+    for name, task in _extra_tasks().items():
+        tasks.setdefault(name, task)
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in tasks:
             tasks[ep.name] = ep.load()
