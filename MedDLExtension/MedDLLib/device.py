@@ -1,0 +1,114 @@
+"""Choosing the torch device (CPU or CUDA) the same way everywhere: GUI, ``meddl`` command, batch, tests.
+
+Rules of :func:`select_device`:
+
+* nothing requested (``None`` or ``"auto"``): the first CUDA GPU when torch sees one, else the CPU;
+* ``"cpu"``: the CPU;
+* ``"cuda"`` or ``"cuda:N"``: that GPU, or an :class:`~MedDLLib.errors.InputError` saying why it cannot be used
+  (torch built without CUDA, no GPU visible, index out of range) -- never a silent fall-back to the CPU;
+* ``force_cpu=True`` (the GUI's "Force CPU" box, ``--device cpu``): the CPU whatever was requested.
+
+The chosen device and the reason are reported once per process (per distinct choice): through :mod:`logging`
+(logger ``MedDLLib.device``, level INFO) when the host configured logging to show it (Slicer), otherwise on
+stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import TYPE_CHECKING
+
+from .errors import InputError
+
+if TYPE_CHECKING:  # torch is imported lazily: the ``meddl`` parser must not pay for it
+    import torch
+
+logger = logging.getLogger(__name__)
+
+#: Messages already reported in this process (one line per distinct choice).
+_ANNOUNCED: set[str] = set()
+
+_CUDA_RE = re.compile(r"^cuda(?::(\d+))?$")
+
+
+def select_device(requested: str | None = None, force_cpu: bool = False) -> "torch.device":
+    """The device to run on, following the rules in the module docstring.
+
+    Args:
+        requested: ``None``/``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (case-insensitive).
+        force_cpu: use the CPU even when a GPU is present or ``requested`` names one.
+
+    Returns:
+        A :class:`torch.device`; the choice and its reason are reported once per process.
+
+    Raises:
+        InputError: an unknown device string, or a CUDA device that this machine cannot provide.
+    """
+    import torch
+
+    text = "auto" if requested is None else str(requested).strip().lower()
+    match = _CUDA_RE.match(text)
+    if text not in ("auto", "cpu") and match is None:
+        raise InputError(f"unknown device {requested!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    if force_cpu:
+        device = torch.device("cpu")
+        reason = "CPU forced" + (f" (overrides the requested {text!r})" if text not in ("auto", "cpu") else "")
+    elif text == "cpu":
+        device, reason = torch.device("cpu"), "CPU requested"
+    elif text == "auto":
+        if torch.cuda.is_available():
+            device, reason = torch.device("cuda", 0), "CUDA GPU found"
+        else:
+            device, reason = torch.device("cpu"), f"no CUDA GPU found ({_why_no_cuda()})"
+    else:
+        if not torch.cuda.is_available():
+            raise InputError(f"device {requested!r} requested but no CUDA GPU can be used: {_why_no_cuda()}; "
+                             "use --device cpu (or 'auto')")
+        index = int(match.group(1) or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise InputError(f"device {requested!r} requested but this machine has {count} CUDA GPU(s) "
+                             f"(cuda:0 .. cuda:{count - 1})")
+        device, reason = torch.device("cuda", index), "CUDA requested"
+
+    _announce(f"MedDL device: {describe_device(device)} [{reason}]")
+    return device
+
+
+def describe_device(device: "torch.device | str") -> str:
+    """One line naming ``device``: ``"cpu (2 threads)"`` or ``"cuda:0 (NVIDIA H100, 79.1 GiB)"``."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    if device.type == "cuda":
+        index = device.index if device.index is not None else 0
+        try:
+            props = torch.cuda.get_device_properties(index)
+            return f"cuda:{index} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
+        except (RuntimeError, AssertionError, AttributeError):  # no driver / torch without CUDA
+            return f"cuda:{index}"
+    return str(device)
+
+
+def _why_no_cuda() -> str:
+    import torch
+
+    if torch.version.cuda is None:
+        return f"this torch {torch.__version__} is a CPU-only build"
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU or driver"
+
+
+def _announce(message: str) -> None:
+    """Report ``message`` once per process: to logging when configured, else to stderr."""
+    if message in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(message)
+    if logger.hasHandlers() and logger.isEnabledFor(logging.INFO):
+        logger.info(message)
+    else:
+        print(message, file=sys.stderr)

@@ -1,0 +1,92 @@
+"""Device selection: CPU by default without a GPU, CUDA when present, force-CPU, clear errors, reported once."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from MedDLLib import device as device_mod
+from MedDLLib.device import describe_device, select_device
+from MedDLLib.errors import InputError
+
+
+@pytest.fixture(autouse=True)
+def _fresh_announcements(monkeypatch):
+    monkeypatch.setattr(device_mod, "_ANNOUNCED", set())
+
+
+def _fake_gpus(monkeypatch, count: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_cpu_when_no_gpu(monkeypatch, capsys):
+    _fake_gpus(monkeypatch, 0)
+    assert select_device() == torch.device("cpu")
+    assert select_device("auto") == torch.device("cpu")
+    err = capsys.readouterr().err
+    assert "cpu" in err and "no CUDA GPU found" in err
+
+
+def test_cuda_when_present(monkeypatch):
+    _fake_gpus(monkeypatch, 2)
+    assert select_device() == torch.device("cuda", 0)
+    assert select_device("cuda") == torch.device("cuda", 0)
+    assert select_device("CUDA:1") == torch.device("cuda", 1)
+
+
+def test_force_cpu_overrides_gpu_and_request(monkeypatch, capsys):
+    _fake_gpus(monkeypatch, 1)
+    assert select_device(force_cpu=True) == torch.device("cpu")
+    assert select_device("cuda", force_cpu=True) == torch.device("cpu")
+    assert select_device("cpu") == torch.device("cpu")
+    err = capsys.readouterr().err
+    assert "CPU forced" in err and "overrides the requested 'cuda'" in err
+
+
+def test_cuda_requested_without_gpu_is_a_clear_error(monkeypatch):
+    _fake_gpus(monkeypatch, 0)
+    with pytest.raises(InputError, match=r"'cuda' requested but no CUDA GPU can be used.*--device cpu"):
+        select_device("cuda")
+
+
+def test_cuda_index_out_of_range(monkeypatch):
+    _fake_gpus(monkeypatch, 1)
+    with pytest.raises(InputError, match=r"has 1 CUDA GPU"):
+        select_device("cuda:3")
+
+
+@pytest.mark.parametrize("bad", ["gpu", "mps", "cuda:x", "cpu:0", ""])
+def test_unknown_device_string(bad):
+    with pytest.raises(InputError, match="unknown device"):
+        select_device(bad)
+
+
+def test_choice_reported_once_per_process(monkeypatch, capsys):
+    _fake_gpus(monkeypatch, 0)
+    for _ in range(3):
+        select_device()
+    err = capsys.readouterr().err
+    assert err.count("MedDL device:") == 1
+    select_device(force_cpu=True)  # a different choice (reason) is reported, once
+    select_device(force_cpu=True)
+    assert capsys.readouterr().err.count("MedDL device:") == 1
+
+
+def test_reported_through_logging_when_configured(monkeypatch, caplog, capsys):
+    _fake_gpus(monkeypatch, 0)
+    with caplog.at_level(logging.INFO, logger="MedDLLib.device"):
+        select_device()
+    assert any("MedDL device: cpu" in r.getMessage() for r in caplog.records)
+    assert "MedDL device" not in capsys.readouterr().err
+
+
+def test_describe_device():
+    assert describe_device("cpu") == f"cpu ({torch.get_num_threads()} threads)"
+    assert describe_device(torch.device("cpu")).startswith("cpu (")
+    if torch.cuda.is_available():  # on a GPU machine the name and memory are shown
+        assert "GiB" in describe_device("cuda:0")
+    else:  # without a driver the description still works
+        assert describe_device("cuda:0") == "cuda:0"
