@@ -1,4 +1,4 @@
-"""The batch runner (MedDLLib.batch) and the Slicer entry script (MedDLExtension/meddl_batch.py), on a dummy task."""
+"""The batch runner (MedDLLib.batch) and the Slicer entry script (MedDLExtension/MedDLScripts/meddl_batch.py), on a dummy task."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from MedDLLib import batch, tasks
 from MedDLLib.errors import InputError
 
 TESTING = Path(__file__).resolve().parent
-SCRIPT = TESTING.parent / "MedDLExtension" / "meddl_batch.py"
+SCRIPT = TESTING.parent / "MedDLExtension" / "MedDLScripts" / "meddl_batch.py"
 
 
 def make_studies(root: Path, n: int, corrupt: tuple[int, ...] = ()) -> Path:
@@ -278,7 +278,7 @@ def test_script_main_returns_meddl_status(tmp_path, monkeypatch, capsys):
     script = _load_script()
     assert script.main([str(SCRIPT), "--", "train", "nosuch", "--data", "d", "--out", "m"]) == 1
     assert "unknown task 'nosuch'" in capsys.readouterr().err
-    assert str(SCRIPT.parent) in sys.path
+    assert str(SCRIPT.parent.parent) in sys.path  # the folder holding MedDLLib
     root = make_studies(tmp_path / "in", 2)
     status = script.main([str(SCRIPT), "--", "batch", "dummy", "--input", str(root), "--output", str(tmp_path / "o")])
     assert status == 0 and (tmp_path / "o" / "case001" / "result.json").is_file()

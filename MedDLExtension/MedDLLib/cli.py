@@ -5,7 +5,7 @@ only assembles them and turns expected errors (:class:`~MedDLLib.errors.MedDLErr
 stderr and a non-zero exit status. Heavy imports (torch, slicer) happen inside the subcommands.
 
 Inside Slicer the same entry point runs as
-``Slicer --no-main-window --python-script <MedDLExtension>/meddl_batch.py -- <subcommand> ...``.
+``Slicer --no-main-window --python-script <MedDLExtension>/MedDLScripts/meddl_batch.py -- <subcommand> ...``.
 """
 
 from __future__ import annotations

@@ -3,16 +3,16 @@
 Inside Slicer, without a window (the MedDL modules load and register their tasks; ``--`` ends Slicer's own
 options, everything after it is the ``meddl`` command line)::
 
-    Slicer --no-splash --no-main-window --python-script <MedDLExtension>/meddl_batch.py -- \\
+    Slicer --no-splash --no-main-window --python-script <MedDLExtension>/MedDLScripts/meddl_batch.py -- \\
         batch ich --input /data/head_cts --output /data/ich_results --resume
 
 With Slicer's Python only (``PythonSlicer``) or a plain Python where MedDL is installed::
 
-    PythonSlicer <MedDLExtension>/meddl_batch.py batch ich --input ... --output ...
+    PythonSlicer <MedDLExtension>/MedDLScripts/meddl_batch.py batch ich --input ... --output ...
     python meddl_batch.py batch ich --input ... --output ...
 
-The script puts its own folder on ``sys.path`` (where ``MedDLLib`` lives, beside the task libraries in an
-installed extension), hands the arguments to :func:`MedDLLib.cli.main` and exits with its status
+The script puts its parent folder on ``sys.path`` (where ``MedDLLib`` lives, beside the task libraries in an
+installed extension; the script sits in a sub-folder so Slicer does not take it for a module), hands the arguments to :func:`MedDLLib.cli.main` and exits with its status
 (0 success, 1 error, 2 usage error).
 """
 
@@ -68,15 +68,15 @@ def parse_slicer_argv(argv: Sequence[str]) -> list[str]:
     return args[i:]
 
 
-def _script_folder() -> str:
-    """This script's folder (Slicer's ``--python-script`` may run it without ``__file__``)."""
+def _library_folder() -> str:
+    """The folder holding ``MedDLLib``: the parent of this script's folder (``__file__`` may be unset in Slicer)."""
     path = globals().get("__file__") or sys.argv[0]
-    return os.path.dirname(os.path.abspath(path))
+    return os.path.dirname(os.path.dirname(os.path.abspath(path)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``meddl`` with the arguments found in ``argv`` (default: ``sys.argv``); return its exit status."""
-    folder = _script_folder()
+    folder = _library_folder()
     if folder not in sys.path:
         sys.path.insert(0, folder)
     from MedDLLib.cli import main as meddl_main

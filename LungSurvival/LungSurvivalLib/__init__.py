@@ -1,0 +1,6 @@
+"""Qt-free logic of the LungSurvival module: survival risk of lung adenocarcinoma from chest CT.
+
+Qt-free (see ARCHITECTURE.md): runs in the Slicer application, in Slicer's headless mode and in plain CPython
+with the PyPI ``slicer-core`` wheel. Never imports qt, ctk, slicer.ScriptedLoadableModule or
+slicer.parameterNodeWrapper.
+"""
