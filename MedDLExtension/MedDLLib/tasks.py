@@ -29,6 +29,8 @@ EXTRA_TASKS_ENV = "MEDDL_EXTRA_TASKS"
 TASK_NAMES = ("glioma", "lgg", "lung", "ich")
 
 _registered: dict[str, "Task"] = {}
+# Entry points that failed to load at the last available_tasks() call: name -> reason.
+_broken: dict[str, str] = {}
 
 
 class Task:
@@ -102,9 +104,14 @@ def available_tasks() -> dict[str, Task]:
     tasks = dict(_registered)
     for name, task in _extra_tasks().items():
         tasks.setdefault(name, task)
+    _broken.clear()
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in tasks:
+        if ep.name in tasks:
+            continue
+        try:
             tasks[ep.name] = ep.load()
+        except (ImportError, AttributeError) as exc:  # a task library not (yet) installed must not hide the others
+            _broken[ep.name] = f"{ep.value}: {type(exc).__name__}: {exc}"
     return dict(sorted(tasks.items()))
 
 
@@ -112,6 +119,8 @@ def get_task(name: str) -> Task:
     """The task called ``name`` or an :class:`InputError` listing the available ones."""
     tasks = available_tasks()
     if name not in tasks:
+        if name in _broken:
+            raise InputError(f"task {name!r} is declared but could not be loaded ({_broken[name]})")
         known = ", ".join(tasks) or "none installed yet"
         raise InputError(f"unknown task {name!r}; available tasks: {known}")
     return tasks[name]

@@ -1,0 +1,24 @@
+"""The DICOM read benchmark runs both readers on the same series and reports what it measured (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+
+from MedDLLib import bench, dicomwrite
+
+from test_dicom import random_volume
+
+
+def test_bench_dicom_read_compares_both_readers(tmp_path):
+    dicomwrite.write_series(tmp_path / "dicom", random_volume(shape=(6, 32, 32)))
+    result = bench.bench_dicom_read(tmp_path / "dicom", repeats=3)
+    assert result["files"] == 6 and result["shape_kji"] == [6, 32, 32]
+    assert len(result["meddl_seconds"]) == len(result["simpleitk_seconds"]) == 3
+    assert result["same_voxels_as_simpleitk"] and result["same_geometry_as_simpleitk"]
+    assert result["ratio_meddl_over_simpleitk"] == result["meddl_median_s"] / result["simpleitk_median_s"]
+    path = bench.write_json(result, tmp_path / "out" / "bench.json")
+    assert json.loads(path.read_text()) == result
+    assert [p.name for p in path.parent.iterdir()] == ["bench.json"]
+    table = bench.format_table(result)
+    assert "MedDL find_series+read_series" in table and "SimpleITK ImageSeriesReader" in table
+    assert f"MedDL/SimpleITK = {result['ratio_meddl_over_simpleitk']:.2f}" in table
