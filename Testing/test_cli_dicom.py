@@ -192,3 +192,15 @@ def test_meddl_command_bad_input_exits_with_one_line(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert lines == [f"meddl convert: error: {expected}"], result.stderr
         assert "Traceback" not in result.stderr and not (tmp_path / "out.nrrd").exists()
+
+
+def test_convert_renders_middle_slice_png_of_real_ct(real_data, tmp_path):
+    """The README's main-job step: real chest CT -> NRRD + middle slice rendered by Slicer's slice logic."""
+    from PIL import Image
+
+    folder = real_data / "ct_chest_tcia_lung_pet_ct_dx_A0002" / "dicom"
+    assert cli.main(["convert", str(folder), str(tmp_path / "ct.nrrd"), "--png", str(tmp_path / "mid.png")]) == 0
+    rgb = np.asarray(Image.open(tmp_path / "mid.png").convert("L")).astype(float)
+    assert rgb.shape == (512, 512)
+    # soft-tissue window of the file (40/350 HU): air outside the body is black, the body is not
+    assert rgb[:20, :].mean() < 5 and rgb[200:300, 200:300].mean() > 60

@@ -10,7 +10,7 @@ import types
 import pytest
 
 import dummy_task
-from MedDLLib import commands_tasks, tasks
+from MedDLLib import commands_dicom, commands_tasks, tasks
 from MedDLLib.cli import main
 
 
@@ -160,11 +160,14 @@ def test_demo_task_without_demo_and_no_tasks(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(tasks._registered, "nodemo", NoDemo())
     assert main(["demo", "--output", str(tmp_path / "d"), "--tasks", "nodemo"]) == 1
     assert "task nodemo does not support demo yet" in (tmp_path / "d" / "index.html").read_text()
+    # With no task installed the demo still runs its DICOM step (synthetic series when none is given or found).
     monkeypatch.setattr(commands_tasks, "available_tasks", lambda: {})
-    capsys.readouterr()
-    assert main(["demo", "--output", str(tmp_path / "e")]) == 1
-    assert "no task modules are installed" in capsys.readouterr().err
-    assert not (tmp_path / "e").exists()
+    monkeypatch.setattr(commands_dicom, "REAL_CHEST_CT", tmp_path / "absent")
+    assert main(["demo", "--output", str(tmp_path / "e")]) == 0
+    index = json.loads((tmp_path / "e" / "index.json").read_text())
+    assert [(e["task"], e["status"]) for e in index] == [("dicom", "ok")]
+    assert (tmp_path / "e" / "dicom" / "ct.nrrd").stat().st_size > 0
+    assert (tmp_path / "e" / "dicom" / "ct_middle_slice.png").stat().st_size > 0
 
 
 def test_extra_tasks_environment_variable(monkeypatch):

@@ -362,7 +362,11 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output", type=Path, default=Path(DEMO_DEFAULT_OUTPUT),
                         help=f"report folder (default: ./{DEMO_DEFAULT_OUTPUT})")
-    parser.add_argument("--tasks", nargs="+", metavar="TASK", default=None, help="only these tasks (default: all)")
+    parser.add_argument("--tasks", nargs="+", metavar="TASK", default=None,
+                        help="only these tasks (default: the DICOM step and every installed task)")
+    parser.add_argument("--dicom", metavar="DIR", default=None,
+                        help="DICOM series for the conversion step (default: the real chest CT beside the "
+                        "repository, else a synthetic CT series)")
     parser.add_argument("--minutes-per-task", type=_positive_float, default=3.0,
                         help="training time budget per task in minutes (default: 3)")
     _add_device_options(parser)
@@ -378,29 +382,37 @@ def run_demo(args: argparse.Namespace) -> int:
     Returns:
         0 when every task's demo succeeded, else 1.
     """
+    from .commands_dicom import demo_convert
+
     if args.tasks:
         tasks = {name: get_task(name) for name in dict.fromkeys(args.tasks)}
     else:
         tasks = available_tasks()
-    if not tasks:
-        raise InputError("no task modules are installed (none registered in the 'meddl.tasks' entry points)")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     entries: list[DemoEntry] = []
+    steps: dict[str, tuple[str, Callable[[Path], dict[str, Any]]]] = {}
+    if not args.tasks:  # the foundation step: DICOM -> Slicer volume node -> NRRD + slice PNG
+        steps["dicom"] = ("DICOM to NRRD through Slicer MRML", lambda task_out: demo_convert(task_out, args.dicom))
     for name, task in tasks.items():
+        steps[name] = (task.title or name, lambda task_out, task=task: task.demo(task_out, args))
+    if not steps:
+        raise InputError("no task modules are installed (none registered in the 'meddl.tasks' entry points)")
+    for name, (title, run_step) in steps.items():
+        task = tasks.get(name)
         task_out = out / name
         task_out.mkdir(parents=True, exist_ok=True)
         print(f"demo {name}: running (output in {task_out})", file=sys.stderr)
         start = time.perf_counter()
         try:
-            result = dict(task.demo(task_out, args) or {})
-            entry = DemoEntry(name, task.title or name, "ok", 0.0, result)
+            result = dict(run_step(task_out) or {})
+            entry = DemoEntry(name, title, "ok", 0.0, result)
         except NotImplementedError as exc:
             error = str(_unsupported(task, "demo", exc))
-            entry = DemoEntry(name, task.title or name, "not supported", 0.0, error=error)
+            entry = DemoEntry(name, title, "not supported", 0.0, error=error)
         except Exception as exc:  # one failing task must not stop the others
             message = " ".join(f"{type(exc).__name__}: {exc}".split())
-            entry = DemoEntry(name, task.title or name, "failed", 0.0, error=message)
+            entry = DemoEntry(name, title, "failed", 0.0, error=message)
             (task_out / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
         entry.seconds = round(time.perf_counter() - start, 1)
         entries.append(entry)

@@ -49,6 +49,12 @@ def create_scene() -> HeadlessScene:
     app_logic.SetSliceLogics(vtkCollection())
     app_logic.SetViewLogics(vtkCollection())
     logics: dict[str, Any] = {}
+    from vtkmodules.vtkCommonCore import vtkObject
+
+    # Without Slicer's share/ folder the colour logic logs "FindDefaultColorFiles failed: HomeDirectory is not
+    # set" (harmless: the built-in tables are there; MedDL builds the file-based ones it needs, see nodes.py).
+    warnings_were_on = vtkObject.GetGlobalWarningDisplay()
+    vtkObject.GlobalWarningDisplayOff()
     for name, cls in (
         ("Colors", slicer.vtkSlicerColorLogic),
         ("Volumes", slicer.vtkSlicerVolumesLogic),
@@ -63,6 +69,7 @@ def create_scene() -> HeadlessScene:
         logic.SetMRMLScene(scene)
         app_logic.SetModuleLogic(name, logic)
         logics[name] = logic
+    vtkObject.SetGlobalWarningDisplay(warnings_were_on)
     app_logic.SetColorLogic(logics["Colors"])
     headless = HeadlessScene(scene, app_logic, logics)
     _by_scene[id(scene)] = headless

@@ -117,6 +117,8 @@ def add_scalar_volume(
         value = md.get(key)
         if value:
             node.SetAttribute(attr, " ".join(value) if isinstance(value, (list, tuple)) else str(value))
+    if md.get("warnings"):
+        set_attributes(node, {"warnings": " | ".join(md["warnings"])})
     if window is None and md.get("window_center") and md.get("window_width"):
         centre, width = md["window_center"], md["window_width"]
         window = (float(np.ravel(centre)[0]), float(np.ravel(width)[0]))
