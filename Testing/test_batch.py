@@ -189,7 +189,7 @@ def test_to_jsonable_relativises_paths(tmp_path):
     np = pytest.importorskip("numpy")
     value = {"p": tmp_path / "a" / "b.nrrd", "q": Path("/elsewhere/x"), "n": np.float32(0.5), "a": np.arange(2)}
     assert batch.to_jsonable(value, base=tmp_path) == {"p": "a/b.nrrd", "q": "/elsewhere/x", "n": 0.5, "a": [0, 1]}
-    with pytest.raises(TypeError, match="cannot save a object"):
+    with pytest.raises(TypeError, match="cannot write a object as JSON"):
         batch.to_jsonable({"x": object()})
 
 

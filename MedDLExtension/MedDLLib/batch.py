@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import InputError
-from .io import VOLUME_FILE_SUFFIXES
+from .io import VOLUME_FILE_SUFFIXES, atomic_write_json, atomic_write_text, to_jsonable  # noqa: F401 (re-exported)
 from .tasks import Task
 
 SUMMARY_CSV = "summary.csv"
@@ -107,53 +107,6 @@ class BatchSummary:
 
 #: Called after every study with (studies handled so far, total, outcome of this study).
 ProgressCallback = Callable[[int, int, StudyOutcome], None]
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and :func:`os.replace`.
-
-    Readers (and a process killed in the middle) see either the old file or the complete new one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as indented, key-sorted JSON atomically (numpy values and paths converted)."""
-    return atomic_write_text(path, json.dumps(to_jsonable(data), indent=2, sort_keys=True) + "\n")
-
-
-def to_jsonable(value: Any, base: Path | None = None) -> Any:
-    """``value`` with JSON types only: numpy scalars/arrays -> numbers/lists, paths -> strings.
-
-    A path inside ``base`` becomes relative to it (POSIX separators), so a result stays valid after its folder
-    is renamed or moved. Other types raise :class:`TypeError`.
-    """
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, os.PathLike):
-        path = Path(value)
-        if base is not None and path.is_absolute() and path.is_relative_to(base):
-            return path.relative_to(base).as_posix()
-        return str(path)
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v, base) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v, base) for v in value]
-    if hasattr(value, "tolist"):  # numpy scalar or array, torch tensor
-        return to_jsonable(value.tolist(), base)
-    raise TypeError(f"cannot save a {type(value).__name__} in {RESULT_JSON}: {value!r}")
 
 
 def study_id(study: Path, root: Path) -> str:

@@ -94,8 +94,8 @@ def bench_dicom_read(folder: str | os.PathLike, repeats: int = 7, workers: int |
 
 
 def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write a benchmark result as JSON, atomically (:func:`MedDLLib.batch.atomic_write_json`)."""
-    from .batch import atomic_write_json
+    """Write a benchmark result as JSON, atomically (:func:`MedDLLib.io.atomic_write_json`)."""
+    from .io import atomic_write_json
 
     return atomic_write_json(path, result)
 

@@ -161,7 +161,7 @@ def _run_evaluate(task: Task, args: argparse.Namespace) -> int:
     if not args.data.exists():
         raise InputError(f"{args.data}: dataset folder not found")
     metrics = _call(task, "evaluate", task.evaluate, args)
-    from .batch import atomic_write_json
+    from .io import atomic_write_json
 
     atomic_write_json(args.out, metrics)
     print_result(metrics)
@@ -174,7 +174,8 @@ def _run_infer(task: Task, args: argparse.Namespace) -> int:
         raise InputError(f"{args.input}: no such study (expected a DICOM folder or an NRRD/NIfTI file)")
     if args.output.exists() and not args.output.is_dir():
         raise InputError(f"{args.output}: exists and is not a folder")
-    from .batch import RESULT_JSON, atomic_write_json, to_jsonable
+    from .batch import RESULT_JSON
+    from .io import atomic_write_json, to_jsonable
 
     output = args.output.resolve()
     output.mkdir(parents=True, exist_ok=True)
@@ -234,7 +235,7 @@ def _finish_bench(result: Any, args: argparse.Namespace) -> int:
         result = dataclasses.asdict(result)
     print_result(result)
     if args.out is not None:
-        from .batch import atomic_write_json
+        from .io import atomic_write_json
 
         atomic_write_json(args.out, result)
         print(f"results written to {args.out}")
@@ -243,7 +244,7 @@ def _finish_bench(result: Any, args: argparse.Namespace) -> int:
 
 def print_result(result: Any, file: Any = None) -> None:
     """Print a result dict as ``key: value`` lines (nested values as compact JSON)."""
-    from .batch import to_jsonable
+    from .io import to_jsonable
 
     file = file or sys.stdout
     if not isinstance(result, dict):
@@ -436,7 +437,7 @@ def write_demo_index(out: Path, entries: Sequence[DemoEntry]) -> Path:
     present) and any other top-level entries (scalars shown, existing paths linked). Relative paths are relative
     to ``out/<task>``.
     """
-    from .batch import atomic_write_json, atomic_write_text, to_jsonable
+    from .io import atomic_write_json, atomic_write_text, to_jsonable
 
     sections = []
     for entry in entries:

@@ -520,15 +520,11 @@ def reliability_diagram(
 # ------------------------------------------------------------------------------------------------ PNG output
 def save_figure_png(fig: Any, path_png: str | os.PathLike, dpi: int = 120) -> Path:
     """Save a matplotlib figure as PNG atomically (temporary file in the same folder, then rename)."""
-    path = Path(path_png)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    from .io import atomic_path
+
+    with atomic_path(path_png, ".png") as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path_png)
 
 
 def _figure(size_in: tuple[float, float]) -> Any:

@@ -9,10 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import InputError
 
@@ -93,9 +95,7 @@ def save_node(node: Any, path: str | os.PathLike) -> Path:
     if storage is None:
         raise InputError(f"node {node.GetName()!r} ({node.GetClassName()}) cannot be saved to a file")
     suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith((".seg.nrrd", ".nii.gz")) else path.suffix
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{suffix}")
-    written: list[Path] = [tmp]
-    try:
+    with atomic_path(path, suffix) as tmp:
         storage.SetFileName(str(tmp))
         if node.IsA("vtkMRMLVolumeNode") and hasattr(storage, "SetUseCompression"):
             storage.SetUseCompression(1)
@@ -103,12 +103,68 @@ def save_node(node: Any, path: str | os.PathLike) -> Path:
             raise InputError(f"{path}: Slicer could not write node {node.GetName()!r}")
         if node.IsA("vtkMRMLTableNode"):  # tables also write <name>.schema.<ext> beside the data
             schema = tmp.with_name(tmp.name[: -len(suffix)] + ".schema" + suffix)
-            written.append(schema)
             if schema.exists():
                 os.replace(schema, path.with_name(path.name[: -len(suffix)] + ".schema" + suffix))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Atomic files: the one way MedDL writes a file that a crash must never leave half-written.
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed to ``path`` (atomic), else removed.
+
+    ``suffix`` is appended to the temporary name when the writer picks the format from the extension
+    (e.g. ``".png"``, ``".nrrd"``). The parent folder is created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{suffix}")
+    try:
+        yield tmp
         os.replace(tmp, path)
     finally:
-        for leftover in written:
-            if leftover.exists():
-                leftover.unlink()
-    return path
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and :func:`os.replace`.
+
+    Readers (and a process killed in the middle) see either the old file or the complete new one.
+    """
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented, key-sorted JSON atomically (numpy values and paths converted)."""
+    return atomic_write_text(path, json.dumps(to_jsonable(data), indent=2, sort_keys=True) + "\n")
+
+
+def to_jsonable(value: Any, base: Path | None = None) -> Any:
+    """``value`` with JSON types only: numpy scalars/arrays -> numbers/lists, paths -> strings.
+
+    A path inside ``base`` becomes relative to it (POSIX separators), so a result stays valid after its folder
+    is renamed or moved. Other types raise :class:`TypeError`.
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        path = Path(value)
+        if base is not None and path.is_absolute() and path.is_relative_to(base):
+            return path.relative_to(base).as_posix()
+        return str(path)
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v, base) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v, base) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalar or array, torch tensor
+        return to_jsonable(value.tolist(), base)
+    raise TypeError(f"cannot write a {type(value).__name__} as JSON: {value!r}")

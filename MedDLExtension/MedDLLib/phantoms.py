@@ -14,7 +14,6 @@ phantoms written in the exact on-disk layout of the real dataset. This module ho
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .geometry import Geometry, Volume
+from .io import atomic_write_json, to_jsonable
 
 Plane = Literal["axial", "sagittal", "coronal"]
 
@@ -144,18 +144,6 @@ def write_phantom_dataset(generator: PhantomGenerator, out: str | os.PathLike, c
     seeds = np.random.SeedSequence(seed).spawn(cases + 1)
     truths = [generator.write_case(out, i, np.random.default_rng(seeds[i])) for i in range(cases)]
     generator.write_index(out, truths, np.random.default_rng(seeds[-1]))
-    manifest = {"task": generator.task, "cases": cases, "seed": seed, "synthetic": True, "truth": truths}
-    tmp = out / ".phantom.json.partial"
-    tmp.write_text(json.dumps(manifest, indent=1, default=_json_default))
-    os.replace(tmp, out / "phantom.json")
+    manifest = to_jsonable({"task": generator.task, "cases": cases, "seed": seed, "synthetic": True, "truth": truths})
+    atomic_write_json(out / "phantom.json", manifest)
     return manifest
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
