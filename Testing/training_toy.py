@@ -92,7 +92,7 @@ def package_metadata(dropout: float = 0.0, n_studies: int = 48) -> dict:
         "network": {"name": NETWORK_NAME, "args": {"dropout": dropout}},
         "input": {"channels": ["image"], "size": [SIZE, SIZE]},
         "output": {"labels": ["blob"]},
-        "training_data": {"kind": "synthetic", "n_studies": n_studies, "description": "noise images, half with a blob"},
+        "training_data": {"kind": "synthetic", "n_studies": n_studies, "description": "noise, half with a blob"},
         "metrics": {},
     }
 
