@@ -1,0 +1,202 @@
+"""ICHDetector logic on MRML nodes (Qt-free): a head CT volume node in, probabilities and overlays out.
+
+Three steps (the GUI may run :func:`compute` in a worker; batch and console call :meth:`ICHDetectorLogic.process`):
+
+1. read the scene: :func:`MedDLLib.nodes.volume_from_node` (a copy; the input node is never modified);
+2. :func:`compute` on arrays only: refuse what is not a head CT in HU, per-slice probabilities of the 6 labels,
+   study-level result (max over slices), Grad-CAM heatmap of one label in the input geometry, the "suspected
+   hemorrhage" mask (blood density 45-100 HU, inside the brain, where the heatmap is high) and its volume in mL;
+3. :meth:`ICHDetectorLogic.write_outputs`: new nodes only: a table (one row per slice), a plot chart, a heatmap
+   volume, a segmentation, and the study-level result as ``MedDL.*`` attributes on the table node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+from MedDLLib import nodes
+from MedDLLib.errors import InputError, MedDLError
+from MedDLLib.geometry import Volume
+
+from .dataset import LABELS
+from .preprocess import InputSpec, check_head_ct, volume_input
+
+#: Blood density range (HU) of the suspected-hemorrhage mask.
+BLOOD_HU = (45.0, 100.0)
+SUSPECTED_SEGMENTS = {1: ("suspected hemorrhage", (1.0, 0.2, 0.2))}
+
+
+class Cancelled(MedDLError):
+    """The user cancelled the computation."""
+
+
+@dataclasses.dataclass
+class ICHOptions:
+    """Options of one run.
+
+    Attributes:
+        heatmap_label: label explained by Grad-CAM (one of LABELS; "any" by default); None: no heatmap.
+        threshold: study-level decision threshold on the 'any' probability.
+        heatmap_threshold: heatmap value (0..1) above which blood-density voxels count as suspected.
+        device: torch device for the network.
+    """
+
+    heatmap_label: str | None = "any"
+    threshold: float = 0.5
+    heatmap_threshold: float = 0.4
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.heatmap_label is not None and self.heatmap_label not in LABELS:
+            raise InputError(f"heatmap label {self.heatmap_label!r} is not one of {', '.join(LABELS)}")
+        if not 0.0 < self.threshold < 1.0 or not 0.0 <= self.heatmap_threshold <= 1.0:
+            raise InputError(f"thresholds must be in (0, 1): got {self.threshold}, {self.heatmap_threshold}")
+
+
+@dataclasses.dataclass
+class ICHResult:
+    """What :func:`compute` produces (arrays and numbers) and, after :meth:`write_outputs`, the new nodes."""
+
+    probabilities: np.ndarray  # (K, 6) in LABELS order, slice order of the input volume
+    study: dict[str, float]  # "<label>_probability": max over slices
+    positive: bool
+    threshold: float
+    heatmap: Volume | None  # [k, j, i] in [0, 1], input geometry
+    suspected: np.ndarray | None  # uint8 [k, j, i], input grid
+    suspected_volume_ml: float
+    model_name: str
+    heatmap_label: str | None = "any"
+    nodes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def summary(self) -> str:
+        """One line for people, e.g. ``ICH suspected (any 0.97): subdural 0.91 ...; suspected region 3.2 mL``."""
+        any_p = self.study["any_probability"]
+        head = f"ICH suspected (any {any_p:.2f})" if self.positive else f"no ICH detected (any {any_p:.2f})"
+        subs = ", ".join(f"{label} {self.study[f'{label}_probability']:.2f}" for label in LABELS[1:]
+                         if self.study[f"{label}_probability"] >= self.threshold)
+        region = f"; suspected region {self.suspected_volume_ml:.1f} mL" if self.suspected is not None else ""
+        return head + (f": {subs}" if subs else "") + region + f" [threshold {self.threshold:g}; research use only]"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat, JSON-ready result: the study probabilities, decision, volume and summary."""
+        out: dict[str, Any] = {f"{label}_probability": round(float(self.study[f"{label}_probability"]), 6)
+                               for label in LABELS}
+        out.update(positive=bool(self.positive), threshold=self.threshold, n_slices=int(len(self.probabilities)),
+                   max_any_slice=int(np.argmax(self.probabilities[:, 0])),
+                   suspected_volume_ml=round(float(self.suspected_volume_ml), 3), model=self.model_name,
+                   heatmap_label=self.heatmap_label or "",
+                   summary=self.summary)
+        return out
+
+
+def brain_mask(hu: np.ndarray) -> np.ndarray:
+    """Intracranial voxels ``[k, j, i]``: inside the skull ring (bone > 300 HU), soft-tissue density, per slice."""
+    from scipy import ndimage
+
+    bone = hu > 300.0
+    inside = np.zeros_like(bone)
+    for k in range(hu.shape[0]):
+        filled = ndimage.binary_fill_holes(bone[k])
+        inside[k] = filled & ~ndimage.binary_dilation(bone[k], iterations=1)
+    return inside & (hu > -20.0) & (hu < 120.0)
+
+
+def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
+            progress: Callable[[float, str], None] | None = None,
+            cancel: Callable[[], bool] | None = None) -> ICHResult:
+    """Run the model on a HU head CT (arrays only; safe in a worker thread).
+
+    Args:
+        volume: ``[k, j, i]`` HU with its geometry (axial slices along k).
+        model: an ICH model package (folder, cached name, or a loaded :class:`MedDLLib.models.ModelPackage`).
+        options: :class:`ICHOptions`.
+        progress: ``(fraction 0..1, message)`` callback.
+        cancel: returns True to stop (raises :class:`Cancelled`).
+    Raises:
+        InputError: not a head CT in HU (see :func:`~ICHDetectorLib.preprocess.check_head_ct`), bad options.
+    """
+    import torch
+
+    from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
+
+    from .model import load_model, predict_inputs
+
+    options = options or ICHOptions()
+    report = progress or (lambda fraction, message: None)
+
+    def checkpoint(fraction: float, message: str) -> None:
+        if cancel is not None and cancel():
+            raise Cancelled("cancelled by the user")
+        report(fraction, message)
+
+    check_head_ct(volume)
+    checkpoint(0.05, "loading the model")
+    network, package = load_model(model, options.device)
+    spec = InputSpec.from_metadata(package.metadata["input"])
+    output = package.metadata["output"].get("activation", "sigmoid")
+    checkpoint(0.15, "preprocessing")
+    inputs, grid = volume_input(volume, spec)
+    checkpoint(0.3, "classifying the slices")
+    probs = predict_inputs(network, inputs, output, device=options.device)
+    study = {f"{label}_probability": float(probs[:, j].max()) for j, label in enumerate(LABELS)}
+    positive = study["any_probability"] >= options.threshold
+    heat_volume = suspected = None
+    volume_ml = 0.0
+    if options.heatmap_label is not None:
+        checkpoint(0.5, f"Grad-CAM for '{options.heatmap_label}'")
+        layer = package.metadata["output"].get("gradcam_layer") or "layer3"
+        # one batch = the whole study, so the maps share one normalisation (a dark slice stays dark)
+        maps = compute_gradcam(network, torch.from_numpy(inputs).to(options.device), layer,
+                               class_index=LABELS.index(options.heatmap_label))
+        # a slice the model finds negative for the label carries no evidence to show
+        maps = maps * (probs[:, LABELS.index(options.heatmap_label)] >= options.threshold)[:, None, None]
+        heat_volume = heatmap_to_reference(maps.astype(np.float32), grid, volume)
+        checkpoint(0.85, "suspected hemorrhage region")
+        hu = np.asarray(volume.array, dtype=np.float32)
+        blood = (hu >= BLOOD_HU[0]) & (hu <= BLOOD_HU[1])
+        suspected = (blood & brain_mask(hu) & (heat_volume.array >= options.heatmap_threshold)).astype(np.uint8)
+        volume_ml = float(suspected.sum()) * volume.geometry.voxel_volume_ml()
+    checkpoint(1.0, "done")
+    return ICHResult(probs, study, bool(positive), options.threshold, heat_volume, suspected, volume_ml,
+                     package.name, options.heatmap_label)
+
+
+class ICHDetectorLogic:
+    """Runs ICH detection on volume nodes and adds the result nodes to the same scene."""
+
+    def process(self, volume_node: Any, model: Any, options: ICHOptions | None = None,
+                progress: Callable[[float, str], None] | None = None,
+                cancel: Callable[[], bool] | None = None) -> ICHResult:
+        """Read ``volume_node`` (HU head CT), :func:`compute`, then :meth:`write_outputs`."""
+        volume = nodes.volume_from_node(volume_node)
+        result = compute(volume, model, options, progress, cancel)
+        return self.write_outputs(volume_node, result)
+
+    def write_outputs(self, volume_node: Any, result: ICHResult) -> ICHResult:
+        """Add the table, plot, heatmap and segmentation nodes; store the study result as attributes."""
+        scene = volume_node.GetScene()
+        base = volume_node.GetName()
+        columns: dict[str, Any] = {"slice": list(range(len(result.probabilities)))}
+        for j, label in enumerate(LABELS):
+            columns[label] = [float(v) for v in result.probabilities[:, j]]
+        table = nodes.add_table(scene, columns, f"{base} ICH probabilities",
+                                descriptions={label: f"probability of {label}" for label in LABELS})
+        attributes = result.as_dict()
+        nodes.set_attributes(table, attributes)
+        table.SetAttribute("MedDL.input", volume_node.GetID())
+        plot = nodes.add_plot(scene, table, "slice", list(LABELS), f"{base} ICH probabilities",
+                              x_title="slice index (k)", y_title="probability")
+        result.nodes = {"table": table, "plot": plot}
+        if result.heatmap is not None:
+            label = result.heatmap_label
+            heat = nodes.add_heatmap(scene, result.heatmap.array, result.heatmap.geometry, f"{base} Grad-CAM {label}")
+            nodes.set_attributes(heat, {"input": volume_node.GetID(), "model": result.model_name})
+            seg = nodes.add_segmentation(scene, result.suspected, SUSPECTED_SEGMENTS, volume_node,
+                                         f"{base} suspected hemorrhage")
+            nodes.set_attributes(seg, {"volume_ml": round(result.suspected_volume_ml, 3)})
+            result.nodes.update(heatmap=heat, segmentation=seg)
+        return result

@@ -1,0 +1,175 @@
+"""``meddl phantom|train|evaluate|infer|batch|bench|demo lgg``: the LGGSegmenter task of the shared command.
+
+``meddl infer lgg --input STUDY --output OUT`` takes a kaggle_3m study folder of .tif slices, a DICOM folder
+(one FLAIR series, or the pre-contrast/FLAIR/post-contrast series) or an NRRD/NIfTI FLAIR file, and writes:
+
+* ``tumour.seg.nrrd`` (segmentation, reference geometry = the input), ``tumour_label.nrrd`` (labelmap),
+  ``features.csv`` (per-slice area and the 3D features), ``overlay.png`` (the slice of largest tumour area),
+  ``gradcam.nrrd`` with ``--gradcam``;
+* and returns (the shared command writes it as ``result.json``) ``tumour_volume_ml``, ``centroid_ras_mm`` (3),
+  ``spread_mm`` (3), ``max_area_mm2``, ``ellipsoid_ratio``, ``margin_fluctuation_mm``, ``n_slices``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from MedDLLib.errors import InputError
+from MedDLLib.tasks import Task
+
+from . import dataset, model
+
+
+class LGGTask(Task):
+    """Lower-grade glioma segmentation (TCGA-LGG, kaggle_3m layout)."""
+
+    name = "lgg"
+    title = "LGG Segmenter: lower-grade glioma segmentation and tumour features"
+
+    def add_arguments(self, subcommand: str, parser: argparse.ArgumentParser) -> None:
+        if subcommand == "phantom":
+            parser.add_argument("--size", type=int, default=64, help="slice size in pixels (real data: 256)")
+            parser.add_argument("--slices", type=int, default=16, help="slices per study (real: 20-88)")
+            parser.add_argument("--no-dicom", action="store_true", help="do not also write DICOM series")
+        if subcommand == "train":
+            parser.add_argument("--network", choices=sorted(model.NETWORKS), default=model.DEFAULT_NETWORK)
+            parser.add_argument("--width", type=int, default=model.DEFAULT_WIDTH, help="first-level channels")
+            parser.add_argument("--size", type=int, default=None, help="network input side (default: slice size)")
+            parser.add_argument("--channels", choices=("all", "FLAIR"), default="all",
+                                help="input channels: all three (default) or FLAIR alone")
+            parser.add_argument("--batch-size", type=int, default=None)
+            parser.add_argument("--lr", type=float, default=None)
+        if subcommand in ("infer", "batch"):
+            parser.add_argument("--gradcam", action="store_true", help="also write a Grad-CAM heatmap")
+        if subcommand == "bench":
+            parser.add_argument("--networks", nargs="+", default=sorted(model.NETWORKS))
+            parser.add_argument("--size", type=int, default=256)
+            parser.add_argument("--slices", type=int, default=88)
+            parser.add_argument("--width", type=int, default=model.DEFAULT_WIDTH)
+
+    def phantom(self, out: Path, cases: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+        from .phantom import write_lgg_phantoms
+
+        manifest = write_lgg_phantoms(out, cases, seed, size_px=getattr(args, "size", 64),
+                                      n_slices=getattr(args, "slices", 16),
+                                      dicom=not getattr(args, "no_dicom", False))
+        return {"cases": cases, "dataset": str(Path(out) / "kaggle_3m"),
+                "dicom": str(Path(out) / "dicom") if not getattr(args, "no_dicom", False) else None,
+                "tumour_volume_ml": [t["tumour_volume_ml"] for t in manifest["truth"]]}
+
+    def train(self, args: argparse.Namespace) -> dict[str, Any]:
+        channels = dataset.CHANNELS if getattr(args, "channels", "all") == "all" else ("FLAIR",)
+        result = model.train_lgg(args.data, args.out, recipe=args.recipe, network=getattr(args, "network", "unet"),
+                                 width=getattr(args, "width", model.DEFAULT_WIDTH), size=getattr(args, "size", None),
+                                 channels=channels, epochs=args.epochs, max_minutes=args.max_minutes,
+                                 seed=args.seed, device=args.device, force_cpu=args.force_cpu,
+                                 batch_size=getattr(args, "batch_size", None), lr=getattr(args, "lr", None))
+        return {"package": str(result.package), "best_epoch": result.best_epoch,
+                "best_metrics": result.best_metrics, "epochs_run": result.epochs_run,
+                "seconds": round(result.seconds, 1)}
+
+    def evaluate(self, args: argparse.Namespace) -> dict[str, Any]:
+        from MedDLLib.device import select_device
+
+        return model.evaluate_lgg(args.data, args.model, select_device(args.device, args.force_cpu))
+
+    def find_studies(self, root: Path) -> list[Path]:
+        """kaggle_3m study folders below ``root`` (or its ``kaggle_3m``), else every sub-folder/volume file."""
+        try:
+            return [c.folder for c in dataset.find_cases(root)]
+        except InputError:
+            return super().find_studies(root)
+
+    def infer(self, input_path: Path, model_name: str | None, output: Path, args: argparse.Namespace) -> dict[str, Any]:
+        from MedDLLib.headless import create_scene
+        from MedDLLib.io import save_node
+        from MedDLLib.models import load_package
+        from MedDLLib.render import render_slice_png, slice_offset_of
+
+        from .logic import LGGOptions, LGGSegmenterLogic, load_study_nodes
+
+        if model_name is None:
+            raise InputError("give --model (a package from `meddl train lgg` or a cached model name): "
+                             "MedDL ships no pretrained LGG weights")
+        package = load_package(model_name)
+        hs = create_scene()
+        try:
+            channels = model.channel_names(package.metadata)
+            nodes = load_study_nodes(hs.scene, input_path, channels)
+            options = LGGOptions(gradcam=bool(getattr(args, "gradcam", False)), device=args.device,
+                                 force_cpu=args.force_cpu)
+            out = LGGSegmenterLogic().process(nodes if len(nodes) > 1 else nodes[0], package, options)
+            output.mkdir(parents=True, exist_ok=True)
+            save_node(out.segmentation, output / "tumour.seg.nrrd")
+            save_node(out.labelmap, output / "tumour_label.nrrd")
+            save_node(out.table, output / "features.csv")
+            if out.heatmap is not None:
+                save_node(out.heatmap, output / "gradcam.nrrd")
+            f = out.result.features
+            background = nodes[channels.index("FLAIR")] if "FLAIR" in channels else nodes[0]
+            k = int(max(range(len(f.area_mm2)), key=lambda i: f.area_mm2[i])) if f.n_voxels else len(f.area_mm2) // 2
+            render_slice_png(output / "overlay.png", background, label=out.labelmap, foreground=out.heatmap,
+                             offset_mm=slice_offset_of(background, k))
+        finally:
+            hs.scene.Clear(1)
+        clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
+        return {
+            "tumour_volume_ml": f.volume_ml, "centroid_ras_mm": [clean(v) for v in f.centroid_ras_mm],
+            "spread_mm": [clean(v) for v in f.spread_mm], "max_area_mm2": f.max_area_mm2,
+            "ellipsoid_ratio": clean(f.ellipsoid_ratio), "margin_fluctuation_mm": clean(f.margin_fluctuation_mm),
+            "n_slices": len(f.area_mm2), "model": package.name, "recipe": package.metadata["recipe"],
+            "segmentation": "tumour.seg.nrrd", "labelmap": "tumour_label.nrrd", "features": "features.csv",
+            "overlay": "overlay.png",
+        }
+
+    def bench(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Inference time per slice and per patient (``--slices`` slices of ``--size``^2) for each network."""
+        import numpy as np
+        import torch
+
+        from MedDLLib.device import describe_device, select_device
+        from MedDLLib.models import build_network
+
+        device = select_device(args.device, args.force_cpu)
+        results: dict[str, Any] = {"device": describe_device(device), "threads": torch.get_num_threads(),
+                                   "size": args.size, "slices_per_patient": args.slices, "networks": {}}
+        x = np.random.default_rng(0).random((args.slices, 3, args.size, args.size)).astype(np.float32)
+        for kind in args.networks:
+            net = build_network({"network": model.network_spec(kind, 3, args.width), "task": "lgg"}).to(device)
+            model.predict_probabilities(net, x[:2], device)  # warm-up
+            start = time.perf_counter()
+            model.predict_probabilities(net, x, device)
+            seconds = time.perf_counter() - start
+            results["networks"][kind] = {"seconds_per_patient": round(seconds, 3),
+                                         "seconds_per_slice": round(seconds / args.slices, 4),
+                                         "parameters": sum(p.numel() for p in net.parameters())}
+        return results
+
+    def demo(self, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+        """Phantoms -> improved recipe (time-boxed) -> evaluation on held-out phantoms -> one inference."""
+        from .phantom import write_lgg_phantoms
+
+        minutes = float(getattr(args, "minutes_per_task", 3.0))
+        seed = int(getattr(args, "seed", 0))
+        write_lgg_phantoms(out / "train", 16, seed, n_slices=16)
+        write_lgg_phantoms(out / "test", 8, seed + 1000, n_slices=16)
+        package = out / "lgg-improved"
+        model.train_lgg(out / "train", package, recipe="improved", width=8, epochs=30,
+                        max_minutes=max(0.5, minutes * 0.8), seed=seed, device=getattr(args, "device", None),
+                        force_cpu=getattr(args, "force_cpu", False), progress=False)
+        metrics = model.evaluate_lgg(out / "test", package, seed=seed)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
+        case = dataset.find_cases(out / "test")[0]
+        ns = argparse.Namespace(device=getattr(args, "device", None), force_cpu=getattr(args, "force_cpu", False),
+                                gradcam=True)
+        result = self.infer(case.folder, str(package), out / "infer", ns)
+        return {"png": str(out / "infer" / "overlay.png"), "metrics": metrics,
+                "tumour_volume_ml": result["tumour_volume_ml"]}
+
+
+TASK = LGGTask()

@@ -1,0 +1,241 @@
+"""LGGSegmenter logic on MRML nodes (Qt-free): brain MRI node(s) in, tumour segmentation + features out.
+
+``process`` = read the scene (:func:`read_inputs`) -> :func:`compute` on arrays only -> :meth:`write_outputs`
+(new nodes only; the input nodes are never modified). The 2D network runs slice by slice along the input's
+acquisition axis (array axis k) and the result lies on the input's own voxel grid, so the segmentation's
+reference geometry is the input volume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from MedDLLib.errors import InputError
+from MedDLLib.geometry import Geometry, Volume
+
+from . import model as lggmodel
+from .features import TumourFeatures, tumour_features
+
+SEGMENT = {1: ("tumour", (0.95, 0.35, 0.1))}
+#: Grad-CAM target layer per network name (inside :class:`TumourScore`, hence the ``net.`` prefix).
+GRADCAM_LAYERS = {"monai.networks.nets.BasicUNet": "net.upcat_2", lggmodel.UNETPP_NAME: "net.upcat_0_2",
+                  "monai.networks.nets.FlexibleUNet": "net.decoder"}
+
+
+@dataclasses.dataclass
+class LGGOptions:
+    """Options of one run: Grad-CAM heatmap, compute device."""
+
+    gradcam: bool = False
+    device: str | None = None
+    force_cpu: bool = False
+
+
+@dataclasses.dataclass
+class LGGResult:
+    """What :func:`compute` returns: all on the input grid ``(K, J, I)``."""
+
+    mask: np.ndarray
+    probability: np.ndarray
+    geometry: Geometry
+    features: TumourFeatures
+    heatmap: Volume | None = None
+
+
+@dataclasses.dataclass
+class LGGOutputs:
+    """The nodes :meth:`LGGSegmenterLogic.write_outputs` added, and the computed result."""
+
+    segmentation: Any
+    labelmap: Any
+    table: Any
+    heatmap: Any
+    result: LGGResult
+
+
+def read_inputs(volume_nodes: Any | Sequence[Any]) -> tuple[np.ndarray, Geometry]:
+    """``(K, C, J, I)`` image and geometry from one node (FLAIR) or three (pre-contrast, FLAIR, post-contrast).
+
+    Raises:
+        InputError: not volume nodes, or nodes on different voxel grids.
+    """
+    from MedDLLib.nodes import volume_from_node
+
+    nodes = list(volume_nodes) if isinstance(volume_nodes, (list, tuple)) else [volume_nodes]
+    if len(nodes) not in (1, 3):
+        raise InputError(f"give one brain MRI node (FLAIR) or three (pre-contrast, FLAIR, post-contrast), "
+                         f"got {len(nodes)}")
+    volumes = [volume_from_node(n) for n in nodes]
+    first = volumes[0]
+    for node, vol in zip(nodes[1:], volumes[1:]):
+        if vol.array.shape != first.array.shape or not vol.geometry.allclose(first.geometry, 1e-3):
+            raise InputError(f"volume {node.GetName()!r} is not on the voxel grid of {nodes[0].GetName()!r}: "
+                             "resample the channels onto one grid first")
+    return np.stack([v.array for v in volumes], axis=1), first.geometry
+
+
+class TumourScore:
+    """Wraps a segmentation network as a one-output "classifier" for Grad-CAM: mean positive tumour logit."""
+
+    def __new__(cls, network: Any) -> Any:
+        import torch
+
+        class _Score(torch.nn.Module):
+            def __init__(self, net: Any) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: Any) -> Any:
+                logits = self.net(x)
+                return torch.relu(logits).mean(dim=(2, 3))
+
+        return _Score(network)
+
+
+def compute(image: np.ndarray, geometry: Geometry, network: Any, metadata: dict[str, Any],
+            options: LGGOptions | None = None, progress: Callable[[float], None] | None = None,
+            cancel: Callable[[], bool] | None = None, device: Any = "cpu") -> LGGResult:
+    """Segment ``image (K, C, J, I)`` on ``geometry`` and compute the tumour features (arrays only, no MRML)."""
+    options = options or LGGOptions()
+    seg = lggmodel.segment_study(image, network, metadata, device, progress=progress, cancel=cancel)
+    heat = None
+    if options.gradcam:
+        import torch
+
+        from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
+
+        from .preprocess import network_grid_geometry
+
+        layer = GRADCAM_LAYERS.get(metadata["network"]["name"])
+        if layer is None:
+            raise InputError(f"no Grad-CAM layer known for network {metadata['network']['name']!r}")
+        inputs = torch.from_numpy(seg.prepared.x).to(device)
+        maps = compute_gradcam(TumourScore(network), inputs, layer, class_index=0)
+        grid = network_grid_geometry(geometry, seg.prepared.crop)
+        reference = Volume(np.zeros(seg.mask.shape, np.float32), geometry, {})
+        heat = heatmap_to_reference(maps, grid, reference)
+    return LGGResult(seg.mask, seg.probability, geometry, tumour_features(seg.mask, geometry), heat)
+
+
+class LGGSegmenterLogic:
+    """Runs a model package on brain MRI nodes and writes the result as new nodes."""
+
+    def process(self, volume_nodes: Any | Sequence[Any], model: Any, options: LGGOptions | None = None,
+                progress: Callable[[float], None] | None = None,
+                cancel: Callable[[], bool] | None = None) -> LGGOutputs:
+        """Segment the tumour in ``volume_nodes`` (one FLAIR node or pre/FLAIR/post) with ``model``.
+
+        Args:
+            volume_nodes: one scalar volume node or a sequence of three in :data:`dataset.CHANNELS` order.
+            model: a :class:`MedDLLib.models.ModelPackage`, or a package folder / cached model name.
+            options: :class:`LGGOptions`.
+            progress: called with the fraction done in [0, 1].
+            cancel: polled between batches; when it returns True an :class:`InputError` "cancelled" is raised.
+        """
+        from MedDLLib.device import select_device
+        from MedDLLib.models import ModelPackage, load_package
+
+        options = options or LGGOptions()
+        package = model if isinstance(model, ModelPackage) else load_package(model)
+        if package.task != lggmodel.TASK:
+            raise InputError(f"model {package.name!r} is for task {package.task!r}, not {lggmodel.TASK!r}")
+        image, geometry = read_inputs(volume_nodes)
+        device = select_device(options.device, options.force_cpu)
+        network = package.network(device)
+        result = compute(image, geometry, network, package.metadata, options, progress, cancel, device)
+        nodes = list(volume_nodes) if isinstance(volume_nodes, (list, tuple)) else [volume_nodes]
+        reference = nodes[1] if len(nodes) == 3 else nodes[0]
+        return self.write_outputs(reference, result)
+
+    def write_outputs(self, reference_node: Any, result: LGGResult) -> LGGOutputs:
+        """New segmentation (reference geometry = ``reference_node``), labelmap, features table, heatmap nodes."""
+        from MedDLLib import nodes
+
+        scene = reference_node.GetScene()
+        base = reference_node.GetName()
+        labels = result.mask.astype(np.uint8)
+        seg = nodes.add_segmentation(scene, labels, SEGMENT, reference_node, f"{base} tumour")
+        lab = nodes.add_labelmap(scene, labels, result.geometry, f"{base} tumour label", SEGMENT)
+        table = nodes.add_table(scene, features_table(result.features), f"{base} tumour features",
+                                units={"area_mm2": "mm2", "volume_ml": "mL"})
+        f = result.features
+        summary = {"tumour_volume_ml": round(f.volume_ml, 4), "centroid_ras_mm": _fmt3(f.centroid_ras_mm),
+                   "spread_mm": _fmt3(f.spread_mm)}
+        for node in (seg, lab, table):
+            nodes.set_attributes(node, summary)
+        heat = None
+        if result.heatmap is not None:
+            heat = nodes.add_heatmap(scene, result.heatmap.array, result.heatmap.geometry, f"{base} Grad-CAM")
+        return LGGOutputs(seg, lab, table, heat, result)
+
+
+def _fmt3(values: Sequence[float]) -> str:
+    return " ".join(f"{v:.3f}" for v in values)
+
+
+def features_table(f: TumourFeatures) -> dict[str, list[Any]]:
+    """Table columns: one row per slice (k, area_mm2) and the 3D features repeated on the first row only.
+
+    Kept long-format so it plots per-slice area directly; 3D features are on row 0 (``NaN`` below).
+    """
+    n = len(f.area_mm2)
+    row = f.row()
+    columns: dict[str, list[Any]] = {"k": list(range(n)), "area_mm2": [float(a) for a in f.area_mm2]}
+    columns["volume_ml"] = [f.volume_ml] + [float("nan")] * (n - 1)
+    for key, value in row.items():
+        if key in ("tumour_volume_ml", "max_area_mm2"):
+            continue
+        columns[key] = [float(value)] + [float("nan")] * (n - 1)
+    return columns
+
+
+def load_study_nodes(scene: Any, path: str | Path, channels: Sequence[str]) -> list[Any]:
+    """Load a study as volume nodes in ``channels`` order.
+
+    ``path`` is a kaggle_3m study folder of .tif slices (nominal geometry), a DICOM folder holding one series
+    (FLAIR) or the three series pre-contrast/FLAIR/post-contrast (matched by SeriesDescription), or an
+    NRRD/NIfTI file (FLAIR).
+
+    Raises:
+        InputError: the study does not provide the channels the model needs.
+    """
+    from MedDLLib import nodes
+    from MedDLLib.io import load_volume
+
+    from . import dataset
+
+    path = Path(path)
+    if path.is_dir() and any(path.glob("*.tif")):
+        case = dataset.read_case_folder(path)
+        image = dataset.read_slices(case)
+        geometry = dataset.nominal_geometry((image.shape[0], image.shape[2], image.shape[3]))
+        return [nodes.add_scalar_volume(scene, Volume(image[:, dataset.CHANNELS.index(c)].astype(np.float32),
+                                                      geometry, {}), f"{case.case_id} {c}") for c in channels]
+    if path.is_dir():
+        from MedDLLib.dicom import find_series, read_series
+
+        found = find_series(path)
+        if len(found) == 0:
+            raise InputError(f"{path}: no DICOM series and no kaggle_3m .tif slices")
+        if len(found) == 1:
+            if list(channels) != ["FLAIR"]:
+                raise InputError(f"{path}: one series, but the model needs {list(channels)} "
+                                 "(give a folder with the pre-contrast, FLAIR and post-contrast series)")
+            return [nodes.add_scalar_volume(scene, read_series(found[0]), "FLAIR")]
+        out = []
+        for c in channels:
+            key = {"pre-contrast": "pre", "FLAIR": "flair", "post-contrast": "post"}[c]
+            match = [s for s in found if key in s.description.lower()]
+            if len(match) != 1:
+                raise InputError(f"{path}: expected one series whose SeriesDescription contains {key!r} for "
+                                 f"channel {c}, found {len(match)} among "
+                                 f"{[s.description for s in found]}")
+            out.append(nodes.add_scalar_volume(scene, read_series(match[0]), c))
+        return out
+    if list(channels) != ["FLAIR"]:
+        raise InputError(f"{path}: one volume file, but the model needs {list(channels)}")
+    return [load_volume(scene, path)]

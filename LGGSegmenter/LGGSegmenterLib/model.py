@@ -1,0 +1,426 @@
+"""Networks, the seed/improved recipes, training, slice-by-slice inference and evaluation of LGG segmentation.
+
+Networks (MONAI, 2D, one sigmoid output "tumour"): ``unet`` = ``BasicUNet``, ``unetpp`` = ``BasicUNetPlusPlus``
+(registered here as ``LGGSegmenter.BasicUNetPlusPlus`` so that it returns one tensor, not a list), ``flexunet`` =
+``FlexibleUNet`` with an EfficientNet-B0 encoder, always ``pretrained=False`` (nothing is downloaded).
+
+Recipes (:data:`RECIPES`):
+
+* ``seed``: the published Kaggle setup: whole slice / 255, Dice loss, **slice-level** train/validation split
+  (slices of one patient on both sides: leakage), model selected on per-slice Dice over all slices (empty/empty
+  counted as 1): its validation figure is inflated.
+* ``improved`` (Buda et al. 2019): **patient-level** split, brain crop, p10-p99 normalisation, tumour slices
+  oversampled to half of the draws, Dice+CE loss, largest connected component kept, model selected on
+  per-patient 3D Dice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from MedDLLib.errors import InputError, ModelError
+from MedDLLib.geometry import Geometry
+
+from . import dataset, preprocess
+
+TASK = "lgg"
+VERSION = "1.0.0"
+LABELS = ["tumour"]
+UNETPP_NAME = "LGGSegmenter.BasicUNetPlusPlus"
+NETWORKS = {"unet": "monai.networks.nets.BasicUNet", "unetpp": UNETPP_NAME,
+            "flexunet": "monai.networks.nets.FlexibleUNet"}
+DEFAULT_NETWORK = "unet"
+DEFAULT_WIDTH = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What differs between the seed and the improved recipe."""
+
+    name: str
+    split: str  # "slice" (leaky) or "patient"
+    tumour_fraction: float | None  # share of tumour slices among the draws (None: no oversampling)
+    loss: str  # "dice" or "dicece"
+    largest_component: bool
+    epochs: int
+    lr: float
+    batch_size: int
+
+
+RECIPES = {
+    "seed": Recipe("seed", "slice", None, "dice", False, 40, 1e-3, 16),
+    "improved": Recipe("improved", "patient", 0.5, "dicece", True, 40, 2e-3, 16),
+}
+
+
+# ------------------------------------------------------------------------------------------------ networks
+def _unetpp_factory(**args: Any) -> Any:
+    from monai.networks.nets import BasicUNetPlusPlus
+
+    class SingleOutputUNetPlusPlus(BasicUNetPlusPlus):
+        """``BasicUNetPlusPlus`` returning its final output tensor instead of a one-element list."""
+
+        def forward(self, x):  # type: ignore[override]
+            return super().forward(x)[0]
+
+    return SingleOutputUNetPlusPlus(**args)
+
+
+def register_networks() -> None:
+    """Register :data:`UNETPP_NAME` with :func:`MedDLLib.models.register_network` (idempotent)."""
+    from MedDLLib.models import register_network
+
+    register_network(UNETPP_NAME, _unetpp_factory)
+
+
+register_networks()
+
+
+def network_spec(kind: str, in_channels: int, width: int = DEFAULT_WIDTH) -> dict[str, Any]:
+    """Metadata ``network`` entry ``{"name", "args"}`` of a 2D network with one output channel.
+
+    Args:
+        kind: ``unet``, ``unetpp`` or ``flexunet``.
+        in_channels: 3 (pre/FLAIR/post) or 1 (FLAIR).
+        width: channels of the first level (U-Net levels: w, w, 2w, 4w, 8w, w).
+    """
+    if kind not in NETWORKS:
+        raise InputError(f"unknown network {kind!r}; expected one of {sorted(NETWORKS)}")
+    if width < 4:
+        raise InputError(f"network width must be >= 4, got {width}")
+    if kind == "flexunet":
+        args = {"in_channels": in_channels, "out_channels": 1, "backbone": "efficientnet-b0", "pretrained": False,
+                "spatial_dims": 2, "decoder_channels": [16 * width, 8 * width, 4 * width, 2 * width, width]}
+    else:
+        args = {"spatial_dims": 2, "in_channels": in_channels, "out_channels": 1,
+                "features": [width, width, 2 * width, 4 * width, 8 * width, width]}
+    return {"name": NETWORKS[kind], "args": args}
+
+
+def make_loss(recipe: Recipe) -> Any:
+    """Dice (seed) or Dice + cross-entropy (improved) on logits ``(B, 1, S, S)`` vs targets ``(B, 1, S, S)``."""
+    from monai.losses import DiceCELoss, DiceLoss
+
+    if recipe.loss == "dice":
+        return DiceLoss(sigmoid=True)
+    return DiceCELoss(sigmoid=True)
+
+
+# ------------------------------------------------------------------------------------------------ inference
+def predict_probabilities(network: Any, x: np.ndarray, device: Any = "cpu", batch_size: int = 16,
+                          progress: Callable[[float], None] | None = None,
+                          cancel: Callable[[], bool] | None = None) -> np.ndarray:
+    """Tumour probability ``(K, S, S)`` of a prepared study ``x (K, C, S, S)``, slice by slice in batches.
+
+    Raises:
+        InputError: ``cancel()`` became true (the run was cancelled).
+    """
+    import torch
+
+    network.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            if cancel is not None and cancel():
+                raise InputError("cancelled")
+            batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)).to(device)
+            out.append(torch.sigmoid(network(batch)[:, 0]).float().cpu().numpy())
+            if progress is not None:
+                progress(min(1.0, (start + len(batch)) / len(x)))
+    return np.concatenate(out)
+
+
+def postprocess(probability: np.ndarray, threshold: float = 0.5, largest_component: bool = True) -> np.ndarray:
+    """Binary tumour mask ``(K, H, W)``: threshold, then (optionally) the largest 3D connected component."""
+    mask = np.asarray(probability) >= threshold
+    if largest_component and mask.any():
+        import torch
+        from monai.transforms import KeepLargestConnectedComponent
+
+        keep = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, connectivity=3)
+        mask = np.asarray(keep(torch.from_numpy(mask[None].astype(np.uint8)))[0]).astype(bool)
+    return mask
+
+
+@dataclasses.dataclass
+class Segmentation:
+    """Result of :func:`segment_study`: probability and mask on the input grid ``(K, H, W)``."""
+
+    probability: np.ndarray
+    mask: np.ndarray
+    prepared: preprocess.Prepared
+
+
+def check_channels(image: np.ndarray, metadata: dict[str, Any]) -> None:
+    """Raise :class:`InputError` when ``image (K, C, H, W)`` does not have the model's input channels."""
+    channels = metadata["input"]["channels"]
+    n = channels if isinstance(channels, int) else len(channels)
+    if image.ndim != 4 or image.shape[1] != n:
+        raise InputError(f"the model expects {n} channel(s) {channels}, got an image of shape {image.shape} "
+                         "(K slices, C channels, H, W)")
+
+
+def segment_study(image: np.ndarray, network: Any, metadata: dict[str, Any], device: Any = "cpu",
+                  progress: Callable[[float], None] | None = None,
+                  cancel: Callable[[], bool] | None = None) -> Segmentation:
+    """Run the 2D network slice by slice on ``image (K, C, H, W)`` and post-process as the model's recipe says."""
+    check_channels(image, metadata)
+    prepared = preprocess.prepare(image, metadata["recipe"], int(metadata["input"]["size"]))
+    prob_grid = predict_probabilities(network, prepared.x, device, progress=progress, cancel=cancel)
+    probability = preprocess.to_input_grid(prob_grid, prepared.crop, prepared.input_hw)
+    post = metadata.get("postprocessing", {})
+    mask = postprocess(probability, float(post.get("threshold", 0.5)), bool(post.get("largest_component", False)))
+    return Segmentation(probability, mask, prepared)
+
+
+def case_image(case: dataset.LGGCase, channels: Sequence[str]) -> np.ndarray:
+    """``(K, C, H, W)`` of a kaggle_3m case with the model's channels (all three, or FLAIR alone)."""
+    image = dataset.read_slices(case)
+    index = [dataset.CHANNELS.index(c) for c in channels]
+    return image[:, index]
+
+
+def channel_names(metadata: dict[str, Any]) -> list[str]:
+    channels = metadata["input"]["channels"]
+    if isinstance(channels, int) or any(c not in dataset.CHANNELS for c in channels):
+        raise ModelError(f"model input channels {channels!r} are not among {dataset.CHANNELS}")
+    return list(channels)
+
+
+# ------------------------------------------------------------------------------------------------ training
+def _load_slice(item: tuple[str, str, int]) -> tuple[np.ndarray, np.ndarray]:
+    x_path, y_path, k = item
+    x = np.load(x_path, mmap_mode="r")[k]
+    y = np.load(y_path, mmap_mode="r")[k]
+    return np.array(x, dtype=np.float32), np.array(y[None], dtype=np.float32)
+
+
+def _flip(sample: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Left-right flip with probability 1/2 (the augmentation of the training set)."""
+    x, y = sample
+    if np.random.random() < 0.5:
+        return np.ascontiguousarray(x[..., ::-1]), np.ascontiguousarray(y[..., ::-1])
+    return x, y
+
+
+def _validate(recipe: Recipe, case_of_item: np.ndarray, network: Any, loader: Any, device: Any) -> dict[str, float]:
+    """Validation metrics on the network grid; ``dice`` is the recipe's selection metric."""
+    import torch
+
+    from MedDLLib.evaluation import dice_per_slice, dice_per_volume
+
+    probs, targets = [], []
+    for x, y in loader:
+        probs.append(torch.sigmoid(network(x.to(device))).float().cpu().numpy()[:, 0])
+        targets.append(y.numpy()[:, 0])
+    pred = np.concatenate(probs) >= 0.5
+    truth = np.concatenate(targets) > 0.5
+    per_slice_all = float(dice_per_slice(pred, truth, include_empty=True).mean())
+    per_patient = [dice_per_volume(pred[case_of_item == c], truth[case_of_item == c]) for c in np.unique(case_of_item)]
+    metrics = {"dice_per_slice_all": per_slice_all, "dice_per_patient_mean": float(np.mean(per_patient))}
+    metrics["dice"] = per_slice_all if recipe.split == "slice" else metrics["dice_per_patient_mean"]
+    return metrics
+
+
+def split_items(case_index: np.ndarray, patients: np.ndarray, split: str, seed: int,
+                val_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """Train/validation indices of the slices: by patient (honest) or by slice (the leaky seed protocol)."""
+    from MedDLLib.evaluation import train_val_split
+
+    if split == "patient":
+        return train_val_split(patients[case_index], val_fraction, seed)
+    order = np.random.default_rng(seed).permutation(len(case_index))
+    n_val = max(1, int(round(val_fraction * len(order))))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def train_lgg(data: str | Path, out: str | Path, *, recipe: str = "improved", network: str = DEFAULT_NETWORK,
+              width: int = DEFAULT_WIDTH, size: int | None = None, channels: Sequence[str] = dataset.CHANNELS,
+              epochs: int | None = None, max_minutes: float | None = None, seed: int = 0,
+              device: str | None = None, force_cpu: bool = False, batch_size: int | None = None,
+              lr: float | None = None, progress: bool | None = None) -> Any:
+    """Train a segmentation model package on a kaggle_3m dataset (real or phantom) with a recipe.
+
+    Args:
+        data: dataset folder (``kaggle_3m`` or its parent).
+        out: model package folder to write.
+        recipe: ``seed`` or ``improved`` (see :data:`RECIPES`).
+        network, width: see :func:`network_spec`.
+        size: network input side S (default: the slice size rounded down to a multiple of 32).
+        channels: input channels, all three (default) or ``("FLAIR",)``.
+        epochs, max_minutes, seed, device, force_cpu, batch_size, lr: training settings (None: the recipe's).
+
+    Returns:
+        :class:`MedDLLib.training.TrainResult`.
+    """
+    from MedDLLib.datasets import FileDataset
+    from MedDLLib.models import build_network
+    from MedDLLib.training import TrainConfig, seed_everything, train
+
+    if recipe not in RECIPES:
+        raise InputError(f"unknown recipe {recipe!r}; expected one of {sorted(RECIPES)}")
+    rec = RECIPES[recipe]
+    channels = list(channels)
+    for c in channels:
+        if c not in dataset.CHANNELS:
+            raise InputError(f"unknown channel {c!r}; expected some of {dataset.CHANNELS}")
+    cases = [c for c in dataset.find_cases(data)]
+    missing = [c.case_id for c in cases if not c.has_masks]
+    if missing:
+        raise InputError(f"cases without _mask.tif files cannot be used for training: {', '.join(missing[:5])}")
+    if len(cases) < 2:
+        raise InputError(f"{data}: training needs at least 2 patients, found {len(cases)}")
+    seed_everything(seed)
+    with tempfile.TemporaryDirectory(prefix="meddl-lgg-cache-") as cache:
+        items, case_index, tumour = [], [], []
+        for ci, case in enumerate(cases):
+            image = case_image(case, channels)
+            if size is None:
+                size = max(32, (image.shape[-1] // 32) * 32)
+            prepared = preprocess.prepare(image, recipe, size)
+            target = preprocess.target_on_grid(dataset.read_masks(case, image.shape[-2:]), prepared.crop)
+            x_path, y_path = Path(cache) / f"{ci}_x.npy", Path(cache) / f"{ci}_y.npy"
+            np.save(x_path, prepared.x.astype(np.float32))
+            np.save(y_path, target)
+            for k in range(len(target)):
+                items.append((str(x_path), str(y_path), k))
+                case_index.append(ci)
+                tumour.append(bool(target[k].any()))
+        case_index_arr, tumour_arr = np.array(case_index), np.array(tumour)
+        patients = np.array([c.patient_id for c in cases])
+        tr, va = split_items(case_index_arr, patients, rec.split, seed)
+        weights = None
+        if rec.tumour_fraction is not None and tumour_arr[tr].any() and (~tumour_arr[tr]).any():
+            n_t, n_e = tumour_arr[tr].sum(), (~tumour_arr[tr]).sum()
+            weights = np.where(tumour_arr[tr], rec.tumour_fraction / n_t, (1 - rec.tumour_fraction) / n_e)
+        spec = network_spec(network, len(channels), width)
+        metadata = {
+            "task": TASK, "version": VERSION, "recipe": recipe, "network": spec,
+            "input": {"channels": channels, "size": size, "normalisation": preprocess.RECIPE_NORMALISATION[recipe],
+                      "brain_crop": recipe == "improved", "slice_axis": "k (acquisition axis)",
+                      "tif_spacing_mm": list(dataset.NOMINAL_SPACING_MM)},
+            "output": {"labels": LABELS, "activation": "sigmoid"},
+            "postprocessing": {"threshold": 0.5, "largest_component": rec.largest_component},
+            "validation": {"split": rec.split, "metric": "dice_per_slice_all" if rec.split == "slice"
+                           else "dice_per_patient_mean"},
+            "training_data": {"kind": "synthetic" if (Path(data) / "phantom.json").is_file() else "real",
+                              "n_studies": len(cases),
+                              "description": f"kaggle_3m layout at {Path(data).name}: {len(cases)} patients, "
+                                             f"{len(items)} slices ({int(tumour_arr.sum())} with tumour)"},
+            "metrics": {},
+        }
+        net = build_network(metadata)
+        config = TrainConfig(out=Path(out), epochs=epochs or rec.epochs, max_minutes=max_minutes,
+                             batch_size=batch_size or rec.batch_size, lr=lr or rec.lr, seed=seed, device=device,
+                             force_cpu=force_cpu, metric="dice", metric_mode="max", drop_last=len(tr) > 2,
+                             progress=progress)
+        train_ds = FileDataset([items[i] for i in tr], _load_slice, transform=_flip)
+        val_ds = FileDataset([items[i] for i in va], _load_slice)
+        validate = functools.partial(_validate, rec, case_index_arr[va])
+        return train(net, train_ds, val_ds, make_loss(rec), config, metadata=metadata, validate_fn=validate,
+                     sample_weights=weights)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+@dataclasses.dataclass
+class CaseResult:
+    """Per-patient evaluation row."""
+
+    case_id: str
+    patient_id: str
+    dice: float
+    iou: float
+    features: dict[str, float]
+    mask: np.ndarray = dataclasses.field(repr=False)
+    truth: np.ndarray = dataclasses.field(repr=False)
+
+
+def evaluate_cases(cases: Sequence[dataset.LGGCase], network: Any, metadata: dict[str, Any],
+                   device: Any = "cpu") -> list[CaseResult]:
+    """Segment every case and score it against its masks (3D Dice/IoU) with the predicted-mask features."""
+    from MedDLLib.evaluation import dice_per_volume, iou_per_volume
+
+    from .features import tumour_features
+
+    channels = channel_names(metadata)
+    rows = []
+    for case in cases:
+        image = case_image(case, channels)
+        truth = dataset.read_masks(case, image.shape[-2:])
+        seg = segment_study(image, network, metadata, device)
+        geometry = dataset.nominal_geometry(truth.shape)
+        rows.append(CaseResult(case.case_id, case.patient_id, dice_per_volume(seg.mask, truth),
+                               iou_per_volume(seg.mask, truth), tumour_features(seg.mask, geometry).row(),
+                               seg.mask, truth))
+    return rows
+
+
+def summarize(rows: Sequence[CaseResult], metadata: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Flat metrics: per-patient Dice (mean with bootstrap CI, median), per-slice Dice with and without empty
+    slices, IoU, the gap between the leaky per-slice protocol and the per-patient one, and (when the model's
+    training record has it) the gap between its validation figure and the held-out per-patient Dice."""
+    from MedDLLib.evaluation import bootstrap_ci, dice_per_slice
+
+    dice = np.array([r.dice for r in rows])
+    mean, low, high = bootstrap_ci(np.mean, dice, seed=seed) if len(dice) > 1 else (float(dice.mean()),) * 3
+    slices_all = np.concatenate([dice_per_slice(r.mask, r.truth, include_empty=True) for r in rows])
+    slices_ne = np.concatenate([dice_per_slice(r.mask, r.truth, include_empty=False) for r in rows])
+    metrics: dict[str, Any] = {
+        "dice_per_patient_mean": float(mean), "dice_per_patient_mean_ci_low": float(low),
+        "dice_per_patient_mean_ci_high": float(high), "dice_per_patient_median": float(np.median(dice)),
+        "dice_per_slice_all": float(slices_all.mean()),
+        "dice_per_slice_nonempty": float(slices_ne.mean()) if len(slices_ne) else math.nan,
+        "iou_per_patient_mean": float(np.mean([r.iou for r in rows])),
+        "n_patients": len(rows), "n_slices": int(len(slices_all)), "n_slices_nonempty": int(len(slices_ne)),
+    }
+    metrics["protocol_gap_slice_all_minus_patient"] = metrics["dice_per_slice_all"] - metrics["dice_per_patient_mean"]
+    best = ((metadata or {}).get("training") or {}).get("best_metrics") or {}
+    if "dice" in best:
+        metrics["training_validation_dice"] = float(best["dice"])
+        metrics["training_validation_split"] = (metadata or {}).get("validation", {}).get("split", "")
+        metrics["leakage_gap_validation_minus_heldout"] = float(best["dice"]) - metrics["dice_per_patient_mean"]
+    return metrics
+
+
+def evaluate_lgg(data: str | Path, model: str | Path, device: Any = "cpu", seed: int = 0) -> dict[str, Any]:
+    """Evaluate a model package on every case of a kaggle_3m dataset; adds the death01 model when data.csv allows.
+
+    Returns:
+        the metrics of :func:`summarize` plus ``death01_*`` (or ``death01_note`` when the outcome model could
+        not be fitted) and ``recipe``/``network``.
+    """
+    import pandas as pd
+
+    from MedDLLib.models import load_package
+
+    from .features import death_model_auroc
+
+    package = load_package(model)
+    network = package.network(device)
+    cases = dataset.find_cases(data)
+    unlabeled = [c.case_id for c in cases if not c.has_masks]
+    if unlabeled:
+        raise InputError(f"cases without _mask.tif files cannot be evaluated: {', '.join(unlabeled[:5])}")
+    rows = evaluate_cases(cases, network, package.metadata, device)
+    metrics = summarize(rows, package.metadata, seed)
+    metrics["recipe"] = package.metadata["recipe"]
+    metrics["network"] = package.metadata["network"]["name"]
+    try:
+        clinical = dataset.read_clinical(data)
+        feats = pd.DataFrame([r.features for r in rows], index=[r.patient_id for r in rows])
+        metrics.update(death_model_auroc(feats, clinical, seed=seed))
+    except InputError as exc:
+        metrics["death01_note"] = str(exc)
+    return metrics
+
+
+def nominal_geometry_for(image: np.ndarray) -> Geometry:
+    """Nominal geometry of a ``(K, C, H, W)`` .tif study."""
+    return dataset.nominal_geometry((image.shape[0], image.shape[2], image.shape[3]))

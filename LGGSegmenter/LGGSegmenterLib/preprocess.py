@@ -1,0 +1,159 @@
+"""Preprocessing of a brain MRI study for the 2D segmentation networks, and its inverse.
+
+A study is ``image (K, C, H, W)`` (K slices along the acquisition axis, C channels) on a :class:`Geometry`.
+:func:`prepare` turns it into the network input ``(K, C, S, S)``:
+
+* ``seed`` recipe: the whole slice, intensities divided by 255 (the kaggle .tif range);
+* ``improved`` recipe (Buda et al. 2019): crop to the brain's bounding square (same box on every slice),
+  p10-p99 normalisation of each channel over the brain voxels (:func:`MedDLLib.intensity.normalize_percentile`).
+
+Both then resize each slice to ``S x S`` (bilinear). :class:`Crop` remembers the box so that network outputs
+go back onto the input grid (:func:`to_input_grid`), and :func:`network_grid_geometry` gives the geometry of the
+network input grid (for :func:`MedDLLib.gradcam.heatmap_to_reference`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from MedDLLib.errors import InputError
+from MedDLLib.geometry import Geometry
+from MedDLLib.intensity import normalize_percentile
+
+RECIPE_NORMALISATION = {"seed": "scale255", "improved": "p10p99"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Crop:
+    """An in-plane box ``rows j0:j1, columns i0:i1`` of an ``H x W`` slice, resized to ``size x size``."""
+
+    j0: int
+    j1: int
+    i0: int
+    i1: int
+    size: int
+
+    @property
+    def box_hw(self) -> tuple[int, int]:
+        return self.j1 - self.j0, self.i1 - self.i0
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Network input of one study: ``x (K, C, S, S)`` float32, the crop, and the input's ``(H, W)``."""
+
+    x: np.ndarray
+    crop: Crop
+    input_hw: tuple[int, int]
+
+
+def brain_mask(image: np.ndarray) -> np.ndarray:
+    """Head/brain foreground ``(K, H, W)`` bool: channel mean above 10 % of its 99th percentile.
+
+    Args:
+        image: ``(K, C, H, W)`` intensities (any scale).
+    """
+    mean = np.asarray(image, dtype=np.float32).mean(axis=1)
+    high = float(np.percentile(mean, 99))
+    if high <= 0:
+        return np.zeros(mean.shape, dtype=bool)
+    return mean > 0.1 * high
+
+
+def brain_crop(mask: np.ndarray, size: int, margin_px: int = 2) -> Crop:
+    """The square box (clipped to the slice) holding the foreground of every slice plus ``margin_px``.
+
+    An empty mask gives the whole slice.
+    """
+    _, h, w = mask.shape
+    rows, cols = np.nonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return Crop(0, h, 0, w, size)
+    j0, j1 = max(int(rows.min()) - margin_px, 0), min(int(rows.max()) + 1 + margin_px, h)
+    i0, i1 = max(int(cols.min()) - margin_px, 0), min(int(cols.max()) + 1 + margin_px, w)
+    side = min(max(j1 - j0, i1 - i0), h, w)  # square, so pixels stay square after resizing
+
+    def fit(a0: int, a1: int, n: int) -> tuple[int, int]:
+        start = int(round((a0 + a1 - side) / 2))
+        start = min(max(start, 0), n - side)
+        return start, start + side
+
+    j0, j1 = fit(j0, j1, h)
+    i0, i1 = fit(i0, i1, w)
+    return Crop(j0, j1, i0, i1, size)
+
+
+def resize_slices(x: np.ndarray, size_hw: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+    """Resize ``(K, C, H, W)`` to ``(K, C, *size_hw)`` (``mode`` bilinear or nearest); float32."""
+    import torch
+    import torch.nn.functional as F
+
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape[-2:] == tuple(size_hw):
+        return x.copy()
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(t, size=tuple(size_hw), mode=mode, **kwargs).numpy()
+
+
+def prepare(image: np.ndarray, recipe: str, size: int) -> Prepared:
+    """Network input of a study (see the module docstring).
+
+    Args:
+        image: ``(K, C, H, W)`` intensities.
+        recipe: ``"seed"`` or ``"improved"``.
+        size: network input side S in pixels.
+
+    Raises:
+        InputError: wrong dimensions, non-finite values, or unknown recipe.
+    """
+    image = np.asarray(image)
+    if image.ndim != 4 or min(image.shape) < 1:
+        raise InputError(f"expected a study image (K slices, C channels, H, W), got shape {image.shape}")
+    if recipe not in RECIPE_NORMALISATION:
+        raise InputError(f"unknown recipe {recipe!r}; expected one of {sorted(RECIPE_NORMALISATION)}")
+    x = image.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise InputError("the study image has non-finite values (NaN or infinity)")
+    k, c, h, w = x.shape
+    if recipe == "seed":
+        crop = Crop(0, h, 0, w, size)
+        x = x / 255.0
+    else:
+        mask = brain_mask(x)
+        crop = brain_crop(mask, size)
+        x = x[:, :, crop.j0:crop.j1, crop.i0:crop.i1]
+        m = mask[:, crop.j0:crop.j1, crop.i0:crop.i1]
+        for ch in range(c):
+            x[:, ch] = normalize_percentile(x[:, ch], 10.0, 99.0, mask=m if m.any() else None)
+    return Prepared(resize_slices(x, (size, size)), crop, (h, w))
+
+
+def target_on_grid(mask: np.ndarray, crop: Crop) -> np.ndarray:
+    """A ``(K, H, W)`` mask cropped and resized (nearest) like the image: ``(K, S, S)`` uint8."""
+    m = np.asarray(mask, dtype=np.float32)[:, None, crop.j0:crop.j1, crop.i0:crop.i1]
+    return resize_slices(m, (crop.size, crop.size), mode="nearest")[:, 0].astype(np.uint8)
+
+
+def to_input_grid(maps: np.ndarray, crop: Crop, input_hw: tuple[int, int]) -> np.ndarray:
+    """Maps ``(K, S, S)`` on the network grid back onto the input slices ``(K, H, W)`` (bilinear; 0 outside)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    out = np.zeros((maps.shape[0], *input_hw), dtype=np.float32)
+    out[:, crop.j0:crop.j1, crop.i0:crop.i1] = resize_slices(maps[:, None], crop.box_hw)[:, 0]
+    return out
+
+
+def network_grid_geometry(geometry: Geometry, crop: Crop) -> Geometry:
+    """Geometry of the network-input grid ``(K, S, S)`` given the input study's ``geometry``.
+
+    Pixel ``u`` of the resized box has its centre at input index ``i0 - 0.5 + (u + 0.5) * box / S``
+    (bilinear resizing with ``align_corners=False``).
+    """
+    box_h, box_w = crop.box_hw
+    scale_i, scale_j = box_w / crop.size, box_h / crop.size
+    first_ijk = np.array([crop.i0 - 0.5 + 0.5 * scale_i, crop.j0 - 0.5 + 0.5 * scale_j, 0.0, 1.0])
+    origin = geometry.ijk_to_lps() @ first_ijk
+    sx, sy, sz = geometry.spacing_mm
+    return Geometry((sx * scale_i, sy * scale_j, sz), tuple(origin[:3]), geometry.direction)

@@ -1,0 +1,113 @@
+"""LGGSegmenter: kaggle_3m reader, phantoms, preprocessing geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from LGGSegmenterLib import dataset, preprocess
+from LGGSegmenterLib.phantom import LGGPhantomGenerator, write_lgg_phantoms
+from MedDLLib.errors import InputError
+from MedDLLib.geometry import Geometry, Volume
+
+
+def _write_case(root, case_id, n_slices, with_masks=True):
+    folder = root / case_id
+    folder.mkdir(parents=True)
+    for n in range(1, n_slices + 1):  # slice n has value n in every channel
+        tifffile.imwrite(folder / f"{case_id}_{n}.tif", np.full((8, 8, 3), n, np.uint8))
+        if with_masks:
+            tifffile.imwrite(folder / f"{case_id}_{n}_mask.tif", np.full((8, 8), 255 * (n % 2), np.uint8))
+    return folder
+
+
+def test_slices_are_ordered_numerically_and_patient_id_strips_the_date(tmp_path):
+    _write_case(tmp_path, "TCGA_CS_4941_19960909", 12)
+    (case,) = dataset.find_cases(tmp_path)
+    assert case.patient_id == "TCGA_CS_4941"
+    image = dataset.read_slices(case)
+    assert image.shape == (12, 3, 8, 8)
+    assert image[:, 1, 0, 0].tolist() == list(range(1, 13))  # 1, 2, ..., 10, 11, 12: not 1, 10, 11, 12, 2
+    assert dataset.read_masks(case)[:, 0, 0].tolist() == [bool(n % 2) for n in range(1, 13)]
+
+
+def test_clear_errors_for_bad_inputs(tmp_path):
+    with pytest.raises(InputError, match="TCGA_XX_XXXX_YYYYMMDD"):
+        dataset.patient_id_of("patient7")
+    folder = _write_case(tmp_path, "TCGA_CS_0001_20000101", 3, with_masks=False)
+    with pytest.raises(InputError, match="no mask file"):
+        dataset.read_masks(dataset.read_case_folder(folder))
+    tifffile.imwrite(folder / "TCGA_CS_0001_20000101_4.tif", np.zeros((8, 8), np.uint8))
+    with pytest.raises(InputError, match="RGB"):
+        dataset.read_slices(dataset.read_case_folder(folder))
+    with pytest.raises(InputError, match="data.csv"):
+        dataset.read_clinical(tmp_path)
+
+
+def test_phantom_layout_masks_and_clinical_table(tmp_path):
+    manifest = write_lgg_phantoms(tmp_path, 6, seed=3, size_px=48, n_slices=10, dicom=True)
+    cases = dataset.find_cases(tmp_path)
+    assert len(cases) == 6 and (tmp_path / "kaggle_3m").is_dir()
+    clinical = dataset.read_clinical(tmp_path)
+    assert set(clinical.index) == {c.patient_id for c in cases}
+    assert set(clinical["death01"]) == {0, 1}
+    assert clinical["RNASeqCluster"].isna().any() or clinical["ethnicity"].isna().any()
+    for case, truth in zip(cases, manifest["truth"]):
+        image, mask = dataset.read_slices(case), dataset.read_masks(case)
+        assert image.shape == (10, 3, 48, 48) and mask.sum() == truth["tumour_voxels"] > 0
+        flair = image[:, 1].astype(float)
+        assert flair[mask].mean() > flair[~mask & (flair > 20)].mean() + 30  # the planted signal
+    # death01 is linked to tumour size
+    vol = {t["patient_id"]: t["tumour_volume_ml"] for t in manifest["truth"]}
+    dead = [vol[p] for p in clinical.index[clinical["death01"] == 1]]
+    alive = [vol[p] for p in clinical.index[clinical["death01"] == 0]]
+    assert np.mean(dead) > np.mean(alive)
+    # the DICOM copy reads back as the same voxels on the nominal grid
+    from MedDLLib.dicom import find_series, read_series
+
+    series = find_series(tmp_path / "dicom" / cases[0].case_id)
+    flair_series = [s for s in series if s.description == "FLAIR"][0]
+    vol_dcm = read_series(flair_series)
+    assert np.array_equal(vol_dcm.array, dataset.read_slices(cases[0])[:, 1])
+    assert vol_dcm.geometry.allclose(dataset.nominal_geometry(vol_dcm.array.shape))
+
+
+def test_phantom_is_reproducible():
+    a = LGGPhantomGenerator(48, 8).make_case(np.random.default_rng(5))
+    b = LGGPhantomGenerator(48, 8).make_case(np.random.default_rng(5))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_improved_preprocessing_crops_brain_and_normalises():
+    image, mask = LGGPhantomGenerator(64, 8).make_case(np.random.default_rng(0))
+    prepared = preprocess.prepare(image, "improved", 32)
+    crop = prepared.crop
+    assert prepared.x.shape == (8, 3, 32, 32)
+    assert crop.box_hw[0] == crop.box_hw[1] < 64  # square box, smaller than the slice
+    brain = preprocess.brain_mask(image.astype(np.float32))
+    assert brain[:, crop.j0:crop.j1, crop.i0:crop.i1].sum() == brain.sum()  # no brain voxel lost
+    assert prepared.x.min() >= 0.0 and prepared.x.max() <= 1.0
+    seed = preprocess.prepare(image, "seed", 64)
+    assert np.allclose(seed.x, image / 255.0, atol=1e-6)
+    with pytest.raises(InputError, match="recipe"):
+        preprocess.prepare(image, "fancy", 32)
+
+
+def test_network_grid_geometry_matches_the_inverse_resize():
+    """Grad-CAM goes back through the network-grid geometry; probabilities through to_input_grid: same place."""
+    from MedDLLib.gradcam import heatmap_to_reference
+
+    crop = preprocess.Crop(6, 46, 10, 50, 20)  # 40 x 40 box -> 20 x 20
+    rng = np.random.default_rng(0)
+    grid_map = np.zeros((3, 20, 20), np.float32)
+    grid_map[:, 5:12, 8:15] = 1.0
+    grid_map += 0.01 * rng.random(grid_map.shape).astype(np.float32)
+    geometry = Geometry((0.9, 1.1, 3.0), (10.0, -5.0, 2.0), np.eye(3))
+    direct = preprocess.to_input_grid(grid_map, crop, (56, 60))
+    via_geometry = heatmap_to_reference(grid_map, preprocess.network_grid_geometry(geometry, crop),
+                                        Volume(np.zeros((3, 56, 60), np.float32), geometry, {})).array
+    inside = np.zeros_like(direct, dtype=bool)
+    inside[:, crop.j0 + 1:crop.j1 - 1, crop.i0 + 1:crop.i1 - 1] = True
+    assert np.abs(direct - via_geometry)[inside].max() < 0.05
+    assert np.array_equal(direct > 0.5, via_geometry > 0.5)
