@@ -372,7 +372,7 @@ def torchrun_toy(data: Path, out: Path, *args: str) -> subprocess.CompletedProce
                                                              "MASTER_PORT")}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(TESTING / "training_toy.py"), "--data", str(data), "--out", str(out), *args]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
