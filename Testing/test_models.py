@@ -412,3 +412,14 @@ def test_cli_models_commands(tmp_path, package, capsys):
     assert cli.main(["models", "remove", "ich-cli"]) == 0
     assert "removed ich-cli" in capsys.readouterr().out
     assert cli.main(["models", "remove", "ich-cli"]) == 1
+
+
+def test_list_models_skips_the_training_folder_beside_a_package(tmp_path):
+    from MedDLLib import training
+
+    package = models.cache_dir() / "blob"
+    package.mkdir(parents=True)
+    training.training_dir(package).mkdir()
+    (models.cache_dir() / "stray.training").mkdir()  # no package beside it: still listed (as broken)
+    names = [entry["name"] for entry in models.list_models()]
+    assert "blob.training" not in names and "stray.training" in names

@@ -368,6 +368,8 @@ def list_models() -> list[dict[str, Any]]:
     for folder in sorted(cache_dir().iterdir()):
         if folder.name.startswith(".") or not folder.is_dir():
             continue
+        if folder.name.endswith(".training") and (cache_dir() / folder.name[: -len(".training")]).is_dir():
+            continue  # the training log/state folder that MedDLLib.training writes beside a package
         entry: dict[str, Any] = {"name": folder.name, "path": str(folder)}
         try:
             meta = _read_metadata(folder)
