@@ -18,6 +18,7 @@ import pytest
 import dummy_task
 from MedDLLib import batch, tasks
 from MedDLLib.errors import InputError
+from MedDLLib.io import to_jsonable
 
 TESTING = Path(__file__).resolve().parent
 SCRIPT = TESTING.parent / "MedDLExtension" / "MedDLScripts" / "meddl_batch.py"
@@ -188,9 +189,9 @@ def test_study_id(tmp_path):
 def test_to_jsonable_relativises_paths(tmp_path):
     np = pytest.importorskip("numpy")
     value = {"p": tmp_path / "a" / "b.nrrd", "q": Path("/elsewhere/x"), "n": np.float32(0.5), "a": np.arange(2)}
-    assert batch.to_jsonable(value, base=tmp_path) == {"p": "a/b.nrrd", "q": "/elsewhere/x", "n": 0.5, "a": [0, 1]}
+    assert to_jsonable(value, base=tmp_path) == {"p": "a/b.nrrd", "q": "/elsewhere/x", "n": 0.5, "a": [0, 1]}
     with pytest.raises(TypeError, match="cannot write a object as JSON"):
-        batch.to_jsonable({"x": object()})
+        to_jsonable({"x": object()})
 
 
 # ------------------------------------------------------------------------------------------------ SIGKILL + resume

@@ -80,7 +80,7 @@ def infer_study(input_path: Path, model: str, output: Path, *, heatmap_label: st
 
 
 def _write_probabilities(path: Path, probs: Any) -> None:
-    from MedDLLib.batch import atomic_write_text
+    from MedDLLib.io import atomic_write_text
 
     from .dataset import LABELS
 
@@ -175,7 +175,7 @@ class ICHTask(Task):
     def demo(self, out: Path, args: argparse.Namespace) -> dict[str, Any]:
         import shutil
 
-        from MedDLLib.batch import atomic_write_json
+        from MedDLLib.io import atomic_write_json
 
         from .dataset import scan_dataset
         from .model import evaluate_model, train_model

@@ -28,6 +28,7 @@ import numpy as np
 
 from MedDLLib.dicomwrite import write_series
 from MedDLLib.geometry import Geometry, Volume
+from MedDLLib.io import atomic_path
 from MedDLLib.phantoms import HU, PhantomGenerator, ellipsoid_mask, smooth_noise, write_phantom_dataset
 
 from .dataset import CSV_SUBTYPES, IMAGE_FOLDER, LABELS, LABELS_CSV, SUBTYPES
@@ -204,12 +205,10 @@ class ICHPhantomGenerator(PhantomGenerator):
             for slice_id, labels in zip(truth["slice_ids"], truth["labels"]):
                 for subtype in CSV_SUBTYPES:
                     rows.append((f"{slice_id}_{subtype}", int(labels[LABELS.index(subtype)])))
-        tmp = out / f".{LABELS_CSV}.partial"
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(out / LABELS_CSV) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["ID", "Label"])
             writer.writerows(rows)
-        os.replace(tmp, out / LABELS_CSV)
 
 
 def write_dataset(out: str | os.PathLike, cases: int, seed: int = 0, *, size: int = 64, n_slices: int = 12,

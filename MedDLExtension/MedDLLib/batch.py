@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import InputError
-from .io import VOLUME_FILE_SUFFIXES, atomic_write_json, atomic_write_text, to_jsonable  # noqa: F401 (re-exported)
+from .io import VOLUME_FILE_SUFFIXES, atomic_write_text, to_jsonable
 from .tasks import Task
 
 SUMMARY_CSV = "summary.csv"

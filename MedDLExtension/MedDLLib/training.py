@@ -67,6 +67,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .datasets import WeightedDistributedSampler
 from .errors import InputError, MedDLError, ModelError
+from .io import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -473,17 +474,6 @@ def _clean_metrics(metrics: Any, metric: str) -> dict[str, float]:
     return clean
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through a temporary file and a rename, so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _finite_or_none(obj: Any) -> Any:
     """JSON-safe copy: NaN and infinities become ``None`` (``null``), so every log line is strict JSON."""
     if isinstance(obj, float):
@@ -497,7 +487,7 @@ def _finite_or_none(obj: Any) -> Any:
 
 def _write_log(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
     text = "".join(json.dumps(_finite_or_none(record), allow_nan=False) + "\n" for record in history)
-    _atomic_write_bytes(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write_text(path, text)
 
 
 def plot_history(history: Sequence[Mapping[str, Any]], path: Path | str, metric: str | None = None) -> Path:
@@ -543,7 +533,8 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: Path | str, metric:
     ax_loss.set_title("loss")
     ax_metric.set_title("validation metrics" + (f" (best by {metric})" if metric else ""))
     fig.tight_layout()
-    _atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, format="png"))
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -973,7 +964,8 @@ class _Trainer:
             "rng": gathered,
             "config": self.config.to_dict(),
         }
-        _atomic_write_bytes(self.training_dir / TRAINING_STATE, lambda tmp: torch.save(state, tmp))
+        with atomic_path(self.training_dir / TRAINING_STATE) as tmp:
+            torch.save(state, tmp)
 
     def _print_epoch(self, record: Mapping[str, Any]) -> None:
         metrics = " ".join(f"{k}={v:.4f}" for k, v in record["val"].items())
