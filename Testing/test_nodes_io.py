@@ -144,3 +144,15 @@ def test_render_slice_png_shows_layers_in_radiological_convention(headless_scene
     assert left > right + 50  # bright half (patient right) drawn on the left
     top_right = rgb[:20, 60:]  # heatmap: low j (anterior, screen top) and high i (patient left, screen right)
     assert (top_right[..., 0] - top_right[..., 2]).mean() > 20  # inferno is warm (red > blue)
+
+
+def test_empty_segmentation_is_saved_in_the_reference_geometry(headless_scene, tmp_path):
+    """A result with no finding (all segments empty) must still be a .seg.nrrd on the input's grid."""
+    geometry = Geometry((0.5, 0.5, 5.0), (10.0, 20.0, 30.0))
+    reference = nodes.add_scalar_volume(headless_scene, Volume(np.zeros((8, 12, 16), np.int16), geometry), "ref")
+    seg = nodes.add_segmentation(headless_scene, np.zeros((8, 12, 16), np.uint8),
+                                 {1: ("bleed", (1.0, 0.0, 0.0))}, reference, "none found")
+    image = sitk.ReadImage(str(io.save_node(seg, tmp_path / "empty.seg.nrrd")))
+    assert image.GetSize() == (16, 12, 8)
+    assert from_sitk(image).geometry.allclose(geometry)
+    assert not sitk.GetArrayFromImage(image).any()

@@ -184,16 +184,17 @@ def add_segmentation(
     segmentation = seg_node.GetSegmentation()
     for value, (seg_name, rgb) in sorted(segments.items()):
         segment_id = segmentation.AddEmptySegment(seg_name, seg_name, tuple(map(float, rgb)))
+        # Imported even when empty: the segment then still carries the reference grid, so an all-empty
+        # segmentation is saved in the input geometry instead of a 1x1x1 grid at the origin.
         mask = (labels == value).astype(np.uint8)
-        if mask.any():
-            tmp = _add_volume_node(scene, "vtkMRMLLabelMapVolumeNode", mask, reference, "tmp_mask")
-            try:
-                ids = _string_array([segment_id])
-                ok = slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(tmp, seg_node, ids)
-            finally:
-                scene.RemoveNode(tmp)
-            if not ok:
-                raise RuntimeError(f"{name}: could not import segment {seg_name!r}")
+        tmp = _add_volume_node(scene, "vtkMRMLLabelMapVolumeNode", mask, reference, "tmp_mask")
+        try:
+            ids = _string_array([segment_id])
+            ok = slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(tmp, seg_node, ids)
+        finally:
+            scene.RemoveNode(tmp)
+        if not ok:
+            raise RuntimeError(f"{name}: could not import segment {seg_name!r}")
     segmentation.CollapseBinaryLabelmaps()
     return seg_node
 
