@@ -88,11 +88,8 @@ def render_slice_png(
 
 def slice_offset_of(node: Any, k: float, orientation: str = "Axial") -> float:
     """RAS offset (mm) along the view normal of voxel-slice index ``k`` of ``node`` (for axial views: S)."""
-    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+    from .nodes import geometry_from_node
 
-    m = vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
     dims = node.GetImageData().GetDimensions()
-    centre = np.array([(dims[0] - 1) / 2.0, (dims[1] - 1) / 2.0, float(k), 1.0])
-    ras = [sum(m.GetElement(r, c) * centre[c] for c in range(4)) for r in range(3)]
+    ras = geometry_from_node(node).ijk_to_ras_points(np.array([(dims[0] - 1) / 2.0, (dims[1] - 1) / 2.0, float(k)]))[0]
     return float(ras[{"Sagittal": 0, "Coronal": 1, "Axial": 2}[orientation]])
