@@ -7,6 +7,7 @@ import pydicom
 import pytest
 
 from ICHDetectorLib import dataset, phantom, preprocess
+from MedDLLib import dicom
 from MedDLLib.dicomwrite import write_series
 from MedDLLib.errors import InputError
 from MedDLLib.geometry import Volume
@@ -66,19 +67,22 @@ def test_bad_intercept_fix_recovers_hu(tmp_path):
     paths = write_series(tmp_path, volume.with_array(phantom.encode_bad_intercept(volume.array)),
                          rescale_intercept=0.0, bits_stored=12, pixel_representation=0, file_names="instance")
     ds = pydicom.dcmread(paths[1])
-    assert preprocess.has_bad_intercept(ds)
+    assert dicom.has_bad_intercept(ds)
     np.testing.assert_allclose(preprocess.read_slice_hu(paths[1]), np.rint(volume.array[1]), atol=0.5)
     raw = preprocess.read_slice_hu(paths[1], fix=False)
     assert raw.min() >= 0  # without the fix, air reads as +3096
     # the fix as specified: +1000, wrap >= 4096, intercept -1000
-    fixed, intercept = preprocess.fix_bad_intercept(np.array([3096, 0, 1000, 4000]), ds)
+    fixed, intercept = dicom.fix_bad_intercept(np.array([3096, 0, 1000, 4000]), ds)
     assert intercept == -1000.0 and (fixed + intercept).tolist() == [-1000, 0, 1000, -96]
     normal = write_series(tmp_path / "ok", volume, file_names="instance")
-    assert not preprocess.has_bad_intercept(pydicom.dcmread(normal[0]))
-    from MedDLLib.dicom import read_dicom_folder
-
-    fixed_volume = preprocess.fix_bad_intercept_volume(read_dicom_folder(tmp_path, series_uid=ds.SeriesInstanceUID))
+    assert not dicom.has_bad_intercept(pydicom.dcmread(normal[0]))
+    fixed_volume = dicom.read_dicom_folder(tmp_path, series_uid=ds.SeriesInstanceUID, fix_bad_intercept=True)
     np.testing.assert_allclose(fixed_volume.array, np.rint(volume.array), atol=0.5)
+    assert any("bad-intercept fix applied to 6 of 6 files" in w for w in fixed_volume.metadata["warnings"])
+    unfixed = dicom.read_dicom_folder(tmp_path, series_uid=ds.SeriesInstanceUID)  # off by default: stored as read
+    assert unfixed.array.min() >= 0
+    kept = dicom.read_dicom_folder(tmp_path / "ok", fix_bad_intercept=True)  # a correct file is left alone
+    np.testing.assert_allclose(kept.array, np.rint(volume.array), atol=0.5)
 
 
 def test_channels_windows_context_and_grid():

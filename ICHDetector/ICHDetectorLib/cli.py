@@ -35,11 +35,9 @@ def read_study_volume(path: Path) -> Any:
     from MedDLLib import dicom, io as mio
     from MedDLLib.resample import from_sitk
 
-    from .preprocess import fix_bad_intercept_volume
-
     path = Path(path)
     if path.is_dir():
-        return fix_bad_intercept_volume(dicom.read_dicom_folder(path))
+        return dicom.read_dicom_folder(path, fix_bad_intercept=True)
     if not mio.is_volume_file(path):
         raise InputError(f"{path}: not a DICOM folder nor a volume file ({', '.join(mio.VOLUME_FILE_SUFFIXES)})")
     import SimpleITK as sitk

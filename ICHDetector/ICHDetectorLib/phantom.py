@@ -13,7 +13,7 @@ epidural (biconvex lens against the inner skull), subdural (crescent along the i
 Blood is 50-90 HU (one value per bleed plus noise). About half of the studies are negative; positive studies
 carry 1 to 3 subtypes. A quarter of the studies are stored with the RSNA "bad intercept" 12-bit encoding
 (BitsStored 12, unsigned, RescaleIntercept 0, stored = HU mod 4096): readers need the fix in
-:func:`ICHDetectorLib.preprocess.fix_bad_intercept`.
+:func:`MedDLLib.dicom.fix_bad_intercept`.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ Slices are resized to ``size x size`` with bilinear interpolation over the same 
 (pixel-centre aligned, as :func:`MedDLLib.resample.resample` does), and :func:`network_grid` gives the
 :class:`Geometry` of that grid so Grad-CAM maps can be put back into the input volume.
 
-:func:`fix_bad_intercept` belongs in ``MedDLLib.dicom`` (it is a DICOM reading fix, not ICH-specific); it is
-here until the shared library takes it.
+The RSNA bad-intercept fix for 12-bit unsigned files is a DICOM reading fix: :func:`MedDLLib.dicom.fix_bad_intercept`
+(``read_dicom_folder(..., fix_bad_intercept=True)`` for whole series).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import pydicom
 
+from MedDLLib import dicom
 from MedDLLib.errors import DicomError, InputError
 from MedDLLib.geometry import Geometry, Volume
 from MedDLLib.intensity import normalize_max_abs, window_channels
@@ -34,39 +35,7 @@ from MedDLLib.intensity import normalize_max_abs, window_channels
 WINDOWS: tuple[str, ...] = ("brain", "subdural", "bone")
 
 
-# -------------------------------------------------------------------------------------------- HU and the fix
-def has_bad_intercept(ds: pydicom.Dataset) -> bool:
-    """True for the RSNA 2019 files whose 12-bit unsigned data carry a wrong RescaleIntercept.
-
-    Condition (as used by the competition's top solutions): BitsStored 12, PixelRepresentation 0 and
-    RescaleIntercept > -100 HU.
-    """
-    try:
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    except (TypeError, ValueError):
-        return False
-    return int(ds.get("BitsStored") or 0) == 12 and int(ds.get("PixelRepresentation") or 0) == 0 and intercept > -100
-
-
-def fix_bad_intercept(stored: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, float]:
-    """Stored values and intercept after the bad-intercept fix (unchanged when :func:`has_bad_intercept` is False).
-
-    The fix: add 1000 to the stored values, wrap values >= 4096 (subtract 4096), use intercept -1000.
-
-    Args:
-        stored: raw stored pixel values of one file (any integer shape).
-        ds: its header.
-    Returns:
-        ``(stored_values, intercept)`` with ``HU = stored_values * slope + intercept``.
-    """
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    if not has_bad_intercept(ds):
-        return stored, intercept
-    fixed = np.asarray(stored, dtype=np.int32) + 1000
-    fixed[fixed >= 4096] -= 4096
-    return fixed, -1000.0
-
-
+# -------------------------------------------------------------------------------------------- HU
 def read_slice_hu(path: str | os.PathLike, fix: bool = True) -> np.ndarray:
     """One DICOM slice in HU (float32 ``(rows, cols)``), with the bad-intercept fix unless ``fix`` is False."""
     try:
@@ -77,33 +46,11 @@ def read_slice_hu(path: str | os.PathLike, fix: bool = True) -> np.ndarray:
     if stored.ndim != 2:
         raise DicomError(f"{path}: expected one greyscale frame, got pixel array of shape {stored.shape}")
     if fix:
-        stored, intercept = fix_bad_intercept(stored, ds)
+        stored, intercept = dicom.fix_bad_intercept(stored, ds)
     else:
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
     slope = float(ds.get("RescaleSlope", 1) or 1)
     return (np.asarray(stored, dtype=np.float32) * slope + intercept).astype(np.float32)
-
-
-def fix_bad_intercept_volume(volume: Volume) -> Volume:
-    """A volume read by :func:`MedDLLib.dicom.read_dicom_folder`, corrected if its files have the bad intercept.
-
-    The header of the first file (``volume.metadata["files"]``) decides; values are converted back to stored
-    values with that header's rescale and fixed. Volumes not read from DICOM are returned unchanged.
-    """
-    files = volume.metadata.get("files") or []
-    if not files:
-        return volume
-    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
-    if not has_bad_intercept(ds):
-        return volume
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    stored = np.rint((np.asarray(volume.array, dtype=np.float64) - intercept) / slope).astype(np.int32)
-    fixed, new_intercept = fix_bad_intercept(stored, ds)
-    hu = (fixed * slope + new_intercept).astype(np.float32)
-    warnings = list(volume.metadata.get("warnings") or []) + [
-        "RSNA bad-intercept fix applied (BitsStored 12, unsigned, RescaleIntercept > -100)"]
-    return volume.with_array(hu, warnings=warnings, units="HU")
 
 
 # ---------------------------------------------------------------------------------------------- input checks
@@ -150,7 +97,7 @@ class InputSpec:
         windows: window names for ``mode="windows"``.
         context: neighbouring slices on each side (2.5D); 0 = the slice alone.
         size: network input size (pixels, square).
-        fix_bad_intercept: apply :func:`fix_bad_intercept` when reading DICOM files for training.
+        fix_bad_intercept: apply :func:`MedDLLib.dicom.fix_bad_intercept` when reading DICOM files for training.
     """
 
     mode: str = "windows"

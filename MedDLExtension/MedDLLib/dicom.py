@@ -921,6 +921,49 @@ def _modality_lut(ds: pydicom.Dataset, warnings: list[str] | None = None) -> _Mo
     return _ModalityLut("rescale", slope, intercept, ends[0], ends[1], integer, lo, hi)
 
 
+def has_bad_intercept(ds: pydicom.Dataset) -> bool:
+    """True for the RSNA 2019 head CT files whose 12-bit unsigned data carry a wrong RescaleIntercept.
+
+    Condition (as used by the competition's top solutions): CT, BitsStored 12, PixelRepresentation 0 and
+    RescaleIntercept > -100 HU (air would read as a positive HU value).
+    """
+    try:
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        bits, signed = int(ds.get("BitsStored") or 0), int(ds.get("PixelRepresentation") or 0)
+    except (TypeError, ValueError):
+        return False
+    return str(ds.get("Modality") or "CT") == "CT" and bits == 12 and signed == 0 and intercept > -100
+
+
+def fix_bad_intercept(stored: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, float]:
+    """Stored values and intercept after the RSNA bad-intercept fix (unchanged when :func:`has_bad_intercept` is False).
+
+    The fix: add 1000 to the stored values, wrap values >= 4096 (subtract 4096), use intercept -1000 HU.
+
+    Args:
+        stored: raw stored pixel values of one file (any integer shape).
+        ds: its header.
+    Returns:
+        ``(stored_values, intercept)`` with ``HU = stored_values * RescaleSlope + intercept``.
+    """
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    if not has_bad_intercept(ds):
+        return stored, intercept
+    fixed = np.asarray(stored, dtype=np.int32) + 1000
+    fixed[fixed >= 4096] -= 4096
+    return fixed, -1000.0
+
+
+_fix_bad_intercept = fix_bad_intercept  # read_series' argument of the same name hides the function
+
+
+def _fixed_lut(ds: pydicom.Dataset) -> _ModalityLut:
+    """The Modality LUT of a bad-intercept file after :func:`fix_bad_intercept` (stored 0..4095, intercept -1000)."""
+    slope = _float(ds, "RescaleSlope") or 1.0
+    ends = sorted((-1000.0, 4095 * slope - 1000.0))
+    return _ModalityLut("rescale", slope, -1000.0, ends[0], ends[1], float(slope).is_integer(), 0, 4095)
+
+
 def _output_dtype(luts: Sequence[_ModalityLut], raw_dtype: np.dtype) -> np.dtype:
     if not all(m.integer for m in luts):
         return np.dtype(np.float32)
@@ -1034,7 +1077,8 @@ def _resample_regular(stack: np.ndarray, layout: StackLayout, fill: float) -> tu
 
 
 # --------------------------------------------------------------------------------------------- reading
-def read_series(series: DicomSeries, *, irregular: str = "resample", workers: int | None = None) -> Volume:
+def read_series(series: DicomSeries, *, irregular: str = "resample", workers: int | None = None,
+                fix_bad_intercept: bool = False) -> Volume:
     """Read one :class:`DicomSeries` into a :class:`Volume` (values through the Modality LUT, LPS geometry).
 
     Args:
@@ -1043,6 +1087,8 @@ def read_series(series: DicomSeries, *, irregular: str = "resample", workers: in
             grid (float32, reported in ``metadata["warnings"]``) or "refuse" (raise :class:`DicomError`).
         workers: processes decoding pixel data (None: automatic, only for compressed transfer syntaxes, see
             :data:`PARALLEL_MIN_HEADER_FILES`).
+        fix_bad_intercept: apply :func:`fix_bad_intercept` to the files :func:`has_bad_intercept` flags (RSNA
+            2019 head CT; reported in ``metadata["warnings"]``).
 
     Returns:
         ``Volume(array[k, j, i], geometry, metadata)`` with the metadata of :class:`DicomSeries` plus
@@ -1078,17 +1124,23 @@ def read_series(series: DicomSeries, *, irregular: str = "resample", workers: in
                          "(refused; read with irregular='resample' to interpolate it onto a regular grid)")
 
     warnings = list(series.warnings)
-    luts = []
+    luts, fixed = [], []
     for i, s in enumerate(series.slices):
+        fixed.append(fix_bad_intercept and has_bad_intercept(s.header))
         try:
-            luts.append(_modality_lut(s.header, warnings if i == 0 else None))
+            luts.append(_fixed_lut(s.header) if fixed[-1] else _modality_lut(s.header, warnings if i == 0 else None))
         except DicomError as exc:
             raise DicomError(f"{s.path}: {exc}") from None
+    if any(fixed):
+        warnings.append(f"RSNA bad-intercept fix applied to {sum(fixed)} of {len(fixed)} files (BitsStored 12, "
+                        "unsigned, RescaleIntercept > -100: stored + 1000, wrapped at 4096, intercept -1000)")
     # Native pixel data decodes at memory speed: serial unless asked (see PARALLEL_MIN_HEADER_FILES).
     auto_min = PARALLEL_MIN_COMPRESSED_FILES if first.transfer_syntax.is_compressed else sys.maxsize
     array = None
     for k, (raw, s, lut) in enumerate(zip(_parallel_map(_decode, series.slices, workers, auto_min),
                                           series.slices, luts)):
+        if fixed[k]:
+            raw = _fix_bad_intercept(raw, s.header)[0]
         if array is None:  # the output type may depend on the stored type
             array = np.empty((len(series.slices), *raw.shape), dtype=_output_dtype(luts, raw.dtype))
         if raw.shape != array.shape[1:]:
@@ -1164,7 +1216,7 @@ def select_series(found: SeriesList, series_uid: str | None = None) -> DicomSeri
 
 
 def read_dicom_folder(folder: str | os.PathLike, series_uid: str | None = None, *, irregular: str = "resample",
-                      workers: int | None = None) -> Volume:
+                      workers: int | None = None, fix_bad_intercept: bool = False) -> Volume:
     """Read the one volume under ``folder`` (or the one with ``series_uid``: a volume uid or SeriesInstanceUID).
 
     Raises:
@@ -1172,7 +1224,8 @@ def read_dicom_folder(folder: str | os.PathLike, series_uid: str | None = None, 
             uid, description and slice count of each), or any :func:`read_series` error.
     """
     found = find_series(folder, workers=workers)
-    return read_series(select_series(found, series_uid), irregular=irregular, workers=workers)
+    return read_series(select_series(found, series_uid), irregular=irregular, workers=workers,
+                       fix_bad_intercept=fix_bad_intercept)
 
 
 def inspect_folder(root: str | os.PathLike, workers: int | None = None) -> list[dict[str, Any]]:
