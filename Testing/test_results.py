@@ -1,0 +1,292 @@
+"""MedDLLib.results on a real slicer-core scene: the widget's run path without Qt, end to end.
+
+Input node -> :func:`prepare_input` (NRRD) -> ``meddl infer ich|lgg`` in a child process started exactly as
+the widget's BackgroundRunner starts it (:func:`MedDLLib.guisupport.child_command` / ``child_environment``) ->
+:func:`load_outputs` (through the tasks' ``widgetlogic.load_results``) into a headless scene. The models are
+untrained (the contract does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from MedDLLib import guisupport, nodes, results
+from MedDLLib.errors import InputError, MedDLError
+
+
+def _ijk_to_ras(node) -> np.ndarray:
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _snapshot(node) -> tuple:
+    """What must not change on an input node: voxels, geometry, attributes, storage node."""
+    attributes = {k: node.GetAttribute(k) for k in node.GetAttributeNames() or ()}
+    return (np.array(nodes.volume_from_node(node).array, copy=True), _ijk_to_ras(node), attributes,
+            node.GetStorageNodeID(), node.GetName())
+
+
+def _assert_unchanged(node, before) -> None:
+    after = _snapshot(node)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_array_equal(after[1], before[1])
+    assert after[2:] == before[2:]
+
+
+def _run_meddl(arguments: list[str], task_entry: str, *packages) -> guisupport.RunOutcome:
+    """``meddl <arguments>`` in a child, as MedDLWidgets.BackgroundRunner runs it (minus the Qt timer)."""
+    paths = list(dict.fromkeys(str(Path(p.__file__).resolve().parents[1]) for p in packages))
+    command = guisupport.child_command(guisupport.python_executable(), arguments)
+    env = guisupport.child_environment(dict(os.environ), paths, [task_entry])
+    log: list[str] = []
+    outcome = guisupport.run_child_blocking(command, env, on_message=lambda m: log.append(m.message))
+    assert outcome.succeeded, "\n".join(log[-30:]) + f"\n{outcome}"
+    return outcome
+
+
+# ------------------------------------------------------------------------------------------------------ ICH
+@pytest.fixture(scope="module")
+def ich_run(tmp_path_factory):
+    """One widget-style ``meddl infer ich`` run on a 48 x 48 x 8 phantom head CT; returns (output, volume)."""
+    import ICHDetectorLib
+    import MedDLLib
+    from ICHDetectorLib import phantom, widgetlogic
+    from ICHDetectorLib.bench import _untrained_package
+    from MedDLLib.headless import create_scene
+
+    root = tmp_path_factory.mktemp("ich_run")
+    package = _untrained_package(root, 64)
+    volume, _, _ = phantom.head_ct(np.random.default_rng(5), 48, 8, ("subdural",))
+    hs = create_scene()
+    try:
+        node = nodes.add_scalar_volume(hs.scene, volume, "head CT", window=(40.0, 80.0))
+        before = _snapshot(node)
+        run = results.new_run_folder("ich", root / "runs")
+        (input_file,) = results.prepare_input([node], run / "input", names=["head_ct"])
+        _assert_unchanged(node, before)
+    finally:
+        hs.scene.Clear(1)
+    arguments = widgetlogic.infer_arguments(input_file, str(package), run / "output", heatmap_label="subdural",
+                                            threshold=0.3, force_cpu=True)
+    _run_meddl(arguments, widgetlogic.TASK_ENTRY, MedDLLib, ICHDetectorLib)
+    return run / "output", volume
+
+
+def test_prepare_input_writes_nrrd_in_node_geometry(headless_scene, tmp_path):
+    import SimpleITK as sitk
+    from ICHDetectorLib import phantom
+
+    volume, _, _ = phantom.head_ct(np.random.default_rng(1), 32, 6, ())
+    node = nodes.add_scalar_volume(headless_scene, volume, "CT: a/b")
+    node.SetAttribute("DICOM.Modality", "CT")
+    before = _snapshot(node)
+    (path,) = results.prepare_input([node], tmp_path / "in")
+    assert path == tmp_path / "in" / "CT_a_b.nrrd" and path.is_file()
+    assert [p.name for p in (tmp_path / "in").iterdir()] == [path.name]  # no partial file left behind
+    image = sitk.ReadImage(str(path))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), volume.array)
+    np.testing.assert_allclose(image.GetSpacing(), volume.geometry.spacing_mm, atol=1e-6)
+    np.testing.assert_allclose(image.GetOrigin(), volume.geometry.origin_lps_mm, atol=1e-6)
+    _assert_unchanged(node, before)
+
+
+def test_prepare_input_refuses_what_is_not_a_volume(headless_scene, tmp_path):
+    empty = headless_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(InputError, match="'empty' has no image data"):
+        results.prepare_input([empty], tmp_path)
+    with pytest.raises(InputError, match="no volume selected"):
+        results.prepare_input([None], tmp_path)
+    labels = nodes.add_labelmap(headless_scene, np.zeros((2, 3, 4), np.uint8), _geometry(), "lab",
+                                {1: ("x", (1, 0, 0))})
+    with pytest.raises(InputError, match="not a scalar volume"):
+        results.prepare_input([labels], tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def _geometry():
+    from MedDLLib.geometry import Geometry
+
+    return Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+
+
+def test_ich_outputs_load_as_new_nodes_on_the_input_grid(ich_run, headless_scene):
+    from ICHDetectorLib import widgetlogic
+    from ICHDetectorLib.dataset import LABELS
+
+    output, volume = ich_run
+    node = nodes.add_scalar_volume(headless_scene, volume, "head CT")
+    sh = headless_scene.GetSubjectHierarchyNode()
+    study = sh.CreateFolderItem(sh.GetSceneItemID(), "study")
+    sh.CreateItem(study, node)
+    before = _snapshot(node)
+    n_before = headless_scene.GetNumberOfNodes()
+    loaded = widgetlogic.load_results(output, node)
+
+    assert set(loaded.nodes) == {"heatmap", "segmentation", "table", "plot"}
+    heat, seg, table, plot = (loaded.nodes[k] for k in ("heatmap", "segmentation", "table", "plot"))
+    assert heat.GetClassName() == "vtkMRMLScalarVolumeNode" and heat.GetName() == "head CT ICH Grad-CAM"
+    np.testing.assert_allclose(_ijk_to_ras(heat), _ijk_to_ras(node), atol=1e-6)
+    heat_array = nodes.volume_from_node(heat).array
+    assert heat_array.shape == volume.array.shape and 0.0 <= heat_array.min() and heat_array.max() <= 1.0
+    assert heat.GetDisplayNode().GetColorNode().GetName() == nodes.HEATMAP_COLOR_TABLE
+    assert heat.GetStorageNode() is None  # saving the scene writes it beside the scene, not into the run folder
+    assert seg.GetClassName() == "vtkMRMLSegmentationNode"
+    reference = seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole())
+    assert reference is not None and reference.GetID() == node.GetID()
+    assert nodes.segment_array(seg, "suspected hemorrhage", node).shape == volume.array.shape
+    columns = nodes.table_columns(table)
+    assert list(columns) == ["slice", *LABELS]
+    assert columns["slice"] == list(range(volume.array.shape[0]))  # one row per slice, in slice order
+    assert plot.GetClassName() == "vtkMRMLPlotChartNode" and plot.GetNumberOfPlotSeriesNodes() == len(LABELS)
+
+    result = json.loads((output / "result.json").read_text())
+    assert loaded.result == result
+    assert loaded.summary == result["summary"] and "research use only" in loaded.summary
+    for new in (heat, seg, table):
+        assert float(new.GetAttribute("MedDL.any_probability")) == pytest.approx(result["any_probability"])
+        assert new.GetAttribute("MedDL.heatmap_label") == "subdural"
+        assert new.GetAttribute("MedDL.input") == node.GetID()
+        assert sh.GetItemParent(sh.GetItemByDataNode(new)) == study  # beside the input, in its study
+    assert max(columns["any"]) == pytest.approx(result["any_probability"], abs=1e-5)
+    assert headless_scene.GetNumberOfNodes() > n_before
+    _assert_unchanged(node, before)
+
+
+def test_load_refuses_failed_incomplete_or_foreign_runs(ich_run, headless_scene, tmp_path):
+    from ICHDetectorLib import widgetlogic
+
+    output, volume = ich_run
+    node = nodes.add_scalar_volume(headless_scene, volume, "head CT")
+    count = headless_scene.GetNumberOfNodes()
+
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    (failed / "result.json").write_text(json.dumps({"error": "x.dcm: missing PixelData"}))
+    with pytest.raises(MedDLError, match="the run failed: x.dcm: missing PixelData"):
+        widgetlogic.load_results(failed, node)
+    with pytest.raises(MedDLError, match="result.json: missing"):
+        widgetlogic.load_results(tmp_path / "nothing", node)
+
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(output, incomplete)
+    (incomplete / "heatmap.nrrd").unlink()
+    (incomplete / "probabilities.csv").unlink()
+    with pytest.raises(MedDLError, match="did not write heatmap.nrrd, probabilities.csv"):
+        widgetlogic.load_results(incomplete, node)
+
+    # outputs of another study (different grid): refused, and the nodes loaded before the check are removed
+    from MedDLLib.geometry import Geometry, Volume
+
+    other = nodes.add_scalar_volume(headless_scene, Volume(volume.array[:-1], volume.geometry, {}), "other CT")
+    g = volume.geometry
+    shifted = nodes.add_scalar_volume(headless_scene, Volume(volume.array, Geometry(
+        g.spacing_mm, tuple(np.add(g.origin_lps_mm, (0.0, 0.0, 5.0))), np.asarray(g.direction_lps)), {}), "shifted")
+    nodes.heatmap_color_table(headless_scene)  # shared by all heatmaps of a scene: stays
+    count = headless_scene.GetNumberOfNodes()
+    with pytest.raises(MedDLError, match="heatmap.nrrd: 48 x 48 x 8 voxels, but the input 'other CT' has 48 x 48 x 7"):
+        widgetlogic.load_results(output, other)
+    with pytest.raises(MedDLError, match="heatmap.nrrd: not on the voxel grid of the input 'shifted'"):
+        widgetlogic.load_results(output, shifted)
+    assert headless_scene.GetNumberOfNodes() == count
+
+
+def test_read_csv_columns_types(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("k,area,name,volume\n0,1.5,a,2.0\n1,2,b,\n")
+    assert results.read_csv_columns(path) == {"k": [0, 1], "area": [1.5, 2.0], "name": ["a", "b"],
+                                              "volume": [2.0, pytest.approx(float("nan"), nan_ok=True)]}
+    path.write_text("a,b\n1\n")
+    with pytest.raises(MedDLError, match="t.csv:2: 1 cells, the header has 2"):
+        results.read_csv_columns(path)
+
+
+# ------------------------------------------------------------------------------------------------------ LGG
+def _lgg_package(folder: Path, channels: list[str]) -> Path:
+    """An untrained 2D U-Net package (width 4) taking ``channels``."""
+    from LGGSegmenterLib import model as lggmodel
+    from MedDLLib.models import build_network, save_package
+
+    metadata = {
+        "task": "lgg", "version": "0.0.1", "recipe": "seed",
+        "network": lggmodel.network_spec("unet", len(channels), 4),
+        "input": {"channels": channels, "size": 32, "normalisation": "scale255", "brain_crop": False},
+        "output": {"labels": ["tumour"]}, "postprocessing": {"threshold": 0.5, "largest_component": True},
+        "training_data": {"kind": "synthetic", "n_studies": 0, "description": "untrained (test only)"},
+        "metrics": {},
+    }
+    return save_package(folder / f"lgg-untrained-{len(channels)}", build_network(metadata), metadata)
+
+
+def _lgg_nodes(scene, count: int) -> list:
+    from LGGSegmenterLib import widgetlogic
+    from LGGSegmenterLib.dataset import CHANNELS
+    from LGGSegmenterLib.model import nominal_geometry_for
+    from LGGSegmenterLib.phantom import LGGPhantomGenerator
+    from MedDLLib.geometry import Volume
+
+    image, _ = LGGPhantomGenerator(size_px=32, n_slices=6).make_case(np.random.default_rng(3))
+    geometry = nominal_geometry_for(image)
+    volumes = {c: nodes.add_scalar_volume(scene, Volume(image[:, i].astype(np.float32), geometry, {}), c)
+               for i, c in enumerate(CHANNELS)}
+    if count == 1:
+        return widgetlogic.input_nodes(volumes["FLAIR"])
+    return widgetlogic.input_nodes(volumes["FLAIR"], volumes["pre-contrast"], volumes["post-contrast"])
+
+
+def _lgg_round_trip(scene, tmp_path, count: int):
+    import LGGSegmenterLib
+    import MedDLLib
+    from LGGSegmenterLib import widgetlogic
+
+    inputs = _lgg_nodes(scene, count)
+    flair = inputs[0] if count == 1 else inputs[1]
+    before = [_snapshot(n) for n in inputs]
+    package = _lgg_package(tmp_path, widgetlogic.input_names(count))
+    run = results.new_run_folder("lgg", tmp_path)
+    files = results.prepare_input(inputs, run / "input", names=widgetlogic.input_names(count))
+    arguments = widgetlogic.infer_arguments(widgetlogic.study_input(files), str(package), run / "output",
+                                            gradcam=True, force_cpu=True)
+    _run_meddl(arguments, widgetlogic.TASK_ENTRY, MedDLLib, LGGSegmenterLib)
+    loaded = widgetlogic.load_results(run / "output", flair)
+    for node, snapshot in zip(inputs, before):
+        _assert_unchanged(node, snapshot)
+    return flair, loaded
+
+
+def test_lgg_outputs_load_as_new_nodes_on_the_input_grid(headless_scene, tmp_path):
+    flair, loaded = _lgg_round_trip(headless_scene, tmp_path, 1)
+    assert set(loaded.nodes) == {"segmentation", "labelmap", "table", "heatmap"}
+    seg, lab, table, heat = (loaded.nodes[k] for k in ("segmentation", "labelmap", "table", "heatmap"))
+    shape = nodes.volume_from_node(flair).array.shape
+    assert lab.GetClassName() == "vtkMRMLLabelMapVolumeNode" and heat.GetClassName() == "vtkMRMLScalarVolumeNode"
+    for volume_node in (lab, heat):
+        np.testing.assert_allclose(_ijk_to_ras(volume_node), _ijk_to_ras(flair), atol=1e-6)
+        assert nodes.volume_from_node(volume_node).array.shape == shape
+    assert lab.GetDisplayNode().GetColorNode().GetColorName(1) == "tumour"
+    mask = nodes.segment_array(seg, "tumour", flair)
+    np.testing.assert_array_equal(mask, nodes.volume_from_node(lab).array > 0)  # the same voxels
+    columns = nodes.table_columns(table)
+    assert columns["k"] == list(range(shape[0]))  # one row per slice
+    result = loaded.result
+    assert sum(columns["area_mm2"]) * nodes.volume_from_node(flair).geometry.spacing_mm[2] / 1000.0 == \
+        pytest.approx(result["tumour_volume_ml"], rel=1e-6, abs=1e-9)
+    assert table.GetAttribute("MedDL.tumour_volume_ml") == str(result["tumour_volume_ml"])
+    assert len(table.GetAttribute("MedDL.centroid_ras_mm").split()) == 3
+    assert loaded.summary.endswith("[research use only]")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="meddl infer lgg takes one --input: a folder of pre-contrast/FLAIR/post-contrast NRRD "
+                          "files is not read yet (LGGSegmenterLib.logic.load_study_nodes)")
+def test_lgg_three_channel_round_trip(headless_scene, tmp_path):
+    flair, loaded = _lgg_round_trip(headless_scene, tmp_path, 3)
+    assert loaded.nodes["segmentation"].GetClassName() == "vtkMRMLSegmentationNode"
