@@ -1,0 +1,198 @@
+"""LungSurvival logic on MRML nodes (Qt-free): chest CT node in; lungs, volumes, risk and Grad-CAM out.
+
+``process`` = read the node (:func:`MedDLLib.nodes.volume_from_node`) -> :func:`compute` on arrays only ->
+:meth:`LungSurvivalLogic.write_outputs` (new nodes only; the input node is never modified). Outputs:
+
+* a segmentation node with the segments "Right lung" and "Left lung" (reference geometry = the input) and the
+  same as a labelmap node (1 = right, 2 = left);
+* a table node of the lung volumes in mL (right, left, total);
+* the risk score and risk group (low/high against the training cohort's median) with the model card's caveat,
+  as attributes ``MedDL.risk_score``, ``MedDL.risk_group``, ``MedDL.caveat`` of the segmentation and table nodes
+  (and columns of the table);
+* a Grad-CAM heatmap volume on the input's voxel grid (the network grid mapped back through the crop).
+
+Refused with an :class:`~MedDLLib.errors.InputError` naming the reason: a volume whose modality is not CT, values
+that are not HU, and anything that is not a chest CT (no lungs, or a lung volume no chest has).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+from MedDLLib.errors import InputError
+from MedDLLib.geometry import Volume
+
+from . import model as lungmodel
+from .preprocess import LEFT_LUNG, LUNG_SEGMENTS, RIGHT_LUNG, InputSpec, LungSegmentation, network_input, segment_lungs
+
+#: A chest CT holds at least this much lung (mL) in view; less means no chest (or a scan of the abdomen).
+MIN_TOTAL_LUNG_ML = 150.0
+MAX_TOTAL_LUNG_ML = 12000.0
+
+
+@dataclasses.dataclass
+class LungOptions:
+    """Options of one run: Grad-CAM heatmap, compute device."""
+
+    gradcam: bool = True
+    device: str | None = None
+    force_cpu: bool = False
+
+
+@dataclasses.dataclass
+class LungResult:
+    """What :func:`compute` returns (arrays on the input grid)."""
+
+    segmentation: LungSegmentation
+    geometry: Any
+    risk_score: float
+    risk_group: str
+    recipe: str
+    caveat: str
+    centre: str
+    heatmap: Volume | None = None
+
+    def summary(self) -> dict[str, Any]:
+        s = self.segmentation
+        return {"right_lung_ml": round(s.right_ml, 3), "left_lung_ml": round(s.left_ml, 3),
+                "total_lung_ml": round(s.total_ml, 3), "risk_score": round(self.risk_score, 6),
+                "risk_group": self.risk_group, "recipe": self.recipe, "input_centred_on": self.centre,
+                "caveat": self.caveat}
+
+
+@dataclasses.dataclass
+class LungOutputs:
+    """The nodes :meth:`LungSurvivalLogic.write_outputs` added, and the computed result."""
+
+    segmentation: Any
+    labelmap: Any
+    table: Any
+    heatmap: Any
+    result: LungResult
+
+
+def check_chest_ct(volume: Volume) -> None:
+    """Refuse a volume that is not a CT in HU (modality attribute, value range).
+
+    Raises:
+        InputError: modality other than CT; values without air near -1000 HU.
+    """
+    modality = str(volume.metadata.get("modality") or volume.metadata.get("DICOM.Modality") or "").upper()
+    if modality and modality != "CT":
+        raise InputError(f"lung survival needs a chest CT; this volume's modality is {modality!r}, not 'CT'")
+    array = np.asarray(volume.array)
+    if array.size == 0 or min(array.shape[1:]) < 16 or array.shape[0] < 2:
+        raise InputError(f"the volume of shape {array.shape} is too small for a chest CT")
+    low, high = float(array.min()), float(array.max())
+    if low > -500 or high > 5000:
+        raise InputError(f"the volume's values ({low:g}..{high:g}) are not Hounsfield units of a CT (expected air "
+                         "near -1000 HU): give a CT in HU")
+
+
+def segment_chest(volume: Volume) -> LungSegmentation:
+    """:func:`~LungSurvivalLib.preprocess.segment_lungs` after :func:`check_chest_ct`, refusing non-chest input."""
+    check_chest_ct(volume)
+    seg = segment_lungs(volume)
+    if not (MIN_TOTAL_LUNG_ML <= seg.total_ml <= MAX_TOTAL_LUNG_ML):
+        raise InputError(f"this does not look like a chest CT: the lungs found hold {seg.total_ml:.0f} mL "
+                         f"(expected {MIN_TOTAL_LUNG_ML:.0f}-{MAX_TOTAL_LUNG_ML:.0f} mL in view)")
+    return seg
+
+
+def compute(volume: Volume, network: Any, metadata: dict[str, Any], options: LungOptions | None = None,
+            progress: Callable[[float], None] | None = None, cancel: Callable[[], bool] | None = None,
+            device: Any = "cpu") -> LungResult:
+    """Segment the lungs, predict the risk and (optionally) its Grad-CAM map, on arrays only."""
+    import torch
+
+    options = options or LungOptions()
+
+    def step(fraction: float) -> None:
+        if cancel is not None and cancel():
+            raise InputError("cancelled")
+        if progress is not None:
+            progress(fraction)
+
+    step(0.0)
+    seg = segment_chest(volume)
+    step(0.4)
+    spec = InputSpec.from_metadata(metadata["input"])
+    x, grid, info = network_input(volume, seg.labels, spec)
+    recipe = str(metadata.get("recipe", "improved"))
+    outputs = lungmodel.predict_inputs(network, x[None], device=device)
+    risk = float(lungmodel.risk_scores(outputs, recipe)[0])
+    threshold = metadata["output"].get("risk_threshold")
+    if threshold is None:
+        raise InputError("the model has no risk_threshold in its metadata (train it with `meddl train lung`)")
+    group = "high" if risk > float(threshold) else "low"
+    step(0.7)
+    heat = None
+    if options.gradcam:
+        from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
+
+        layer = metadata["output"].get("gradcam_layer", lungmodel.GRADCAM_LAYER)
+        maps = compute_gradcam(network, torch.from_numpy(x[None]).to(device), layer,
+                               class_index=1 if recipe == "seed" else 0)
+        heat = heatmap_to_reference(maps[0], grid, volume)
+    step(1.0)
+    caveat = str(metadata["output"].get("caveat", lungmodel.CAVEAT))
+    return LungResult(seg, volume.geometry, risk, group, recipe, caveat, info["centre"], heat)
+
+
+def volumes_table(seg: LungSegmentation) -> dict[str, list[Any]]:
+    """Table columns: one row per lung plus the total, volume in mL."""
+    return {"lung": ["Right lung", "Left lung", "Both lungs"],
+            "volume_ml": [round(seg.right_ml, 3), round(seg.left_ml, 3), round(seg.total_ml, 3)]}
+
+
+class LungSurvivalLogic:
+    """Runs a LungSurvival model package on a chest CT node and writes the result as new nodes."""
+
+    def process(self, volume_node: Any, model: Any, options: LungOptions | None = None,
+                progress: Callable[[float], None] | None = None,
+                cancel: Callable[[], bool] | None = None) -> LungOutputs:
+        """Lungs, volumes, risk and Grad-CAM for ``volume_node`` with ``model`` (package, folder or cached name)."""
+        from MedDLLib.device import select_device
+        from MedDLLib.models import ModelPackage, load_package, resolve_model
+        from MedDLLib.nodes import volume_from_node
+
+        options = options or LungOptions()
+        package = model if isinstance(model, ModelPackage) else load_package(resolve_model(model))
+        if package.task != lungmodel.TASK:
+            raise InputError(f"model {package.name!r} is for task {package.task!r}, not {lungmodel.TASK!r}")
+        volume = volume_from_node(volume_node)
+        device = select_device(options.device, options.force_cpu)
+        network = package.network(device)
+        result = compute(volume, network, package.metadata, options, progress, cancel, device)
+        return self.write_outputs(volume_node, result)
+
+    def write_outputs(self, reference_node: Any, result: LungResult) -> LungOutputs:
+        """New segmentation, labelmap, volumes table and heatmap nodes (the input node is not modified)."""
+        from MedDLLib import nodes
+
+        scene = reference_node.GetScene()
+        base = reference_node.GetName()
+        labels = result.segmentation.labels.astype(np.uint8)
+        seg = nodes.add_segmentation(scene, labels, LUNG_SEGMENTS, reference_node, f"{base} lungs")
+        lab = nodes.add_labelmap(scene, labels, result.geometry, f"{base} lungs label", LUNG_SEGMENTS)
+        columns = volumes_table(result.segmentation)
+        columns["risk_score"] = [result.risk_score] * 3
+        columns["risk_group"] = [result.risk_group] * 3
+        table = nodes.add_table(scene, columns, f"{base} lung volumes and risk", units={"volume_ml": "mL"})
+        summary = result.summary()
+        for node in (seg, lab, table):
+            nodes.set_attributes(node, summary)
+        heat = None
+        if result.heatmap is not None:
+            from MedDLLib.gradcam import add_heatmap_node
+
+            heat = add_heatmap_node(scene, result.heatmap, f"{base} Grad-CAM")
+            nodes.set_attributes(heat, {"risk_score": summary["risk_score"], "caveat": result.caveat})
+        return LungOutputs(seg, lab, table, heat, result)
+
+
+__all__ = ["LungOptions", "LungResult", "LungOutputs", "LungSurvivalLogic", "check_chest_ct", "segment_chest",
+           "compute", "volumes_table", "RIGHT_LUNG", "LEFT_LUNG"]
