@@ -42,15 +42,23 @@ def _assert_unchanged(node, before) -> None:
     assert after[2:] == before[2:]
 
 
-def _run_meddl(arguments: list[str], task_entry: str, *packages) -> guisupport.RunOutcome:
-    """``meddl <arguments>`` in a child, as MedDLWidgets.BackgroundRunner runs it (minus the Qt timer)."""
+def _run_meddl(arguments: list[str], task_entry: str, *packages) -> list[guisupport.Message]:
+    """``meddl <arguments>`` in a child, as MedDLWidgets.BackgroundRunner runs it (minus the Qt timer);
+    returns the messages the GUI would have received."""
     paths = list(dict.fromkeys(str(Path(p.__file__).resolve().parents[1]) for p in packages))
     command = guisupport.child_command(guisupport.python_executable(), arguments)
     env = guisupport.child_environment(dict(os.environ), paths, [task_entry])
-    log: list[str] = []
-    outcome = guisupport.run_child_blocking(command, env, on_message=lambda m: log.append(m.message))
-    assert outcome.succeeded, "\n".join(log[-30:]) + f"\n{outcome}"
-    return outcome
+    messages: list[guisupport.Message] = []
+    outcome = guisupport.run_child_blocking(command, env, on_message=messages.append)
+    assert outcome.succeeded, "\n".join(m.message for m in messages[-30:]) + f"\n{outcome}"
+    return messages
+
+
+def _assert_progress_reported(messages: list[guisupport.Message]) -> None:
+    """The progress bar moves: several progress fractions in [0, 1], non-decreasing, the last one 1."""
+    fractions = [m.progress for m in messages if m.kind == "progress" and m.progress is not None]
+    assert len(fractions) >= 3, [m.kind for m in messages]
+    assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------------------------------------ ICH
@@ -77,7 +85,7 @@ def ich_run(tmp_path_factory):
         hs.scene.Clear(1)
     arguments = widgetlogic.infer_arguments(input_file, str(package), run / "output", heatmap_label="subdural",
                                             threshold=0.3, force_cpu=True)
-    _run_meddl(arguments, widgetlogic.TASK_ENTRY, MedDLLib, ICHDetectorLib)
+    _assert_progress_reported(_run_meddl(arguments, widgetlogic.TASK_ENTRY, MedDLLib, ICHDetectorLib))
     return run / "output", volume
 
 
@@ -255,7 +263,7 @@ def _lgg_round_trip(scene, tmp_path, count: int):
     files = results.prepare_input(inputs, run / "input", names=widgetlogic.input_names(count))
     arguments = widgetlogic.infer_arguments(widgetlogic.study_input(files), str(package), run / "output",
                                             gradcam=True, force_cpu=True)
-    _run_meddl(arguments, widgetlogic.TASK_ENTRY, MedDLLib, LGGSegmenterLib)
+    _assert_progress_reported(_run_meddl(arguments, widgetlogic.TASK_ENTRY, MedDLLib, LGGSegmenterLib))
     loaded = widgetlogic.load_results(run / "output", flair)
     for node, snapshot in zip(inputs, before):
         _assert_unchanged(node, snapshot)
@@ -284,9 +292,6 @@ def test_lgg_outputs_load_as_new_nodes_on_the_input_grid(headless_scene, tmp_pat
     assert loaded.summary.endswith("[research use only]")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="meddl infer lgg takes one --input: a folder of pre-contrast/FLAIR/post-contrast NRRD "
-                          "files is not read yet (LGGSegmenterLib.logic.load_study_nodes)")
 def test_lgg_three_channel_round_trip(headless_scene, tmp_path):
     flair, loaded = _lgg_round_trip(headless_scene, tmp_path, 3)
     assert loaded.nodes["segmentation"].GetClassName() == "vtkMRMLSegmentationNode"

@@ -46,8 +46,11 @@ def read_study_volume(path: Path) -> Any:
 
 
 def infer_study(input_path: Path, model: str, output: Path, *, heatmap_label: str = "any", threshold: float = 0.5,
-                device: str = "cpu") -> dict[str, Any]:
-    """Run one study through a fresh headless scene and write the output files (see the module docstring)."""
+                device: str = "cpu", progress: Any = None) -> dict[str, Any]:
+    """Run one study through a fresh headless scene and write the output files (see the module docstring).
+
+    ``progress``: an optional ``(fraction, message)`` callback (the GUI's child protocol reporter).
+    """
     from MedDLLib import io as mio
     from MedDLLib import nodes, render
     from MedDLLib.headless import create_scene
@@ -60,7 +63,7 @@ def infer_study(input_path: Path, model: str, output: Path, *, heatmap_label: st
         scene = hs.scene
         node = nodes.add_scalar_volume(scene, volume, "head CT", window=(40.0, 80.0))
         options = ICHOptions(heatmap_label=heatmap_label, threshold=threshold, device=device)
-        result = ICHDetectorLogic().process(node, model, options)
+        result = ICHDetectorLogic().process(node, model, options, progress=progress)
         output.mkdir(parents=True, exist_ok=True)
         _write_probabilities(output / PROBABILITIES_CSV, result.probabilities)
         mio.save_node(result.nodes["heatmap"], output / HEATMAP_NRRD)
@@ -161,7 +164,8 @@ class ICHTask(Task):
             raise InputError("meddl infer ich needs --model (no default ICH model ships; train one with meddl train ich)")
         device = select_device(getattr(args, "device", None), getattr(args, "force_cpu", False))
         return infer_study(Path(input_path), model, Path(output), heatmap_label=getattr(args, "heatmap_label", "any"),
-                           threshold=getattr(args, "threshold", 0.5), device=str(device))
+                           threshold=getattr(args, "threshold", 0.5), device=str(device),
+                           progress=getattr(args, "progress", None))
 
     # ------------------------------------------------------------------------------------------------ bench
     def bench(self, args: argparse.Namespace) -> dict[str, Any]:

@@ -7,8 +7,8 @@ multi-hot label vector (a negative slice has an all-zero target and contributes 
 
 ``improved``: 6 independent sigmoid outputs with ``BCEWithLogits`` weighted 2 for "any" (the RSNA metric's
 weights), brain/subdural/bone windows as channels, 2.5D context (one neighbour on each side: 9 channels), a
-MONAI 2D ResNet backbone (``monai.networks.nets.ResNet``, basic blocks, widths 16-128: CPU-sized), Adam,
-left-right flip augmentation. Both pick the best epoch on the validation studies' weighted log loss.
+MONAI 2D ResNet backbone (``monai.networks.nets.ResNet``, basic blocks, widths 16-128: CPU-sized), AdamW
+with the learning rate annealed to 0 over the epochs (cosine), left-right flip augmentation. Both pick the best epoch on the validation studies' weighted log loss.
 
 Probabilities: :func:`probabilities` turns the logits into per-label probabilities as each recipe defines them
 (softmax for the seed, sigmoid for the improved one), so both are scored by the same metrics.
@@ -84,6 +84,7 @@ class Recipe:
     epochs: int
     gradcam_layer: str
     augment: bool
+    schedule: str = "constant"  # or "cosine": learning rate annealed to 0 over the epochs
 
     def network_args(self) -> dict[str, Any]:
         return {"in_channels": len(self.spec.channels), "num_classes": len(LABELS)}
@@ -96,7 +97,7 @@ def recipe(name: str, size: int = 64) -> Recipe:
                       "ich.seed_cnn", "softmax", "adadelta", 1.0, 80, 25, "features.4", False)
     if name == "improved":
         return Recipe("improved", InputSpec(mode="windows", context=1, size=size), "ich.resnet2d", "sigmoid",
-                      "adam", 1e-3, 32, 12, "layer3", True)
+                      "adam", 1e-3, 32, 12, "layer3", True, "cosine")
     raise InputError(f"unknown recipe {name!r}; expected 'seed' or 'improved'")
 
 
@@ -222,8 +223,12 @@ def train_model(studies: Sequence[Study], out: str | Path, recipe_name: str = "i
                          batch_size=batch_size or r.batch_size, lr=r.lr, seed=seed, device=device,
                          force_cpu=force_cpu, num_workers=num_workers, metric="weighted_log_loss",
                          metric_mode="min", drop_last=len(train_items) > (batch_size or r.batch_size))
+    scheduler_factory = None
+    if r.schedule == "cosine":
+        scheduler_factory = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=config.epochs)
     return train(network, train_ds, val_ds, loss_for(r.output), config, metadata=metadata,
-                 optimizer_factory=optimizer_factory, validate_fn=_validate_fn(r.output))
+                 optimizer_factory=optimizer_factory, scheduler_factory=scheduler_factory,
+                 validate_fn=_validate_fn(r.output))
 
 
 # ---------------------------------------------------------------------------------------------- prediction

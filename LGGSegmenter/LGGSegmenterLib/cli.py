@@ -103,7 +103,8 @@ class LGGTask(Task):
             nodes = load_study_nodes(hs.scene, input_path, channels)
             options = LGGOptions(gradcam=bool(getattr(args, "gradcam", False)), device=args.device,
                                  force_cpu=args.force_cpu)
-            out = LGGSegmenterLogic().process(nodes if len(nodes) > 1 else nodes[0], package, options)
+            out = LGGSegmenterLogic().process(nodes if len(nodes) > 1 else nodes[0], package, options,
+                                              progress=getattr(args, "progress", None))
             output.mkdir(parents=True, exist_ok=True)
             save_node(out.segmentation, output / "tumour.seg.nrrd")
             save_node(out.labelmap, output / "tumour_label.nrrd")

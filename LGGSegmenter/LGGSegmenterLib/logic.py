@@ -97,13 +97,20 @@ class TumourScore:
 
 
 def compute(image: np.ndarray, geometry: Geometry, network: Any, metadata: dict[str, Any],
-            options: LGGOptions | None = None, progress: Callable[[float], None] | None = None,
+            options: LGGOptions | None = None, progress: Callable[[float, str], None] | None = None,
             cancel: Callable[[], bool] | None = None, device: Any = "cpu") -> LGGResult:
-    """Segment ``image (K, C, J, I)`` on ``geometry`` and compute the tumour features (arrays only, no MRML)."""
+    """Segment ``image (K, C, J, I)`` on ``geometry`` and compute the tumour features (arrays only, no MRML).
+
+    ``progress(fraction, message)``: the network takes the fractions up to 0.6 (with Grad-CAM) or 0.9.
+    """
     options = options or LGGOptions()
-    seg = lggmodel.segment_study(image, network, metadata, device, progress=progress, cancel=cancel)
+    report = progress or (lambda fraction, message="": None)
+    share = 0.6 if options.gradcam else 0.9
+    seg = lggmodel.segment_study(image, network, metadata, device, cancel=cancel,
+                                 progress=lambda fraction, message="": report(share * fraction, message))
     heat = None
     if options.gradcam:
+        report(share, "Grad-CAM")
         import torch
 
         from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
@@ -118,6 +125,7 @@ def compute(image: np.ndarray, geometry: Geometry, network: Any, metadata: dict[
         grid = network_grid_geometry(geometry, seg.prepared.crop)
         reference = Volume(np.zeros(seg.mask.shape, np.float32), geometry, {})
         heat = heatmap_to_reference(maps, grid, reference)
+    report(0.95, "tumour features")
     return LGGResult(seg.mask, seg.probability, geometry, tumour_features(seg.mask, geometry), heat)
 
 
@@ -125,7 +133,7 @@ class LGGSegmenterLogic:
     """Runs a model package on brain MRI nodes and writes the result as new nodes."""
 
     def process(self, volume_nodes: Any | Sequence[Any], model: Any, options: LGGOptions | None = None,
-                progress: Callable[[float], None] | None = None,
+                progress: Callable[[float, str], None] | None = None,
                 cancel: Callable[[], bool] | None = None) -> LGGOutputs:
         """Segment the tumour in ``volume_nodes`` (one FLAIR node or pre/FLAIR/post) with ``model``.
 
@@ -133,7 +141,7 @@ class LGGSegmenterLogic:
             volume_nodes: one scalar volume node or a sequence of three in :data:`dataset.CHANNELS` order.
             model: a :class:`MedDLLib.models.ModelPackage`, or a package folder / cached model name.
             options: :class:`LGGOptions`.
-            progress: called with the fraction done in [0, 1].
+            progress: ``(fraction done in [0, 1], message)`` callback.
             cancel: polled between batches; when it returns True an :class:`InputError` "cancelled" is raised.
         """
         from MedDLLib.device import select_device
@@ -149,7 +157,10 @@ class LGGSegmenterLogic:
         result = compute(image, geometry, network, package.metadata, options, progress, cancel, device)
         nodes = list(volume_nodes) if isinstance(volume_nodes, (list, tuple)) else [volume_nodes]
         reference = nodes[1] if len(nodes) == 3 else nodes[0]
-        return self.write_outputs(reference, result)
+        outputs = self.write_outputs(reference, result)
+        if progress is not None:
+            progress(1.0, "done")
+        return outputs
 
     def write_outputs(self, reference_node: Any, result: LGGResult) -> LGGOutputs:
         """New segmentation (reference geometry = ``reference_node``), labelmap, features table, heatmap nodes."""
@@ -197,24 +208,32 @@ def load_study_nodes(scene: Any, path: str | Path, channels: Sequence[str]) -> l
     """Load a study as volume nodes in ``channels`` order.
 
     ``path`` is a kaggle_3m study folder of .tif slices (nominal geometry), a DICOM folder holding one series
-    (FLAIR) or the three series pre-contrast/FLAIR/post-contrast (matched by SeriesDescription), or an
-    NRRD/NIfTI file (FLAIR).
+    (FLAIR) or the three series pre-contrast/FLAIR/post-contrast (matched by SeriesDescription), a folder of
+    volume files named by channel (``pre-contrast.nrrd``, ``FLAIR.nrrd``, ``post-contrast.nrrd``, or .nii.gz:
+    what the module widget writes), or an NRRD/NIfTI file (FLAIR).
 
     Raises:
         InputError: the study does not provide the channels the model needs.
     """
     from MedDLLib import nodes
-    from MedDLLib.io import load_volume
+    from MedDLLib.io import file_stem, is_volume_file, load_volume
 
     from . import dataset
 
     path = Path(path)
+    volume_files = {file_stem(p): p for p in path.iterdir() if is_volume_file(p)} if path.is_dir() else {}
     if path.is_dir() and any(path.glob("*.tif")):
         case = dataset.read_case_folder(path)
         image = dataset.read_slices(case)
         geometry = dataset.nominal_geometry((image.shape[0], image.shape[2], image.shape[3]))
         return [nodes.add_scalar_volume(scene, Volume(image[:, dataset.CHANNELS.index(c)].astype(np.float32),
                                                       geometry, {}), f"{case.case_id} {c}") for c in channels]
+    if volume_files:
+        missing = [c for c in channels if c not in volume_files]
+        if missing:
+            raise InputError(f"{path}: the model needs channels {list(channels)}; no volume file for {missing} "
+                             f"(found {sorted(p.name for p in volume_files.values())}; expected <channel>.nrrd)")
+        return [load_volume(scene, volume_files[c], name=c) for c in channels]
     if path.is_dir():
         from MedDLLib.dicom import find_series, read_series
 

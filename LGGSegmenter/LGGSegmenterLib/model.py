@@ -115,7 +115,7 @@ def make_loss(recipe: Recipe) -> Any:
 
 # ------------------------------------------------------------------------------------------------ inference
 def predict_probabilities(network: Any, x: np.ndarray, device: Any = "cpu", batch_size: int = 16,
-                          progress: Callable[[float], None] | None = None,
+                          progress: Callable[[float, str], None] | None = None,
                           cancel: Callable[[], bool] | None = None) -> np.ndarray:
     """Tumour probability ``(K, S, S)`` of a prepared study ``x (K, C, S, S)``, slice by slice in batches.
 
@@ -133,7 +133,8 @@ def predict_probabilities(network: Any, x: np.ndarray, device: Any = "cpu", batc
             batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)).to(device)
             out.append(torch.sigmoid(network(batch)[:, 0]).float().cpu().numpy())
             if progress is not None:
-                progress(min(1.0, (start + len(batch)) / len(x)))
+                done = min(len(x), start + len(batch))
+                progress(done / len(x), f"segmented {done} of {len(x)} slices")
     return np.concatenate(out)
 
 
@@ -168,7 +169,7 @@ def check_channels(image: np.ndarray, metadata: dict[str, Any]) -> None:
 
 
 def segment_study(image: np.ndarray, network: Any, metadata: dict[str, Any], device: Any = "cpu",
-                  progress: Callable[[float], None] | None = None,
+                  progress: Callable[[float, str], None] | None = None,
                   cancel: Callable[[], bool] | None = None) -> Segmentation:
     """Run the 2D network slice by slice on ``image (K, C, H, W)`` and post-process as the model's recipe says."""
     check_channels(image, metadata)

@@ -177,8 +177,11 @@ def _run_infer(task: Task, args: argparse.Namespace) -> int:
     from .batch import RESULT_JSON
     from .io import atomic_write_json, to_jsonable
 
+    from .guisupport import reporter_from_environment
+
     output = args.output.resolve()
     output.mkdir(parents=True, exist_ok=True)
+    args.progress = reporter_from_environment()  # progress lines for the GUI's progress bar, else None
     result = _call(task, "infer", task.infer, args.input, args.model, output, args)
     atomic_write_json(output / RESULT_JSON, to_jsonable(dict(result or {}), base=output))
     print_result(result)

@@ -56,7 +56,7 @@ def load_volume(
     if not is_volume_file(path):
         raise InputError(f"{path}: not a DICOM folder nor a volume file ({', '.join(VOLUME_FILE_SUFFIXES)})")
     class_name = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
-    node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name or _stem(path)))
+    node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name or file_stem(path)))
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     storage.SetFileName(str(path))
     storage.SetSingleFile(1)
@@ -69,7 +69,9 @@ def load_volume(
     return node
 
 
-def _stem(path: Path) -> str:
+def file_stem(path: str | os.PathLike) -> str:
+    """The file name without its volume suffix: ``FLAIR.nii.gz`` -> ``FLAIR``, ``tumour.seg.nrrd`` -> ``tumour``."""
+    path = Path(path)
     name = path.name
     for suffix in sorted((".seg.nrrd", *VOLUME_FILE_SUFFIXES), key=len, reverse=True):
         if name.lower().endswith(suffix):

@@ -59,7 +59,11 @@ class Task:
         raise NotImplementedError
 
     def infer(self, input_path: Path, model: str | None, output: Path, args: argparse.Namespace) -> dict[str, Any]:
-        """Run one study (DICOM folder or NRRD/NIfTI) and write Slicer-loadable outputs into ``output``."""
+        """Run one study (DICOM folder or NRRD/NIfTI) and write Slicer-loadable outputs into ``output``.
+
+        ``args.progress`` (may be absent or None) is a ``(fraction, message="")`` callback to hand to the logic's
+        ``process(..., progress=...)``: under the GUI it reports to the progress bar.
+        """
         raise NotImplementedError
 
     def find_studies(self, root: Path) -> list[Path]:
