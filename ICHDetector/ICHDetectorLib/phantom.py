@@ -174,16 +174,18 @@ class ICHPhantomGenerator(PhantomGenerator):
         volume, masks, _ = head_ct(rng, self.size, self.n_slices, subtypes)
         labels = slice_labels(masks, self.n_slices)
         bad = bool(rng.random() < self.bad_intercept_fraction)
-        patient = f"ICH-PHANTOM-{index:05d}"
+        # ids and UIDs from the case's own stream: datasets written with different seeds never share them
+        uid_seed = int(rng.integers(2**31))
+        patient = f"ICH-PHANTOM-{uid_seed:010d}"
         staging = out / f".case{index:05d}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         if bad:
             paths = write_series(staging, volume.with_array(encode_bad_intercept(volume.array)),
                                  rescale_intercept=0.0, bits_stored=12, pixel_representation=0,
-                                 patient_id=patient, window=(40.0, 80.0), seed=index)
+                                 patient_id=patient, window=(40.0, 80.0), seed=uid_seed)
         else:
             paths = write_series(staging, volume, rescale_intercept=-1024.0, patient_id=patient,
-                                 window=(40.0, 80.0), seed=index)
+                                 window=(40.0, 80.0), seed=uid_seed)
         folder = out / IMAGE_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         ids = []
