@@ -12,14 +12,14 @@ from MedDLLib.cli import main
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Phantoms (10 training patients, 6 held-out, 48 px x 12 slices) and an improved-recipe model (~40 s)."""
+    """Phantoms (10 training patients, 6 held-out, 48 px x 12 slices) and an improved-recipe model (12 epochs)."""
     root = tmp_path_factory.mktemp("lgg")
     assert main(["phantom", "lgg", str(root / "train"), "--cases", "10", "--seed", "0", "--size", "48",
                  "--slices", "12", "--no-dicom"]) == 0
     assert main(["phantom", "lgg", str(root / "test"), "--cases", "6", "--seed", "1", "--size", "48",
                  "--slices", "12"]) == 0
     assert main(["train", "lgg", "--data", str(root / "train"), "--out", str(root / "model"), "--recipe",
-                 "improved", "--epochs", "12", "--max-minutes", "0.7", "--force-cpu", "--width", "8",
+                 "improved", "--epochs", "12", "--force-cpu", "--width", "8",
                  "--lr", "5e-3", "--batch-size", "8"]) == 0
     return root
 
@@ -34,7 +34,8 @@ def test_improved_recipe_learns_the_tumour_on_held_out_patients(trained, capsys)
                 "dice_per_patient_mean_ci_low", "dice_per_patient_mean_ci_high", "iou_per_patient_mean"):
         assert isinstance(metrics[key], float), key
     assert metrics["n_patients"] == 6
-    assert metrics["dice_per_patient_mean"] >= 0.7, metrics  # untrained: about 0; issue bar 0.85 with the demo run
+    # measured 0.875 (CI 0.836-0.911) with these 12 epochs; untrained: about 0; the issue's bar is 0.85
+    assert metrics["dice_per_patient_mean"] >= 0.8, metrics
     assert metrics["dice_per_patient_mean_ci_low"] <= metrics["dice_per_patient_mean"] <= \
         metrics["dice_per_patient_mean_ci_high"]
     # empty slices counted as 1 inflate the per-slice figure above the per-slice Dice of tumour slices
