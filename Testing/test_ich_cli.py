@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ICHDetectorLib import phantom
-from ICHDetectorLib.bench import _untrained_package
+from ICHDetectorLib.bench import untrained_package
 from MedDLLib.dicomwrite import write_series
 
 
@@ -22,7 +22,7 @@ def _meddl(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    return _untrained_package(tmp_path_factory.mktemp("model"), 64)
+    return untrained_package(tmp_path_factory.mktemp("model"), 64)
 
 
 def test_infer_writes_outputs_in_input_geometry(tmp_path, model):

@@ -68,11 +68,11 @@ def ich_run(tmp_path_factory):
     import ICHDetectorLib
     import MedDLLib
     from ICHDetectorLib import phantom, widgetlogic
-    from ICHDetectorLib.bench import _untrained_package
+    from ICHDetectorLib.bench import untrained_package
     from MedDLLib.headless import create_scene
 
     root = tmp_path_factory.mktemp("ich_run")
-    package = _untrained_package(root, 64)
+    package = untrained_package(root, 64)
     volume, _, _ = phantom.head_ct(np.random.default_rng(5), 48, 8, ("subdural",))
     hs = create_scene()
     try:

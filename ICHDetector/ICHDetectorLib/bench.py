@@ -31,7 +31,10 @@ def _current_rss_mb() -> float:
         return _rss_mb()
 
 
-def _untrained_package(folder: Path, size: int) -> Path:
+def untrained_package(folder: Path, size: int, seed: int = 0) -> Path:
+    """An improved-recipe ICH package with seeded random weights at ``folder/bench-model`` (benchmarks, tests)."""
+    import torch
+
     from MedDLLib import models
 
     from .dataset import LABELS
@@ -43,6 +46,7 @@ def _untrained_package(folder: Path, size: int) -> Path:
             "output": {"labels": list(LABELS), "activation": r.output, "gradcam_layer": r.gradcam_layer},
             "training_data": {"kind": "synthetic", "n_studies": 0, "description": "untrained (benchmark only)"},
             "metrics": {}}
+    torch.manual_seed(seed)
     network = models.build_network(meta)
     return models.save_package(folder / "bench-model", network, meta)
 
@@ -69,7 +73,7 @@ def bench_inference(size: int = 512, n_slices: int = 40, net_size: int = 64) -> 
     ctx = multiprocessing.get_context("spawn")
     out: dict[str, Any] = {"input_shape": [n_slices, size, size], "network_input": net_size}
     with tempfile.TemporaryDirectory() as tmp:
-        package = str(_untrained_package(Path(tmp), net_size))
+        package = str(untrained_package(Path(tmp), net_size))
         for gradcam in (False, True):
             queue = ctx.Queue()
             proc = ctx.Process(target=_infer_child, args=(package, size, n_slices, gradcam, queue))

@@ -29,14 +29,14 @@ def test_outputs_match_input_geometry(scene) -> None:
     """Table (one row per slice), plot, heatmap and segmentation on the input grid; input node unchanged."""
     from MedDLLib import nodes
 
-    from .bench import _untrained_package
+    from .bench import untrained_package
     from .dataset import LABELS
     from .logic import ICHDetectorLogic, ICHOptions
 
     node, volume = _phantom_node(scene)
     before = np.array(nodes.volume_from_node(node).array, copy=True)
     with tempfile.TemporaryDirectory() as tmp:
-        package = _untrained_package(Path(tmp), 64)
+        package = untrained_package(Path(tmp), 64)
         result = ICHDetectorLogic().process(node, package, ICHOptions(heatmap_label="subdural"))
     columns = nodes.table_columns(result.nodes["table"])
     assert list(columns) == ["slice", *LABELS]
