@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from MedDLLib import cli, models
-from MedDLLib.errors import ModelError
+from MedDLLib.errors import InputError, ModelError
 
 
 class _Tiny(nn.Module):
@@ -96,6 +96,17 @@ def test_save_and_load_round_trip(tmp_path, package):
         assert torch.allclose(loaded.network()(x), model(x))
     assert not loaded.network().training
     assert _leftovers(tmp_path) == []
+
+
+def test_load_task_model_checks_the_task(package):
+    network, loaded = models.load_task_model(str(package), "ich")
+    assert loaded.task == "ich" and not network.training
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(network(x), _trained_tiny()(x))
+    assert models.load_task_model(loaded, "ich")[1] is loaded  # an already loaded package is used as it is
+    with pytest.raises(InputError, match="model 'ich-tiny' is for task 'ich', not 'lgg'"):
+        models.load_task_model(package, "lgg")
 
 
 def test_save_converts_numpy_and_nan_metrics(tmp_path):

@@ -234,12 +234,10 @@ def train_model(studies: Sequence[Study], out: str | Path, recipe_name: str = "i
 # ---------------------------------------------------------------------------------------------- prediction
 def load_model(model: str | Path | models.ModelPackage, device: Any = "cpu") -> tuple[nn.Module, models.ModelPackage]:
     """``(network in eval mode, package)`` of an ICH model package (folder, cached name or loaded package)."""
-    package = model if isinstance(model, models.ModelPackage) else models.load_package(models.resolve_model(model))
-    if package.task != TASK:
-        raise InputError(f"model {package.name!r} is for task {package.task!r}, not {TASK!r}")
+    network, package = models.load_task_model(model, TASK, device)
     if list(package.labels) != list(LABELS):
         raise InputError(f"model {package.name!r} outputs {package.labels}, expected {list(LABELS)}")
-    return package.network(device), package
+    return network, package
 
 
 @torch.no_grad()

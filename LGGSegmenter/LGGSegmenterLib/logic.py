@@ -145,15 +145,12 @@ class LGGSegmenterLogic:
             cancel: polled between batches; when it returns True an :class:`InputError` "cancelled" is raised.
         """
         from MedDLLib.device import select_device
-        from MedDLLib.models import ModelPackage, load_package
+        from MedDLLib.models import load_task_model
 
         options = options or LGGOptions()
-        package = model if isinstance(model, ModelPackage) else load_package(model)
-        if package.task != lggmodel.TASK:
-            raise InputError(f"model {package.name!r} is for task {package.task!r}, not {lggmodel.TASK!r}")
-        image, geometry = read_inputs(volume_nodes)
         device = select_device(options.device, options.force_cpu)
-        network = package.network(device)
+        network, package = load_task_model(model, lggmodel.TASK, device)
+        image, geometry = read_inputs(volume_nodes)
         result = compute(image, geometry, network, package.metadata, options, progress, cancel, device)
         nodes = list(volume_nodes) if isinstance(volume_nodes, (list, tuple)) else [volume_nodes]
         reference = nodes[1] if len(nodes) == 3 else nodes[0]

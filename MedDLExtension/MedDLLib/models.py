@@ -59,7 +59,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .errors import ModelError
+from .errors import InputError, ModelError
 
 if TYPE_CHECKING:  # torch is imported lazily: the ``meddl`` parser must not pay for it
     import torch
@@ -322,6 +322,20 @@ def load_package(path_or_name: str | os.PathLike, *, map_location: "str | torch.
     _verify_sha256(root, metadata)
     state = _load_weights(root, map_location)
     return ModelPackage(path=root, metadata=metadata, state_dict=state)
+
+
+def load_task_model(model: "str | os.PathLike | ModelPackage", task: str,
+                    device: "torch.device | str | None" = "cpu") -> "tuple[torch.nn.Module, ModelPackage]":
+    """``(network in eval mode on device, package)`` of a model for ``task``: a package folder, cached name or package.
+
+    Raises:
+        InputError: the package is for another task (a GUI or command-line choice, not a broken file).
+        ModelError: see :func:`load_package`.
+    """
+    package = model if isinstance(model, ModelPackage) else load_package(model)
+    if package.task != task:
+        raise InputError(f"model {package.name!r} is for task {package.task!r}, not {task!r}")
+    return package.network(device), package
 
 
 def library_versions() -> dict[str, str]:
