@@ -1,13 +1,18 @@
 """Lung Survival: the 3D Slicer module (GUI, parameter node and self-test) of MedDL.
 
-Segments the lungs on a chest CT and estimates a survival risk score of lung adenocarcinoma, with a Grad-CAM heatmap
-and Kaplan-Meier curves where a cohort is given.
+Segments the lungs on a chest CT (right and left lung, volumes in mL) and estimates a survival risk score
+(relative to the training cohort, low/high group) with a Grad-CAM heatmap of the region that drove it.
 
-This module is a placeholder until its task lands: the widget says so and its Apply button stays disabled.
-All computation will live in the Qt-free package ``LungSurvivalLib`` (see ARCHITECTURE.md).
+The widget is thin (see ARCHITECTURE.md and ``MedDLWidgets``): on Apply it writes the input volume to a run
+folder, runs ``meddl infer lung`` in a child ``PythonSlicer`` (progress, log, Cancel; the GUI never waits) and
+loads the outputs as new nodes. Everything but the Qt calls lives in Qt-free, tested code:
+``MedDLLib.results`` (files <-> nodes), ``LungSurvivalLib.widgetlogic`` (this task's command line and outputs)
+and ``LungSurvivalLib.logic`` (the computation, also usable directly from the Python console).
 """
 
+from pathlib import Path
 import slicer
+import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -19,6 +24,9 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+#: Opacity of the Grad-CAM heatmap over the CT in the slice views.
+HEATMAP_OPACITY = 0.5
 
 #
 # LungSurvival
@@ -35,10 +43,11 @@ class LungSurvival(ScriptedLoadableModule):
         self.parent.dependencies = ["MedDLExtension"]
         self.parent.contributors = ["MedDL developers"]
         self.parent.helpText = _(
-            "Segments the lungs on a chest CT and estimates a survival risk score of lung adenocarcinoma, with a "
-            "Grad-CAM heatmap and Kaplan-Meier curves where a cohort is given. "
-            "Not available yet: this module's model and logic are still being developed. "
-            "Research use only, not for diagnosis."
+            "Segments the lungs on a chest CT (right and left lung, volumes in mL) and estimates a survival risk "
+            "score relative to the training cohort (low or high risk), with a Grad-CAM heatmap of the region that "
+            "drove it. Select the chest CT and a model (train one with 'meddl train lung' or import a model "
+            "package), then Apply; the computation runs in the background and can be cancelled. "
+            "Research use only, not for diagnosis: the risk is not a survival time."
         )
         self.parent.acknowledgementText = _("MedDL is built on 3D Slicer, PyTorch and MONAI. Research use only.")
 
@@ -52,10 +61,14 @@ class LungSurvival(ScriptedLoadableModule):
 class LungSurvivalParameterNode:
     """The parameters of the module, saved with the scene.
 
-    inputVolume - A chest CT series (Hounsfield units).
+    inputVolume - An axial chest CT (Hounsfield units).
+    modelName - The selected model package (set by the model selector, not bound to a widget).
+    forceCpu - Run the network on the CPU even when a GPU is available.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
+    modelName: str = ""
+    forceCpu: bool = False
 
 
 #
@@ -64,14 +77,17 @@ class LungSurvivalParameterNode:
 
 
 class LungSurvivalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Placeholder GUI: input selection only; Apply stays disabled until the module's logic lands."""
+    """Input, model and options; Apply runs ``meddl infer lung`` in the background and shows the results."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)  # needed for parameter node observation
         self.logic = None
+        self.models = None
+        self.runner = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._run = None  # (input volume, output folder) of the run in progress
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -83,16 +99,28 @@ class LungSurvivalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = LungSurvivalLogic()
 
+        from MedDLWidgets import BackgroundRunner, ModelSelector
+
+        self.models = ModelSelector(
+            "lung",
+            self.ui.modelComboBox,
+            self.ui.modelCardView,
+            self.ui.importModelButton,
+            self.ui.openModelCacheButton,
+            onChanged=self.onModelChanged,
+        )
+        self.runner = BackgroundRunner(self.ui.applyButton, self.ui.progressBar, self.ui.logView, self.ui.statusLabel)
+
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        # Nothing can be computed yet: the .ui's statusLabel says so, and Apply stays disabled.
-        self.ui.applyButton.enabled = False
-        self.ui.applyButton.toolTip = _("Not available yet")
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        if self.runner is not None:
+            self.runner.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -102,8 +130,10 @@ class LungSurvivalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.runner.cancel()  # its input and outputs belong to the scene being closed
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -121,10 +151,84 @@ class LungSurvivalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             # Widgets in the .ui carry the dynamic property "SlicerParameterName" naming their field.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.models.refresh(select=self._parameterNode.modelName or None)
+            self._checkCanApply()
+
+    def onModelChanged(self, modelName: str | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.modelName = modelName or ""
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        if self.runner.isRunning():
+            return  # the button is Cancel until the run ends
+        if not self._parameterNode or not self._parameterNode.inputVolume:
+            self.ui.applyButton.toolTip = _("Select the chest CT volume")
+            self.ui.applyButton.enabled = False
+        elif not self._parameterNode.modelName:
+            self.ui.applyButton.toolTip = _("Select or import a lung survival model")
+            self.ui.applyButton.enabled = False
+        else:
+            self.ui.applyButton.toolTip = _("Segment the lungs and estimate the survival risk on the selected chest CT")
+            self.ui.applyButton.enabled = True
+
+    def onApplyButton(self) -> None:
+        """Start a run, or cancel the one in progress (the button reads Cancel meanwhile)."""
+        if self.runner.isRunning():
+            self.runner.cancel()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the lung survival run."), waitCursor=True):
+            from MedDLWidgets import ensureDependencies, libraryPaths
+
+            if not ensureDependencies(requester=_("Lung Survival")):
+                return
+            import LungSurvivalLib
+            import MedDLLib
+            from LungSurvivalLib import widgetlogic
+
+            p = self._parameterNode
+            self.ui.summaryLabel.text = ""
+            arguments, outputFolder = self.logic.prepareRun(
+                p.inputVolume, p.modelName, p.forceCpu, slicer.app.temporaryPath
+            )
+            self._run = (p.inputVolume, outputFolder)
+            self.runner.start(
+                arguments,
+                onFinished=self.onRunFinished,
+                tasks=[widgetlogic.TASK_ENTRY],
+                pythonPaths=libraryPaths(MedDLLib, LungSurvivalLib),
+            )
+
+    def onRunFinished(self, outcome) -> None:
+        """Called on the main thread when the child ends: load the outputs as new nodes and show them."""
+        inputVolume, outputFolder = self._run
+        self._run = None
+        self._checkCanApply()
+        if outcome.status == "failed":
+            slicer.util.errorDisplay(_("The lung survival run failed: {message}").format(message=outcome.message))
+        if not outcome.succeeded:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the lung survival results."), waitCursor=True):
+            loaded = self.logic.loadResults(outputFolder, inputVolume)
+            self.ui.summaryLabel.text = loaded.summary
+            self.showResults(inputVolume, loaded.nodes)
+
+    def showResults(self, inputVolume, nodes: dict) -> None:
+        """Slice views: CT below, Grad-CAM on top, the lung segments outlined; the volumes table in the layout."""
+        slicer.util.setSliceViewerLayers(
+            background=inputVolume, foreground=nodes["heatmap"], foregroundOpacity=HEATMAP_OPACITY, label=None
+        )
+        nodes["segmentation"].GetDisplayNode().SetVisibility(True)
+        nodes["labelmap"].GetDisplayNode().SetVisibility(False)  # the segmentation shows the same voxels
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+        applicationLogic = slicer.app.applicationLogic()
+        applicationLogic.GetSelectionNode().SetActiveTableID(nodes["table"].GetID())
+        applicationLogic.PropagateTableSelection()
 
 
 #
@@ -133,13 +237,44 @@ class LungSurvivalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class LungSurvivalLogic(ScriptedLoadableModuleLogic):
-    """Parameter node access. The computation will come from the Qt-free ``LungSurvivalLib.logic``."""
+    """Parameter node access and the two scene-side steps of a widget run (Qt-free).
+
+    The computation is ``LungSurvivalLib.logic.LungSurvivalLogic``; from the Python console call it directly::
+
+        from LungSurvivalLib.logic import LungOptions, LungSurvivalLogic
+        outputs = LungSurvivalLogic().process(chestCtNode, "my-lung-model", LungOptions())
+    """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self) -> LungSurvivalParameterNode:
         return LungSurvivalParameterNode(super().getParameterNode())
+
+    def prepareRun(
+        self,
+        inputVolume,
+        modelName: str,
+        forceCpu: bool = False,
+        runRoot: str | None = None,
+    ) -> tuple[list[str], Path]:
+        """Write ``inputVolume`` to a new run folder; return the ``meddl`` arguments and the output folder."""
+        from LungSurvivalLib import widgetlogic
+        from MedDLLib import results
+
+        runFolder = results.new_run_folder(widgetlogic.TASK, runRoot)
+        (inputFile,) = results.prepare_input([inputVolume], runFolder / "input", names=["chest_ct"])
+        outputFolder = runFolder / "output"
+        arguments = widgetlogic.infer_arguments(inputFile, modelName, outputFolder, force_cpu=forceCpu)
+        return arguments, outputFolder
+
+    def loadResults(self, outputFolder: Path, inputVolume):
+        """Add the run's outputs to the input's scene as new nodes; returns ``MedDLLib.results.LoadedOutputs``
+        (``nodes``: segmentation, labelmap, heatmap, table, with the ``result.json`` values as ``MedDL.*``
+        attributes; ``summary``: volumes, risk and the caveat)."""
+        from LungSurvivalLib import widgetlogic
+
+        return widgetlogic.load_results(outputFolder, inputVolume)
 
 
 #
@@ -165,9 +300,12 @@ class LungSurvivalTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_ParameterNode(self):
-        """The parameter node is created in the scene, starts empty and keeps a selected input volume."""
+        """The parameter node starts with the logic's defaults and keeps a selected input volume."""
+        from LungSurvivalLib.logic import LungOptions
+
         parameterNode = LungSurvivalLogic().getParameterNode()
         self.assertIsNone(parameterNode.inputVolume)
+        self.assertEqual(parameterNode.forceCpu, LungOptions().force_cpu)
         volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
         parameterNode.inputVolume = volumeNode
         self.assertEqual(LungSurvivalLogic().getParameterNode().inputVolume.GetID(), volumeNode.GetID())

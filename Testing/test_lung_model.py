@@ -26,7 +26,7 @@ def test_cox_loss_is_the_breslow_negative_partial_likelihood():
     assert float(good) < float(bad)
     no_event = model.CoxLoss()(risk.requires_grad_(), torch.stack([time, torch.zeros(5)], 1))
     no_event.backward()
-    assert float(no_event) == 0.0
+    assert float(no_event.detach()) == 0.0
 
 
 def test_tumour_crop_is_centred_on_the_tumour_and_maps_back():
@@ -52,21 +52,25 @@ def test_tumour_crop_is_centred_on_the_tumour_and_maps_back():
 
 @pytest.mark.slow
 def test_improved_recipe_learns_survival_and_beats_the_seed(tmp_path):
-    """Same phantoms (40 for training/validation, 30 held out) and the same epochs budget for both recipes."""
-    phantom.write_dataset(tmp_path / "train", 40, seed=10)
-    phantom.write_dataset(tmp_path / "test", 30, seed=11)
+    """Same phantoms (32 for training/validation, 24 held out) and the same 10-epoch budget for both recipes.
+
+    Small on purpose (improved: 16^3 crops, seed: 20 x 24 x 24): about 40 s of CPU time, < 60 s on 2 idle cores.
+    """
+    phantom.write_dataset(tmp_path / "train", 32, seed=10)
+    phantom.write_dataset(tmp_path / "test", 24, seed=11)
     train = dataset.scan_cohort(tmp_path / "train").studies
     test = dataset.scan_cohort(tmp_path / "test").studies
     results = {}
-    for name, size in (("improved", 24), ("seed", 32)):
-        model.train_model(train, tmp_path / name, name, epochs=12, size=size, seed=0)
+    for name, size in (("improved", 16), ("seed", 24)):
+        model.train_model(train, tmp_path / name, name, epochs=10, size=size, seed=0)
         results[name] = model.evaluate_model(tmp_path / name, test, km_png=tmp_path / f"km_{name}.png", n_boot=200)
         assert (tmp_path / f"km_{name}.png").stat().st_size > 1000
     improved, seed = results["improved"], results["seed"]
     print(json.dumps({k: {m: v for m, v in r.items() if m not in ("risk", "patients")} for k, r in results.items()}))
-    assert improved["c_index"] >= 0.65  # measured 0.731 (CI 0.60-0.87) in this set-up; 0.813 with 60 cases, 30 epochs
+    # measured: improved 0.743 (CI 0.60-0.85), log-rank p 0.008; seed 0.377 (CI 0.22-0.51), accuracy 0.29
+    assert improved["c_index"] >= 0.65
     assert improved["c_index_ci_low"] <= improved["c_index"] <= improved["c_index_ci_high"]
-    assert improved["c_index"] > seed["c_index"]
+    assert improved["c_index"] > seed["c_index"] + 0.1
     assert improved["logrank_p"] < 0.05
     assert 0.0 <= seed["accuracy_ci_low"] <= seed["accuracy"] <= seed["accuracy_ci_high"] <= 1.0
     package = model.load_model(tmp_path / "improved")[1]

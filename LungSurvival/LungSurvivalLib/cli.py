@@ -1,7 +1,8 @@
 """``meddl phantom|train|evaluate|infer|batch|bench|demo lung``: the LungSurvival task of the shared command.
 
 ``meddl infer lung --input STUDY --model M --output OUT`` (STUDY: a DICOM folder holding one CT series, or an
-NRRD/NIfTI file) writes ``lungs.seg.nrrd``, ``lungs_label.nrrd``, ``heatmap.nrrd``, ``overlay.png`` and returns
+NRRD/NIfTI file) writes ``lungs.seg.nrrd``, ``lungs_label.nrrd``, ``heatmap.nrrd``, ``overlay.png``,
+``lung_volumes.csv`` (lung, volume_ml, risk_score, risk_group) and returns
 (written by the shared command as ``result.json``) ``left_lung_ml``, ``right_lung_ml``, ``total_lung_ml``,
 ``risk_score``, ``risk_group``, ``caveat``. ``meddl evaluate lung --out metrics.json`` gives ``c_index``,
 ``c_index_ci_low``, ``c_index_ci_high``, ``logrank_p`` (+ ``accuracy`` with CI for the seed recipe) and writes
@@ -21,6 +22,31 @@ from MedDLLib.tasks import Task
 
 from . import dataset, model
 
+#: Output files of ``meddl infer lung`` (besides ``result.json``).
+LUNGS_SEG = "lungs.seg.nrrd"
+LUNGS_LABEL = "lungs_label.nrrd"
+HEATMAP_NRRD = "heatmap.nrrd"
+OVERLAY_PNG = "overlay.png"
+VOLUMES_CSV = "lung_volumes.csv"
+
+
+def write_volumes_csv(path: Path, result: Any) -> Path:
+    """``lung, volume_ml, risk_score, risk_group`` rows (right, left, both lungs) of a :class:`~.logic.LungResult`."""
+    import csv
+    import io
+
+    from MedDLLib.io import atomic_write_text
+
+    from .logic import volumes_table
+
+    columns = volumes_table(result.segmentation)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["lung", "volume_ml", "risk_score", "risk_group"])
+    for lung, ml in zip(columns["lung"], columns["volume_ml"]):
+        writer.writerow([lung, ml, round(result.risk_score, 6), result.risk_group])
+    return atomic_write_text(path, buffer.getvalue())
+
 
 class LungTask(Task):
     """Lung segmentation and survival risk from chest CT (TCIA layout)."""
@@ -39,9 +65,12 @@ class LungTask(Task):
             parser.add_argument("--size", type=int, default=None,
                                 help="network input size (seed: in-plane, default 224; improved: cube, default 32)")
             parser.add_argument("--batch-size", type=int, default=None)
+            parser.add_argument("--folds", type=int, default=None,
+                                help="also run patient-level K-fold cross-validation (seed recipe: 5) and store its "
+                                     "accuracy with CI in the package's metrics; fold models in OUT-cv/fold-k")
         if subcommand == "bench":
-            parser.add_argument("--size", type=int, default=512)
-            parser.add_argument("--slices", type=int, default=300)
+            parser.add_argument("--size", type=int, default=512, help="in-plane size of the chest CT (default 512)")
+            parser.add_argument("--slices", type=int, default=300, help="slices (1 mm for 300; default 300)")
 
     def phantom(self, out: Path, cases: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         from .phantom import write_dataset
@@ -62,13 +91,20 @@ class LungTask(Task):
 
     def train(self, args: argparse.Namespace) -> dict[str, Any]:
         cohort = self._cohort(Path(args.data), args)
+        options = dict(batch_size=getattr(args, "batch_size", None), size=getattr(args, "size", None), seed=args.seed,
+                       device=args.device, force_cpu=args.force_cpu)
+        cv = None
+        folds = getattr(args, "folds", None)
+        if folds:
+            cv = model.cross_validate(cohort.studies, Path(f"{args.out}-cv"), args.recipe, folds=folds,
+                                      epochs=args.epochs, max_minutes=args.max_minutes, **options)
         result = model.train_model(cohort.studies, args.out, args.recipe, epochs=args.epochs,
-                                   max_minutes=args.max_minutes, batch_size=getattr(args, "batch_size", None),
-                                   size=getattr(args, "size", None), seed=args.seed, device=args.device,
-                                   force_cpu=args.force_cpu)
-        return {"package": str(result.package), "best_epoch": result.best_epoch, "best_metrics": result.best_metrics,
-                "epochs_run": result.epochs_run, "seconds": round(result.seconds, 1),
-                "unusable": cohort.unusable}
+                                   max_minutes=args.max_minutes, **options)
+        if cv is not None:
+            model.add_metrics(result.package, cv)
+        out = {"package": str(result.package), "best_epoch": result.best_epoch, "best_metrics": result.best_metrics,
+               "epochs_run": result.epochs_run, "seconds": round(result.seconds, 1), "unusable": cohort.unusable}
+        return {**out, **(cv or {})}
 
     def evaluate(self, args: argparse.Namespace) -> dict[str, Any]:
         from MedDLLib.device import select_device
@@ -99,85 +135,89 @@ class LungTask(Task):
         if model_name is None:
             raise InputError("give --model (a package from `meddl train lung` or a cached model name): "
                              "MedDL ships no pretrained lung weights")
+        reporter = getattr(args, "progress", None)
+
+        def report(fraction: float, message: str) -> None:
+            if reporter is not None:
+                reporter(fraction, message)
+
         package = load_package(resolve_model(model_name))
         hs = create_scene()
+        start = time.perf_counter()
         try:
+            report(0.0, "reading the CT")
             if Path(input_path).is_dir():
                 node = nodes.add_scalar_volume(hs.scene, read_dicom_folder(input_path), "CT")
             else:
                 node = load_volume(hs.scene, input_path)
+            read_s = time.perf_counter() - start
             options = LungOptions(gradcam=True, device=getattr(args, "device", None),
                                   force_cpu=getattr(args, "force_cpu", False))
-            out = LungSurvivalLogic().process(node, package, options)
+            out = LungSurvivalLogic().process(
+                node, package, options, progress=lambda f: report(0.1 + 0.75 * f, "lungs, risk and Grad-CAM"))
+            report(0.9, "writing the outputs")
+            write_start = time.perf_counter()
             output.mkdir(parents=True, exist_ok=True)
-            save_node(out.segmentation, output / "lungs.seg.nrrd")
-            save_node(out.labelmap, output / "lungs_label.nrrd")
-            save_node(out.heatmap, output / "heatmap.nrrd")
+            save_node(out.segmentation, output / LUNGS_SEG)
+            save_node(out.labelmap, output / LUNGS_LABEL)
+            save_node(out.heatmap, output / HEATMAP_NRRD)
+            write_volumes_csv(output / VOLUMES_CSV, out.result)
             labels = out.result.segmentation.labels
             areas = (labels > 0).reshape(labels.shape[0], -1).sum(axis=1)
             k = int(np.argmax(areas))
-            render_slice_png(output / "overlay.png", node, label=out.labelmap, foreground=out.heatmap,
+            render_slice_png(output / OVERLAY_PNG, node, label=out.labelmap, foreground=out.heatmap,
                              offset_mm=slice_offset_of(node, k))
             summary = out.result.summary()
+            seconds = {"read": read_s, **out.result.seconds, "write": time.perf_counter() - write_start}
+            report(1.0, "done")
         finally:
             hs.scene.Clear(1)
-        return {**summary, "model": package.name, "segmentation": "lungs.seg.nrrd", "labelmap": "lungs_label.nrrd",
-                "heatmap": "heatmap.nrrd", "overlay": "overlay.png"}
+        return {**summary, "model": package.name, "segmentation": LUNGS_SEG, "labelmap": LUNGS_LABEL,
+                "heatmap": HEATMAP_NRRD, "overlay": OVERLAY_PNG, "volumes": VOLUMES_CSV,
+                "seconds": {k: round(v, 3) for k, v in seconds.items()}}
 
     def bench(self, args: argparse.Namespace) -> dict[str, Any]:
-        """End-to-end inference (segmentation + crop + network + Grad-CAM) on a ``--slices`` x ``--size``^2 phantom."""
-        import resource
-        import tempfile
+        """End-to-end ``meddl infer lung`` (read DICOM, lungs, network, Grad-CAM, outputs) on a ``--slices`` x
+        ``--size``^2 phantom chest CT, in a child process (its own peak memory); see :mod:`.bench`."""
+        from .bench import bench_inference
 
-        import numpy as np
-
-        from MedDLLib.device import select_device
-
-        from . import logic
-        from .phantom import chest_ct
-        from .selftests import _package
-
-        size, n_slices = int(getattr(args, "size", 512)), int(getattr(args, "slices", 300))
-        volume, _, _ = chest_ct(np.random.default_rng(0), size, n_slices)
-        # 300 slices of a 24-slice-shaped chest: keep 10 mm-spaced anatomy but at 1 mm in z would change it;
-        # the phantom already spans n_slices x 10 mm; the spacing is set to a realistic 1 mm
-        from MedDLLib.geometry import Geometry
-
-        g = volume.geometry
-        volume.geometry = Geometry((g.spacing_mm[0], g.spacing_mm[1], 1.0), g.origin_lps_mm, g.direction_lps)
-        device = select_device(getattr(args, "device", None), getattr(args, "force_cpu", False))
-        with tempfile.TemporaryDirectory() as tmp:
-            package = model.load_model(_package(Path(tmp)))[1]
-            network = package.network(device)
-            start = time.perf_counter()
-            result = logic.compute(volume, network, package.metadata, logic.LungOptions(gradcam=True), device=device)
-            seconds = time.perf_counter() - start
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        return {"shape_kji": list(volume.array.shape), "seconds_end_to_end": round(seconds, 2),
-                "peak_rss_mb": round(peak_mb, 1), "total_lung_ml": round(result.segmentation.total_ml, 1),
-                "target": "< 60 s and < 4096 MB on 2 CPU cores"}
+        return bench_inference(int(getattr(args, "size", 512)), int(getattr(args, "slices", 300)),
+                               force_cpu=getattr(args, "force_cpu", False), device=getattr(args, "device", None))
 
     def demo(self, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-        """Phantoms -> improved recipe (time-boxed) -> evaluation on held-out phantoms -> one inference."""
+        """Phantoms -> both recipes (same data, same epochs, time-boxed) -> held-out evaluation -> one inference.
+
+        32 training/validation and 24 held-out 64 x 64 x 24 phantoms; the improved recipe on 16^3 tumour crops,
+        the seed on 20 x 24 x 24 middle slices, 10 epochs each within ``--minutes-per-task`` (about 1 min of
+        training in all on 2 cores). ``metrics.json`` holds the improved recipe's metrics and the seed's as
+        ``seed_*``; ``km.png`` / ``km_seed.png`` are their Kaplan-Meier curves.
+        """
         from .phantom import write_dataset
 
         minutes = float(getattr(args, "minutes_per_task", 2.0))
         seed = int(getattr(args, "seed", 0))
-        write_dataset(out / "train", 32, seed)
-        write_dataset(out / "test", 16, seed + 1000)
-        package = out / "lung-improved"
+        device, force_cpu = getattr(args, "device", None), getattr(args, "force_cpu", False)
+        write_dataset(out / "train", 32, seed + 10)
+        write_dataset(out / "test", 24, seed + 11)
         train = dataset.scan_cohort(out / "train").studies
-        model.train_model(train, package, "improved", epochs=12, size=24, max_minutes=max(0.5, minutes * 0.6),
-                          seed=seed, device=getattr(args, "device", None), force_cpu=getattr(args, "force_cpu", False))
         test = dataset.scan_cohort(out / "test").studies
-        metrics = model.evaluate_model(package, test, km_png=out / "km.png", n_boot=200)
-        metrics.pop("risk", None)
-        metrics.pop("patients", None)
+        results = {}
+        for recipe_name, size, share in (("improved", 16, 0.4), ("seed", 24, 0.2)):
+            package = out / f"lung-{recipe_name}"
+            model.train_model(train, package, recipe_name, epochs=10, size=size, max_minutes=max(0.2, minutes * share),
+                              seed=seed, device=device, force_cpu=force_cpu)
+            km = out / ("km.png" if recipe_name == "improved" else "km_seed.png")
+            metrics = model.evaluate_model(package, test, km_png=km, n_boot=500)
+            metrics.pop("risk", None)
+            metrics.pop("patients", None)
+            results[recipe_name] = metrics
+        metrics = {**results["improved"], **{f"seed_{k}": v for k, v in results["seed"].items()}}
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
-        ns = argparse.Namespace(device=getattr(args, "device", None), force_cpu=getattr(args, "force_cpu", False))
-        result = self.infer(test[0].folder, str(package), out / "infer", ns)
-        return {"png": str(out / "infer" / "overlay.png"), "metrics": metrics, "km_png": str(out / "km.png"),
-                "risk_group": result["risk_group"]}
+        ns = argparse.Namespace(device=device, force_cpu=force_cpu)
+        result = self.infer(test[0].folder, str(out / "lung-improved"), out / "infer", ns)
+        return {"png": [str(out / "infer" / "overlay.png"), str(out / "km.png"), str(out / "km_seed.png")],
+                "metrics": metrics, "risk_group": result["risk_group"],
+                "total_lung_ml": result["total_lung_ml"]}
 
 
 TASK = LungTask()

@@ -54,6 +54,8 @@ class LungResult:
     caveat: str
     centre: str
     heatmap: Volume | None = None
+    #: seconds spent per step: ``segmentation`` (checks + lungs), ``network`` (input, risk, Grad-CAM)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         s = self.segmentation
@@ -106,9 +108,12 @@ def compute(volume: Volume, network: Any, metadata: dict[str, Any], options: Lun
             progress: Callable[[float], None] | None = None, cancel: Callable[[], bool] | None = None,
             device: Any = "cpu") -> LungResult:
     """Segment the lungs, predict the risk and (optionally) its Grad-CAM map, on arrays only."""
+    import time
+
     import torch
 
     options = options or LungOptions()
+    start = time.perf_counter()
 
     def step(fraction: float) -> None:
         if cancel is not None and cancel():
@@ -118,6 +123,7 @@ def compute(volume: Volume, network: Any, metadata: dict[str, Any], options: Lun
 
     step(0.0)
     seg = segment_chest(volume)
+    seconds = {"segmentation": time.perf_counter() - start}
     step(0.4)
     spec = InputSpec.from_metadata(metadata["input"])
     x, grid, info = network_input(volume, seg.labels, spec)
@@ -137,9 +143,10 @@ def compute(volume: Volume, network: Any, metadata: dict[str, Any], options: Lun
         maps = compute_gradcam(network, torch.from_numpy(x[None]).to(device), layer,
                                class_index=1 if recipe == "seed" else 0)
         heat = heatmap_to_reference(maps[0], grid, volume)
+    seconds["network"] = time.perf_counter() - start - seconds["segmentation"]
     step(1.0)
     caveat = str(metadata["output"].get("caveat", lungmodel.CAVEAT))
-    return LungResult(seg, volume.geometry, risk, group, recipe, caveat, info["centre"], heat)
+    return LungResult(seg, volume.geometry, risk, group, recipe, caveat, info["centre"], heat, seconds)
 
 
 def volumes_table(seg: LungSegmentation) -> dict[str, list[Any]]:

@@ -1,0 +1,111 @@
+"""``meddl bench lung``: end-to-end inference time and peak memory on a realistic chest CT.
+
+A ``n_slices x size x size`` phantom chest CT (:func:`bench_volume`: the phantom anatomy at 10 mm slices,
+interpolated along z to ``n_slices`` slices over the same 30 cm, 1 mm apart for 300 slices) is written as a
+DICOM series; then ``meddl infer lung`` runs on it in a fresh child process, as a user runs it: DICOM reading,
+checks, lung segmentation, network input, risk, Grad-CAM, outputs (segmentation, labelmap, heatmap NRRD and
+overlay PNG). The wall time of the child (start-up and imports included) is ``seconds_end_to_end``; its peak
+resident memory (``ru_maxrss`` from :func:`os.wait4`, the child's alone) is ``peak_rss_mb``; the child's
+``result.json`` gives the split per step. The network is the improved recipe's with seeded random weights
+(time and memory do not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from MedDLLib.errors import MedDLError
+from MedDLLib.geometry import Geometry, Volume
+
+#: The issue's targets on 2 CPU cores.
+TARGET_SECONDS = 60.0
+TARGET_MB = 4096.0
+#: z extent of the benchmark chest (mm).
+EXTENT_Z_MM = 300.0
+
+
+def bench_volume(size: int = 512, n_slices: int = 300, seed: int = 0) -> Volume:
+    """A phantom chest CT ``[n_slices, size, size]`` in HU spanning ``EXTENT_Z_MM`` (linear interpolation in z)."""
+    from scipy.ndimage import zoom
+
+    from .phantom import SLICE_MM, chest_ct
+
+    coarse_slices = max(int(round(EXTENT_Z_MM / SLICE_MM)), 12)
+    coarse, _, _ = chest_ct(np.random.default_rng(seed), size, coarse_slices)
+    if n_slices == coarse_slices:
+        return coarse
+    array = zoom(coarse.array, (n_slices / coarse_slices, 1.0, 1.0), order=1, mode="nearest", grid_mode=True)
+    g = coarse.geometry
+    spacing_z = g.spacing_mm[2] * coarse_slices / n_slices
+    # keep the centre of the slab: the first slice centre moves by half the change of spacing
+    origin = np.array(g.origin_lps_mm) + np.array(g.direction)[:, 2] * (spacing_z - g.spacing_mm[2]) / 2.0
+    geometry = Geometry((g.spacing_mm[0], g.spacing_mm[1], spacing_z), tuple(origin), g.direction_lps)
+    return Volume(array.astype(np.float32), geometry, dict(coarse.metadata))
+
+
+def _run_child(arguments: list[str], log: Path) -> tuple[int, float, float]:
+    """Run ``python -m MedDLLib.cli ARGUMENTS``; ``(exit status, wall seconds, peak RSS MB of that child)``."""
+    env = dict(os.environ)
+    extra = [e for e in env.get("MEDDL_EXTRA_TASKS", "").split(",") if e]
+    env["MEDDL_EXTRA_TASKS"] = ",".join(extra + ["LungSurvivalLib.cli:TASK"])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1])] +
+                                        [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    with open(log, "w") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "MedDLLib.cli", *arguments], stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, seconds, usage.ru_maxrss / 1024.0
+
+
+def bench_inference(size: int = 512, n_slices: int = 300, *, force_cpu: bool = False,
+                    device: str | None = None) -> dict[str, Any]:
+    """Seconds and peak RSS (MB) of ``meddl infer lung`` on a ``n_slices x size x size`` DICOM chest CT.
+
+    Raises:
+        MedDLError: the child inference failed (its output is in the message).
+    """
+    import json
+
+    from MedDLLib.dicomwrite import write_series
+
+    from .selftests import _package
+
+    if size < 32 or n_slices < 12:
+        raise MedDLError(f"bench size {size} x {n_slices} slices is too small for a chest CT (>= 32 x 12)")
+    with tempfile.TemporaryDirectory(prefix="meddl-lung-bench-") as tmp:
+        tmp_path = Path(tmp)
+        start = time.perf_counter()
+        volume = bench_volume(size, n_slices)
+        write_series(tmp_path / "ct", volume, file_names="instance")
+        prepare_s = time.perf_counter() - start
+        shape, spacing = list(volume.array.shape), [round(v, 4) for v in volume.geometry.spacing_mm]
+        del volume
+        package = _package(tmp_path)
+        arguments = ["infer", "lung", "--input", str(tmp_path / "ct"), "--model", str(package),
+                     "--output", str(tmp_path / "out")]
+        if force_cpu:
+            arguments.append("--force-cpu")
+        if device:
+            arguments += ["--device", device]
+        code, seconds, peak_mb = _run_child(arguments, tmp_path / "log.txt")
+        if code != 0:
+            raise MedDLError(f"meddl infer lung failed in the benchmark (exit {code}):\n"
+                             + (tmp_path / "log.txt").read_text()[-3000:])
+        result = json.loads((tmp_path / "out" / "result.json").read_text())
+    steps = {f"seconds_{k}": v for k, v in result.get("seconds", {}).items()}
+    return {"shape_kji": shape, "spacing_mm": spacing, "input": "DICOM series, 16-bit", "device": device or "auto",
+            "seconds_end_to_end": round(seconds, 2), **steps, "peak_rss_mb": round(peak_mb, 1),
+            "total_lung_ml": result["total_lung_ml"], "seconds_phantom": round(prepare_s, 1),
+            "within_target": bool(seconds < TARGET_SECONDS and peak_mb < TARGET_MB),
+            "target": f"< {TARGET_SECONDS:.0f} s and < {TARGET_MB:.0f} MB on 2 CPU cores"}

@@ -1,0 +1,75 @@
+"""What the Lung Survival widget needs beyond the shared :mod:`MedDLLib.results` (Qt-free, tested in pytest).
+
+* :func:`infer_arguments`: the ``meddl infer lung`` command line for the widget's choices (Testing/
+  test_lung_widget.py parses it with the task's own argument parser);
+* :data:`OUTPUTS` and :func:`load_results`: which output file becomes which node (lung segmentation with the
+  right/left lung segments, lung labelmap, Grad-CAM heatmap, lung volumes table);
+* :func:`summary_text`: the line the widget shows (volumes, risk score and group, the model card's caveat).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from MedDLLib.errors import MedDLError
+from MedDLLib.results import LoadedOutputs, OutputFile, load_outputs
+
+from .cli import HEATMAP_NRRD, LUNGS_LABEL, LUNGS_SEG, VOLUMES_CSV
+from .preprocess import LUNG_SEGMENTS
+
+#: The task name of ``meddl infer``.
+TASK = "lung"
+#: ``module:attribute`` of the task object the child process registers (Slicer has no entry points).
+TASK_ENTRY = "LungSurvivalLib.cli:TASK"
+#: Output file -> node of a finished ``meddl infer lung`` run.
+OUTPUTS = (
+    OutputFile("segmentation", LUNGS_SEG, "segmentation", "lungs"),
+    OutputFile("labelmap", LUNGS_LABEL, "labelmap", "lungs label", segments=LUNG_SEGMENTS),
+    OutputFile("heatmap", HEATMAP_NRRD, "heatmap", "lung Grad-CAM"),
+    OutputFile("table", VOLUMES_CSV, "table", "lung volumes and risk", units={"volume_ml": "mL"}),
+)
+
+
+def infer_arguments(input_file: str | os.PathLike, model: str, output: str | os.PathLike, *,
+                    force_cpu: bool = False) -> list[str]:
+    """The ``meddl`` arguments of one run: ``infer lung --input F --model M --output D [--force-cpu]``.
+
+    Raises:
+        ValueError: no model selected.
+    """
+    if not model:
+        raise ValueError("no lung survival model selected: train one with 'meddl train lung' or import a model "
+                         "package")
+    arguments = ["infer", TASK, "--input", os.fspath(input_file), "--model", str(model), "--output", os.fspath(output)]
+    if force_cpu:
+        arguments.append("--force-cpu")
+    return arguments
+
+
+def load_results(folder: str | os.PathLike, input_node: Any) -> LoadedOutputs:
+    """Add the outputs of a finished run to the input node's scene (:data:`OUTPUTS`); ``summary`` is
+    :func:`summary_text` of ``result.json``."""
+    loaded = load_outputs(input_node.GetScene(), Path(folder), input_node, OUTPUTS)
+    loaded.summary = summary_text(loaded.result)
+    return loaded
+
+
+def summary_text(result: dict[str, Any]) -> str:
+    """``Right lung R mL, left lung L mL (total T mL). Risk score S (HIGH|low risk vs the training cohort).
+    <caveat>``.
+
+    Raises:
+        MedDLError: ``result.json`` lacks the lung volumes, the risk or the caveat (not a lung result).
+    """
+    try:
+        right, left = float(result["right_lung_ml"]), float(result["left_lung_ml"])
+        risk, group, caveat = float(result["risk_score"]), str(result["risk_group"]), str(result["caveat"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MedDLError(f"result.json is not the output of 'meddl infer lung' (missing or bad {exc})") from exc
+    if group not in ("low", "high") or not all(math.isfinite(v) for v in (right, left, risk)):
+        raise MedDLError(f"result.json has an invalid lung result (risk group {group!r}, risk {risk})")
+    return (f"Right lung {right:.0f} mL, left lung {left:.0f} mL (total {right + left:.0f} mL). "
+            f"Risk score {risk:.3f}: {group} risk relative to the training cohort. {caveat}")
