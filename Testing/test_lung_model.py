@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from LungSurvivalLib import dataset, model, phantom, preprocess
+from MedDLLib import models
 from MedDLLib.geometry import Geometry, Volume
 
 
@@ -73,6 +74,6 @@ def test_improved_recipe_learns_survival_and_beats_the_seed(tmp_path):
     assert improved["c_index"] > seed["c_index"] + 0.1
     assert improved["logrank_p"] < 0.05
     assert 0.0 <= seed["accuracy_ci_low"] <= seed["accuracy"] <= seed["accuracy_ci_high"] <= 1.0
-    package = model.load_model(tmp_path / "improved")[1]
+    package = models.load_task_model(tmp_path / "improved", model.TASK)[1]
     assert "Research use only" in package.metadata["output"]["caveat"]
     assert np.isfinite(package.metadata["output"]["risk_threshold"])

@@ -272,14 +272,6 @@ def train_model(studies: Sequence[LungStudy], out: str | Path, recipe_name: str 
 
 
 # ---------------------------------------------------------------------------------------------- prediction
-def load_model(model: str | Path | models.ModelPackage, device: Any = "cpu") -> tuple[nn.Module, models.ModelPackage]:
-    """``(network in eval mode, package)`` of a LungSurvival model package (folder, cached name or package)."""
-    package = model if isinstance(model, models.ModelPackage) else models.load_package(models.resolve_model(model))
-    if package.task != TASK:
-        raise InputError(f"model {package.name!r} is for task {package.task!r}, not {TASK!r}")
-    return package.network(device), package
-
-
 @torch.no_grad()
 def predict_inputs(network: nn.Module, inputs: np.ndarray, batch_size: int = 16, device: Any = "cpu") -> np.ndarray:
     """Raw network outputs ``(N, n_outputs)`` for inputs ``(N, 1, D, H, W)``."""
@@ -300,7 +292,7 @@ def evaluate_model(model: str | Path | models.ModelPackage, studies: Sequence[Lu
     """
     from MedDLLib.evaluation import bootstrap_ci, concordance_index_with_ci, kaplan_meier_groups, plot_kaplan_meier
 
-    network, package = load_model(model, device)
+    network, package = models.load_task_model(model, TASK, device)
     spec = InputSpec.from_metadata(package.metadata["input"])
     recipe_name = package.metadata.get("recipe", "improved")
     xs, times, events, ids = [], [], [], []
@@ -378,7 +370,7 @@ def cross_validate(studies: Sequence[LungStudy], out: str | Path, recipe_name: s
         train_model([studies[i] for i in train_idx], package, recipe_name, epochs=epochs, max_minutes=per_time_budget,
                     batch_size=batch_size, size=size, seed=seed, device=device, force_cpu=force_cpu)
         test = [studies[i] for i in test_idx]
-        network, pkg = load_model(package)
+        network, pkg = models.load_task_model(package, TASK)
         spec = InputSpec.from_metadata(pkg.metadata["input"])
         risk = risk_scores(predict_inputs(network, np.stack([prepare_study(s, spec) for s in test])), recipe_name)
         try:
