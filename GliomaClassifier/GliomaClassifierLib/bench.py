@@ -1,0 +1,126 @@
+"""``meddl bench glioma``: CPU forward and Grad-CAM time and peak memory, seed (stride 1) vs improved (stride 2).
+
+Both networks are MONAI ``resnet10(spatial_dims=3, n_input_channels=1, num_classes=1)`` at the recipes' input
+size (default 64 x 256 x 256), untrained (time and memory do not depend on the weights); the seed has the
+default ``conv1_t_stride=1``, the improved one ``conv1_t_stride=2``. Each measurement (network x {forward,
+Grad-CAM}) runs in a fresh child process with ``threads`` torch threads, so its peak resident memory
+(``ru_maxrss``) is its own; a small warm-up forward precedes the timed call. Grad-CAM is the project's
+:func:`MedDLLib.gradcam.compute_gradcam` (forward + backward + map) at the recipes' layer. Targets for the
+improved network on 2 cores: forward < 3 s, Grad-CAM < 10 s.
+
+Also measured for the improved recipe: ``improved_end_to_end_seconds``, the whole
+:func:`GliomaClassifierLib.logic.compute` (preprocessing of a 256 x 256 x 64 phantom T1wCE stored sagittal,
+reorientation, network, Grad-CAM mapped back into the input geometry), i.e. what one study costs in Slicer.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import time
+from typing import Any
+
+TARGET_FORWARD_S = 3.0
+TARGET_GRADCAM_S = 10.0
+
+
+def _child(stride: int, size: int, depth: int, what: str, threads: int, queue: Any) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    from MedDLLib.gradcam import compute_gradcam
+
+    from .model import build, recipe
+
+    r = recipe("improved" if stride == 2 else "seed", size=size, depth=depth)
+    torch.manual_seed(0)
+    network = build(r).eval()
+    with torch.no_grad():
+        network(torch.rand(1, 1, 16, 32, 32))  # warm-up: kernels, allocator
+    x = torch.rand(1, 1, depth, size, size)
+    if what == "end_to_end":
+        import tempfile
+        from pathlib import Path
+
+        import numpy as np
+
+        from MedDLLib.phantoms import as_plane
+
+        from .logic import compute
+        from .model import untrained_package
+        from .phantom import brain_mri
+
+        volumes, _, _ = brain_mri(np.random.default_rng(0), size, depth, label=1)
+        study = {"T1wCE": as_plane(volumes["T1wCE"], "sagittal")}
+        with tempfile.TemporaryDirectory() as tmp:
+            package = untrained_package(Path(tmp) / "m", size=size, depth=depth, widen_factor=1.0)
+            start = time.perf_counter()
+            compute(study, package)
+            seconds = time.perf_counter() - start
+        queue.put({"seconds": round(seconds, 3),
+                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)})
+        return
+    start = time.perf_counter()
+    if what == "forward":
+        with torch.no_grad():
+            network(x)
+    else:
+        compute_gradcam(network, x, r.gradcam_layer, class_index=0)
+    seconds = time.perf_counter() - start
+    queue.put({"seconds": round(seconds, 3),
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)})
+
+
+def measure(stride: int, what: str, size: int = 256, depth: int = 64, threads: int = 2) -> dict[str, float]:
+    """Seconds and peak RSS (MB) of one forward (``what="forward"``) or Grad-CAM in a fresh child process."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(stride, size, depth, what, threads, queue))
+    proc.start()
+    try:
+        return queue.get(timeout=900)
+    finally:
+        proc.join()
+
+
+def run_bench(size: int = 256, depth: int = 64, threads: int = 2) -> dict[str, Any]:
+    """Both networks side by side (see the module docstring); JSON-ready."""
+    import os
+
+    import torch
+
+    result: dict[str, Any] = {"benchmark": "glioma_cpu_inference", "input_dhw": [depth, size, size],
+                              "threads": threads, "cpu_count": os.cpu_count(), "torch": torch.__version__}
+    for name, stride in (("seed", 1), ("improved", 2)):
+        for what in ("forward", "gradcam"):
+            res = measure(stride, what, size, depth, threads)
+            result[f"{name}_{what}_seconds"] = res["seconds"]
+            result[f"{name}_{what}_peak_rss_mb"] = res["peak_rss_mb"]
+    res = measure(2, "end_to_end", size, depth, threads)
+    result["improved_end_to_end_seconds"] = res["seconds"]
+    result["improved_end_to_end_peak_rss_mb"] = res["peak_rss_mb"]
+    result["improved_meets_targets"] = bool(result["improved_forward_seconds"] < TARGET_FORWARD_S
+                                            and result["improved_gradcam_seconds"] < TARGET_GRADCAM_S)
+    result["speedup_forward"] = round(result["seed_forward_seconds"] / result["improved_forward_seconds"], 2)
+    result["speedup_gradcam"] = round(result["seed_gradcam_seconds"] / result["improved_gradcam_seconds"], 2)
+    result["target"] = (f"improved (conv1_t_stride=2): forward < {TARGET_FORWARD_S:g} s and Grad-CAM < "
+                        f"{TARGET_GRADCAM_S:g} s on 2 cores")
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A small text table of :func:`run_bench`'s result (seed and improved side by side)."""
+    rows = [("network", "forward (s)", "forward peak RSS (MB)", "Grad-CAM (s)", "Grad-CAM peak RSS (MB)")]
+    for name, label in (("seed", "seed resnet10 stride 1"), ("improved", "improved resnet10 stride 2")):
+        rows.append((label, f"{result[f'{name}_forward_seconds']:.2f}", f"{result[f'{name}_forward_peak_rss_mb']:.0f}",
+                     f"{result[f'{name}_gradcam_seconds']:.2f}", f"{result[f'{name}_gradcam_peak_rss_mb']:.0f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    d, h, w = result["input_dhw"]
+    lines.append(f"input 1x{d}x{h}x{w}, {result['threads']} threads; {result['target']}: "
+                 f"{'met' if result['improved_meets_targets'] else 'NOT met'}")
+    if "improved_end_to_end_seconds" in result:
+        lines.append(f"improved end to end (preprocess + reorient + network + Grad-CAM back to the input): "
+                     f"{result['improved_end_to_end_seconds']:.2f} s, peak {result['improved_end_to_end_peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)

@@ -1,0 +1,276 @@
+"""``meddl <subcommand> glioma``: MGMT classification for the shared command line.
+
+``meddl infer glioma --input STUDY --model M --output OUT``: STUDY is a case folder with sequence sub-folders
+(``FLAIR/ T1w/ T1wCE/ T2w/``, DICOM), a folder of volume files named after the sequences (``T1wCE.nrrd``...),
+one DICOM series folder or one NRRD/NIfTI file (the last two are taken as the model's first sequence). Writes:
+
+* ``heatmap.nrrd`` -- Grad-CAM of the predicted class in the geometry of the reference (first) sequence, 0..1;
+* ``overlay.png`` -- the axial slice through the heatmap's centre of mass, heatmap over the reference sequence;
+
+and returns the dict the shared command writes as ``result.json``: ``probability``, ``model_card`` (short text
+with the caveat), ``methylated``, ``threshold``, the window (``window_first_slice``, ``window_last_slice``, ...),
+``summary``.
+
+``meddl evaluate glioma --data D --model M --out metrics.json``: flat ``auroc``, ``auroc_ci_low``,
+``auroc_ci_high`` (95 % bootstrap over cases) on the labelled cases of D. ``meddl train glioma ... --folds K
+--cv-seeds S`` first runs repeated cross-validation (``auroc_mean``, ``auroc_sd``, CI) and stores it in the
+model's card, then trains the final model on all cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from MedDLLib.errors import InputError
+from MedDLLib.tasks import Task
+
+HEATMAP_NRRD = "heatmap.nrrd"
+OVERLAY_PNG = "overlay.png"
+
+
+def read_study(path: str | Path, sequences: list[str]) -> dict[str, Any]:
+    """The study at ``path`` as ``{sequence: Volume}`` (see the module docstring for the accepted forms).
+
+    Only the sequences in ``sequences`` are read from a case folder; a single series or file becomes
+    ``sequences[0]``.
+    """
+    from MedDLLib import dicom
+    from MedDLLib import io as mio
+    from MedDLLib.resample import from_sitk
+
+    from .dataset import SEQUENCES
+
+    path = Path(path)
+
+    def read_file(p: Path) -> Any:
+        import SimpleITK as sitk
+
+        return from_sitk(sitk.ReadImage(str(p)), {"name": p.name, "modality": "MR"})
+
+    if path.is_file():
+        if not mio.is_volume_file(path):
+            raise InputError(f"{path}: not a volume file ({', '.join(mio.VOLUME_FILE_SUFFIXES)}) nor a folder")
+        return {sequences[0]: read_file(path)}
+    if not path.is_dir():
+        raise InputError(f"{path}: no such study")
+    if any((path / s).is_dir() for s in SEQUENCES):
+        missing = [s for s in sequences if not (path / s).is_dir()]
+        if missing:
+            raise InputError(f"{path}: the model needs {', '.join(sequences)}; no folder {', '.join(missing)}")
+        return {s: dicom.read_dicom_folder(path / s) for s in sequences}
+    files = {p.name.split(".")[0]: p for p in sorted(path.iterdir()) if mio.is_volume_file(p)}
+    if files:
+        missing = [s for s in sequences if s not in files]
+        if missing:
+            raise InputError(f"{path}: the model needs {', '.join(sequences)}; no volume file named "
+                             f"{', '.join(missing)} (found {', '.join(files)})")
+        return {s: read_file(files[s]) for s in sequences}
+    return {sequences[0]: dicom.read_dicom_folder(path)}
+
+
+def infer_study(input_path: str | Path, model: str | Path, output: str | Path, *, threshold: float = 0.5,
+                device: str = "cpu") -> dict[str, Any]:
+    """Run one study through a fresh headless scene and write ``heatmap.nrrd`` and ``overlay.png``."""
+    import numpy as np
+
+    from MedDLLib import io as mio
+    from MedDLLib import nodes, render
+    from MedDLLib.headless import create_scene
+
+    from .logic import GliomaClassifierLogic, GliomaOptions, compute
+    from .model import load_model
+    from .preprocess import InputSpec
+
+    _, package = load_model(model, "cpu")
+    spec = InputSpec.from_metadata(package.metadata["input"])
+    volumes = read_study(input_path, list(spec.sequences))
+    result = compute(volumes, package, GliomaOptions(gradcam=True, threshold=threshold, device=device))
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    hs = create_scene()
+    try:
+        scene = hs.scene
+        ref = nodes.add_scalar_volume(scene, volumes[spec.sequences[0]], spec.sequences[0])
+        result = GliomaClassifierLogic().write_outputs(ref, result)
+        heat_node = result.nodes["heatmap"]
+        mio.save_node(heat_node, output / HEATMAP_NRRD)
+        heat = result.heatmap
+        if heat is not None and heat.array.sum() > 0:
+            kji = np.array(np.unravel_index(np.arange(heat.array.size), heat.array.shape)).T
+            w = heat.array.ravel()
+            centre_ijk = (kji[:, ::-1] * w[:, None]).sum(axis=0) / w.sum()
+            offset = float(heat.geometry.ijk_to_ras_points(centre_ijk)[0][2])
+        else:
+            offset = None
+        render.render_slice_png(output / OVERLAY_PNG, ref, foreground=heat_node, offset_mm=offset)
+    finally:
+        hs.scene.Clear(1)
+    out = result.as_dict()
+    out.update(heatmap=HEATMAP_NRRD, overlay=OVERLAY_PNG, input=str(input_path))
+    return out
+
+
+class GliomaTask(Task):
+    """MGMT promoter methylation of a glioma from brain MRI (RSNA-MICCAI 2021 layout)."""
+
+    name = "glioma"
+    title = "Glioma Classifier: MGMT promoter methylation from brain MRI (research use only)"
+
+    def add_arguments(self, subcommand: str, parser: argparse.ArgumentParser) -> None:
+        if subcommand == "phantom":
+            parser.add_argument("--size", type=int, default=64, help="in-plane size in pixels (real data: 256-512)")
+            parser.add_argument("--slices", type=int, default=32, help="axial slices per study")
+            parser.add_argument("--signal", type=float, default=1.0,
+                                help="strength of the label-linked signal in [0, 1] (0 = none)")
+        if subcommand in ("train", "bench"):
+            parser.add_argument("--size", type=int, default=256, help="network input size (default 256)")
+            parser.add_argument("--depth", type=int, default=64, help="slices in the window (default 64)")
+        if subcommand == "train":
+            parser.add_argument("--sequences", nargs="+", default=None,
+                                help="input sequences as channels (default T1wCE; the seed uses one)")
+            parser.add_argument("--batch-size", type=int, default=None)
+            parser.add_argument("--lr", type=float, default=None)
+            parser.add_argument("--widen-factor", type=float, default=1.0, help="resnet10 width multiplier")
+            parser.add_argument("--folds", type=int, default=0,
+                                help="cross-validate first with this many folds (0: no CV; recipes use 5)")
+            parser.add_argument("--cv-seeds", type=int, default=None,
+                                help="CV repetitions (default: the recipe's: seed 1, improved 3)")
+            parser.add_argument("--shuffle-labels", action="store_true",
+                                help="negative control: permute the labels before training")
+            parser.add_argument("--cache", type=Path, default=None, help="folder of preprocessed inputs (reused)")
+        if subcommand in ("infer", "batch"):
+            parser.add_argument("--threshold", type=float, default=0.5)
+        if subcommand == "bench":
+            parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+
+    # ------------------------------------------------------------------------------------------------ phantom
+    def phantom(self, out: Path, cases: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+        from .phantom import write_dataset
+
+        m = write_dataset(out, cases, seed, size=getattr(args, "size", 64), n_slices=getattr(args, "slices", 32),
+                          signal=getattr(args, "signal", 1.0))
+        return {"out": str(out), "cases": cases, "methylated": sum(t["MGMT_value"] for t in m["truth"]),
+                "signal": m["signal"], "achievable_auroc": round(m["achievable_auroc"], 4)}
+
+    # ------------------------------------------------------------------------------------------------ train
+    def train(self, args: argparse.Namespace) -> dict[str, Any]:
+        import dataclasses
+
+        import numpy as np
+
+        from .dataset import scan_dataset
+        from .model import cross_validate, recipe, train_model
+
+        data = scan_dataset(args.data)
+        for problem in data.problems[:20]:
+            print(f"warning: {problem}")
+        cases = data.cases
+        if getattr(args, "shuffle_labels", False):
+            labels = np.random.default_rng(12345).permutation([c.label for c in cases])
+            cases = [dataclasses.replace(c, label=int(v)) for c, v in zip(cases, labels)]
+        common = dict(epochs=args.epochs, max_minutes=args.max_minutes, batch_size=getattr(args, "batch_size", None),
+                      lr=getattr(args, "lr", None), size=args.size, depth=args.depth,
+                      sequences=getattr(args, "sequences", None), widen_factor=getattr(args, "widen_factor", 1.0),
+                      device=args.device, force_cpu=args.force_cpu, cache_dir=getattr(args, "cache", None))
+        metrics: dict[str, Any] = {}
+        summary: dict[str, Any] = {}
+        folds = int(getattr(args, "folds", 0) or 0)
+        if folds:
+            r = recipe(args.recipe, size=args.size, depth=args.depth, sequences=common["sequences"])
+            n_seeds = getattr(args, "cv_seeds", None)
+            seeds = list(range(args.seed, args.seed + n_seeds)) if n_seeds else [args.seed + s for s in r.cv_seeds]
+            cv_args = dict(common)
+            cv_args["cache_dir"] = cv_args["cache_dir"] or Path(str(args.out) + ".cv") / "cache"
+            cv = cross_validate(cases, Path(str(args.out) + ".cv"), args.recipe, folds=folds, seeds=seeds, **cv_args)
+            metrics["auroc"] = {"value": cv["auroc"], "ci95": [cv["auroc_ci_low"], cv["auroc_ci_high"]],
+                                "mean_over_seeds": cv["auroc_mean"], "sd_over_seeds": cv["auroc_sd"],
+                                "how": f"{folds}-fold CV x {len(seeds)} seeds, out-of-fold, bootstrap over cases"}
+            summary.update({f"cv_{k}": v for k, v in cv.items() if k in
+                            ("auroc", "auroc_ci_low", "auroc_ci_high", "auroc_mean", "auroc_sd", "auroc_per_seed")})
+        result = train_model(cases, args.out, args.recipe, seed=args.seed, metrics=metrics,
+                             description=f"meddl train glioma --data {args.data} --recipe {args.recipe}"
+                                         + (" (labels shuffled)" if getattr(args, "shuffle_labels", False) else ""),
+                             **common)
+        summary.update({"package": str(result.package), "recipe": args.recipe, "best_epoch": result.best_epoch,
+                        "epochs_run": result.epochs_run, "seconds": round(result.seconds, 1),
+                        **{f"val_{k}": v for k, v in result.best_metrics.items()}})
+        return summary
+
+    # ------------------------------------------------------------------------------------------------ evaluate
+    def evaluate(self, args: argparse.Namespace) -> dict[str, Any]:
+        from MedDLLib.device import select_device
+
+        from .dataset import scan_dataset
+        from .model import evaluate_model
+
+        data = scan_dataset(args.data)
+        device = select_device(args.device, args.force_cpu)
+        metrics = evaluate_model(args.model, data.cases, device=device)
+        metrics["excluded_cases"] = data.excluded
+        metrics["data_problems"] = len(data.problems)
+        return metrics
+
+    # ------------------------------------------------------------------------------------------------ infer
+    def find_studies(self, root: Path) -> list[Path]:
+        """Case folders: ``root/train/<id>`` or ``root/<id>`` (folders holding sequence sub-folders), else each
+        entry of ``root``."""
+        from .dataset import IMAGE_FOLDER
+
+        base = root / IMAGE_FOLDER if (root / IMAGE_FOLDER).is_dir() else root
+        return sorted(p for p in base.iterdir() if not p.name.startswith("."))
+
+    def infer(self, input_path: Path, model: str | None, output: Path, args: argparse.Namespace) -> dict[str, Any]:
+        from MedDLLib.device import select_device
+
+        if model is None:
+            raise InputError("meddl infer glioma needs --model (no default MGMT model ships; train one with "
+                             "meddl train glioma)")
+        device = select_device(getattr(args, "device", None), getattr(args, "force_cpu", False))
+        return infer_study(Path(input_path), model, Path(output), threshold=getattr(args, "threshold", 0.5),
+                           device=str(device))
+
+    # ------------------------------------------------------------------------------------------------ bench
+    def bench(self, args: argparse.Namespace) -> dict[str, Any]:
+        from .bench import format_table, run_bench
+
+        result = run_bench(size=getattr(args, "size", 256), depth=getattr(args, "depth", 64),
+                           threads=getattr(args, "threads", 2))
+        print(format_table(result))
+        return result
+
+    # ------------------------------------------------------------------------------------------------ demo
+    def demo(self, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+        from MedDLLib.io import atomic_write_json
+
+        from .dataset import scan_dataset
+        from .model import evaluate_model, train_model
+        from .phantom import write_dataset
+
+        out = Path(out)
+        seed = int(getattr(args, "seed", 0))
+        minutes = min(float(getattr(args, "minutes_per_task", 2.5)), 2.5)
+        start = time.perf_counter()
+        # the tested tiny set-up (Testing/test_glioma_model.py): T1wCE, 48 x 48 x 24, resnet10 at 1/4 width
+        kw = dict(size=48, n_slices=24, sequences=("T1wCE",))
+        write_dataset(out / "train", 72, seed, **kw)
+        write_dataset(out / "test", 24, seed + 1000, include_flagged=False, **kw)
+        train_data, test_data = scan_dataset(out / "train"), scan_dataset(out / "test")
+        result = train_model(train_data.cases, out / "model", "improved", epochs=12, max_minutes=minutes * 0.6,
+                             size=48, depth=24, widen_factor=0.25, lr=1e-3, batch_size=8, seed=seed,
+                             device=getattr(args, "device", None), force_cpu=getattr(args, "force_cpu", False),
+                             cache_dir=out / "cache", description="meddl demo glioma phantoms (signal 1)")
+        metrics = evaluate_model(out / "model", test_data.cases, cache_dir=out / "cache", n_boot=500)
+        metrics["seconds"] = round(time.perf_counter() - start, 1)
+        atomic_write_json(out / "metrics.json", metrics)
+        case = next(c for c in test_data.cases if c.label == 1)
+        inferred = infer_study(case.folders["T1wCE"].parent, str(out / "model"), out / "infer")
+        atomic_write_json(out / "infer" / "result.json", inferred)
+        keys = ("auroc", "auroc_ci_low", "auroc_ci_high", "accuracy_at_0_5", "n_cases")
+        return {"png": [str(out / "infer" / OVERLAY_PNG)], "metrics": {k: metrics[k] for k in keys},
+                "summary": inferred["summary"], "best_epoch": result.best_epoch}
+
+
+TASK = GliomaTask()

@@ -1,0 +1,226 @@
+"""GliomaClassifier logic on MRML nodes (Qt-free): MR sequence nodes in, MGMT probability and Grad-CAM out.
+
+Three steps (the GUI may run :func:`compute` in a worker; batch and console call
+:meth:`GliomaClassifierLogic.process`):
+
+1. read the scene: :func:`MedDLLib.nodes.volume_from_node` for each sequence node (copies; inputs never modified);
+2. :func:`compute` on arrays only: preprocessing as the model's input spec says
+   (:func:`GliomaClassifierLib.preprocess.prepare`), the probability of MGMT promoter methylation, the Grad-CAM
+   map of the predicted class mapped back into the reference (first) sequence's geometry, and the 64-slice
+   window that was used (slice indices and its box in RAS);
+3. :meth:`GliomaClassifierLogic.write_outputs`: new nodes only: a table (probability, window, model card),
+   ``MedDL.*`` attributes (``MedDL.probability``, ``MedDL.model_card``...) on the table and heatmap nodes, the
+   heatmap volume, and a markups ROI node showing the window.
+
+Every result carries the model card (:func:`GliomaClassifierLib.model.model_card`): the task is research-grade
+and near chance on real external data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from MedDLLib import nodes
+from MedDLLib.errors import InputError, MedDLError
+from MedDLLib.geometry import LPS_TO_RAS, Volume
+
+
+class Cancelled(MedDLError):
+    """The user cancelled the computation."""
+
+
+@dataclasses.dataclass
+class GliomaOptions:
+    """Options of one run.
+
+    Attributes:
+        gradcam: compute the Grad-CAM heatmap (of the predicted class).
+        threshold: probability at or above which the result reads "methylated".
+        device: torch device for the network.
+    """
+
+    gradcam: bool = True
+    threshold: float = 0.5
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise InputError(f"threshold must be in (0, 1), got {self.threshold}")
+
+
+@dataclasses.dataclass
+class GliomaResult:
+    """What :func:`compute` produces (numbers and arrays) and, after :meth:`write_outputs`, the new nodes."""
+
+    probability: float
+    threshold: float
+    model_name: str
+    recipe: str
+    sequences: list[str]
+    model_card: str
+    window: dict[str, Any]  # first, last, centre, depth, n_slices (oriented stack), box_ras_mm (2 x 3)
+    heatmap: Volume | None  # [k, j, i] in [0, 1], reference input geometry
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    nodes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def methylated(self) -> bool:
+        return self.probability >= self.threshold
+
+    @property
+    def summary(self) -> str:
+        call = "methylated" if self.methylated else "unmethylated"
+        return (f"MGMT promoter {call} (probability {self.probability:.2f}, threshold {self.threshold:g}) from "
+                f"{', '.join(self.sequences)}; research use only: near chance on real external data")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat, JSON-ready result (the ``result.json`` of ``meddl infer glioma``)."""
+        return {"probability": round(float(self.probability), 6), "methylated": bool(self.methylated),
+                "threshold": self.threshold, "model": self.model_name, "recipe": self.recipe,
+                "sequences": list(self.sequences), "window_first_slice": int(self.window["first"]),
+                "window_last_slice": int(self.window["last"]), "window_centre_slice": int(self.window["centre"]),
+                "window_depth": int(self.window["depth"]), "n_slices_oriented": int(self.window["n_slices"]),
+                "window_box_ras_mm": np.round(np.asarray(self.window["box_ras_mm"]), 3).tolist(),
+                "summary": self.summary, "model_card": self.model_card, "warnings": list(self.warnings)}
+
+
+class _BothSigns:
+    """Wraps a one-logit network as two logits ``(-z, z)`` so Grad-CAM can explain either class."""
+
+    def __new__(cls, network: Any) -> Any:
+        import torch
+        from torch import nn
+
+        class BothSigns(nn.Module):
+            def __init__(self, net: nn.Module) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                z = self.net(x)
+                return torch.cat([-z, z], dim=1)
+
+        return BothSigns(network)
+
+
+def window_box_ras(prepared: Any) -> np.ndarray:
+    """``(2, 3)`` RAS min and max corner (voxel edges) of the network grid of a :class:`Prepared`."""
+    d, s = prepared.array.shape[1], prepared.array.shape[2]
+    corners = np.array([[i, j, k, 1.0] for i in (-0.5, s - 0.5) for j in (-0.5, s - 0.5) for k in (-0.5, d - 0.5)])
+    ras = (LPS_TO_RAS @ prepared.grid.ijk_to_lps() @ corners.T).T[:, :3]
+    return np.stack([ras.min(axis=0), ras.max(axis=0)])
+
+
+def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaOptions | None = None,
+            progress: Callable[[float, str], None] | None = None,
+            cancel: Callable[[], bool] | None = None) -> GliomaResult:
+    """Run the model on one study (arrays only; safe in a worker thread).
+
+    Args:
+        volumes: sequence name -> volume (any plane), or one volume (taken as the model's first sequence).
+        model: a glioma model package (folder, cached name, or a loaded :class:`MedDLLib.models.ModelPackage`).
+        options: :class:`GliomaOptions`.
+        progress: ``(fraction 0..1, message)`` callback.
+        cancel: returns True to stop (raises :class:`Cancelled`).
+    Raises:
+        InputError: a sequence the model needs is missing, or a volume is not a usable MR series.
+    """
+    import torch
+
+    from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
+
+    from .model import load_model, model_card, predict_arrays
+    from .preprocess import InputSpec, prepare
+
+    options = options or GliomaOptions()
+    report = progress or (lambda fraction, message: None)
+
+    def checkpoint(fraction: float, message: str) -> None:
+        if cancel is not None and cancel():
+            raise Cancelled("cancelled by the user")
+        report(fraction, message)
+
+    checkpoint(0.02, "loading the model")
+    network, package = load_model(model, options.device)
+    spec = InputSpec.from_metadata(package.metadata["input"])
+    if isinstance(volumes, Volume):
+        volumes = {spec.sequences[0]: volumes}
+    warnings = []
+    if spec.voi and not any(v.metadata.get("files") for v in volumes.values()):
+        warnings.append("VOI LUT not applied: the input carries no DICOM header (values used as stored)")
+    if spec.slice_order == "filename":
+        warnings.append("seed recipe: slices taken in file-name order when read from DICOM files, not reoriented")
+    checkpoint(0.1, "preprocessing")
+    prepared = prepare(volumes, spec)
+    checkpoint(0.4, "classifying")
+    probability = float(predict_arrays(network, prepared.array[None], options.device)[0])
+    heat = None
+    if options.gradcam:
+        checkpoint(0.55, "Grad-CAM")
+        layer = package.metadata["output"].get("gradcam_layer") or "layer2"
+        wrapped = _BothSigns(network)
+        x = torch.from_numpy(prepared.array[None]).to(options.device)
+        maps = compute_gradcam(wrapped, x, f"net.{layer}", class_index=int(probability >= options.threshold))
+        heat = heatmap_to_reference(maps[0], prepared.grid, prepared.reference)
+    window = {"first": prepared.first, "last": prepared.last, "centre": prepared.centre,
+              "depth": spec.depth, "n_slices": prepared.n_slices, "box_ras_mm": window_box_ras(prepared)}
+    checkpoint(1.0, "done")
+    return GliomaResult(probability, options.threshold, package.name, str(package.metadata.get("recipe", "")),
+                        list(spec.sequences), model_card(package.metadata), window, heat, warnings)
+
+
+class GliomaClassifierLogic:
+    """Runs the MGMT classifier on sequence volume nodes and adds the result nodes to the same scene."""
+
+    def process(self, sequence_nodes: Mapping[str, Any] | Any, model: Any, options: GliomaOptions | None = None,
+                progress: Callable[[float, str], None] | None = None,
+                cancel: Callable[[], bool] | None = None) -> GliomaResult:
+        """Read the nodes (``{sequence: node}`` or one node for the model's first sequence), :func:`compute`,
+        then :meth:`write_outputs`. The first node given is the reference (heatmap geometry)."""
+        if not isinstance(sequence_nodes, Mapping):
+            from .model import load_model
+            from .preprocess import InputSpec
+
+            _, package = load_model(model)
+            sequence_nodes = {InputSpec.from_metadata(package.metadata["input"]).sequences[0]: sequence_nodes}
+        if not sequence_nodes:
+            raise InputError("no input sequence node given")
+        volumes = {name: nodes.volume_from_node(node) for name, node in sequence_nodes.items()}
+        result = compute(volumes, model, options, progress, cancel)
+        return self.write_outputs(sequence_nodes[result.sequences[0]], result)
+
+    def write_outputs(self, reference_node: Any, result: GliomaResult) -> GliomaResult:
+        """Add the result table, heatmap and window ROI nodes; store the result as ``MedDL.*`` attributes."""
+        scene = reference_node.GetScene()
+        base = reference_node.GetName()
+        rows = [("probability", f"{result.probability:.6f}"), ("call", "methylated" if result.methylated
+                                                                else "unmethylated"),
+                ("threshold", f"{result.threshold:g}"), ("sequences", ", ".join(result.sequences)),
+                ("window first slice", str(result.window["first"])),
+                ("window last slice", str(result.window["last"])),
+                ("window centre slice", str(result.window["centre"])),
+                ("slices (oriented stack)", str(result.window["n_slices"])),
+                ("model", result.model_name), ("recipe", result.recipe), ("model card", result.model_card)]
+        table = nodes.add_table(scene, {"quantity": [r[0] for r in rows], "value": [r[1] for r in rows]},
+                                f"{base} MGMT result")
+        attributes = {"probability": round(result.probability, 6), "model_card": result.model_card,
+                      "model": result.model_name, "window_first_slice": result.window["first"],
+                      "window_last_slice": result.window["last"], "summary": result.summary}
+        nodes.set_attributes(table, attributes)
+        table.SetAttribute("MedDL.input", reference_node.GetID())
+        result.nodes = {"table": table}
+        roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName(f"{base} MGMT window"))
+        box = np.asarray(result.window["box_ras_mm"])
+        roi.SetCenter(*((box[0] + box[1]) / 2.0).tolist())
+        roi.SetSize(*(box[1] - box[0]).tolist())
+        nodes.set_attributes(roi, {"window_first_slice": result.window["first"],
+                                   "window_last_slice": result.window["last"]})
+        result.nodes["window"] = roi
+        if result.heatmap is not None:
+            heat = nodes.add_heatmap(scene, result.heatmap.array, result.heatmap.geometry, f"{base} Grad-CAM MGMT")
+            nodes.set_attributes(heat, {**attributes, "input": reference_node.GetID()})
+            result.nodes["heatmap"] = heat
+        return result

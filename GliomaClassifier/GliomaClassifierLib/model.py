@@ -1,0 +1,396 @@
+"""MGMT networks and the two recipes, on :func:`MedDLLib.training.train`, with honest evaluation.
+
+``seed`` (the RSNA-MICCAI 2021 1st place recipe): T1wCE only, slices in natural file-name order and not
+reoriented (the published bug), VOI LUT, 256 x 256, min-max per slice, 64 slices around the largest-brain-area
+slice, MONAI ``resnet10(spatial_dims=3, n_input_channels=1, num_classes=1)`` with its default
+``conv1_t_stride=1``, ``BCEWithLogits``, Adam 1e-4, ``MultiStepLR(milestones=[10], gamma=0.5)``, 15 epochs,
+5 folds.
+
+``improved``: the same network family with ``conv1_t_stride=2`` (about 8x fewer activations: CPU inference in
+about a second instead of 17 s at 256 x 256 x 64), slices sorted by position and reoriented to axial LPS,
+optional several sequences as channels, left-right flip augmentation, and repeated cross-validation over seeds
+(:func:`cross_validate`) reporting the AUROC mean and standard deviation over seeds and a bootstrap CI over
+cases of the pooled out-of-fold predictions.
+
+Both pick the best epoch on a validation split carved out of the training cases (never the evaluated ones).
+Studies are preprocessed once into a cache of ``.npy`` arrays (:func:`cache_inputs`), which every fold and
+seed reuse; training streams them from disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from MedDLLib import models
+from MedDLLib.errors import InputError
+
+from .dataset import Case, read_case
+from .preprocess import InputSpec, prepare
+
+TASK = "glioma"
+VERSION = "1.0.0"
+LABELS = ["MGMT_methylated"]
+NETWORK = "monai.networks.nets.resnet10"
+
+#: The caveat every result carries (the model card's first line).
+CAVEAT = ("Research use only, not for clinical decisions. MGMT status from MRI is close to chance on external "
+          "data: the RSNA-MICCAI 2021 winner scored AUROC 0.62 (private leaderboard) and 0.56 on an external "
+          "cohort (Kim et al. 2022); most of 420 models were not better than chance.")
+
+
+# ---------------------------------------------------------------------------------------------- recipes
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything that differs between the seed and improved recipes."""
+
+    name: str
+    spec: InputSpec
+    conv1_stride: int
+    epochs: int
+    lr: float
+    batch_size: int
+    milestones: tuple[int, ...]
+    gamma: float
+    folds: int
+    cv_seeds: tuple[int, ...]
+    augment: bool
+    gradcam_layer: str
+    widen_factor: float = 1.0
+
+    def network_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"spatial_dims": 3, "n_input_channels": len(self.spec.channels), "num_classes": 1,
+                                "conv1_t_stride": self.conv1_stride}
+        if self.widen_factor != 1.0:
+            args["widen_factor"] = self.widen_factor
+        return args
+
+
+def recipe(name: str, *, size: int = 256, depth: int = 64, sequences: Sequence[str] | None = None,
+           widen_factor: float = 1.0) -> Recipe:
+    """The ``seed`` or ``improved`` recipe at network input ``depth x size x size``.
+
+    Args:
+        sequences: input sequences (default: T1wCE; the seed recipe always uses one sequence).
+        widen_factor: channel width multiplier of the resnet10 (1 = MONAI's; smaller for quick tests).
+    """
+    if name == "seed":
+        seqs = tuple(sequences or ("T1wCE",))
+        if len(seqs) != 1:
+            raise InputError(f"the seed recipe uses one sequence; got {seqs}")
+        spec = InputSpec(seqs, size, depth, reorient=False, slice_order="filename")
+        return Recipe("seed", spec, 1, 15, 1e-4, 4, (10,), 0.5, 5, (0,), False, "layer2", widen_factor)
+    if name == "improved":
+        spec = InputSpec(tuple(sequences or ("T1wCE",)), size, depth, reorient=True, slice_order="position")
+        return Recipe("improved", spec, 2, 15, 1e-4, 4, (10,), 0.5, 5, (0, 1, 2), True, "layer2", widen_factor)
+    raise InputError(f"unknown recipe {name!r}; expected 'seed' or 'improved'")
+
+
+def build(r: Recipe) -> nn.Module:
+    """The untrained network of a recipe (MONAI resnet10, pretrained=False)."""
+    return models.build_network({"task": TASK, "network": {"name": NETWORK, "args": r.network_args()}})
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _cache_key(case: Case, spec: InputSpec) -> str:
+    text = json.dumps({"case": case.case_id, "folders": {k: str(v) for k, v in sorted(case.folders.items())},
+                       "spec": spec.to_metadata()}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def cache_inputs(cases: Sequence[Case], spec: InputSpec, cache_dir: str | Path) -> list[Path]:
+    """Preprocess every case once (:func:`~GliomaClassifierLib.preprocess.prepare`) into ``cache_dir/<key>.npy``.
+
+    Arrays are float16 ``(C, depth, size, size)``; the key covers the case's folders and the spec, so a cache
+    is reused across folds, seeds and runs and never mixes specs. Returns the paths in ``cases`` order.
+    """
+    from MedDLLib.io import atomic_path
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for case in cases:
+        path = cache_dir / f"{case.case_id}-{_cache_key(case, spec)}.npy"
+        if not path.is_file():
+            array = prepare(read_case(case, spec.sequences), spec).array.astype(np.float16)
+            with atomic_path(path, ".npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, array)
+        paths.append(path)
+    return paths
+
+
+def load_item(item: tuple[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input (C, D, H, W) float32, target (1,) float32)`` of a cached case."""
+    path, label = item
+    return torch.from_numpy(np.load(path).astype(np.float32)), torch.tensor([float(label)])
+
+
+def flip_lr(sample: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augmentation: random left-right flip (the last axis is L-R after reorientation to LPS)."""
+    x, y = sample
+    if torch.rand(()) < 0.5:
+        x = torch.flip(x, dims=(-1,))
+    return x, y
+
+
+def _validate(network: nn.Module, loader: Any, device: torch.device) -> dict[str, float]:
+    from MedDLLib.training import predict_loader
+
+    logits, targets = predict_loader(network, loader, device)
+    loss = float(nn.functional.binary_cross_entropy_with_logits(logits, targets.float()))
+    out = {"loss": loss}
+    y = targets.numpy().ravel().astype(int)
+    if len(np.unique(y)) == 2:
+        from sklearn.metrics import roc_auc_score
+
+        out["auroc"] = float(roc_auc_score(y, logits.numpy().ravel()))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train_model(cases: Sequence[Case], out: str | Path, recipe_name: str = "improved", *,
+                epochs: int | None = None, max_minutes: float | None = None, batch_size: int | None = None,
+                lr: float | None = None, size: int = 256, depth: int = 64, sequences: Sequence[str] | None = None,
+                widen_factor: float = 1.0, seed: int = 0, device: str | None = None, force_cpu: bool = False,
+                cache_dir: str | Path | None = None, val_fraction: float = 0.2, kind: str = "synthetic",
+                description: str = "", metrics: dict[str, Any] | None = None, progress: bool | None = None) -> Any:
+    """Train one recipe on labelled ``cases`` (a validation split of them picks the best epoch); write ``out``.
+
+    Returns:
+        :class:`MedDLLib.training.TrainResult`.
+    """
+    from MedDLLib.datasets import FileDataset
+    from MedDLLib.training import TrainConfig, train
+
+    r = recipe(recipe_name, size=size, depth=depth, sequences=sequences, widen_factor=widen_factor)
+    cases = [c for c in cases if c.label is not None]
+    if len(cases) < 4:
+        raise InputError(f"need at least 4 labelled cases to train, got {len(cases)}")
+    train_idx, val_idx = _stratified_split([c.label for c in cases], val_fraction, seed)
+    with _cache(cache_dir) as cdir:
+        paths = cache_inputs(cases, r.spec, cdir)
+        items = [(str(p), int(c.label)) for p, c in zip(paths, cases)]
+        train_ds = FileDataset([items[i] for i in train_idx], load_item, transform=flip_lr if r.augment else None)
+        val_ds = FileDataset([items[i] for i in val_idx], load_item)
+        torch.manual_seed(seed)
+        network = build(r)
+        n_pos = sum(int(cases[i].label) for i in train_idx)
+        metadata = {
+            "task": TASK, "version": VERSION, "recipe": r.name,
+            "network": {"name": NETWORK, "args": r.network_args()},
+            "input": r.spec.to_metadata(),
+            "output": {"labels": LABELS, "activation": "sigmoid", "gradcam_layer": r.gradcam_layer,
+                       "caveat": CAVEAT},
+            "training_data": {"kind": kind, "n_studies": len(train_idx),
+                              "description": description or f"{len(train_idx)} training ({n_pos} methylated) and "
+                                                            f"{len(val_idx)} validation cases (RSNA-MICCAI layout)"},
+            "metrics": dict(metrics or {}),
+        }
+        bs = batch_size or r.batch_size
+        config = TrainConfig(out=Path(out), epochs=epochs or r.epochs, max_minutes=max_minutes, batch_size=bs,
+                             lr=lr or r.lr, seed=seed, device=device, force_cpu=force_cpu, metric="loss",
+                             metric_mode="min", drop_last=len(train_idx) > bs, progress=progress)
+        milestones, gamma = list(r.milestones), r.gamma
+        return train(network, train_ds, val_ds, nn.BCEWithLogitsLoss(), config, metadata=metadata,
+                     optimizer_factory=functools.partial(torch.optim.Adam, lr=lr or r.lr),
+                     scheduler_factory=lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma),
+                     validate_fn=_validate)
+
+
+def _stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training/validation indices with both classes in validation where possible (one row per case)."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(labels))
+    y = np.asarray(labels)
+    n_val = max(2, int(round(val_fraction * len(labels))))
+    stratify = y if min(np.bincount(y, minlength=2)) >= 2 else None
+    tr, va = train_test_split(index, test_size=n_val, random_state=seed, stratify=stratify)
+    return np.sort(tr), np.sort(va)
+
+
+class _cache:
+    """``cache_dir`` as given, or a temporary folder removed afterwards."""
+
+    def __init__(self, folder: str | Path | None) -> None:
+        self.folder, self.tmp = folder, None
+
+    def __enter__(self) -> Path:
+        if self.folder is not None:
+            return Path(self.folder)
+        self.tmp = tempfile.mkdtemp(prefix="meddl-glioma-cache-")
+        return Path(self.tmp)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- prediction
+def load_model(model: str | Path | models.ModelPackage, device: Any = "cpu") -> tuple[nn.Module, models.ModelPackage]:
+    """``(network in eval mode, package)`` of a glioma model package (folder, cached name or loaded package)."""
+    package = model if isinstance(model, models.ModelPackage) else models.load_package(models.resolve_model(model))
+    if package.task != TASK:
+        raise InputError(f"model {package.name!r} is for task {package.task!r}, not {TASK!r}")
+    return package.network(device), package
+
+
+@torch.no_grad()
+def predict_arrays(network: nn.Module, arrays: Sequence[np.ndarray] | np.ndarray, device: Any = "cpu",
+                   batch_size: int = 2) -> np.ndarray:
+    """Probabilities ``(N,)`` of methylation for inputs ``(N, C, D, H, W)`` (or a list of ``(C, D, H, W)``)."""
+    network.eval()
+    probs = []
+    for i in range(0, len(arrays), batch_size):
+        x = torch.from_numpy(np.stack([np.asarray(a, dtype=np.float32) for a in arrays[i:i + batch_size]]))
+        probs.append(torch.sigmoid(network(x.to(device)).float().cpu()).numpy().ravel())
+    return np.concatenate(probs).astype(np.float64)
+
+
+def predict_cases(model: str | Path | models.ModelPackage, cases: Sequence[Case], *, device: Any = "cpu",
+                  cache_dir: str | Path | None = None) -> np.ndarray:
+    """Probabilities ``(N,)`` of the cases, preprocessed as the model's input spec says."""
+    network, package = load_model(model, device)
+    spec = InputSpec.from_metadata(package.metadata["input"])
+    with _cache(cache_dir) as cdir:
+        paths = cache_inputs(cases, spec, cdir)
+        out = []
+        for i in range(0, len(paths), 4):  # bounded memory: a few cases at a time
+            out.append(predict_arrays(network, [np.load(p) for p in paths[i:i + 4]], device))
+    return np.concatenate(out)
+
+
+def auroc_metrics(y_true: Sequence[int], y_prob: Sequence[float], groups: Sequence[Any] | None = None,
+                  n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Flat ``auroc``, ``auroc_ci_low``, ``auroc_ci_high`` (percentile bootstrap over cases), plus counts.
+
+    ``groups`` (case id per row) makes the bootstrap resample whole cases (rows of one case from several CV
+    seeds stay together).
+    """
+    from MedDLLib.evaluation import auroc_with_ci
+
+    y_true = np.asarray(y_true, dtype=int)
+    y_prob = np.asarray(y_prob, dtype=float)
+    auc, lo, hi = auroc_with_ci(y_true, y_prob, n_boot=n_boot, seed=seed, groups=groups)
+    return {"auroc": auc, "auroc_ci_low": lo, "auroc_ci_high": hi,
+            "accuracy_at_0_5": float(np.mean((y_prob >= 0.5) == (y_true == 1))),
+            "brier": float(np.mean((y_prob - y_true) ** 2)),
+            "n_cases": int(len(np.unique(groups)) if groups is not None else len(y_true)),
+            "n_methylated": int(y_true.sum()) if groups is None else int(
+                sum(dict(zip(groups, y_true)).values()))}
+
+
+def evaluate_model(model: str | Path | models.ModelPackage, cases: Sequence[Case], *, n_boot: int = 1000,
+                   device: Any = "cpu", cache_dir: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
+    """Flat metrics of a model on labelled held-out cases: ``auroc`` with its 95 % bootstrap CI, and more."""
+    cases = [c for c in cases if c.label is not None]
+    if not cases:
+        raise InputError("no labelled case to evaluate")
+    probs = predict_cases(model, cases, device=device, cache_dir=cache_dir)
+    labels = [int(c.label) for c in cases]
+    package = model if isinstance(model, models.ModelPackage) else models.load_package(models.resolve_model(model))
+    out: dict[str, Any] = {"recipe": package.metadata.get("recipe"), "model": package.name}
+    out.update(auroc_metrics(labels, probs, n_boot=n_boot, seed=seed))
+    out["ci_contains_chance"] = bool(out["auroc_ci_low"] <= 0.5 <= out["auroc_ci_high"])
+    out["model_card"] = model_card(package.metadata)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- cross-validation
+def cross_validate(cases: Sequence[Case], workdir: str | Path, recipe_name: str = "improved", *,
+                   folds: int | None = None, seeds: Sequence[int] | None = None, n_boot: int = 1000,
+                   shuffle_labels: bool = False, **train_args: Any) -> dict[str, Any]:
+    """Repeated, stratified k-fold cross-validation over seeds; honest AUROC with spread and CI.
+
+    For each seed the cases are split into ``folds`` stratified folds; a model is trained on the other folds
+    (:func:`train_model`, its own validation split inside them) and predicts the held-out fold. Reported:
+    ``auroc_mean`` and ``auroc_sd`` over seeds (AUROC of each seed's out-of-fold predictions), ``auroc`` of all
+    out-of-fold predictions pooled over seeds with ``auroc_ci_low``/``auroc_ci_high`` from a bootstrap that
+    resamples cases (all predictions of a case together), and ``auroc_per_seed``.
+
+    Args:
+        shuffle_labels: permute the labels first (a negative control: the CI should contain 0.5).
+        train_args: passed to :func:`train_model` (epochs, size, depth, sequences, widen_factor, ...).
+    """
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    r = recipe(recipe_name, size=train_args.get("size", 256), depth=train_args.get("depth", 64),
+               sequences=train_args.get("sequences"))
+    folds = int(folds or r.folds)
+    seeds = tuple(seeds if seeds is not None else r.cv_seeds)
+    cases = [c for c in cases if c.label is not None]
+    labels = np.array([int(c.label) for c in cases])
+    if shuffle_labels:
+        labels = np.random.default_rng(12345).permutation(labels)
+        cases = [dataclasses.replace(c, label=int(v)) for c, v in zip(cases, labels)]
+    if min(np.bincount(labels, minlength=2)) < folds:
+        raise InputError(f"{folds}-fold CV needs at least {folds} cases of each class; "
+                         f"got {np.bincount(labels, minlength=2).tolist()}")
+    workdir = Path(workdir)
+    train_args.setdefault("cache_dir", workdir / "cache")
+    rows_true, rows_prob, rows_case, per_seed = [], [], [], []
+    for s in seeds:
+        oof = np.full(len(cases), np.nan)
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=s)
+        for f, (tr, te) in enumerate(splitter.split(np.zeros(len(cases)), labels)):
+            out = workdir / f"seed{s}-fold{f}"
+            train_model([cases[i] for i in tr], out, recipe_name, seed=s, **train_args)
+            oof[te] = predict_cases(out, [cases[i] for i in te], cache_dir=train_args["cache_dir"])
+        per_seed.append(float(roc_auc_score(labels, oof)))
+        rows_true += labels.tolist()
+        rows_prob += oof.tolist()
+        rows_case += [c.case_id for c in cases]
+    metrics: dict[str, Any] = {"recipe": recipe_name, "folds": folds, "seeds": list(seeds),
+                               "shuffled_labels": shuffle_labels}
+    metrics.update(auroc_metrics(rows_true, rows_prob, groups=rows_case, n_boot=n_boot))
+    metrics.update(auroc_mean=float(np.mean(per_seed)), auroc_sd=float(np.std(per_seed, ddof=1)) if len(per_seed) > 1
+                   else 0.0, auroc_per_seed=per_seed)
+    metrics["ci_contains_chance"] = bool(metrics["auroc_ci_low"] <= 0.5 <= metrics["auroc_ci_high"])
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------- model card
+def model_card(metadata: dict[str, Any]) -> str:
+    """A short text: what the model is, what it was trained on, its measured AUROC with CI, and the caveat."""
+    td = metadata.get("training_data") or {}
+    inp = metadata.get("input") or {}
+    lines = [f"GliomaClassifier {metadata.get('recipe', '?')} model v{metadata.get('version', '?')}: probability of "
+             f"MGMT promoter methylation from {', '.join(inp.get('channels') or [])} "
+             f"({inp.get('depth', '?')} x {inp.get('size', '?')} x {inp.get('size', '?')}, "
+             f"{inp.get('orientation', '')}).",
+             f"Trained on {td.get('kind', '?')} data: {td.get('description', '')}."]
+    auroc = (metadata.get("metrics") or {}).get("auroc")
+    if isinstance(auroc, dict) and auroc.get("value") is not None:
+        ci = auroc.get("ci95") or [math.nan, math.nan]
+        lines.append(f"Measured AUROC {auroc['value']:.2f} (95 % CI {ci[0]:.2f}-{ci[1]:.2f}; {auroc.get('how', '')}).")
+    else:
+        lines.append("No measured AUROC recorded for this model.")
+    if td.get("kind") == "synthetic":
+        lines.append("Trained on synthetic phantoms: its numbers say nothing about real patients.")
+    lines.append(CAVEAT)
+    return " ".join(lines)
+
+
+def untrained_package(out: str | Path, recipe_name: str = "improved", *, size: int = 32, depth: int = 16,
+                      sequences: Sequence[str] | None = None, widen_factor: float = 0.25, seed: int = 0) -> Path:
+    """An untrained model package of a recipe (self-tests and benchmarks: outputs' form, not their values)."""
+    r = recipe(recipe_name, size=size, depth=depth, sequences=sequences, widen_factor=widen_factor)
+    torch.manual_seed(seed)
+    meta = {"task": TASK, "version": VERSION, "recipe": r.name, "network": {"name": NETWORK, "args": r.network_args()},
+            "input": r.spec.to_metadata(),
+            "output": {"labels": LABELS, "activation": "sigmoid", "gradcam_layer": r.gradcam_layer, "caveat": CAVEAT},
+            "training_data": {"kind": "synthetic", "n_studies": 0, "description": "untrained (tests only)"},
+            "metrics": {}}
+    return models.save_package(out, build(r), meta)

@@ -1,0 +1,254 @@
+"""Preprocessing of brain MRI for the MGMT classifier (the seed recipe's steps, with its ordering bug optional).
+
+:func:`prepare` turns one study (one or several sequences as :class:`~MedDLLib.geometry.Volume`) into the
+network input, in one pass over the voxels:
+
+1. slice order: by position along the normal (what :func:`MedDLLib.dicom.read_dicom_folder` returns), or, for
+   the ``seed`` recipe, by natural sort of the file names as the published solution did
+   (:func:`filename_order`; ``Image-N`` numbers are not positions, so this scrambles the stack);
+2. VOI LUT of the DICOM header (:func:`MedDLLib.dicom.apply_voi`, i.e. ``pydicom.pixels.apply_voi_lut``);
+3. reorientation to axial LPS (:func:`orient_axial`, SimpleITK ``DICOMOrient``) so that sagittal and coronal
+   series become axial stacks (improved recipe; the seed takes the stack as stored);
+4. in-plane resize to ``size x size`` over the same field of view (:func:`MedDLLib.resample.resample`, linear);
+   the other sequences are resampled onto this grid of the first (reference) sequence, so channels align;
+5. min-max normalisation of every slice to [0, 1] (:func:`MedDLLib.intensity.normalize_minmax`);
+6. the slice with the largest brain area (pixels above ``brain_threshold`` after step 5, reference sequence)
+   is the centre of a window of ``depth`` slices, zero-padded where it runs past the stack.
+
+:class:`Prepared` keeps the :class:`Geometry` of the network-input grid (``[depth, size, size]``, padded slices
+included) so a Grad-CAM map goes back into the input volume with :func:`MedDLLib.gradcam.heatmap_to_reference`,
+and the window (first and last slice index of the oriented stack) that was used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from MedDLLib.errors import InputError
+from MedDLLib.geometry import Geometry, Volume
+from MedDLLib.intensity import normalize_minmax
+
+from .dataset import SEQUENCES
+
+SLICE_ORDERS = ("position", "filename")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What the network sees (the ``input`` section of a model package's metadata).
+
+    Attributes:
+        sequences: input sequences in channel order (names of :data:`~GliomaClassifierLib.dataset.SEQUENCES`);
+            the first is the reference (grid, window).
+        size: in-plane network input size (pixels, square).
+        depth: slices in the window.
+        reorient: reorient every series to axial LPS before slice selection.
+        slice_order: ``"position"`` or ``"filename"`` (the seed's natural file-name sort; DICOM input only).
+        voi: apply the VOI LUT (window) of the DICOM header when the files are known.
+        brain_threshold: a pixel counts as brain when its min-max normalised value exceeds this.
+    """
+
+    sequences: tuple[str, ...] = ("T1wCE",)
+    size: int = 256
+    depth: int = 64
+    reorient: bool = True
+    slice_order: str = "position"
+    voi: bool = True
+    brain_threshold: float = 0.1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sequences", tuple(self.sequences))
+        unknown = [s for s in self.sequences if s not in SEQUENCES]
+        if not self.sequences or unknown or len(set(self.sequences)) != len(self.sequences):
+            raise InputError(f"input sequences must be distinct names of {', '.join(SEQUENCES)}; got {self.sequences}")
+        if self.size < 8 or self.depth < 1:
+            raise InputError(f"invalid input size {self.size} (>= 8) or depth {self.depth} (>= 1)")
+        if self.slice_order not in SLICE_ORDERS:
+            raise InputError(f"slice_order must be one of {SLICE_ORDERS}, got {self.slice_order!r}")
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.sequences)
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {"channels": self.channels, "size": self.size, "depth": self.depth, "reorient": self.reorient,
+                "slice_order": self.slice_order, "voi": self.voi, "brain_threshold": self.brain_threshold,
+                "normalisation": "min-max per slice", "orientation": "LPS axial" if self.reorient else "as stored"}
+
+    @classmethod
+    def from_metadata(cls, section: Mapping[str, Any]) -> "InputSpec":
+        try:
+            return cls(sequences=tuple(section["channels"]), size=int(section["size"]), depth=int(section["depth"]),
+                       reorient=bool(section.get("reorient", True)),
+                       slice_order=str(section.get("slice_order", "position")), voi=bool(section.get("voi", True)),
+                       brain_threshold=float(section.get("brain_threshold", 0.1)))
+        except KeyError as exc:
+            raise InputError(f"model input metadata lacks {exc.args[0]!r} (not a glioma model?)") from None
+
+
+@dataclasses.dataclass
+class Prepared:
+    """The network input of one study and where it lies.
+
+    Attributes:
+        array: float32 ``(C, depth, size, size)`` in [0, 1] (zeros in padded slices).
+        grid: :class:`Geometry` of the ``[depth, size, size]`` network grid (LPS).
+        reference: the reference sequence as given (input geometry: where heatmaps go back to).
+        centre: index of the largest-brain-area slice in the oriented reference stack.
+        first, last: window of slice indices of the oriented stack (may extend past ``[0, n_slices)``: padding).
+        n_slices: slices of the oriented reference stack.
+        brain_area: pixels above the brain threshold, per oriented slice (at the network size).
+    """
+
+    array: np.ndarray
+    grid: Geometry
+    reference: Volume
+    centre: int
+    first: int
+    last: int
+    n_slices: int
+    brain_area: np.ndarray
+
+    def window_corners_lps_mm(self) -> np.ndarray:
+        """``(2, 3)`` LPS positions of the centres of the first and last voxels of the network grid."""
+        m = self.grid.ijk_to_lps()
+        d, s = self.array.shape[1], self.array.shape[2]
+        return (m @ np.array([[0, 0, 0, 1], [s - 1, s - 1, d - 1, 1]], dtype=float).T).T[:, :3]
+
+
+# -------------------------------------------------------------------------------------------------- pieces
+def natural_key(name: str) -> list[Any]:
+    """Sort key of a file name with its numbers compared as numbers (``Image-2`` before ``Image-10``)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def filename_order(volume: Volume) -> Volume:
+    """The slices of a DICOM-read volume re-stacked in natural file-name order (the seed recipe's reading).
+
+    The geometry is kept as it was (it no longer describes the slices: that is the seed's bug). Volumes not
+    read from DICOM files are returned unchanged.
+    """
+    files = volume.metadata.get("files") or []
+    if len(files) != volume.array.shape[0]:
+        return volume
+    order = sorted(range(len(files)), key=lambda k: natural_key(Path(files[k]).name))
+    return Volume(volume.array[order], volume.geometry,
+                  {**volume.metadata, "files": [files[k] for k in order], "slice_order": "filename"})
+
+
+def apply_voi_volume(volume: Volume) -> Volume:
+    """The VOI LUT (window) of the volume's DICOM header applied to its values; unchanged when not from DICOM."""
+    from MedDLLib.dicom import apply_voi
+
+    files = volume.metadata.get("files") or []
+    if not files:
+        return volume
+    array = apply_voi(np.asarray(volume.array), files[0])
+    return volume.with_array(np.asarray(array, dtype=np.float32), voi_applied=True)
+
+
+def orient_axial(volume: Volume) -> Volume:
+    """The volume re-indexed to axial LPS (i -> L, j -> P, k -> S) with SimpleITK ``DICOMOrient``.
+
+    A permutation and flips of the voxel axes (no interpolation) for volumes whose axes are along the patient
+    axes; an oblique volume gets the closest orientation.
+    """
+    import SimpleITK as sitk
+
+    from MedDLLib.resample import from_sitk, to_sitk
+
+    oriented = from_sitk(sitk.DICOMOrient(to_sitk(volume), "LPS"), volume.metadata)
+    return oriented
+
+
+def resize_inplane(volume: Volume, size: int) -> Volume:
+    """Linear resampling of every slice to ``size x size`` over the same field of view (slices unchanged)."""
+    from MedDLLib.resample import resample
+
+    nk = volume.array.shape[0]
+    if volume.array.shape[1:] == (size, size):
+        return Volume(np.asarray(volume.array, dtype=np.float32), volume.geometry, dict(volume.metadata))
+    return resample(volume, size=(size, size, nk))
+
+
+def window_of(centre: int, depth: int) -> tuple[int, int]:
+    """First and last slice index of a ``depth``-slice window centred on ``centre`` (``depth // 2`` before it)."""
+    first = int(centre) - depth // 2
+    return first, first + depth - 1
+
+
+def take_window(array: np.ndarray, first: int, depth: int) -> np.ndarray:
+    """Slices ``first .. first + depth - 1`` of ``array`` ``(K, H, W)``, zeros where they are outside it."""
+    out = np.zeros((depth, *array.shape[1:]), dtype=np.float32)
+    lo, hi = max(first, 0), min(first + depth, array.shape[0])
+    if hi > lo:
+        out[lo - first:hi - first] = array[lo:hi]
+    return out
+
+
+def check_mri(volume: Volume, name: str) -> None:
+    """Refuse what cannot be a brain MR series: a CT, an empty or constant volume, fewer than 8x8 pixels."""
+    modality = str(volume.metadata.get("modality") or volume.metadata.get("DICOM.Modality") or "").upper()
+    if modality and modality != "MR":
+        raise InputError(f"{name}: modality {modality!r}; the glioma classifier needs brain MRI (MR)")
+    array = np.asarray(volume.array)
+    if array.size == 0 or min(array.shape[1:]) < 8:
+        raise InputError(f"{name}: volume of shape {array.shape} is too small (slices of >= 8 x 8 pixels)")
+    if not np.isfinite(array).all():
+        raise InputError(f"{name}: the volume has NaN or infinite values")
+    if float(array.max()) <= float(array.min()):
+        raise InputError(f"{name}: the volume is constant ({float(array.min()):g}); nothing to classify")
+
+
+def _to_network_stack(volume: Volume, spec: InputSpec, name: str) -> Volume:
+    check_mri(volume, name)
+    if spec.slice_order == "filename":
+        volume = filename_order(volume)
+    if spec.voi:
+        volume = apply_voi_volume(volume)
+    if spec.reorient:
+        volume = orient_axial(volume)
+    return volume
+
+
+def network_grid(resized: Geometry, first: int) -> Geometry:
+    """Geometry of the window grid: the resized stack's, shifted by ``first`` slices along k."""
+    origin = np.asarray(resized.origin_lps_mm) + resized.direction[:, 2] * resized.spacing_mm[2] * first
+    return Geometry(resized.spacing_mm, tuple(origin), resized.direction_lps)
+
+
+def prepare(volumes: Mapping[str, Volume], spec: InputSpec) -> Prepared:
+    """The network input of one study (see the module docstring).
+
+    Args:
+        volumes: sequence name -> volume (as read: any plane); must hold every sequence of ``spec``.
+        spec: the input spec.
+    Raises:
+        InputError: a sequence missing, or a volume that is not a usable MR series (:func:`check_mri`).
+    """
+    from MedDLLib.resample import resample_to_reference
+
+    missing = [s for s in spec.sequences if s not in volumes]
+    if missing:
+        raise InputError(f"the model needs {', '.join(spec.sequences)}; missing {', '.join(missing)} "
+                         f"(given: {', '.join(volumes) or 'none'})")
+    ref_name = spec.sequences[0]
+    reference = volumes[ref_name]
+    ref = _to_network_stack(reference, spec, ref_name)
+    resized = resize_inplane(ref, spec.size)
+    stacks = [normalize_minmax(resized.array, axis=(1, 2))]
+    area = (stacks[0] > spec.brain_threshold).sum(axis=(1, 2))
+    centre = int(np.argmax(area))
+    first, last = window_of(centre, spec.depth)
+    for name in spec.sequences[1:]:
+        other = _to_network_stack(volumes[name], spec, name)
+        on_grid = resample_to_reference(other, resized)
+        stacks.append(normalize_minmax(on_grid.array, axis=(1, 2)))
+    array = np.stack([take_window(s, first, spec.depth) for s in stacks]).astype(np.float32)
+    return Prepared(array, network_grid(resized.geometry, first), reference, centre, first, last,
+                    int(resized.array.shape[0]), area)

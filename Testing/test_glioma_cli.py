@@ -1,0 +1,116 @@
+"""`meddl phantom|infer|evaluate|batch glioma`: output contracts (result.json, heatmap.nrrd, overlay.png,
+metrics.json) with an untrained network (the contract does not depend on the weights)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from GliomaClassifierLib import dataset, model, preprocess
+
+
+def _meddl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "MedDLLib.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("glioma_cli") / "data"
+    proc = _meddl("phantom", "glioma", str(root), "--cases", "10", "--seed", "2", "--size", "24", "--slices", "12")
+    assert proc.returncode == 0, proc.stderr
+    assert "achievable_auroc: 0.97" in proc.stdout
+    return root
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    return model.untrained_package(tmp_path_factory.mktemp("glioma_model") / "m", sequences=("T1wCE", "FLAIR"),
+                                   size=24, depth=12)
+
+
+def test_infer_writes_result_heatmap_and_overlay(phantoms, package, tmp_path):
+    case = phantoms / "train" / "00001"
+    out = tmp_path / "out"
+    proc = _meddl("infer", "glioma", "--input", str(case), "--model", str(package), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert 0.0 <= result["probability"] <= 1.0
+    assert "Research use only" in result["model_card"] and "close to chance" in result["model_card"]
+    assert result["sequences"] == ["T1wCE", "FLAIR"]
+    assert result["window_last_slice"] - result["window_first_slice"] + 1 == 12
+    heat = sitk.ReadImage(str(out / "heatmap.nrrd"))
+    reference = dataset.read_sequence(case / "T1wCE")  # the heatmap lies on the reference series' grid
+    assert heat.GetSize() == reference.array.shape[::-1]
+    assert np.allclose(heat.GetOrigin(), reference.geometry.origin_lps_mm, atol=1e-3)
+    assert np.allclose(heat.GetDirection(), reference.geometry.direction.ravel(), atol=1e-6)
+    values = sitk.GetArrayFromImage(heat)
+    assert values.min() >= 0.0 and values.max() <= 1.0
+    png = (out / "overlay.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_infer_refuses_a_study_without_the_needed_sequence(phantoms, package, tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "T1wCE").symlink_to(phantoms / "train" / "00001" / "T1wCE")
+    proc = _meddl("infer", "glioma", "--input", str(study), "--model", str(package), "--output", str(tmp_path / "o"))
+    assert proc.returncode != 0
+    assert "no folder FLAIR" in proc.stderr + proc.stdout
+
+
+def test_evaluate_writes_flat_auroc_with_ci(phantoms, package, tmp_path):
+    out = tmp_path / "metrics.json"
+    proc = _meddl("evaluate", "glioma", "--data", str(phantoms), "--model", str(package), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(out.read_text())
+    for key in ("auroc", "auroc_ci_low", "auroc_ci_high"):
+        assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0
+    assert metrics["auroc_ci_low"] <= metrics["auroc"] <= metrics["auroc_ci_high"]
+    assert metrics["n_cases"] == 7 and sorted(metrics["excluded_cases"]) == ["00109", "00123", "00709"]
+
+
+def test_batch_runs_every_case(phantoms, package, tmp_path):
+    out = tmp_path / "batch"
+    proc = _meddl("batch", "glioma", "--input", str(phantoms), "--model", str(package), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == 10 and all(r["status"] == "ok" for r in rows), rows
+    assert all((out / r["study"] / "heatmap.nrrd").is_file() for r in rows)
+
+
+def test_natural_key_sorts_numbers_as_numbers():
+    names = ["Image-10.dcm", "Image-2.dcm", "Image-1.dcm"]
+    assert sorted(names, key=preprocess.natural_key) == ["Image-1.dcm", "Image-2.dcm", "Image-10.dcm"]
+
+
+def test_train_writes_a_package_with_its_card(phantoms, tmp_path):
+    out = tmp_path / "trained"
+    proc = _meddl("train", "glioma", "--data", str(phantoms), "--out", str(out), "--recipe", "improved",
+                  "--size", "24", "--depth", "12", "--epochs", "1", "--widen-factor", "0.25", "--batch-size", "2",
+                  "--sequences", "T1wCE", "FLAIR")
+    assert proc.returncode == 0, proc.stderr
+    assert "best_epoch: 1" in proc.stdout
+    metadata = json.loads((out / "configs" / "metadata.json").read_text())
+    assert metadata["task"] == "glioma" and metadata["input"]["channels"] == ["T1wCE", "FLAIR"]
+    assert metadata["network"]["args"]["conv1_t_stride"] == 2 and metadata["input"]["reorient"] is True
+    card = model.model_card(metadata)
+    assert "Trained on synthetic data" in card and "close to chance" in card
+
+
+def test_bench_measures_in_a_child_and_formats_a_table():
+    from GliomaClassifierLib import bench
+
+    res = bench.measure(stride=2, what="forward", size=32, depth=8, threads=1)
+    assert res["seconds"] > 0 and res["peak_rss_mb"] > 50
+    fake = {"input_dhw": [64, 256, 256], "threads": 2, "target": "t", "improved_meets_targets": True,
+            **{f"{n}_{w}_{m}": 1.0 for n in ("seed", "improved") for w in ("forward", "gradcam")
+               for m in ("seconds", "peak_rss_mb")}}
+    table = bench.format_table(fake)
+    assert "seed resnet10 stride 1" in table and "improved resnet10 stride 2" in table and "met" in table
