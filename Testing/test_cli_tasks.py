@@ -144,6 +144,7 @@ def test_demo_reports_every_task_and_survives_a_failing_one(dummy, tmp_path, mon
     assert '<img src="dummy/figure.png"' in page and 'href="dummy/metrics.json"' in page
     assert "auroc.value" in page and "0.75" in page  # nested metrics flattened into the table
     assert "RuntimeError: boom in the demo" in page and 'href="broken/error.txt"' in page
+    assert "model_card: Research use only. Trained on synthetic phantoms only;" in page  # long text: shown, not a path
     assert "boom in the demo" in (out / "broken" / "error.txt").read_text()
     index = {e["task"]: e for e in json.loads((out / "index.json").read_text())}
     assert index["dummy"]["status"] == "ok" and index["dummy"]["result"]["minutes"] == 0.5

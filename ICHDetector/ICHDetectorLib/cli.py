@@ -187,11 +187,11 @@ class ICHTask(Task):
         minutes = float(getattr(args, "minutes_per_task", 3.0))
         from .phantom import write_dataset
 
-        write_dataset(out / "train", 36, seed)
+        write_dataset(out / "train", 64, seed)
         write_dataset(out / "test", 16, seed + 1000)
         train_data, test_data = scan_dataset(out / "train"), scan_dataset(out / "test")
         start = time.perf_counter()
-        result = train_model(train_data.studies, out / "model", "improved", epochs=30, max_minutes=minutes * 0.8,
+        result = train_model(train_data.studies, out / "model", "improved", epochs=20, max_minutes=minutes * 0.8,
                              seed=seed, device=getattr(args, "device", None),
                              force_cpu=getattr(args, "force_cpu", False), description="meddl demo ich phantoms")
         metrics = evaluate_model(out / "model", test_data.studies)

@@ -469,8 +469,8 @@ def write_demo_index(out: Path, entries: Sequence[DemoEntry]) -> Path:
         for key, value in result.items():
             if key in ("png", "metrics"):
                 continue
-            if isinstance(value, (str, os.PathLike)) and str(value) and _resolve(task_out, value).exists():
-                path = _resolve(task_out, value)
+            path = _existing_file(task_out, value)
+            if path is not None:
                 link = f'<a href="{_href(out, path)}">{html.escape(path.name)}</a>'
                 details.append(f"<li>{html.escape(key)}: {link}</li>")
             elif isinstance(value, (str, int, float, bool)):
@@ -500,6 +500,18 @@ def _as_list(value: Any) -> list[Any]:
 def _resolve(base: Path, value: str | os.PathLike) -> Path:
     path = Path(value)
     return path if path.is_absolute() else base / path
+
+
+def _existing_file(base: Path, value: Any) -> Path | None:
+    """``value`` as an existing path (relative to ``base``), or None for any other value: a number, a sentence,
+    a text too long to be a file name."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value) or "\n" in str(value):
+        return None
+    try:
+        path = _resolve(base, value)
+        return path if path.exists() else None
+    except (OSError, ValueError):  # e.g. "File name too long"
+        return None
 
 
 def _href(out: Path, path: Path) -> str:
