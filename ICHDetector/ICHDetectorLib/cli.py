@@ -187,7 +187,7 @@ class ICHTask(Task):
         minutes = float(getattr(args, "minutes_per_task", 3.0))
         from .phantom import write_dataset
 
-        write_dataset(out / "train", 64, seed)
+        write_dataset(out / "train", 96, seed)
         write_dataset(out / "test", 16, seed + 1000)
         train_data, test_data = scan_dataset(out / "train"), scan_dataset(out / "test")
         start = time.perf_counter()
