@@ -2,13 +2,20 @@
 
 Predicts the MGMT promoter methylation status of a glioma from brain MRI series (FLAIR, T1w, T1wCE, T2w; one or
 several), as in the RSNA-MICCAI 2021 radiogenomic classification task, with a Grad-CAM heatmap showing which voxels
-drove the prediction.
+drove the prediction. Research use only: published models are close to chance on external data, and the module
+says so next to the model and with every result.
 
-This module is a placeholder until its task lands: the widget says so and its Apply button stays disabled.
-All computation will live in the Qt-free package ``GliomaClassifierLib`` (see ARCHITECTURE.md).
+The widget is thin (see ARCHITECTURE.md and ``MedDLWidgets``): on Apply it writes the sequence volumes the
+selected model needs to a run folder (``<sequence>.nrrd``), runs ``meddl infer glioma`` in a child
+``PythonSlicer`` (progress, log, Cancel; the GUI never waits) and loads the outputs as new nodes. Everything but
+the Qt calls lives in Qt-free, tested code: ``MedDLLib.results`` (files <-> nodes),
+``GliomaClassifierLib.widgetlogic`` (this task's inputs, command line and outputs) and
+``GliomaClassifierLib.logic`` (the computation, also usable directly from the Python console).
 """
 
+from pathlib import Path
 import slicer
+import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -20,6 +27,11 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+#: Opacity of the Grad-CAM heatmap over the MR series in the slice views.
+HEATMAP_OPACITY = 0.5
+#: Sequence name (``GliomaClassifierLib.dataset.SEQUENCES``) -> parameter node field of its volume.
+SEQUENCE_PARAMETERS = {"FLAIR": "flairVolume", "T1w": "t1wVolume", "T1wCE": "t1wceVolume", "T2w": "t2wVolume"}
 
 #
 # GliomaClassifier
@@ -37,10 +49,11 @@ class GliomaClassifier(ScriptedLoadableModule):
         self.parent.contributors = ["MedDL developers"]
         self.parent.helpText = _(
             "Predicts the MGMT promoter methylation status of a glioma from brain MRI series (FLAIR, T1w, T1wCE, "
-            "T2w; one or several), as in the RSNA-MICCAI 2021 radiogenomic classification task, with a Grad-CAM "
-            "heatmap showing which voxels drove the prediction. "
-            "Not available yet: this module's model and logic are still being developed. "
-            "Research use only, not for diagnosis."
+            "T2w; the selected model says which it needs), as in the RSNA-MICCAI 2021 radiogenomic classification "
+            "task, with a Grad-CAM heatmap showing which voxels drove the prediction and the 64-slice window the "
+            "network saw. Select the series and a model (train one with 'meddl train glioma' or import a model "
+            "package), then Apply; the computation runs in the background and can be cancelled. "
+            "Research use only, not for diagnosis: MGMT status from MRI is close to chance on external data."
         )
         self.parent.acknowledgementText = _("MedDL is built on 3D Slicer, PyTorch and MONAI. Research use only.")
 
@@ -54,10 +67,20 @@ class GliomaClassifier(ScriptedLoadableModule):
 class GliomaClassifierParameterNode:
     """The parameters of the module, saved with the scene.
 
-    inputVolume - A brain MRI series (FLAIR, T1w, T1wCE or T2w).
+    flairVolume, t1wVolume, t1wceVolume, t2wVolume - The brain MRI series of one study (any plane); only those
+        the selected model needs must be set.
+    modelName - The selected model package (set by the model selector, not bound to a widget).
+    threshold - Probability at or above which the result reads "methylated".
+    forceCpu - Run the network on the CPU even when a GPU is available.
     """
 
-    inputVolume: vtkMRMLScalarVolumeNode
+    flairVolume: vtkMRMLScalarVolumeNode
+    t1wVolume: vtkMRMLScalarVolumeNode
+    t1wceVolume: vtkMRMLScalarVolumeNode
+    t2wVolume: vtkMRMLScalarVolumeNode
+    modelName: str = ""
+    threshold: float = 0.5
+    forceCpu: bool = False
 
 
 #
@@ -66,14 +89,17 @@ class GliomaClassifierParameterNode:
 
 
 class GliomaClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Placeholder GUI: input selection only; Apply stays disabled until the module's logic lands."""
+    """Sequences, model and options; Apply runs ``meddl infer glioma`` in the background and shows the results."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)  # needed for parameter node observation
         self.logic = None
+        self.models = None
+        self.runner = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._run = None  # (reference volume, output folder) of the run in progress
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -85,16 +111,28 @@ class GliomaClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = GliomaClassifierLogic()
 
+        from MedDLWidgets import BackgroundRunner, ModelSelector
+
+        self.models = ModelSelector(
+            "glioma",
+            self.ui.modelComboBox,
+            self.ui.modelCardView,
+            self.ui.importModelButton,
+            self.ui.openModelCacheButton,
+            onChanged=self.onModelChanged,
+        )
+        self.runner = BackgroundRunner(self.ui.applyButton, self.ui.progressBar, self.ui.logView, self.ui.statusLabel)
+
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        # Nothing can be computed yet: the .ui's statusLabel says so, and Apply stays disabled.
-        self.ui.applyButton.enabled = False
-        self.ui.applyButton.toolTip = _("Not available yet")
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        if self.runner is not None:
+            self.runner.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -104,8 +142,10 @@ class GliomaClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.runner.cancel()  # its inputs and outputs belong to the scene being closed
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -113,20 +153,99 @@ class GliomaClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
+        """Fill empty sequence fields with the one volume named after each sequence (e.g. "T1wCE"), if any."""
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
+        volumes = {
+            node.GetName(): node
+            for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            if not node.IsA("vtkMRMLLabelMapVolumeNode")
+        }
+        for field, name in self.logic.guessSequences(list(volumes)).items():
+            if not getattr(self._parameterNode, field):
+                setattr(self._parameterNode, field, volumes[name])
 
     def setParameterNode(self, inputParameterNode: GliomaClassifierParameterNode | None) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             # Widgets in the .ui carry the dynamic property "SlicerParameterName" naming their field.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.models.refresh(select=self._parameterNode.modelName or None)
+            self._checkCanApply()
+
+    def onModelChanged(self, modelName: str | None) -> None:
+        from GliomaClassifierLib import widgetlogic
+
+        self.ui.modelCaveatLabel.text = widgetlogic.model_caveat(modelName)
+        if self._parameterNode:
+            self._parameterNode.modelName = modelName or ""
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        if self.runner.isRunning():
+            return  # the button is Cancel until the run ends
+        problem = self.logic.missingInput(self._parameterNode)
+        self.ui.applyButton.toolTip = problem or _("Estimate the MGMT methylation probability of the selected study")
+        self.ui.applyButton.enabled = not problem
+
+    def onApplyButton(self) -> None:
+        """Start a run, or cancel the one in progress (the button reads Cancel meanwhile)."""
+        if self.runner.isRunning():
+            self.runner.cancel()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the glioma classifier run."), waitCursor=True):
+            from MedDLWidgets import ensureDependencies, libraryPaths
+
+            if not ensureDependencies(requester=_("Glioma Classifier")):
+                return
+            import GliomaClassifierLib
+            import MedDLLib
+            from GliomaClassifierLib import widgetlogic
+
+            p = self._parameterNode
+            self.ui.summaryLabel.text = ""
+            arguments, outputFolder, referenceVolume = self.logic.prepareRun(
+                self.logic.selectedSequences(p), p.modelName, p.threshold, p.forceCpu, slicer.app.temporaryPath
+            )
+            self._run = (referenceVolume, outputFolder)
+            self.runner.start(
+                arguments,
+                onFinished=self.onRunFinished,
+                tasks=[widgetlogic.TASK_ENTRY],
+                pythonPaths=libraryPaths(MedDLLib, GliomaClassifierLib),
+            )
+
+    def onRunFinished(self, outcome) -> None:
+        """Called on the main thread when the child ends: load the outputs as new nodes and show them."""
+        referenceVolume, outputFolder = self._run
+        self._run = None
+        self._checkCanApply()
+        if outcome.status == "failed":
+            slicer.util.errorDisplay(_("The glioma classifier run failed: {message}").format(message=outcome.message))
+        if not outcome.succeeded:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the glioma classifier results."), waitCursor=True):
+            loaded = self.logic.loadResults(outputFolder, referenceVolume)
+            self.ui.summaryLabel.text = loaded.summary
+            self.showResults(referenceVolume, loaded.nodes)
+
+    def showResults(self, referenceVolume, nodes: dict) -> None:
+        """Slice views: the reference series below, Grad-CAM on top, the window ROI; the result table in the
+        layout."""
+        slicer.util.setSliceViewerLayers(
+            background=referenceVolume, foreground=nodes["heatmap"], foregroundOpacity=HEATMAP_OPACITY, label=None
+        )
+        window = nodes["window"]
+        window.CreateDefaultDisplayNodes()
+        window.GetDisplayNode().SetVisibility(True)
+        window.SetLocked(True)  # it shows what the network saw; moving it changes nothing
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+        applicationLogic = slicer.app.applicationLogic()
+        applicationLogic.GetSelectionNode().SetActiveTableID(nodes["table"].GetID())
+        applicationLogic.PropagateTableSelection()
 
 
 #
@@ -135,13 +254,85 @@ class GliomaClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class GliomaClassifierLogic(ScriptedLoadableModuleLogic):
-    """Parameter node access. The computation will come from the Qt-free ``GliomaClassifierLib.logic``."""
+    """Parameter node access and the scene-side steps of a widget run (Qt-free).
+
+    The computation is ``GliomaClassifierLib.logic.GliomaClassifierLogic``; from the Python console call it
+    directly::
+
+        from GliomaClassifierLib.logic import GliomaClassifierLogic, GliomaOptions
+        result = GliomaClassifierLogic().process({"T1wCE": t1ceNode, "FLAIR": flairNode}, "my-glioma-model")
+    """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self) -> GliomaClassifierParameterNode:
         return GliomaClassifierParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def guessSequences(volumeNames: list) -> dict:
+        """``{parameter field: volume name}`` for each sequence exactly one of ``volumeNames`` is named after
+        (case-insensitive; a "T1wCE" name does not count as T1w)."""
+        found = {}
+        for sequence, field in SEQUENCE_PARAMETERS.items():
+            key = sequence.lower()
+            names = [n for n in volumeNames if key in n.lower() and not (key == "t1w" and "t1wce" in n.lower())]
+            if len(names) == 1:
+                found[field] = names[0]
+        return found
+
+    @staticmethod
+    def selectedSequences(parameterNode) -> dict:
+        """``{sequence: node or None}`` of the parameter node."""
+        return {sequence: getattr(parameterNode, field) for sequence, field in SEQUENCE_PARAMETERS.items()}
+
+    def missingInput(self, parameterNode) -> str:
+        """Why Apply cannot run yet ("" when it can): no model, or a sequence the model needs is not selected."""
+        if not parameterNode:
+            return _("Select the brain MRI series")
+        if not parameterNode.modelName:
+            return _("Select or import a glioma model")
+        from GliomaClassifierLib import widgetlogic
+        from MedDLLib.errors import MedDLError
+
+        try:
+            needed = widgetlogic.model_sequences(parameterNode.modelName)
+            widgetlogic.input_nodes(needed, self.selectedSequences(parameterNode))
+        except MedDLError as exc:
+            return str(exc)
+        return ""
+
+    def prepareRun(
+        self,
+        sequenceVolumes: dict,
+        modelName: str,
+        threshold: float = 0.5,
+        forceCpu: bool = False,
+        runRoot: str | None = None,
+    ) -> tuple[list[str], Path, object]:
+        """Write the sequence volumes the model needs to a new run folder (``<sequence>.nrrd``); return the
+        ``meddl`` arguments, the output folder and the reference volume (the model's first sequence)."""
+        from GliomaClassifierLib import widgetlogic
+        from MedDLLib import results
+
+        chosen = widgetlogic.input_nodes(widgetlogic.model_sequences(modelName), sequenceVolumes)
+        runFolder = results.new_run_folder(widgetlogic.TASK, runRoot)
+        results.prepare_input(
+            [node for sequence, node in chosen], runFolder / "input", names=[sequence for sequence, node in chosen]
+        )
+        outputFolder = runFolder / "output"
+        arguments = widgetlogic.infer_arguments(
+            runFolder / "input", modelName, outputFolder, threshold=threshold, force_cpu=forceCpu
+        )
+        return arguments, outputFolder, chosen[0][1]
+
+    def loadResults(self, outputFolder: Path, referenceVolume):
+        """Add the run's outputs to the scene as new nodes; returns ``MedDLLib.results.LoadedOutputs``
+        (``nodes``: heatmap, table, window ROI, with the ``result.json`` values as ``MedDL.*`` attributes;
+        ``summary``: probability, call and the model card with its caveat)."""
+        from GliomaClassifierLib import widgetlogic
+
+        return widgetlogic.load_results(outputFolder, referenceVolume)
 
 
 #
@@ -167,9 +358,14 @@ class GliomaClassifierTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_ParameterNode(self):
-        """The parameter node is created in the scene, starts empty and keeps a selected input volume."""
+        """The parameter node starts with the logic's defaults and keeps the selected sequence volumes."""
+        from GliomaClassifierLib.logic import GliomaOptions
+
         parameterNode = GliomaClassifierLogic().getParameterNode()
-        self.assertIsNone(parameterNode.inputVolume)
+        for field in SEQUENCE_PARAMETERS.values():
+            self.assertIsNone(getattr(parameterNode, field))
+        self.assertEqual(parameterNode.threshold, GliomaOptions().threshold)
+        self.assertFalse(parameterNode.forceCpu)
         volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-        parameterNode.inputVolume = volumeNode
-        self.assertEqual(GliomaClassifierLogic().getParameterNode().inputVolume.GetID(), volumeNode.GetID())
+        parameterNode.t1wceVolume = volumeNode
+        self.assertEqual(GliomaClassifierLogic().getParameterNode().t1wceVolume.GetID(), volumeNode.GetID())

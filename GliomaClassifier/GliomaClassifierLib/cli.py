@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from MedDLLib.errors import InputError
 from MedDLLib.tasks import Task
@@ -72,8 +72,11 @@ def read_study(path: str | Path, sequences: list[str]) -> dict[str, Any]:
 
 
 def infer_study(input_path: str | Path, model: str | Path, output: str | Path, *, threshold: float = 0.5,
-                device: str = "cpu") -> dict[str, Any]:
-    """Run one study through a fresh headless scene and write ``heatmap.nrrd`` and ``overlay.png``."""
+                device: str = "cpu", progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
+    """Run one study through a fresh headless scene and write ``heatmap.nrrd`` and ``overlay.png``.
+
+    ``progress(fraction 0..1, message)`` is called from 0.0 (reading) to 1.0 (done), e.g. with the GUI's reporter.
+    """
     import numpy as np
 
     from MedDLLib import io as mio
@@ -84,10 +87,14 @@ def infer_study(input_path: str | Path, model: str | Path, output: str | Path, *
     from .model import load_model
     from .preprocess import InputSpec
 
+    report = progress or (lambda fraction, message: None)
+    report(0.0, "reading the study")
     _, package = load_model(model, "cpu")
     spec = InputSpec.from_metadata(package.metadata["input"])
     volumes = read_study(input_path, list(spec.sequences))
-    result = compute(volumes, package, GliomaOptions(gradcam=True, threshold=threshold, device=device))
+    result = compute(volumes, package, GliomaOptions(gradcam=True, threshold=threshold, device=device),
+                     progress=lambda fraction, message: report(0.05 + 0.8 * fraction, message))
+    report(0.9, "writing the outputs")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     hs = create_scene()
@@ -108,6 +115,7 @@ def infer_study(input_path: str | Path, model: str | Path, output: str | Path, *
         render.render_slice_png(output / OVERLAY_PNG, ref, foreground=heat_node, offset_mm=offset)
     finally:
         hs.scene.Clear(1)
+    report(1.0, "done")
     out = result.as_dict()
     out.update(heatmap=HEATMAP_NRRD, overlay=OVERLAY_PNG, input=str(input_path))
     return out
@@ -230,7 +238,7 @@ class GliomaTask(Task):
                              "meddl train glioma)")
         device = select_device(getattr(args, "device", None), getattr(args, "force_cpu", False))
         return infer_study(Path(input_path), model, Path(output), threshold=getattr(args, "threshold", 0.5),
-                           device=str(device))
+                           device=str(device), progress=getattr(args, "progress", None))
 
     # ------------------------------------------------------------------------------------------------ bench
     def bench(self, args: argparse.Namespace) -> dict[str, Any]:

@@ -1,0 +1,313 @@
+"""The Glioma Classifier widget without Qt: its run path end to end on slicer-core, its command line, its .ui.
+
+Sequence nodes -> ``GliomaClassifierLib.widgetlogic.input_nodes`` (the ones the model needs, model order) ->
+:func:`MedDLLib.results.prepare_input` (``<sequence>.nrrd``) -> ``meddl infer glioma`` in a child process started
+as the widget's BackgroundRunner starts it (:mod:`MedDLLib.guisupport`) -> ``widgetlogic.load_results`` into a
+headless scene. The model is an untrained two-sequence package (seeded weights: the contract does not depend on
+the weights); the reference sequence T1wCE is stored sagittal, so the outputs must come back on a grid that is
+not the network's.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from MedDLLib import guisupport, nodes, results
+from MedDLLib.commands_tasks import TASK_COMMANDS, task_parser
+from MedDLLib.errors import InputError, MedDLError
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "GliomaClassifier"
+MODEL_SEQUENCES = ("T1wCE", "FLAIR")
+
+
+def _ijk_to_ras(node) -> np.ndarray:
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _snapshot(node) -> tuple:
+    attributes = {k: node.GetAttribute(k) for k in node.GetAttributeNames() or ()}
+    return (np.array(nodes.volume_from_node(node).array, copy=True), _ijk_to_ras(node), attributes,
+            node.GetStorageNodeID(), node.GetName())
+
+
+def _assert_unchanged(node, before) -> None:
+    after = _snapshot(node)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_array_equal(after[1], before[1])
+    assert after[2:] == before[2:]
+
+
+def _study():
+    """Phantom study: T1wCE stored sagittal (the reference), FLAIR and T2w axial; ``{sequence: Volume}``."""
+    from GliomaClassifierLib.phantom import brain_mri
+    from MedDLLib.phantoms import as_plane
+
+    volumes, _, _ = brain_mri(np.random.default_rng(3), 32, 16, label=1)
+    return {"T1wCE": as_plane(volumes["T1wCE"], "sagittal"), "FLAIR": volumes["FLAIR"], "T2w": volumes["T2w"]}
+
+
+def _added_since(scene, ids: set) -> list[str]:
+    """Names of the nodes added to ``scene`` since ``ids``, but the shared heatmap colour table (made once per
+    scene, reused by every heatmap)."""
+    added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+    return [n.GetName() for n in added if n.GetID() not in ids and n.GetName() != nodes.HEATMAP_COLOR_TABLE]
+
+
+def _ids(scene) -> set:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _add(scene, volumes) -> dict:
+    return {name: nodes.add_scalar_volume(scene, volume, f"case {name}") for name, volume in volumes.items()}
+
+
+@pytest.fixture(scope="module")
+def glioma_run(tmp_path_factory):
+    """One widget-style ``meddl infer glioma`` run (T1wCE + FLAIR model; T2w also selected, not needed);
+    (output folder, volumes, messages, input folder)."""
+    import GliomaClassifierLib
+    import MedDLLib
+    from GliomaClassifierLib import widgetlogic
+    from GliomaClassifierLib.model import untrained_package
+    from MedDLLib.headless import create_scene
+
+    root = tmp_path_factory.mktemp("glioma_run")
+    package = untrained_package(root / "model", sequences=MODEL_SEQUENCES, size=32, depth=16)
+    volumes = _study()
+    hs = create_scene()
+    try:
+        selected = {"FLAIR": None, "T1w": None, **_add(hs.scene, volumes)}
+        before = {k: _snapshot(n) for k, n in selected.items() if n is not None}
+        chosen = widgetlogic.input_nodes(widgetlogic.model_sequences(package), selected)
+        assert [s for s, _ in chosen] == list(MODEL_SEQUENCES)
+        run = results.new_run_folder("glioma", root / "runs")
+        results.prepare_input([n for _, n in chosen], run / "input", names=[s for s, _ in chosen])
+        for key, snapshot in before.items():
+            _assert_unchanged(selected[key], snapshot)
+    finally:
+        hs.scene.Clear(1)
+    arguments = widgetlogic.infer_arguments(run / "input", str(package), run / "output", force_cpu=True)
+    paths = list(dict.fromkeys(str(Path(p.__file__).resolve().parents[1]) for p in (MedDLLib, GliomaClassifierLib)))
+    command = guisupport.child_command(guisupport.python_executable(), arguments)
+    env = guisupport.child_environment(dict(os.environ), paths, [widgetlogic.TASK_ENTRY])
+    messages: list[guisupport.Message] = []
+    outcome = guisupport.run_child_blocking(command, env, on_message=messages.append)
+    assert outcome.succeeded, "\n".join(m.message for m in messages[-30:]) + f"\n{outcome}"
+    return run / "output", volumes, messages, run / "input"
+
+
+def test_only_the_needed_sequences_are_written(glioma_run):
+    _, _, _, input_folder = glioma_run
+    assert sorted(p.name for p in input_folder.iterdir()) == ["FLAIR.nrrd", "T1wCE.nrrd"]
+
+
+def test_child_run_reports_progress(glioma_run):
+    _, _, messages, _ = glioma_run
+    fractions = [m.progress for m in messages if m.kind == "progress" and m.progress is not None]
+    assert len(fractions) >= 3, [m.kind for m in messages]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == pytest.approx(1.0)
+
+
+def test_glioma_outputs_load_as_new_nodes_on_the_reference_grid(glioma_run, headless_scene):
+    from GliomaClassifierLib import widgetlogic
+
+    output, volumes, _, _ = glioma_run
+    added = _add(headless_scene, volumes)
+    reference = added["T1wCE"]
+    before = {k: _snapshot(n) for k, n in added.items()}
+    loaded = widgetlogic.load_results(output, reference)
+
+    assert set(loaded.nodes) == {"heatmap", "table", "window"}
+    heat, table, roi = (loaded.nodes[k] for k in ("heatmap", "table", "window"))
+    np.testing.assert_allclose(_ijk_to_ras(heat), _ijk_to_ras(reference), atol=1e-6)
+    assert not np.allclose(_ijk_to_ras(heat)[:3, :3], np.diag(np.diag(_ijk_to_ras(heat)[:3, :3])))  # sagittal
+    assert heat.GetStorageNode() is None and heat.GetName() == "case T1wCE Grad-CAM MGMT"
+    heat_array = nodes.volume_from_node(heat).array
+    assert heat_array.shape == volumes["T1wCE"].array.shape
+    assert 0.0 <= heat_array.min() and heat_array.max() <= 1.0 and heat_array.max() > 0
+    assert heat.GetDisplayNode().GetColorNode().GetName() == nodes.HEATMAP_COLOR_TABLE
+
+    result = json.loads((output / "result.json").read_text())
+    assert loaded.result == result
+    assert result["sequences"] == list(MODEL_SEQUENCES) and 0.0 <= result["probability"] <= 1.0
+    rows = dict(zip(*nodes.table_columns(table).values()))
+    assert float(rows["probability"]) == pytest.approx(result["probability"], abs=1e-6)
+    assert rows["call"] == ("methylated" if result["methylated"] else "unmethylated")
+    assert int(rows["window first slice"]) == result["window_first_slice"]
+    assert int(rows["window last slice"]) - int(rows["window first slice"]) + 1 == 16
+    assert "near chance" in rows["model card"] or "close to chance" in rows["model card"]
+
+    assert roi.GetClassName() == "vtkMRMLMarkupsROINode"
+    box = np.asarray(result["window_box_ras_mm"])
+    np.testing.assert_allclose(roi.GetCenter(), box.mean(axis=0), atol=1e-3)
+    np.testing.assert_allclose(roi.GetSize(), box[1] - box[0], atol=1e-3)
+    assert roi.GetSize()[2] == pytest.approx(16 * volumes["FLAIR"].geometry.spacing_mm[2], abs=1e-3)
+    # along S the box spans slices first..last of the axial stack (voxel edges; slices outside are zero padding)
+    axial = volumes["FLAIR"].geometry  # the axial grid the sagittal T1wCE was resampled from
+    assert axial.direction_lps == ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    s0, ds = axial.origin_lps_mm[2], axial.spacing_mm[2]
+    assert box[0][2] == pytest.approx(s0 + (result["window_first_slice"] - 0.5) * ds, abs=1e-3)
+    assert box[1][2] == pytest.approx(s0 + (result["window_last_slice"] + 0.5) * ds, abs=1e-3)
+    for new in (heat, table, roi):
+        assert float(new.GetAttribute("MedDL.probability")) == pytest.approx(result["probability"], abs=1e-6)
+        assert new.GetAttribute("MedDL.model_card") == result["model_card"]
+        assert new.GetAttribute("MedDL.input") == reference.GetID()
+    assert f"{result['probability']:.2f}" in loaded.summary and "Research use only" in loaded.summary
+    assert "close to chance on external data" in loaded.summary
+    for key, snapshot in before.items():
+        _assert_unchanged(added[key], snapshot)
+
+
+def test_load_refuses_an_incomplete_or_foreign_run(glioma_run, headless_scene, tmp_path):
+    from GliomaClassifierLib import widgetlogic
+
+    output, volumes, _, _ = glioma_run
+    reference = _add(headless_scene, volumes)["T1wCE"]
+    ids = _ids(headless_scene)
+    partial = tmp_path / "partial"
+    shutil.copytree(output, partial)
+    (partial / "heatmap.nrrd").unlink()
+    with pytest.raises(MedDLError, match="heatmap.nrrd"):
+        widgetlogic.load_results(partial, reference)
+    assert _added_since(headless_scene, ids) == []
+    foreign = tmp_path / "foreign"
+    shutil.copytree(output, foreign)
+    result = json.loads((foreign / "result.json").read_text())
+    del result["window_box_ras_mm"]
+    (foreign / "result.json").write_text(json.dumps(result))
+    with pytest.raises(MedDLError, match="window_box_ras_mm"):
+        widgetlogic.load_results(foreign, reference)
+    assert _added_since(headless_scene, ids) == []  # the heatmap loaded first was removed again
+    flair = nodes.add_scalar_volume(headless_scene, volumes["FLAIR"], "case FLAIR")
+    ids = _ids(headless_scene)
+    with pytest.raises(MedDLError, match="not on the voxel grid|voxels"):
+        widgetlogic.load_results(output, flair)  # the heatmap lies on T1wCE's grid, not FLAIR's
+    assert _added_since(headless_scene, ids) == []
+
+
+def test_input_nodes_follow_the_model():
+    from GliomaClassifierLib.widgetlogic import input_nodes
+
+    a, b = object(), object()
+    assert input_nodes(["T1wCE", "FLAIR"], {"FLAIR": b, "T1wCE": a, "T2w": None}) == [("T1wCE", a), ("FLAIR", b)]
+    with pytest.raises(InputError, match="select a volume for FLAIR, T2w"):
+        input_nodes(["T1wCE", "FLAIR", "T2w"], {"T1wCE": a, "FLAIR": None})
+    with pytest.raises(InputError, match="unknown sequence"):
+        input_nodes(["T1wCE"], {"T1wCE": a, "DWI": b})
+
+
+def test_model_sequences_read_the_metadata_and_refuse_another_task(tmp_path):
+    from GliomaClassifierLib.model import untrained_package
+    from GliomaClassifierLib.widgetlogic import model_caveat, model_sequences
+    from MedDLLib import models
+
+    package = untrained_package(tmp_path / "m", sequences=("FLAIR", "T2w", "T1wCE"), size=32, depth=16)
+    assert model_sequences(package) == ["FLAIR", "T2w", "T1wCE"]
+    card = model_caveat(package)
+    assert "FLAIR, T2w, T1wCE" in card and "synthetic" in card and "close to chance on external data" in card
+    assert "close to chance on external data" in model_caveat(None)
+    metadata = json.loads((package / models.METADATA_FILE).read_text())
+    metadata["task"] = "lgg"
+    other = tmp_path / "other"
+    shutil.copytree(package, other)
+    (other / models.METADATA_FILE).write_text(json.dumps(metadata))
+    with pytest.raises(InputError, match="for task 'lgg', not 'glioma'"):
+        model_sequences(other)
+
+
+def test_arguments_parse_with_the_task_parser(tmp_path):
+    from GliomaClassifierLib.cli import TASK
+    from GliomaClassifierLib.widgetlogic import infer_arguments
+
+    infer = next(c for c in TASK_COMMANDS if c.name == "infer")
+    arguments = infer_arguments(tmp_path / "input", "glioma-model", tmp_path / "out", threshold=0.3, force_cpu=True)
+    assert arguments[:2] == ["infer", "glioma"]
+    args = task_parser(infer, TASK).parse_args(arguments[2:])
+    assert (args.input, args.model, args.output, args.threshold, args.force_cpu) == (
+        tmp_path / "input", "glioma-model", tmp_path / "out", 0.3, True)
+    default = task_parser(infer, TASK).parse_args(infer_arguments("in", "m", "out")[2:])
+    assert default.force_cpu is False and default.threshold == 0.5
+    with pytest.raises(ValueError, match="no glioma model selected"):
+        infer_arguments("in", "", "out")
+    with pytest.raises(ValueError, match="threshold"):
+        infer_arguments("in", "m", "out", threshold=1.0)
+
+
+def test_summary_text():
+    from GliomaClassifierLib.widgetlogic import summary_text
+
+    card = "Trained on synthetic data. Research use only. Close to chance on external data."
+    text = summary_text({"probability": 0.6213, "threshold": 0.5, "sequences": ["T1wCE", "FLAIR"],
+                         "model_card": card, "warnings": ["VOI LUT not applied"]})
+    assert text == ("Probability of MGMT promoter methylation 0.62 (methylated at threshold 0.5) from T1wCE, FLAIR."
+                    f"\n\n{card}\n\nWarnings: VOI LUT not applied")
+    assert "(unmethylated at threshold 0.7)" in summary_text({"probability": 0.6213, "threshold": 0.7,
+                                                               "sequences": ["T1wCE"], "model_card": card})
+    with pytest.raises(MedDLError, match="not the output of 'meddl infer glioma'"):
+        summary_text({"risk_score": 0.3, "caveat": "lung"})
+    with pytest.raises(MedDLError, match="invalid glioma result"):
+        summary_text({"probability": 1.5, "threshold": 0.5, "sequences": ["T1wCE"], "model_card": card})
+
+
+def _parameter_class():
+    module = ast.parse((MODULE / "GliomaClassifier.py").read_text())
+    cls = next(n for n in module.body if isinstance(n, ast.ClassDef) and n.name == "GliomaClassifierParameterNode")
+    return module, cls
+
+
+def test_ui_binds_every_parameter_and_names_the_widgets_the_module_uses():
+    from GliomaClassifierLib.dataset import SEQUENCES
+
+    tree = ET.parse(MODULE / "Resources" / "UI" / "GliomaClassifier.ui")
+    widgets = {w.get("name"): w.get("class") for w in tree.iter("widget")}
+    bound = {p.findtext("string") for p in tree.iter("property") if p.get("name") == "SlicerParameterName"}
+    module, cls = _parameter_class()
+    fields = {s.target.id for s in cls.body if isinstance(s, ast.AnnAssign)}
+    sequence_fields = next(ast.literal_eval(n.value) for n in module.body if isinstance(n, ast.Assign)
+                           and n.targets[0].id == "SEQUENCE_PARAMETERS")
+    assert tuple(sequence_fields) == SEQUENCES
+    assert fields == set(sequence_fields.values()) | {"modelName", "threshold", "forceCpu"}
+    assert bound == fields - {"modelName"}  # the model is owned by the ModelSelector
+    used = {n.attr for n in ast.walk(module) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Attribute) and n.value.attr == "ui"}
+    assert used <= set(widgets), used - set(widgets)
+    for field in sequence_fields.values():
+        selector = field.replace("Volume", "Selector")
+        assert widgets[selector] == "qMRMLNodeComboBox", selector
+    receivers = {c.findtext("receiver") for c in tree.iter("connection")}
+    assert receivers == {f.replace("Volume", "Selector") for f in sequence_fields.values()}
+    assert widgets["forceCpuCheckBox"] == "QCheckBox" and widgets["thresholdSliderWidget"] == "ctkSliderWidget"
+    for name in ("modelComboBox", "modelCardView", "modelCaveatLabel", "importModelButton", "openModelCacheButton",
+                 "applyButton", "progressBar", "logView", "statusLabel", "summaryLabel"):
+        assert name in widgets, name
+    calls = {n.func.attr for n in ast.walk(module) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") in
+             ("infer_arguments", "prepare_input", "load_results", "input_nodes", "model_sequences", "model_caveat")}
+    assert calls == {"infer_arguments", "prepare_input", "load_results", "input_nodes", "model_sequences",
+                     "model_caveat"}
+    test_class = next(n for n in module.body if isinstance(n, ast.ClassDef) and n.name == "GliomaClassifierTest")
+    assert "GliomaClassifierLib.selftests.ALL" in ast.unparse(test_class)
+
+
+def test_parameter_defaults_agree_with_the_logic():
+    from GliomaClassifierLib.logic import GliomaOptions
+
+    _, cls = _parameter_class()
+    defaults = {s.target.id: ast.literal_eval(s.value) for s in cls.body if isinstance(s, ast.AnnAssign) and s.value}
+    assert defaults["threshold"] == GliomaOptions().threshold and defaults["forceCpu"] is False
+    tree = ET.parse(MODULE / "Resources" / "UI" / "GliomaClassifier.ui")
+    slider = next(w for w in tree.iter("widget") if w.get("name") == "thresholdSliderWidget")
+    value = next(p for p in slider.iter("property") if p.get("name") == "value")
+    assert float(value.findtext("double")) == GliomaOptions().threshold
