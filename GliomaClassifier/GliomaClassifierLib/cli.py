@@ -83,13 +83,15 @@ def infer_study(input_path: str | Path, model: str | Path, output: str | Path, *
     from MedDLLib import nodes, render
     from MedDLLib.headless import create_scene
 
+    from MedDLLib.models import load_task_model
+
+    from . import model as glioma_model
     from .logic import GliomaClassifierLogic, GliomaOptions, compute
-    from .model import load_model
     from .preprocess import InputSpec
 
     report = progress or (lambda fraction, message: None)
     report(0.0, "reading the study")
-    _, package = load_model(model, "cpu")
+    _, package = load_task_model(model, glioma_model.TASK, "cpu")
     spec = InputSpec.from_metadata(package.metadata["input"])
     volumes = read_study(input_path, list(spec.sequences))
     result = compute(volumes, package, GliomaOptions(gradcam=True, threshold=threshold, device=device),

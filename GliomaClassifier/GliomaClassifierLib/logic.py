@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from MedDLLib import nodes
+from MedDLLib import models, nodes
 from MedDLLib.errors import InputError, MedDLError
 from MedDLLib.geometry import LPS_TO_RAS, Volume
 
@@ -132,7 +132,7 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
 
     from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
 
-    from .model import load_model, model_card, predict_arrays
+    from .model import TASK, model_card, predict_arrays
     from .preprocess import InputSpec, prepare
 
     options = options or GliomaOptions()
@@ -144,7 +144,7 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
         report(fraction, message)
 
     checkpoint(0.02, "loading the model")
-    network, package = load_model(model, options.device)
+    network, package = models.load_task_model(model, TASK, options.device)
     spec = InputSpec.from_metadata(package.metadata["input"])
     if isinstance(volumes, Volume):
         volumes = {spec.sequences[0]: volumes}
@@ -181,10 +181,10 @@ class GliomaClassifierLogic:
         """Read the nodes (``{sequence: node}`` or one node for the model's first sequence), :func:`compute`,
         then :meth:`write_outputs`. The first node given is the reference (heatmap geometry)."""
         if not isinstance(sequence_nodes, Mapping):
-            from .model import load_model
+            from .model import TASK
             from .preprocess import InputSpec
 
-            _, package = load_model(model)
+            _, package = models.load_task_model(model, TASK)
             sequence_nodes = {InputSpec.from_metadata(package.metadata["input"]).sequences[0]: sequence_nodes}
         if not sequence_nodes:
             raise InputError("no input sequence node given")

@@ -238,14 +238,6 @@ class _cache:
 
 
 # ---------------------------------------------------------------------------------------------- prediction
-def load_model(model: str | Path | models.ModelPackage, device: Any = "cpu") -> tuple[nn.Module, models.ModelPackage]:
-    """``(network in eval mode, package)`` of a glioma model package (folder, cached name or loaded package)."""
-    package = model if isinstance(model, models.ModelPackage) else models.load_package(models.resolve_model(model))
-    if package.task != TASK:
-        raise InputError(f"model {package.name!r} is for task {package.task!r}, not {TASK!r}")
-    return package.network(device), package
-
-
 @torch.no_grad()
 def predict_arrays(network: nn.Module, arrays: Sequence[np.ndarray] | np.ndarray, device: Any = "cpu",
                    batch_size: int = 2) -> np.ndarray:
@@ -261,7 +253,7 @@ def predict_arrays(network: nn.Module, arrays: Sequence[np.ndarray] | np.ndarray
 def predict_cases(model: str | Path | models.ModelPackage, cases: Sequence[Case], *, device: Any = "cpu",
                   cache_dir: str | Path | None = None) -> np.ndarray:
     """Probabilities ``(N,)`` of the cases, preprocessed as the model's input spec says."""
-    network, package = load_model(model, device)
+    network, package = models.load_task_model(model, TASK, device)
     spec = InputSpec.from_metadata(package.metadata["input"])
     with _cache(cache_dir) as cdir:
         paths = cache_inputs(cases, spec, cdir)
