@@ -63,3 +63,11 @@ def test_phantom_command(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "p" / "stage_2_train.csv").read_text().startswith("ID,Label\n")
     assert len(list((tmp_path / "p" / "stage_2_train").glob("ID_*.dcm"))) == 18
+
+
+def test_bench_end_to_end_runs_meddl_infer_in_a_child():
+    from ICHDetectorLib.bench import bench_end_to_end
+
+    result = bench_end_to_end(size=64, n_slices=6, net_size=32)
+    assert result["end_to_end_seconds"] > 0
+    assert 50 < result["end_to_end_peak_rss_mb"] < 4096  # the child's own peak: a Python with torch loaded

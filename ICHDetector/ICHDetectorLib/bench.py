@@ -69,7 +69,8 @@ def _infer_child(package: str, size: int, n_slices: int, gradcam: bool, queue: A
 
 
 def bench_inference(size: int = 512, n_slices: int = 40, net_size: int = 64) -> dict[str, Any]:
-    """Seconds and peak RSS (MB) of :func:`compute` on a ``n_slices x size x size`` head CT, with/without Grad-CAM."""
+    """Seconds and peak RSS (MB) of :func:`compute` (arrays in memory: preprocessing, network, optionally Grad-CAM
+    and the suspected region) on a ``n_slices x size x size`` head CT, with and without Grad-CAM, side by side."""
     ctx = multiprocessing.get_context("spawn")
     out: dict[str, Any] = {"input_shape": [n_slices, size, size], "network_input": net_size}
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,6 +85,32 @@ def bench_inference(size: int = 512, n_slices: int = 40, net_size: int = 64) -> 
             out[f"infer_{key}_seconds"] = res["seconds"]
             out[f"infer_{key}_peak_rss_mb"] = res["peak_rss_mb"]
     return out
+
+
+def bench_end_to_end(size: int = 512, n_slices: int = 40, net_size: int = 64) -> dict[str, Any]:
+    """Seconds and peak RSS (MB) of ``meddl infer ich`` (with Grad-CAM) in a fresh child on a DICOM head CT:
+    reading the series, HU, the network, Grad-CAM, the suspected region and writing every output file."""
+    import numpy as np
+
+    from MedDLLib.bench import run_meddl_child
+    from MedDLLib.dicomwrite import write_series
+    from MedDLLib.errors import MedDLError
+
+    from .phantom import head_ct
+
+    with tempfile.TemporaryDirectory(prefix="meddl-ich-bench-") as tmp:
+        tmp_path = Path(tmp)
+        volume, _, _ = head_ct(np.random.default_rng(0), size, n_slices, ("subdural",))
+        write_series(tmp_path / "ct", volume, rescale_intercept=-1024.0, file_names="instance")
+        package = untrained_package(tmp_path, net_size)
+        arguments = ["infer", "ich", "--input", str(tmp_path / "ct"), "--model", str(package),
+                     "--output", str(tmp_path / "out"), "--force-cpu"]
+        code, seconds, peak_mb = run_meddl_child(arguments, tmp_path / "log.txt", "ICHDetectorLib.cli:TASK",
+                                                 Path(__file__).resolve().parents[1])
+        if code != 0:
+            raise MedDLError(f"meddl infer ich failed in the benchmark (exit {code}):\n"
+                             + (tmp_path / "log.txt").read_text()[-3000:])
+    return {"end_to_end_seconds": round(seconds, 2), "end_to_end_peak_rss_mb": round(peak_mb, 1)}
 
 
 def bench_streaming(n_slices: int = 20000, batch_size: int = 32, net_size: int = 64) -> dict[str, Any]:
@@ -134,6 +161,7 @@ def run_bench(stream_slices: int = 20000) -> dict[str, Any]:
 
     result: dict[str, Any] = {"cpu_threads": torch.get_num_threads()}
     result.update(bench_inference())
+    result.update(bench_end_to_end())
     result["target"] = "inference < 15 s and < 2048 MB on 2 cores; streaming memory flat"
     if stream_slices > 0:
         result.update(bench_streaming(stream_slices))

@@ -12,9 +12,6 @@ resident memory (``ru_maxrss`` from :func:`os.wait4`, the child's alone) is ``pe
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from MedDLLib.bench import run_meddl_child
 from MedDLLib.errors import MedDLError
 from MedDLLib.geometry import Geometry, Volume
 
@@ -49,23 +47,6 @@ def bench_volume(size: int = 512, n_slices: int = 300, seed: int = 0) -> Volume:
     origin = np.array(g.origin_lps_mm) + np.array(g.direction)[:, 2] * (spacing_z - g.spacing_mm[2]) / 2.0
     geometry = Geometry((g.spacing_mm[0], g.spacing_mm[1], spacing_z), tuple(origin), g.direction_lps)
     return Volume(array.astype(np.float32), geometry, dict(coarse.metadata))
-
-
-def _run_child(arguments: list[str], log: Path) -> tuple[int, float, float]:
-    """Run ``python -m MedDLLib.cli ARGUMENTS``; ``(exit status, wall seconds, peak RSS MB of that child)``."""
-    env = dict(os.environ)
-    extra = [e for e in env.get("MEDDL_EXTRA_TASKS", "").split(",") if e]
-    env["MEDDL_EXTRA_TASKS"] = ",".join(extra + ["LungSurvivalLib.cli:TASK"])
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1])] +
-                                        [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    with open(log, "w") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "MedDLLib.cli", *arguments], stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, seconds, usage.ru_maxrss / 1024.0
 
 
 def bench_inference(size: int = 512, n_slices: int = 300, *, force_cpu: bool = False,
@@ -98,7 +79,8 @@ def bench_inference(size: int = 512, n_slices: int = 300, *, force_cpu: bool = F
             arguments.append("--force-cpu")
         if device:
             arguments += ["--device", device]
-        code, seconds, peak_mb = _run_child(arguments, tmp_path / "log.txt")
+        code, seconds, peak_mb = run_meddl_child(arguments, tmp_path / "log.txt", "LungSurvivalLib.cli:TASK",
+                                                 Path(__file__).resolve().parents[1])
         if code != 0:
             raise MedDLError(f"meddl infer lung failed in the benchmark (exit {code}):\n"
                              + (tmp_path / "log.txt").read_text()[-3000:])

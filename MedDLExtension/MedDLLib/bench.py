@@ -93,6 +93,36 @@ def bench_dicom_read(folder: str | os.PathLike, repeats: int = 7, workers: int |
     }
 
 
+def run_meddl_child(arguments: list[str], log: str | os.PathLike, task_entry: str,
+                    library_folder: str | os.PathLike) -> tuple[int, float, float]:
+    """Run ``python -m MedDLLib.cli ARGUMENTS`` in a fresh child, as a user runs ``meddl``.
+
+    Args:
+        arguments: the ``meddl`` command line, e.g. ``["infer", "ich", "--input", ...]``.
+        log: file receiving the child's stdout and stderr.
+        task_entry: ``module:attribute`` of the task (added to ``$MEDDL_EXTRA_TASKS``).
+        library_folder: the folder holding the task's package (put first on the child's ``PYTHONPATH``).
+    Returns:
+        ``(exit status, wall seconds, peak resident memory of that child alone in MB)`` (``ru_maxrss`` of
+        :func:`os.wait4`).
+    """
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    extra = [e for e in env.get("MEDDL_EXTRA_TASKS", "").split(",") if e]
+    env["MEDDL_EXTRA_TASKS"] = ",".join(extra + [task_entry])
+    env["PYTHONPATH"] = os.pathsep.join([str(library_folder)] +
+                                        [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    with open(log, "w") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "MedDLLib.cli", *arguments], stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+    return os.waitstatus_to_exitcode(status), seconds, usage.ru_maxrss / 1024.0
+
+
 def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write a benchmark result as JSON, atomically (:func:`MedDLLib.io.atomic_write_json`)."""
     from .io import atomic_write_json
