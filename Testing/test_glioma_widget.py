@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -20,34 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MedDLLib import guisupport, nodes, results
+from MedDLLib import nodes, results
 from MedDLLib.commands_tasks import TASK_COMMANDS, task_parser
 from MedDLLib.errors import InputError, MedDLError
+
+from widget_run import assert_progress_reported, assert_unchanged, ijk_to_ras, run_meddl, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "GliomaClassifier"
 MODEL_SEQUENCES = ("T1wCE", "FLAIR")
-
-
-def _ijk_to_ras(node) -> np.ndarray:
-    import vtk
-
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def _snapshot(node) -> tuple:
-    attributes = {k: node.GetAttribute(k) for k in node.GetAttributeNames() or ()}
-    return (np.array(nodes.volume_from_node(node).array, copy=True), _ijk_to_ras(node), attributes,
-            node.GetStorageNodeID(), node.GetName())
-
-
-def _assert_unchanged(node, before) -> None:
-    after = _snapshot(node)
-    np.testing.assert_array_equal(after[0], before[0])
-    np.testing.assert_array_equal(after[1], before[1])
-    assert after[2:] == before[2:]
 
 
 def _study():
@@ -90,22 +70,17 @@ def glioma_run(tmp_path_factory):
     hs = create_scene()
     try:
         selected = {"FLAIR": None, "T1w": None, **_add(hs.scene, volumes)}
-        before = {k: _snapshot(n) for k, n in selected.items() if n is not None}
+        before = {k: snapshot(n) for k, n in selected.items() if n is not None}
         chosen = widgetlogic.input_nodes(widgetlogic.model_sequences(package), selected)
         assert [s for s, _ in chosen] == list(MODEL_SEQUENCES)
         run = results.new_run_folder("glioma", root / "runs")
         results.prepare_input([n for _, n in chosen], run / "input", names=[s for s, _ in chosen])
-        for key, snapshot in before.items():
-            _assert_unchanged(selected[key], snapshot)
+        for key, state in before.items():
+            assert_unchanged(selected[key], state)
     finally:
         hs.scene.Clear(1)
     arguments = widgetlogic.infer_arguments(run / "input", str(package), run / "output", force_cpu=True)
-    paths = list(dict.fromkeys(str(Path(p.__file__).resolve().parents[1]) for p in (MedDLLib, GliomaClassifierLib)))
-    command = guisupport.child_command(guisupport.python_executable(), arguments)
-    env = guisupport.child_environment(dict(os.environ), paths, [widgetlogic.TASK_ENTRY])
-    messages: list[guisupport.Message] = []
-    outcome = guisupport.run_child_blocking(command, env, on_message=messages.append)
-    assert outcome.succeeded, "\n".join(m.message for m in messages[-30:]) + f"\n{outcome}"
+    messages = run_meddl(arguments, widgetlogic.TASK_ENTRY, MedDLLib, GliomaClassifierLib)
     return run / "output", volumes, messages, run / "input"
 
 
@@ -116,9 +91,8 @@ def test_only_the_needed_sequences_are_written(glioma_run):
 
 def test_child_run_reports_progress(glioma_run):
     _, _, messages, _ = glioma_run
-    fractions = [m.progress for m in messages if m.kind == "progress" and m.progress is not None]
-    assert len(fractions) >= 3, [m.kind for m in messages]
-    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == pytest.approx(1.0)
+    assert_progress_reported(messages)
+    assert messages[[m.kind for m in messages].index("progress")].progress == 0.0  # starts at 0
 
 
 def test_glioma_outputs_load_as_new_nodes_on_the_reference_grid(glioma_run, headless_scene):
@@ -127,13 +101,13 @@ def test_glioma_outputs_load_as_new_nodes_on_the_reference_grid(glioma_run, head
     output, volumes, _, _ = glioma_run
     added = _add(headless_scene, volumes)
     reference = added["T1wCE"]
-    before = {k: _snapshot(n) for k, n in added.items()}
+    before = {k: snapshot(n) for k, n in added.items()}
     loaded = widgetlogic.load_results(output, reference)
 
     assert set(loaded.nodes) == {"heatmap", "table", "window"}
     heat, table, roi = (loaded.nodes[k] for k in ("heatmap", "table", "window"))
-    np.testing.assert_allclose(_ijk_to_ras(heat), _ijk_to_ras(reference), atol=1e-6)
-    assert not np.allclose(_ijk_to_ras(heat)[:3, :3], np.diag(np.diag(_ijk_to_ras(heat)[:3, :3])))  # sagittal
+    np.testing.assert_allclose(ijk_to_ras(heat), ijk_to_ras(reference), atol=1e-6)
+    assert not np.allclose(ijk_to_ras(heat)[:3, :3], np.diag(np.diag(ijk_to_ras(heat)[:3, :3])))  # sagittal
     assert heat.GetStorageNode() is None and heat.GetName() == "case T1wCE Grad-CAM MGMT"
     heat_array = nodes.volume_from_node(heat).array
     assert heat_array.shape == volumes["T1wCE"].array.shape
@@ -167,8 +141,8 @@ def test_glioma_outputs_load_as_new_nodes_on_the_reference_grid(glioma_run, head
         assert new.GetAttribute("MedDL.input") == reference.GetID()
     assert f"{result['probability']:.2f}" in loaded.summary and "Research use only" in loaded.summary
     assert "close to chance on external data" in loaded.summary
-    for key, snapshot in before.items():
-        _assert_unchanged(added[key], snapshot)
+    for key, state in before.items():
+        assert_unchanged(added[key], state)
 
 
 def test_load_refuses_an_incomplete_or_foreign_run(glioma_run, headless_scene, tmp_path):

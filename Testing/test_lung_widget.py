@@ -10,40 +10,20 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from MedDLLib import guisupport, nodes, results
+from MedDLLib import nodes, results
 from MedDLLib.commands_tasks import TASK_COMMANDS, task_parser
 from MedDLLib.errors import MedDLError
 
+from widget_run import assert_progress_reported, assert_unchanged, ijk_to_ras, run_meddl, snapshot
+
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "LungSurvival"
-
-
-def _ijk_to_ras(node) -> np.ndarray:
-    import vtk
-
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def _snapshot(node) -> tuple:
-    attributes = {k: node.GetAttribute(k) for k in node.GetAttributeNames() or ()}
-    return (np.array(nodes.volume_from_node(node).array, copy=True), _ijk_to_ras(node), attributes,
-            node.GetStorageNodeID(), node.GetName())
-
-
-def _assert_unchanged(node, before) -> None:
-    after = _snapshot(node)
-    np.testing.assert_array_equal(after[0], before[0])
-    np.testing.assert_array_equal(after[1], before[1])
-    assert after[2:] == before[2:]
 
 
 @pytest.fixture(scope="module")
@@ -62,27 +42,21 @@ def lung_run(tmp_path_factory):
     hs = create_scene()
     try:
         node = nodes.add_scalar_volume(hs.scene, volume, "chest CT", window=(-600.0, 1500.0))
-        before = _snapshot(node)
+        before = snapshot(node)
         run = results.new_run_folder("lung", root / "runs")
         (input_file,) = results.prepare_input([node], run / "input", names=["chest_ct"])
-        _assert_unchanged(node, before)
+        assert_unchanged(node, before)
     finally:
         hs.scene.Clear(1)
     arguments = widgetlogic.infer_arguments(input_file, str(package), run / "output", force_cpu=True)
-    paths = list(dict.fromkeys(str(Path(p.__file__).resolve().parents[1]) for p in (MedDLLib, LungSurvivalLib)))
-    command = guisupport.child_command(guisupport.python_executable(), arguments)
-    env = guisupport.child_environment(dict(os.environ), paths, [widgetlogic.TASK_ENTRY])
-    messages: list[guisupport.Message] = []
-    outcome = guisupport.run_child_blocking(command, env, on_message=messages.append)
-    assert outcome.succeeded, "\n".join(m.message for m in messages[-30:]) + f"\n{outcome}"
+    messages = run_meddl(arguments, widgetlogic.TASK_ENTRY, MedDLLib, LungSurvivalLib)
     return run / "output", volume, messages
 
 
 def test_child_run_reports_progress(lung_run):
     _, _, messages = lung_run
-    fractions = [m.progress for m in messages if m.kind == "progress" and m.progress is not None]
-    assert len(fractions) >= 3, [m.kind for m in messages]
-    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == pytest.approx(1.0)
+    assert_progress_reported(messages)
+    assert messages[[m.kind for m in messages].index("progress")].progress == 0.0  # starts at 0
 
 
 def test_lung_outputs_load_as_new_nodes_on_the_input_grid(lung_run, headless_scene):
@@ -91,7 +65,7 @@ def test_lung_outputs_load_as_new_nodes_on_the_input_grid(lung_run, headless_sce
 
     output, volume, _ = lung_run
     node = nodes.add_scalar_volume(headless_scene, volume, "chest CT")
-    before = _snapshot(node)
+    before = snapshot(node)
     loaded = widgetlogic.load_results(output, node)
 
     assert set(loaded.nodes) == {"segmentation", "labelmap", "heatmap", "table"}
@@ -103,7 +77,7 @@ def test_lung_outputs_load_as_new_nodes_on_the_input_grid(lung_run, headless_sce
     for value, name in ((RIGHT_LUNG, "Right lung"), (LEFT_LUNG, "Left lung")):
         np.testing.assert_array_equal(nodes.segment_array(seg, name, node) > 0, labels == value)
     for new in (lab, heat):
-        np.testing.assert_allclose(_ijk_to_ras(new), _ijk_to_ras(node), atol=1e-6)
+        np.testing.assert_allclose(ijk_to_ras(new), ijk_to_ras(node), atol=1e-6)
         assert new.GetStorageNode() is None
     heat_array = nodes.volume_from_node(heat).array
     assert heat_array.shape == volume.array.shape and 0.0 <= heat_array.min() and heat_array.max() <= 1.0
@@ -123,7 +97,7 @@ def test_lung_outputs_load_as_new_nodes_on_the_input_grid(lung_run, headless_sce
         assert new.GetAttribute("MedDL.input") == node.GetID()
     assert f"{result['risk_group']} risk relative to the training cohort" in loaded.summary
     assert "Research use only" in loaded.summary
-    _assert_unchanged(node, before)
+    assert_unchanged(node, before)
 
 
 def test_load_refuses_an_incomplete_run(lung_run, headless_scene, tmp_path):

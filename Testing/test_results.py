@@ -9,56 +9,16 @@ untrained (the contract does not depend on the weights).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from MedDLLib import guisupport, nodes, results
+from MedDLLib import nodes, results
 from MedDLLib.errors import InputError, MedDLError
 
-
-def _ijk_to_ras(node) -> np.ndarray:
-    import vtk
-
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def _snapshot(node) -> tuple:
-    """What must not change on an input node: voxels, geometry, attributes, storage node."""
-    attributes = {k: node.GetAttribute(k) for k in node.GetAttributeNames() or ()}
-    return (np.array(nodes.volume_from_node(node).array, copy=True), _ijk_to_ras(node), attributes,
-            node.GetStorageNodeID(), node.GetName())
-
-
-def _assert_unchanged(node, before) -> None:
-    after = _snapshot(node)
-    np.testing.assert_array_equal(after[0], before[0])
-    np.testing.assert_array_equal(after[1], before[1])
-    assert after[2:] == before[2:]
-
-
-def _run_meddl(arguments: list[str], task_entry: str, *packages) -> list[guisupport.Message]:
-    """``meddl <arguments>`` in a child, as MedDLWidgets.BackgroundRunner runs it (minus the Qt timer);
-    returns the messages the GUI would have received."""
-    paths = list(dict.fromkeys(str(Path(p.__file__).resolve().parents[1]) for p in packages))
-    command = guisupport.child_command(guisupport.python_executable(), arguments)
-    env = guisupport.child_environment(dict(os.environ), paths, [task_entry])
-    messages: list[guisupport.Message] = []
-    outcome = guisupport.run_child_blocking(command, env, on_message=messages.append)
-    assert outcome.succeeded, "\n".join(m.message for m in messages[-30:]) + f"\n{outcome}"
-    return messages
-
-
-def _assert_progress_reported(messages: list[guisupport.Message]) -> None:
-    """The progress bar moves: several progress fractions in [0, 1], non-decreasing, the last one 1."""
-    fractions = [m.progress for m in messages if m.kind == "progress" and m.progress is not None]
-    assert len(fractions) >= 3, [m.kind for m in messages]
-    assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] == pytest.approx(1.0)
+from widget_run import assert_progress_reported, assert_unchanged, ijk_to_ras, run_meddl, snapshot
 
 
 # ------------------------------------------------------------------------------------------------------ ICH
@@ -77,15 +37,15 @@ def ich_run(tmp_path_factory):
     hs = create_scene()
     try:
         node = nodes.add_scalar_volume(hs.scene, volume, "head CT", window=(40.0, 80.0))
-        before = _snapshot(node)
+        before = snapshot(node)
         run = results.new_run_folder("ich", root / "runs")
         (input_file,) = results.prepare_input([node], run / "input", names=["head_ct"])
-        _assert_unchanged(node, before)
+        assert_unchanged(node, before)
     finally:
         hs.scene.Clear(1)
     arguments = widgetlogic.infer_arguments(input_file, str(package), run / "output", heatmap_label="subdural",
                                             threshold=0.3, force_cpu=True)
-    _assert_progress_reported(_run_meddl(arguments, widgetlogic.TASK_ENTRY, MedDLLib, ICHDetectorLib))
+    assert_progress_reported(run_meddl(arguments, widgetlogic.TASK_ENTRY, MedDLLib, ICHDetectorLib))
     return run / "output", volume
 
 
@@ -96,7 +56,7 @@ def test_prepare_input_writes_nrrd_in_node_geometry(headless_scene, tmp_path):
     volume, _, _ = phantom.head_ct(np.random.default_rng(1), 32, 6, ())
     node = nodes.add_scalar_volume(headless_scene, volume, "CT: a/b")
     node.SetAttribute("DICOM.Modality", "CT")
-    before = _snapshot(node)
+    before = snapshot(node)
     (path,) = results.prepare_input([node], tmp_path / "in")
     assert path == tmp_path / "in" / "CT_a_b.nrrd" and path.is_file()
     assert [p.name for p in (tmp_path / "in").iterdir()] == [path.name]  # no partial file left behind
@@ -104,7 +64,7 @@ def test_prepare_input_writes_nrrd_in_node_geometry(headless_scene, tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), volume.array)
     np.testing.assert_allclose(image.GetSpacing(), volume.geometry.spacing_mm, atol=1e-6)
     np.testing.assert_allclose(image.GetOrigin(), volume.geometry.origin_lps_mm, atol=1e-6)
-    _assert_unchanged(node, before)
+    assert_unchanged(node, before)
 
 
 def test_prepare_input_refuses_what_is_not_a_volume(headless_scene, tmp_path):
@@ -135,14 +95,14 @@ def test_ich_outputs_load_as_new_nodes_on_the_input_grid(ich_run, headless_scene
     sh = headless_scene.GetSubjectHierarchyNode()
     study = sh.CreateFolderItem(sh.GetSceneItemID(), "study")
     sh.CreateItem(study, node)
-    before = _snapshot(node)
+    before = snapshot(node)
     n_before = headless_scene.GetNumberOfNodes()
     loaded = widgetlogic.load_results(output, node)
 
     assert set(loaded.nodes) == {"heatmap", "segmentation", "table", "plot"}
     heat, seg, table, plot = (loaded.nodes[k] for k in ("heatmap", "segmentation", "table", "plot"))
     assert heat.GetClassName() == "vtkMRMLScalarVolumeNode" and heat.GetName() == "head CT ICH Grad-CAM"
-    np.testing.assert_allclose(_ijk_to_ras(heat), _ijk_to_ras(node), atol=1e-6)
+    np.testing.assert_allclose(ijk_to_ras(heat), ijk_to_ras(node), atol=1e-6)
     heat_array = nodes.volume_from_node(heat).array
     assert heat_array.shape == volume.array.shape and 0.0 <= heat_array.min() and heat_array.max() <= 1.0
     assert heat.GetDisplayNode().GetColorNode().GetName() == nodes.HEATMAP_COLOR_TABLE
@@ -166,7 +126,7 @@ def test_ich_outputs_load_as_new_nodes_on_the_input_grid(ich_run, headless_scene
         assert sh.GetItemParent(sh.GetItemByDataNode(new)) == study  # beside the input, in its study
     assert max(columns["any"]) == pytest.approx(result["any_probability"], abs=1e-5)
     assert headless_scene.GetNumberOfNodes() > n_before
-    _assert_unchanged(node, before)
+    assert_unchanged(node, before)
 
 
 def test_load_refuses_failed_incomplete_or_foreign_runs(ich_run, headless_scene, tmp_path):
@@ -257,16 +217,16 @@ def _lgg_round_trip(scene, tmp_path, count: int):
 
     inputs = _lgg_nodes(scene, count)
     flair = inputs[0] if count == 1 else inputs[1]
-    before = [_snapshot(n) for n in inputs]
+    before = [snapshot(n) for n in inputs]
     package = _lgg_package(tmp_path, widgetlogic.input_names(count))
     run = results.new_run_folder("lgg", tmp_path)
     files = results.prepare_input(inputs, run / "input", names=widgetlogic.input_names(count))
     arguments = widgetlogic.infer_arguments(widgetlogic.study_input(files), str(package), run / "output",
                                             gradcam=True, force_cpu=True)
-    _assert_progress_reported(_run_meddl(arguments, widgetlogic.TASK_ENTRY, MedDLLib, LGGSegmenterLib))
+    assert_progress_reported(run_meddl(arguments, widgetlogic.TASK_ENTRY, MedDLLib, LGGSegmenterLib))
     loaded = widgetlogic.load_results(run / "output", flair)
-    for node, snapshot in zip(inputs, before):
-        _assert_unchanged(node, snapshot)
+    for node, state in zip(inputs, before):
+        assert_unchanged(node, state)
     return flair, loaded
 
 
@@ -277,7 +237,7 @@ def test_lgg_outputs_load_as_new_nodes_on_the_input_grid(headless_scene, tmp_pat
     shape = nodes.volume_from_node(flair).array.shape
     assert lab.GetClassName() == "vtkMRMLLabelMapVolumeNode" and heat.GetClassName() == "vtkMRMLScalarVolumeNode"
     for volume_node in (lab, heat):
-        np.testing.assert_allclose(_ijk_to_ras(volume_node), _ijk_to_ras(flair), atol=1e-6)
+        np.testing.assert_allclose(ijk_to_ras(volume_node), ijk_to_ras(flair), atol=1e-6)
         assert nodes.volume_from_node(volume_node).array.shape == shape
     assert lab.GetDisplayNode().GetColorNode().GetColorName(1) == "tumour"
     mask = nodes.segment_array(seg, "tumour", flair)
