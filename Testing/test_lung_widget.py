@@ -33,11 +33,11 @@ def lung_run(tmp_path_factory):
     import MedDLLib
     from LungSurvivalLib import widgetlogic
     from LungSurvivalLib.phantom import chest_ct
-    from LungSurvivalLib.selftests import _package
+    from LungSurvivalLib.model import untrained_package
     from MedDLLib.headless import create_scene
 
     root = tmp_path_factory.mktemp("lung_run")
-    package = _package(root)
+    package = untrained_package(root)
     volume, _, _ = chest_ct(np.random.default_rng(4), 64, 24, tumour_diameter_mm=40.0)
     hs = create_scene()
     try:

@@ -60,7 +60,7 @@ def bench_inference(size: int = 512, n_slices: int = 300, *, force_cpu: bool = F
 
     from MedDLLib.dicomwrite import write_series
 
-    from .selftests import _package
+    from .model import untrained_package
 
     if size < 32 or n_slices < 12:
         raise MedDLError(f"bench size {size} x {n_slices} slices is too small for a chest CT (>= 32 x 12)")
@@ -72,7 +72,7 @@ def bench_inference(size: int = 512, n_slices: int = 300, *, force_cpu: bool = F
         prepare_s = time.perf_counter() - start
         shape, spacing = list(volume.array.shape), [round(v, 4) for v in volume.geometry.spacing_mm]
         del volume
-        package = _package(tmp_path)
+        package = untrained_package(tmp_path)
         arguments = ["infer", "lung", "--input", str(tmp_path / "ct"), "--model", str(package),
                      "--output", str(tmp_path / "out")]
         if force_cpu:

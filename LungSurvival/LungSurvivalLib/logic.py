@@ -163,16 +163,13 @@ class LungSurvivalLogic:
                 cancel: Callable[[], bool] | None = None) -> LungOutputs:
         """Lungs, volumes, risk and Grad-CAM for ``volume_node`` with ``model`` (package, folder or cached name)."""
         from MedDLLib.device import select_device
-        from MedDLLib.models import ModelPackage, load_package, resolve_model
+        from MedDLLib.models import load_task_model
         from MedDLLib.nodes import volume_from_node
 
         options = options or LungOptions()
-        package = model if isinstance(model, ModelPackage) else load_package(resolve_model(model))
-        if package.task != lungmodel.TASK:
-            raise InputError(f"model {package.name!r} is for task {package.task!r}, not {lungmodel.TASK!r}")
-        volume = volume_from_node(volume_node)
         device = select_device(options.device, options.force_cpu)
-        network = package.network(device)
+        network, package = load_task_model(model, lungmodel.TASK, device)
+        volume = volume_from_node(volume_node)
         result = compute(volume, network, package.metadata, options, progress, cancel, device)
         return self.write_outputs(volume_node, result)
 

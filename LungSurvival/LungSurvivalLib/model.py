@@ -272,6 +272,24 @@ def train_model(studies: Sequence[LungStudy], out: str | Path, recipe_name: str 
 
 
 # ---------------------------------------------------------------------------------------------- prediction
+def untrained_package(folder: str | Path, seed: int = 0) -> Path:
+    """An improved-recipe package with seeded random weights at ``folder/lung-selftest`` (self-tests, benchmarks:
+    the output contract does not depend on the weights)."""
+    torch.manual_seed(seed)
+    args = {"in_channels": 1, "num_outputs": 1, "width": 4}
+    network = SmallCNN3D(**args)
+    metadata = {
+        "task": TASK, "version": "0.0.1", "recipe": "improved",
+        "network": {"name": "lung.cnn3d", "args": args},
+        "input": InputSpec(mode="crop", size=16).to_metadata(),
+        "output": {"labels": ["log_hazard_ratio"], "kind": "risk", "gradcam_layer": GRADCAM_LAYER,
+                   "risk_threshold": 0.0, "caveat": CAVEAT},
+        "training_data": {"kind": "synthetic", "n_studies": 0, "description": "seeded random self-test weights"},
+        "metrics": {},
+    }
+    return models.save_package(Path(folder) / "lung-selftest", network, metadata)
+
+
 @torch.no_grad()
 def predict_inputs(network: nn.Module, inputs: np.ndarray, batch_size: int = 16, device: Any = "cpu") -> np.ndarray:
     """Raw network outputs ``(N, n_outputs)`` for inputs ``(N, 1, D, H, W)``."""

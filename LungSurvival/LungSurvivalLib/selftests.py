@@ -18,29 +18,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _package(folder: Path) -> Path:
-    import torch
-
-    from MedDLLib.models import save_package
-
-    from . import model
-    from .preprocess import InputSpec
-
-    torch.manual_seed(0)
-    args = {"in_channels": 1, "num_outputs": 1, "width": 4}
-    network = model.SmallCNN3D(**args)
-    metadata = {
-        "task": model.TASK, "version": "0.0.1", "recipe": "improved",
-        "network": {"name": "lung.cnn3d", "args": args},
-        "input": InputSpec(mode="crop", size=16).to_metadata(),
-        "output": {"labels": ["log_hazard_ratio"], "kind": "risk", "gradcam_layer": model.GRADCAM_LAYER,
-                   "risk_threshold": 0.0, "caveat": model.CAVEAT},
-        "training_data": {"kind": "synthetic", "n_studies": 0, "description": "seeded random self-test weights"},
-        "metrics": {},
-    }
-    return save_package(folder / "lung-selftest", network, metadata)
-
-
 def _chest_node(scene, modality: str = "CT"):
     from MedDLLib import nodes
 
@@ -58,12 +35,13 @@ def test_lungs_volumes_risk_and_heatmap_nodes(scene) -> None:
     from MedDLLib import nodes
 
     from .logic import LungOptions, LungSurvivalLogic
+    from .model import untrained_package
     from .preprocess import LEFT_LUNG, RIGHT_LUNG
 
     node, volume, masks, _ = _chest_node(scene)
     before = np.array(slicer.util.arrayFromVolume(node), copy=True)
     with tempfile.TemporaryDirectory() as tmp:
-        out = LungSurvivalLogic().process(node, _package(Path(tmp)), LungOptions(gradcam=True))
+        out = LungSurvivalLogic().process(node, untrained_package(Path(tmp)), LungOptions(gradcam=True))
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)  # input untouched
     labels = slicer.util.arrayFromVolume(out.labelmap)
     assert labels.shape == before.shape
@@ -94,6 +72,7 @@ def test_refuses_non_ct_and_non_chest(scene) -> None:
     from MedDLLib.geometry import Geometry, Volume
 
     from .logic import LungSurvivalLogic
+    from .model import untrained_package
 
     mr, _, _, _ = _chest_node(scene, modality="MR")
     yy, xx = np.mgrid[:48, :48]
@@ -102,7 +81,7 @@ def test_refuses_non_ct_and_non_chest(scene) -> None:
                                                      {"modality": "CT"}), "Abdomen CT")
     count = scene.GetNumberOfNodes()
     with tempfile.TemporaryDirectory() as tmp:
-        package = _package(Path(tmp))
+        package = untrained_package(Path(tmp))
         for node, expected in ((mr, "modality is 'MR'"), (no_lungs, "no lungs found")):
             try:
                 LungSurvivalLogic().process(node, package)
