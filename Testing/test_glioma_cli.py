@@ -29,6 +29,17 @@ def phantoms(tmp_path_factory) -> Path:
     return root
 
 
+def test_phantom_writes_only_the_asked_sequences_and_no_flagged_ids(tmp_path):
+    proc = _meddl("phantom", "glioma", str(tmp_path), "--cases", "8", "--seed", "1", "--size", "16", "--slices",
+                  "8", "--sequences", "FLAIR", "T1wCE", "--no-flagged")
+    assert proc.returncode == 0, proc.stderr
+    folders = sorted(p.name for p in (tmp_path / "train").iterdir())
+    assert folders == [f"{i:05d}" for i in range(8)]  # flagged ids would replace the last three
+    assert {p.name for p in (tmp_path / "train" / "00003").iterdir()} == {"FLAIR", "T1wCE"}
+    bad = _meddl("phantom", "glioma", str(tmp_path / "x"), "--cases", "2", "--sequences", "DWI")
+    assert bad.returncode == 2 and "invalid choice: 'DWI'" in bad.stderr
+
+
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
     return model.untrained_package(tmp_path_factory.mktemp("glioma_model") / "m", sequences=("T1wCE", "FLAIR"),

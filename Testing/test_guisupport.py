@@ -144,6 +144,15 @@ def test_model_card_shows_training_data_metrics_and_research_use():
     assert not any("note" in line for line in lines)  # not a metric value
     assert f"Weights SHA-256: {'ab' * 32} (checked before every use)" in lines
     assert "Built with: torch 2.13.0, monai 1.4.0" in lines
+    assert not any(line.startswith("Caveat:") for line in lines)  # this package states none
+
+
+def test_model_card_shows_the_packages_own_caveat_near_the_top():
+    meta = {**FULL_METADATA, "output": {"labels": ["any"], "caveat": "  Near chance on external data.  "}}
+    lines = gs.format_model_card(meta).splitlines()
+    assert lines.index("Caveat: Near chance on external data.") < lines.index("")  # with the warnings, not below
+    meta["output"]["caveat"] = ["not", "text"]
+    assert "Caveat" not in gs.format_model_card(meta)
 
 
 def test_model_card_for_real_data_has_no_synthetic_warning():

@@ -27,6 +27,8 @@ from typing import Any, Callable
 from MedDLLib.errors import InputError
 from MedDLLib.tasks import Task
 
+from .dataset import SEQUENCES
+
 HEATMAP_NRRD = "heatmap.nrrd"
 OVERLAY_PNG = "overlay.png"
 
@@ -40,8 +42,6 @@ def read_study(path: str | Path, sequences: list[str]) -> dict[str, Any]:
     from MedDLLib import dicom
     from MedDLLib import io as mio
     from MedDLLib.resample import from_sitk
-
-    from .dataset import SEQUENCES
 
     path = Path(path)
 
@@ -135,6 +135,10 @@ class GliomaTask(Task):
             parser.add_argument("--slices", type=int, default=32, help="axial slices per study")
             parser.add_argument("--signal", type=float, default=1.0,
                                 help="strength of the label-linked signal in [0, 1] (0 = none)")
+            parser.add_argument("--sequences", nargs="+", default=None, choices=SEQUENCES, metavar="SEQUENCE",
+                                help=f"series to write (default all: {' '.join(SEQUENCES)})")
+            parser.add_argument("--no-flagged", action="store_true",
+                                help="do not give the last three cases the flagged ids 00109, 00123, 00709")
         if subcommand in ("train", "bench"):
             parser.add_argument("--size", type=int, default=256, help="network input size (default 256)")
             parser.add_argument("--depth", type=int, default=64, help="slices in the window (default 64)")
@@ -161,9 +165,11 @@ class GliomaTask(Task):
         from .phantom import write_dataset
 
         m = write_dataset(out, cases, seed, size=getattr(args, "size", 64), n_slices=getattr(args, "slices", 32),
-                          signal=getattr(args, "signal", 1.0))
+                          signal=getattr(args, "signal", 1.0), include_flagged=not getattr(args, "no_flagged", False),
+                          sequences=tuple(getattr(args, "sequences", None) or SEQUENCES))
         return {"out": str(out), "cases": cases, "methylated": sum(t["MGMT_value"] for t in m["truth"]),
-                "signal": m["signal"], "achievable_auroc": round(m["achievable_auroc"], 4)}
+                "signal": m["signal"], "achievable_auroc": round(m["achievable_auroc"], 4),
+                "sequences": list(getattr(args, "sequences", None) or SEQUENCES)}
 
     # ------------------------------------------------------------------------------------------------ train
     def train(self, args: argparse.Namespace) -> dict[str, Any]:

@@ -404,13 +404,14 @@ def format_model_card(metadata: Mapping[str, Any] | None, name: str | None = Non
     Args:
         metadata: the model package's ``configs/metadata.json`` as a dict (keys read: ``task``, ``version``,
             ``recipe``, ``network``, ``input``, ``output.labels``, ``training_data``, ``metrics``, ``sha256``,
-            ``libraries``, ``created``, ``description``, ``intended_use``; the layout of
+            ``libraries``, ``created``, ``description``, ``intended_use``, ``output.caveat``; the layout of
             :mod:`MedDLLib.models`, with a few aliases). ``None`` or a non-dict gives a card that says so.
         name: the model's name in the cache (shown in the title when given).
 
     Returns:
-        Several lines; the second is always :data:`RESEARCH_USE_ONLY`, and a model trained on synthetic data
-        only says that its output on real scans means nothing.
+        Several lines; the second is always :data:`RESEARCH_USE_ONLY`, a model trained on synthetic data
+        only says that its output on real scans means nothing, and the task's own caveat (``output.caveat``,
+        e.g. "MGMT status from MRI is close to chance on external data") follows.
     """
     meta = _as_mapping(metadata)
     lines = [model_title(meta, name), RESEARCH_USE_ONLY]
@@ -420,6 +421,9 @@ def format_model_card(metadata: Mapping[str, Any] | None, name: str | None = Non
     data_text, synthetic = training_data_text(meta)
     if synthetic is True:
         lines.append("Trained on synthetic phantoms only: its output on real scans is not meaningful.")
+    caveat = _as_mapping(meta.get("output")).get("caveat")
+    if isinstance(caveat, str) and caveat.strip():
+        lines.append(f"Caveat: {caveat.strip()}")
     lines.append("")
     description = meta.get("description")
     if isinstance(description, str) and description.strip():
