@@ -22,3 +22,10 @@ def test_bench_dicom_read_compares_both_readers(tmp_path):
     table = bench.format_table(result)
     assert "MedDL find_series+read_series" in table and "SimpleITK ImageSeriesReader" in table
     assert f"MedDL/SimpleITK = {result['ratio_meddl_over_simpleitk']:.2f}" in table
+
+
+def test_bench_dicom_read_finds_the_series_below_the_folder_for_both_readers(tmp_path):
+    dicomwrite.write_series(tmp_path / "study" / "dicom", random_volume(shape=(4, 16, 16)))
+    (tmp_path / "study" / "notes.txt").write_text("not DICOM")
+    result = bench.bench_dicom_read(tmp_path / "study", repeats=1)
+    assert result["files"] == 4 and result["same_voxels_as_simpleitk"] and result["same_geometry_as_simpleitk"]

@@ -29,7 +29,7 @@ def bench_dicom_read(folder: str | os.PathLike, repeats: int = 7, workers: int |
     convert`` does before writing) against SimpleITK (GetGDCMSeriesFileNames + ImageSeriesReader.Execute).
 
     Args:
-        folder: a folder with one DICOM series.
+        folder: a folder holding one DICOM series (in it or in a subfolder).
         repeats: timed runs of each reader (medians reported).
         workers: passed to MedDL's reader (None: its automatic choice).
 
@@ -49,12 +49,19 @@ def bench_dicom_read(folder: str | os.PathLike, repeats: int = 7, workers: int |
         found = dicom.find_series(folder, workers=workers)
         return dicom.read_series(dicom.select_series(found), workers=workers)
 
+    volume = meddl_read()  # warm-up, and the checks below
+    # SimpleITK reads the same series from the folder that holds its files (MedDL searches below ``folder``).
+    series_folders = {str(Path(f).parent) for f in volume.metadata.get("files", [])}
+    if len(series_folders) != 1:
+        raise ValueError(f"{folder}: the series' files lie in {len(series_folders)} folders; SimpleITK's "
+                         f"ImageSeriesReader reads one folder, so the two readers cannot be compared")
+    series_folder, series_uid = series_folders.pop(), str(volume.metadata.get("series_uid", ""))
+
     def sitk_read():
         reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(series_folder, series_uid))
         return reader.Execute()
 
-    volume = meddl_read()  # warm-up, and the checks below
     image = sitk_read()
     same_voxels = bool(np.array_equal(volume.array, sitk.GetArrayFromImage(image)))
     same_geometry = bool(
