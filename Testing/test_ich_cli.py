@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ICHDetectorLib import phantom
-from ICHDetectorLib.bench import untrained_package
+from ICHDetectorLib.model import untrained_package
 from MedDLLib.dicomwrite import write_series
 
 

@@ -28,7 +28,7 @@ def ich_run(tmp_path_factory):
     import ICHDetectorLib
     import MedDLLib
     from ICHDetectorLib import phantom, widgetlogic
-    from ICHDetectorLib.bench import untrained_package
+    from ICHDetectorLib.model import untrained_package
     from MedDLLib.headless import create_scene
 
     root = tmp_path_factory.mktemp("ich_run")

@@ -31,26 +31,6 @@ def _current_rss_mb() -> float:
         return _rss_mb()
 
 
-def untrained_package(folder: Path, size: int, seed: int = 0) -> Path:
-    """An improved-recipe ICH package with seeded random weights at ``folder/bench-model`` (benchmarks, tests)."""
-    import torch
-
-    from MedDLLib import models
-
-    from .dataset import LABELS
-    from .model import TASK, VERSION, recipe
-
-    r = recipe("improved", size)
-    meta = {"task": TASK, "version": VERSION, "recipe": "improved",
-            "network": {"name": r.network, "args": r.network_args()}, "input": r.spec.to_metadata(),
-            "output": {"labels": list(LABELS), "activation": r.output, "gradcam_layer": r.gradcam_layer},
-            "training_data": {"kind": "synthetic", "n_studies": 0, "description": "untrained (benchmark only)"},
-            "metrics": {}}
-    torch.manual_seed(seed)
-    network = models.build_network(meta)
-    return models.save_package(folder / "bench-model", network, meta)
-
-
 def _infer_child(package: str, size: int, n_slices: int, gradcam: bool, queue: Any) -> None:
     import numpy as np
     import torch
@@ -71,6 +51,8 @@ def _infer_child(package: str, size: int, n_slices: int, gradcam: bool, queue: A
 def bench_inference(size: int = 512, n_slices: int = 40, net_size: int = 64) -> dict[str, Any]:
     """Seconds and peak RSS (MB) of :func:`compute` (arrays in memory: preprocessing, network, optionally Grad-CAM
     and the suspected region) on a ``n_slices x size x size`` head CT, with and without Grad-CAM, side by side."""
+    from .model import untrained_package
+
     ctx = multiprocessing.get_context("spawn")
     out: dict[str, Any] = {"input_shape": [n_slices, size, size], "network_input": net_size}
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,6 +78,7 @@ def bench_end_to_end(size: int = 512, n_slices: int = 40, net_size: int = 64) ->
     from MedDLLib.dicomwrite import write_series
     from MedDLLib.errors import MedDLError
 
+    from .model import untrained_package
     from .phantom import head_ct
 
     with tempfile.TemporaryDirectory(prefix="meddl-ich-bench-") as tmp:

@@ -285,3 +285,17 @@ def evaluate_model(model: str | Path | models.ModelPackage, studies: Sequence[St
     metrics.update(slice_metrics(np.concatenate(y_true), np.concatenate(y_prob), groups, n_boot=n_boot))
     metrics.update(study_metrics(np.array(s_true), np.array(s_prob), threshold))
     return metrics
+
+
+def untrained_package(folder: Path, size: int, seed: int = 0) -> Path:
+    """An improved-recipe ICH package with seeded random weights at ``folder/bench-model`` (self-tests,
+    benchmarks and tests: the outputs' form, not their values)."""
+    r = recipe("improved", size)
+    meta = {"task": TASK, "version": VERSION, "recipe": "improved",
+            "network": {"name": r.network, "args": r.network_args()}, "input": r.spec.to_metadata(),
+            "output": {"labels": list(LABELS), "activation": r.output, "gradcam_layer": r.gradcam_layer},
+            "training_data": {"kind": "synthetic", "n_studies": 0, "description": "untrained (tests only)"},
+            "metrics": {}}
+    torch.manual_seed(seed)
+    network = models.build_network(meta)
+    return models.save_package(folder / "bench-model", network, meta)

@@ -29,7 +29,7 @@ def test_outputs_match_input_geometry(scene) -> None:
     """Table (one row per slice), plot, heatmap and segmentation on the input grid; input node unchanged."""
     from MedDLLib import nodes
 
-    from .bench import untrained_package
+    from .model import untrained_package
     from .dataset import LABELS
     from .logic import ICHDetectorLogic, ICHOptions
 
