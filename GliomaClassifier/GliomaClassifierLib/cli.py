@@ -164,12 +164,13 @@ class GliomaTask(Task):
     def phantom(self, out: Path, cases: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         from .phantom import write_dataset
 
+        sequences = tuple(getattr(args, "sequences", None) or SEQUENCES)
         m = write_dataset(out, cases, seed, size=getattr(args, "size", 64), n_slices=getattr(args, "slices", 32),
                           signal=getattr(args, "signal", 1.0), include_flagged=not getattr(args, "no_flagged", False),
-                          sequences=tuple(getattr(args, "sequences", None) or SEQUENCES))
+                          sequences=sequences)
         return {"out": str(out), "cases": cases, "methylated": sum(t["MGMT_value"] for t in m["truth"]),
                 "signal": m["signal"], "achievable_auroc": round(m["achievable_auroc"], 4),
-                "sequences": list(getattr(args, "sequences", None) or SEQUENCES)}
+                "sequences": list(sequences)}
 
     # ------------------------------------------------------------------------------------------------ train
     def train(self, args: argparse.Namespace) -> dict[str, Any]:

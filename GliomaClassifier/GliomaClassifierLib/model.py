@@ -97,6 +97,15 @@ def recipe(name: str, *, size: int = 256, depth: int = 64, sequences: Sequence[s
     raise InputError(f"unknown recipe {name!r}; expected 'seed' or 'improved'")
 
 
+def package_metadata(r: Recipe, training_data: dict[str, Any], metrics: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """The ``configs/metadata.json`` of a package of recipe ``r`` (the caveat included)."""
+    return {"task": TASK, "version": VERSION, "recipe": r.name, "network": {"name": NETWORK, "args": r.network_args()},
+            "input": r.spec.to_metadata(),
+            "output": {"labels": LABELS, "activation": "sigmoid", "gradcam_layer": r.gradcam_layer, "caveat": CAVEAT},
+            "training_data": dict(training_data), "metrics": dict(metrics or {})}
+
+
 def build(r: Recipe) -> nn.Module:
     """The untrained network of a recipe (MONAI resnet10, pretrained=False)."""
     return models.build_network({"task": TASK, "network": {"name": NETWORK, "args": r.network_args()}})
@@ -186,17 +195,10 @@ def train_model(cases: Sequence[Case], out: str | Path, recipe_name: str = "impr
         torch.manual_seed(seed)
         network = build(r)
         n_pos = sum(int(cases[i].label) for i in train_idx)
-        metadata = {
-            "task": TASK, "version": VERSION, "recipe": r.name,
-            "network": {"name": NETWORK, "args": r.network_args()},
-            "input": r.spec.to_metadata(),
-            "output": {"labels": LABELS, "activation": "sigmoid", "gradcam_layer": r.gradcam_layer,
-                       "caveat": CAVEAT},
-            "training_data": {"kind": kind, "n_studies": len(train_idx),
-                              "description": description or f"{len(train_idx)} training ({n_pos} methylated) and "
-                                                            f"{len(val_idx)} validation cases (RSNA-MICCAI layout)"},
-            "metrics": dict(metrics or {}),
-        }
+        metadata = package_metadata(r, {"kind": kind, "n_studies": len(train_idx),
+                                        "description": description or f"{len(train_idx)} training ({n_pos} "
+                                                                      f"methylated) and {len(val_idx)} validation "
+                                                                      "cases (RSNA-MICCAI layout)"}, metrics)
         bs = batch_size or r.batch_size
         config = TrainConfig(out=Path(out), epochs=epochs or r.epochs, max_minutes=max_minutes, batch_size=bs,
                              lr=lr or r.lr, seed=seed, device=device, force_cpu=force_cpu, metric="loss",
@@ -380,9 +382,5 @@ def untrained_package(out: str | Path, recipe_name: str = "improved", *, size: i
     """An untrained model package of a recipe (self-tests and benchmarks: outputs' form, not their values)."""
     r = recipe(recipe_name, size=size, depth=depth, sequences=sequences, widen_factor=widen_factor)
     torch.manual_seed(seed)
-    meta = {"task": TASK, "version": VERSION, "recipe": r.name, "network": {"name": NETWORK, "args": r.network_args()},
-            "input": r.spec.to_metadata(),
-            "output": {"labels": LABELS, "activation": "sigmoid", "gradcam_layer": r.gradcam_layer, "caveat": CAVEAT},
-            "training_data": {"kind": "synthetic", "n_studies": 0, "description": "untrained (tests only)"},
-            "metrics": {}}
+    meta = package_metadata(r, {"kind": "synthetic", "n_studies": 0, "description": "untrained (tests only)"})
     return models.save_package(out, build(r), meta)

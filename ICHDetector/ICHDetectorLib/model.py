@@ -182,6 +182,14 @@ def _validate_fn(output: str):
 
 
 # ---------------------------------------------------------------------------------------------- training
+def package_metadata(r: Recipe, training_data: dict[str, Any]) -> dict[str, Any]:
+    """The ``configs/metadata.json`` of a package of recipe ``r`` (``metrics`` empty; training fills them)."""
+    return {"task": TASK, "version": VERSION, "recipe": r.name,
+            "network": {"name": r.network, "args": r.network_args()}, "input": r.spec.to_metadata(),
+            "output": {"labels": list(LABELS), "activation": r.output, "gradcam_layer": r.gradcam_layer},
+            "training_data": dict(training_data), "metrics": {}}
+
+
 def train_model(studies: Sequence[Study], out: str | Path, recipe_name: str = "improved", *, epochs: int | None = None,
                 max_minutes: float | None = None, batch_size: int | None = None, size: int = 64, seed: int = 0,
                 device: str | None = None, force_cpu: bool = False, num_workers: int = 0,
@@ -203,22 +211,16 @@ def train_model(studies: Sequence[Study], out: str | Path, recipe_name: str = "i
     load = functools.partial(load_sample, spec=r.spec)
     train_ds = FileDataset(train_items, load, transform=hflip if r.augment else None)
     val_ds = FileDataset(val_items, load)
+    metadata = package_metadata(r, {"kind": kind, "n_studies": len(train_studies),
+                                    "description": description or f"{len(train_studies)} training and "
+                                                                  f"{len(val_studies)} validation studies "
+                                                                  "(RSNA 2019 layout)"})
     torch.manual_seed(seed)
-    network = models.build_network({"task": TASK, "network": {"name": r.network, "args": r.network_args()}})
+    network = models.build_network(metadata)
     if r.optimizer == "adadelta":
         optimizer_factory = functools.partial(torch.optim.Adadelta, lr=r.lr)
     else:
         optimizer_factory = functools.partial(torch.optim.AdamW, lr=r.lr, weight_decay=1e-4)
-    metadata = {
-        "task": TASK, "version": VERSION, "recipe": r.name,
-        "network": {"name": r.network, "args": r.network_args()},
-        "input": r.spec.to_metadata(),
-        "output": {"labels": list(LABELS), "activation": r.output, "gradcam_layer": r.gradcam_layer},
-        "training_data": {"kind": kind, "n_studies": len(train_studies),
-                          "description": description or f"{len(train_studies)} training and {len(val_studies)} "
-                                                         "validation studies (RSNA 2019 layout)"},
-        "metrics": {},
-    }
     config = TrainConfig(out=Path(out), epochs=epochs or r.epochs, max_minutes=max_minutes,
                          batch_size=batch_size or r.batch_size, lr=r.lr, seed=seed, device=device,
                          force_cpu=force_cpu, num_workers=num_workers, metric="weighted_log_loss",
@@ -290,12 +292,8 @@ def evaluate_model(model: str | Path | models.ModelPackage, studies: Sequence[St
 def untrained_package(folder: Path, size: int, seed: int = 0) -> Path:
     """An improved-recipe ICH package with seeded random weights at ``folder/bench-model`` (self-tests,
     benchmarks and tests: the outputs' form, not their values)."""
-    r = recipe("improved", size)
-    meta = {"task": TASK, "version": VERSION, "recipe": "improved",
-            "network": {"name": r.network, "args": r.network_args()}, "input": r.spec.to_metadata(),
-            "output": {"labels": list(LABELS), "activation": r.output, "gradcam_layer": r.gradcam_layer},
-            "training_data": {"kind": "synthetic", "n_studies": 0, "description": "untrained (tests only)"},
-            "metrics": {}}
+    meta = package_metadata(recipe("improved", size),
+                            {"kind": "synthetic", "n_studies": 0, "description": "untrained (tests only)"})
     torch.manual_seed(seed)
     network = models.build_network(meta)
     return models.save_package(folder / "bench-model", network, meta)
