@@ -17,9 +17,26 @@ network, a global max-pool head, skull-stripped phantoms, and brain-median inste
 masking the map to the brain gives at most 33 %.
 Nor is it only the planted signal: phantoms whose label sets the rim's thickness (local and free of the
 intensity scale; the model learned it, validation AUROC 0.98 at 96 px) left 1-8 % in the lesion too. The same
-``compute_gradcam`` does localise a small stride-1 max-pool network (``test_gradcam.py``): with ResNet-10's
-strided layers, batch norm and average pooling trained on ~100 phantoms the map stays diffuse. Open question for
-a next issue (candidates: occlusion maps, a lesion-attention head, far more training data).
+``compute_gradcam`` does localise a small stride-1 max-pool network (``test_gradcam.py``).
+
+Session 4 (in-memory training at 96 x 96 x 32, 8 held-out methylated phantoms, lesion = 1.3 % of the volume):
+- The check cannot pass at this test's 48 px by construction: a *perfect* map (the lesion mask averaged to a
+  layer's resolution, upsampled as Grad-CAM is) puts 0.54-0.58 of its mass in the lesion at layer1 (1/4) and
+  0.22-0.28 at layer2 (1/8); at 96 x 96 x 32: 0.71-0.73 and 0.43-0.52; at 128 x 128 x 64: 0.82 and 0.66
+  (layer3: 0.40). Only layer1/layer2 maps of >= 128 px inputs, nearly perfect, could reach "most of the mass".
+- The trained maps are far from that, and more training makes them worse: 300 phantoms x 40 epochs (AUROC 0.96)
+  gives 0.000 / 0.007 / 0.027 at layer1/2/3 (96 phantoms x 12 epochs: 0.03-0.04); stride 1 (AUROC 0.98):
+  0.04-0.05; a presence-type signal (ring enhancement in 90 % of methylated and 10 % of unmethylated tumours,
+  AUROC 0.93 against a Bayes 0.90) 0.02-0.04. The exact CAM decomposition of the logit at layer4 (GAP + linear)
+  has 0.015 in the lesion: no enrichment over its 1.3 % share. Gradient x activation (HiResCAM) at layer1: 0.23.
+- Why: ResNet-10's receptive fields (stride-2 conv1, measured by gradients) span 27 / 51 / 99 / 195 px at
+  layer1..layer4, so at a 96 px input every layer3 and layer4 unit sees the whole head and average pooling lets
+  the lesion's evidence sit at any position; shallower layers' Grad-CAM weights globally averaged gradients of
+  low-level features that fire on all tissue. A local-evidence model (small receptive field, max pooling:
+  ``test_gradcam.py``) localises.
+A real check needs a model trained at >= 128 px (GPU) or a local-evidence classifier (e.g. on tumour-centred
+crops, as the lung module does); the criterion may also be better stated as an enrichment over the lesion's
+share of the volume.
 """
 
 from __future__ import annotations
