@@ -321,8 +321,10 @@ class GliomaClassifierLogic(ScriptedLoadableModuleLogic):
             [node for sequence, node in chosen], runFolder / "input", names=[sequence for sequence, node in chosen]
         )
         outputFolder = runFolder / "output"
+        dicomDatabase = getattr(slicer, "dicomDatabase", None)
+        voiDicom = widgetlogic.voi_dicom_files(chosen, dicomDatabase.fileForInstance if dicomDatabase else None)
         arguments = widgetlogic.infer_arguments(
-            runFolder / "input", modelName, outputFolder, threshold=threshold, force_cpu=forceCpu
+            runFolder / "input", modelName, outputFolder, threshold=threshold, force_cpu=forceCpu, voi_dicom=voiDicom
         )
         return arguments, outputFolder, chosen[0][1]
 

@@ -213,7 +213,9 @@ def test_arguments_parse_with_the_task_parser(tmp_path):
     assert (args.input, args.model, args.output, args.threshold, args.force_cpu) == (
         tmp_path / "input", "glioma-model", tmp_path / "out", 0.3, True)
     default = task_parser(infer, TASK).parse_args(infer_arguments("in", "m", "out")[2:])
-    assert default.force_cpu is False and default.threshold == 0.5
+    assert default.force_cpu is False and default.threshold == 0.5 and default.voi_dicom is None
+    voi = infer_arguments("in", "m", "out", voi_dicom={"T1wCE": tmp_path / "a.dcm", "FLAIR": "b.dcm"})
+    assert task_parser(infer, TASK).parse_args(voi[2:]).voi_dicom == [f"T1wCE={tmp_path / 'a.dcm'}", "FLAIR=b.dcm"]
     with pytest.raises(ValueError, match="no glioma model selected"):
         infer_arguments("in", "", "out")
     with pytest.raises(ValueError, match="threshold"):
@@ -268,9 +270,10 @@ def test_ui_binds_every_parameter_and_names_the_widgets_the_module_uses():
                  "applyButton", "progressBar", "logView", "statusLabel", "summaryLabel"):
         assert name in widgets, name
     calls = {n.func.attr for n in ast.walk(module) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") in
-             ("infer_arguments", "prepare_input", "load_results", "input_nodes", "model_sequences", "model_caveat")}
+             ("infer_arguments", "prepare_input", "load_results", "input_nodes", "model_sequences", "model_caveat",
+              "voi_dicom_files")}
     assert calls == {"infer_arguments", "prepare_input", "load_results", "input_nodes", "model_sequences",
-                     "model_caveat"}
+                     "model_caveat", "voi_dicom_files"}  # the VOI of DICOM-loaded nodes reaches the child
     test_class = next(n for n in module.body if isinstance(n, ast.ClassDef) and n.name == "GliomaClassifierTest")
     assert "GliomaClassifierLib.selftests.ALL" in ast.unparse(test_class)
 

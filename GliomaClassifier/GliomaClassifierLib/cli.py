@@ -2,7 +2,9 @@
 
 ``meddl infer glioma --input STUDY --model M --output OUT``: STUDY is a case folder with sequence sub-folders
 (``FLAIR/ T1w/ T1wCE/ T2w/``, DICOM), a folder of volume files named after the sequences (``T1wCE.nrrd``...),
-one DICOM series folder or one NRRD/NIfTI file (the last two are taken as the model's first sequence). Writes:
+one DICOM series folder or one NRRD/NIfTI file (the last two are taken as the model's first sequence). A volume
+file has no DICOM header, so its VOI LUT cannot be applied: ``--voi-dicom T1wCE=FILE`` names a DICOM file of the
+series it came from (what the widget does for nodes loaded through Slicer's DICOM module). Writes:
 
 * ``heatmap.nrrd`` -- Grad-CAM of the predicted class in the geometry of the reference (first) sequence, 0..1;
 * ``overlay.png`` -- the axial slice through the heatmap's centre of mass, heatmap over the reference sequence;
@@ -71,11 +73,36 @@ def read_study(path: str | Path, sequences: list[str]) -> dict[str, Any]:
     return {sequences[0]: dicom.read_dicom_folder(path)}
 
 
+def parse_voi_dicom(items: list[str] | None) -> dict[str, str]:
+    """``["T1wCE=/path/Image-1.dcm", ...]`` -> ``{sequence: file}``, checking names and files.
+
+    Raises:
+        InputError: not ``SEQUENCE=FILE``, an unknown sequence, or a file that is not a readable DICOM file.
+    """
+    import pydicom
+
+    voi: dict[str, str] = {}
+    for item in items or []:
+        name, sep, file = item.partition("=")
+        if not sep or not file:
+            raise InputError(f"--voi-dicom {item!r}: expected SEQUENCE=FILE")
+        if name not in SEQUENCES:
+            raise InputError(f"--voi-dicom {item!r}: {name!r} is not one of {', '.join(SEQUENCES)}")
+        try:
+            pydicom.dcmread(file, stop_before_pixels=True)
+        except (OSError, pydicom.errors.InvalidDicomError) as exc:
+            raise InputError(f"--voi-dicom {item!r}: cannot read {file} as DICOM ({exc})") from None
+        voi[name] = file
+    return voi
+
+
 def infer_study(input_path: str | Path, model: str | Path, output: str | Path, *, threshold: float = 0.5,
-                device: str = "cpu", progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
+                device: str = "cpu", progress: Callable[[float, str], None] | None = None,
+                voi_dicom: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one study through a fresh headless scene and write ``heatmap.nrrd`` and ``overlay.png``.
 
     ``progress(fraction 0..1, message)`` is called from 0.0 (reading) to 1.0 (done), e.g. with the GUI's reporter.
+    ``voi_dicom``: sequence -> a DICOM file whose VOI LUT applies to that sequence's volume (volume-file input).
     """
     import numpy as np
 
@@ -94,6 +121,9 @@ def infer_study(input_path: str | Path, model: str | Path, output: str | Path, *
     _, package = load_task_model(model, glioma_model.TASK, "cpu")
     spec = InputSpec.from_metadata(package.metadata["input"])
     volumes = read_study(input_path, list(spec.sequences))
+    for name, file in (voi_dicom or {}).items():
+        if name in volumes:
+            volumes[name] = volumes[name].with_array(volumes[name].array, voi_source=str(file))
     result = compute(volumes, package, GliomaOptions(gradcam=True, threshold=threshold, device=device),
                      progress=lambda fraction, message: report(0.05 + 0.8 * fraction, message))
     report(0.9, "writing the outputs")
@@ -157,6 +187,10 @@ class GliomaTask(Task):
             parser.add_argument("--cache", type=Path, default=None, help="folder of preprocessed inputs (reused)")
         if subcommand in ("infer", "batch"):
             parser.add_argument("--threshold", type=float, default=0.5)
+        if subcommand == "infer":
+            parser.add_argument("--voi-dicom", action="append", default=None, metavar="SEQUENCE=FILE",
+                                help="a DICOM file of the series a volume-file input came from: its VOI LUT "
+                                     "(window) is applied as when reading the DICOM series (repeatable)")
         if subcommand == "bench":
             parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
 
@@ -247,7 +281,8 @@ class GliomaTask(Task):
                              "meddl train glioma)")
         device = select_device(getattr(args, "device", None), getattr(args, "force_cpu", False))
         return infer_study(Path(input_path), model, Path(output), threshold=getattr(args, "threshold", 0.5),
-                           device=str(device), progress=getattr(args, "progress", None))
+                           device=str(device), progress=getattr(args, "progress", None),
+                           voi_dicom=parse_voi_dicom(getattr(args, "voi_dicom", None)))
 
     # ------------------------------------------------------------------------------------------------ bench
     def bench(self, args: argparse.Namespace) -> dict[str, Any]:

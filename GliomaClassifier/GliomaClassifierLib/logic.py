@@ -133,7 +133,7 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
     from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
 
     from .model import TASK, model_card, predict_arrays
-    from .preprocess import InputSpec, prepare
+    from .preprocess import InputSpec, prepare, voi_source
 
     options = options or GliomaOptions()
     report = progress or (lambda fraction, message: None)
@@ -149,8 +149,10 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
     if isinstance(volumes, Volume):
         volumes = {spec.sequences[0]: volumes}
     warnings = []
-    if spec.voi and not any(v.metadata.get("files") for v in volumes.values()):
-        warnings.append("VOI LUT not applied: the input carries no DICOM header (values used as stored)")
+    headerless = [name for name in spec.sequences if name in volumes and voi_source(volumes[name]) is None]
+    if spec.voi and headerless:
+        warnings.append(f"VOI LUT not applied to {', '.join(headerless)}: no DICOM header known (values used as "
+                        "stored; load the series through Slicer's DICOM module or name its DICOM file)")
     if spec.slice_order == "filename":
         warnings.append("seed recipe: slices taken in file-name order when read from DICOM files, not reoriented")
     checkpoint(0.1, "preprocessing")
@@ -177,9 +179,14 @@ class GliomaClassifierLogic:
 
     def process(self, sequence_nodes: Mapping[str, Any] | Any, model: Any, options: GliomaOptions | None = None,
                 progress: Callable[[float, str], None] | None = None,
-                cancel: Callable[[], bool] | None = None) -> GliomaResult:
+                cancel: Callable[[], bool] | None = None,
+                file_for_instance: Callable[[str], str | None] | None = None) -> GliomaResult:
         """Read the nodes (``{sequence: node}`` or one node for the model's first sequence), :func:`compute`,
-        then :meth:`write_outputs`. The first node given is the reference (heatmap geometry)."""
+        then :meth:`write_outputs`. The first node given is the reference (heatmap geometry).
+
+        ``file_for_instance`` (SOP Instance UID -> DICOM file; in Slicer ``slicer.dicomDatabase.fileForInstance``)
+        finds the DICOM header of nodes loaded through Slicer's DICOM module, so their VOI LUT is applied as
+        when reading the files (:func:`MedDLLib.nodes.dicom_source_file`)."""
         if not isinstance(sequence_nodes, Mapping):
             from .model import TASK
             from .preprocess import InputSpec
@@ -188,7 +195,11 @@ class GliomaClassifierLogic:
             sequence_nodes = {InputSpec.from_metadata(package.metadata["input"]).sequences[0]: sequence_nodes}
         if not sequence_nodes:
             raise InputError("no input sequence node given")
-        volumes = {name: nodes.volume_from_node(node) for name, node in sequence_nodes.items()}
+        volumes = {}
+        for name, node in sequence_nodes.items():
+            volume = nodes.volume_from_node(node)
+            source = nodes.dicom_source_file(node, file_for_instance)
+            volumes[name] = volume.with_array(volume.array, voi_source=source) if source else volume
         result = compute(volumes, model, options, progress, cancel)
         return self.write_outputs(sequence_nodes[result.sequences[0]], result)
 

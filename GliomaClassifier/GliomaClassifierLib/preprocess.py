@@ -141,14 +141,22 @@ def filename_order(volume: Volume) -> Volume:
                   {**volume.metadata, "files": [files[k] for k in order], "slice_order": "filename"})
 
 
+def voi_source(volume: Volume) -> str | None:
+    """The DICOM file whose header gives the volume's VOI LUT: ``metadata["voi_source"]`` (a volume that came
+    from a Slicer node or a NRRD, with its DICOM file named by the caller), else its first DICOM file, else None."""
+    files = volume.metadata.get("files") or []
+    return volume.metadata.get("voi_source") or (str(files[0]) if files else None)
+
+
 def apply_voi_volume(volume: Volume) -> Volume:
-    """The VOI LUT (window) of the volume's DICOM header applied to its values; unchanged when not from DICOM."""
+    """The VOI LUT (window) of the volume's DICOM header (:func:`voi_source`) applied to its values; unchanged
+    when no header is known."""
     from MedDLLib.dicom import apply_voi
 
-    files = volume.metadata.get("files") or []
-    if not files:
+    source = voi_source(volume)
+    if source is None:
         return volume
-    array = apply_voi(np.asarray(volume.array), files[0])
+    array = apply_voi(np.asarray(volume.array), source)
     return volume.with_array(np.asarray(array, dtype=np.float32), voi_applied=True)
 
 

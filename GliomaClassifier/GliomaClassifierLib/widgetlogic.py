@@ -5,7 +5,8 @@
 * :func:`infer_arguments`: the ``meddl infer glioma`` command line for the widget's choices; its ``--input`` is a
   folder of ``<sequence>.nrrd`` files (:func:`GliomaClassifierLib.cli.read_study`), written by
   :func:`MedDLLib.results.prepare_input` with ``names`` = the sequences (Testing/test_glioma_widget.py parses
-  the command line with the task's own argument parser);
+  the command line with the task's own argument parser); :func:`voi_dicom_files` finds the DICOM file of nodes
+  loaded through Slicer's DICOM module, so the child applies their VOI LUT (NRRD has no DICOM header);
 * :data:`OUTPUTS` and :func:`load_results`: the Grad-CAM heatmap file becomes a heatmap node on the reference
   sequence's grid; the result table and the markups ROI of the slice window are rebuilt from ``result.json`` by
   the same :meth:`GliomaClassifierLib.logic.GliomaClassifierLogic.write_outputs` the in-process logic uses;
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,12 @@ def input_nodes(sequences: Sequence[str], selected: Mapping[str, Any]) -> list[t
 
 
 def infer_arguments(input_folder: str | os.PathLike, model: str, output: str | os.PathLike, *,
-                    threshold: float = 0.5, force_cpu: bool = False) -> list[str]:
+                    threshold: float = 0.5, force_cpu: bool = False,
+                    voi_dicom: Mapping[str, str | os.PathLike] | None = None) -> list[str]:
     """The ``meddl`` arguments of one run: ``infer glioma --input DIR --model M --output D --threshold T
-    [--force-cpu]``; ``DIR`` holds one ``<sequence>.nrrd`` per sequence the model needs.
+    [--voi-dicom SEQUENCE=FILE ...] [--force-cpu]``; ``DIR`` holds one ``<sequence>.nrrd`` per sequence the model
+    needs; ``voi_dicom`` names, per sequence, a DICOM file of the series its node was loaded from
+    (:func:`voi_dicom_files`), so the child applies the VOI LUT as when reading the files.
 
     Raises:
         ValueError: no model selected, or a threshold outside (0, 1).
@@ -89,9 +93,22 @@ def infer_arguments(input_folder: str | os.PathLike, model: str, output: str | o
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     arguments = ["infer", TASK, "--input", os.fspath(input_folder), "--model", str(model),
                  "--output", os.fspath(output), "--threshold", repr(float(threshold))]
+    for sequence, file in (voi_dicom or {}).items():
+        arguments += ["--voi-dicom", f"{sequence}={os.fspath(file)}"]
     if force_cpu:
         arguments.append("--force-cpu")
     return arguments
+
+
+def voi_dicom_files(chosen: Sequence[tuple[str, Any]],
+                    file_for_instance: Callable[[str], str | None] | None) -> dict[str, str]:
+    """``{sequence: DICOM file}`` for the chosen ``(sequence, node)`` pairs whose node was loaded through Slicer's
+    DICOM module (:func:`MedDLLib.nodes.dicom_source_file`; in Slicer ``file_for_instance`` is
+    ``slicer.dicomDatabase.fileForInstance``). Nodes of other origins are left out (the run then warns)."""
+    from MedDLLib.nodes import dicom_source_file
+
+    found = {sequence: dicom_source_file(node, file_for_instance) for sequence, node in chosen}
+    return {sequence: file for sequence, file in found.items() if file}
 
 
 def result_from_json(result: Mapping[str, Any]) -> Any:

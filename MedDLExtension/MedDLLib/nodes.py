@@ -9,7 +9,8 @@ IJKToRAS matrix is set from and ``Geometry.from_ijk_to_ras`` is how it is read b
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import os
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -81,6 +82,20 @@ def volume_from_node(node: Any) -> Volume:
         if node.GetAttribute(key):
             metadata[key.split(".", 1)[1].lower()] = node.GetAttribute(key)
     return Volume(array, geometry_from_node(node), metadata)
+
+
+def dicom_source_file(node: Any, file_for_instance: Callable[[str], str | None] | None) -> str | None:
+    """The first DICOM file a volume node was loaded from, or None when that is not known.
+
+    Slicer's DICOM module stores the SOP Instance UIDs of a loaded series in the node attribute
+    ``DICOM.instanceUIDs`` (space-separated); ``file_for_instance`` maps a UID to its file (in Slicer:
+    ``slicer.dicomDatabase.fileForInstance``). The file's header carries what the voxels lost, e.g. the VOI LUT.
+    """
+    uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split() if node is not None else []
+    if not uids or file_for_instance is None:
+        return None
+    path = file_for_instance(uids[0])
+    return str(path) if path and os.path.isfile(path) else None
 
 
 def _add_volume_node(scene: Any, class_name: str, array: np.ndarray, geometry: Geometry, name: str) -> Any:
