@@ -313,7 +313,7 @@ class GliomaClassifierLogic(ScriptedLoadableModuleLogic):
         """Write the sequence volumes the model needs to a new run folder (``<sequence>.nrrd``); return the
         ``meddl`` arguments, the output folder and the reference volume (the model's first sequence)."""
         from GliomaClassifierLib import widgetlogic
-        from MedDLLib import results
+        from MedDLLib import nodes, results
 
         chosen = widgetlogic.input_nodes(widgetlogic.model_sequences(modelName), sequenceVolumes)
         runFolder = results.new_run_folder(widgetlogic.TASK, runRoot)
@@ -322,7 +322,7 @@ class GliomaClassifierLogic(ScriptedLoadableModuleLogic):
         )
         outputFolder = runFolder / "output"
         dicomDatabase = getattr(slicer, "dicomDatabase", None)
-        voiDicom = widgetlogic.voi_dicom_files(chosen, dicomDatabase.fileForInstance if dicomDatabase else None)
+        voiDicom = nodes.dicom_source_files(dict(chosen), dicomDatabase.fileForInstance if dicomDatabase else None)
         arguments = widgetlogic.infer_arguments(
             runFolder / "input", modelName, outputFolder, threshold=threshold, force_cpu=forceCpu, voi_dicom=voiDicom
         )

@@ -83,8 +83,8 @@ def test_dicom_source_file_needs_uids_a_resolver_and_an_existing_file(series, he
     assert nodes.dicom_source_file(node, None) is None
     assert nodes.dicom_source_file(node, lambda u: "/no/such/file.dcm") is None
     assert nodes.dicom_source_file(_node(headless_scene, read, False), files.get) is None
-    chosen = [("T1wCE", node), ("FLAIR", _node(headless_scene, read, False))]
-    assert widgetlogic.voi_dicom_files(chosen, files.get) == {"T1wCE": files[uid]}
+    named = {"T1wCE": node, "FLAIR": _node(headless_scene, read, False)}
+    assert nodes.dicom_source_files(named, files.get) == {"T1wCE": files[uid]}
 
 
 def test_cli_applies_voi_dicom_to_a_volume_file(series, package, tmp_path, headless_scene):

@@ -271,9 +271,9 @@ def test_ui_binds_every_parameter_and_names_the_widgets_the_module_uses():
         assert name in widgets, name
     calls = {n.func.attr for n in ast.walk(module) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") in
              ("infer_arguments", "prepare_input", "load_results", "input_nodes", "model_sequences", "model_caveat",
-              "voi_dicom_files")}
+              "dicom_source_files")}
     assert calls == {"infer_arguments", "prepare_input", "load_results", "input_nodes", "model_sequences",
-                     "model_caveat", "voi_dicom_files"}  # the VOI of DICOM-loaded nodes reaches the child
+                     "model_caveat", "dicom_source_files"}  # the VOI of DICOM-loaded nodes reaches the child
     test_class = next(n for n in module.body if isinstance(n, ast.ClassDef) and n.name == "GliomaClassifierTest")
     assert "GliomaClassifierLib.selftests.ALL" in ast.unparse(test_class)
 

@@ -114,16 +114,13 @@ def infer_study(input_path: str | Path, model: str | Path, output: str | Path, *
 
     from . import model as glioma_model
     from .logic import GliomaClassifierLogic, GliomaOptions, compute
-    from .preprocess import InputSpec
+    from .preprocess import InputSpec, with_voi_sources
 
     report = progress or (lambda fraction, message: None)
     report(0.0, "reading the study")
     _, package = load_task_model(model, glioma_model.TASK, "cpu")
     spec = InputSpec.from_metadata(package.metadata["input"])
-    volumes = read_study(input_path, list(spec.sequences))
-    for name, file in (voi_dicom or {}).items():
-        if name in volumes:
-            volumes[name] = volumes[name].with_array(volumes[name].array, voi_source=str(file))
+    volumes = with_voi_sources(read_study(input_path, list(spec.sequences)), voi_dicom or {})
     result = compute(volumes, package, GliomaOptions(gradcam=True, threshold=threshold, device=device),
                      progress=lambda fraction, message: report(0.05 + 0.8 * fraction, message))
     report(0.9, "writing the outputs")

@@ -195,11 +195,10 @@ class GliomaClassifierLogic:
             sequence_nodes = {InputSpec.from_metadata(package.metadata["input"]).sequences[0]: sequence_nodes}
         if not sequence_nodes:
             raise InputError("no input sequence node given")
-        volumes = {}
-        for name, node in sequence_nodes.items():
-            volume = nodes.volume_from_node(node)
-            source = nodes.dicom_source_file(node, file_for_instance)
-            volumes[name] = volume.with_array(volume.array, voi_source=source) if source else volume
+        from .preprocess import with_voi_sources
+
+        volumes = with_voi_sources({name: nodes.volume_from_node(node) for name, node in sequence_nodes.items()},
+                                   nodes.dicom_source_files(sequence_nodes, file_for_instance))
         result = compute(volumes, model, options, progress, cancel)
         return self.write_outputs(sequence_nodes[result.sequences[0]], result)
 

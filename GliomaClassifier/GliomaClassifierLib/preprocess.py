@@ -148,6 +148,12 @@ def voi_source(volume: Volume) -> str | None:
     return volume.metadata.get("voi_source") or (str(files[0]) if files else None)
 
 
+def with_voi_sources(volumes: Mapping[str, Volume], files: Mapping[str, str]) -> dict[str, Volume]:
+    """``volumes`` with ``metadata["voi_source"]`` set to ``files[name]`` where given (see :func:`voi_source`)."""
+    return {name: volume.with_array(volume.array, voi_source=str(files[name])) if name in files else volume
+            for name, volume in volumes.items()}
+
+
 def apply_voi_volume(volume: Volume) -> Volume:
     """The VOI LUT (window) of the volume's DICOM header (:func:`voi_source`) applied to its values; unchanged
     when no header is known."""

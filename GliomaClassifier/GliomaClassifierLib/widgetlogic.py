@@ -5,8 +5,9 @@
 * :func:`infer_arguments`: the ``meddl infer glioma`` command line for the widget's choices; its ``--input`` is a
   folder of ``<sequence>.nrrd`` files (:func:`GliomaClassifierLib.cli.read_study`), written by
   :func:`MedDLLib.results.prepare_input` with ``names`` = the sequences (Testing/test_glioma_widget.py parses
-  the command line with the task's own argument parser); :func:`voi_dicom_files` finds the DICOM file of nodes
-  loaded through Slicer's DICOM module, so the child applies their VOI LUT (NRRD has no DICOM header);
+  the command line with the task's own argument parser); its ``voi_dicom`` (from
+  :func:`MedDLLib.nodes.dicom_source_files`) names the DICOM file of nodes loaded through Slicer's DICOM module,
+  so the child applies their VOI LUT (NRRD has no DICOM header);
 * :data:`OUTPUTS` and :func:`load_results`: the Grad-CAM heatmap file becomes a heatmap node on the reference
   sequence's grid; the result table and the markups ROI of the slice window are rebuilt from ``result.json`` by
   the same :meth:`GliomaClassifierLib.logic.GliomaClassifierLogic.write_outputs` the in-process logic uses;
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def infer_arguments(input_folder: str | os.PathLike, model: str, output: str | o
     """The ``meddl`` arguments of one run: ``infer glioma --input DIR --model M --output D --threshold T
     [--voi-dicom SEQUENCE=FILE ...] [--force-cpu]``; ``DIR`` holds one ``<sequence>.nrrd`` per sequence the model
     needs; ``voi_dicom`` names, per sequence, a DICOM file of the series its node was loaded from
-    (:func:`voi_dicom_files`), so the child applies the VOI LUT as when reading the files.
+    (:func:`MedDLLib.nodes.dicom_source_files`), so the child applies the VOI LUT as when reading the files.
 
     Raises:
         ValueError: no model selected, or a threshold outside (0, 1).
@@ -98,17 +99,6 @@ def infer_arguments(input_folder: str | os.PathLike, model: str, output: str | o
     if force_cpu:
         arguments.append("--force-cpu")
     return arguments
-
-
-def voi_dicom_files(chosen: Sequence[tuple[str, Any]],
-                    file_for_instance: Callable[[str], str | None] | None) -> dict[str, str]:
-    """``{sequence: DICOM file}`` for the chosen ``(sequence, node)`` pairs whose node was loaded through Slicer's
-    DICOM module (:func:`MedDLLib.nodes.dicom_source_file`; in Slicer ``file_for_instance`` is
-    ``slicer.dicomDatabase.fileForInstance``). Nodes of other origins are left out (the run then warns)."""
-    from MedDLLib.nodes import dicom_source_file
-
-    found = {sequence: dicom_source_file(node, file_for_instance) for sequence, node in chosen}
-    return {sequence: file for sequence, file in found.items() if file}
 
 
 def result_from_json(result: Mapping[str, Any]) -> Any:

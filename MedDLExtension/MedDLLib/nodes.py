@@ -98,6 +98,14 @@ def dicom_source_file(node: Any, file_for_instance: Callable[[str], str | None] 
     return str(path) if path and os.path.isfile(path) else None
 
 
+def dicom_source_files(named_nodes: Mapping[str, Any],
+                       file_for_instance: Callable[[str], str | None] | None) -> dict[str, str]:
+    """``{name: first DICOM file}`` of the nodes of ``{name: node}`` whose file :func:`dicom_source_file` finds;
+    nodes of other origins are left out."""
+    found = {name: dicom_source_file(node, file_for_instance) for name, node in named_nodes.items()}
+    return {name: path for name, path in found.items() if path}
+
+
 def _add_volume_node(scene: Any, class_name: str, array: np.ndarray, geometry: Geometry, name: str) -> Any:
     slicer = _slicer()
     if array.ndim != 3:
