@@ -3,7 +3,8 @@
 Trains the ``improved`` recipe on glioma phantoms (written in the RSNA-MICCAI layout, the real training path),
 then, on fresh methylated phantoms, computes for the positive logit:
 
-* Grad-CAM at layer1..layer3 (channel weights = gradient averaged over positions; what the module shows),
+* Grad-CAM at layer1..layer3 (channel weights = gradient averaged over positions; the module's
+  :func:`MedDLLib.gradcam.compute_gradcam`),
 * HiResCAM at the same layers (gradient x activation per position, summed over channels),
 * gradient x input,
 
@@ -32,6 +33,7 @@ from GliomaClassifierLib import dataset, model, phantom
 from GliomaClassifierLib.preprocess import InputSpec, prepare
 from MedDLLib import models
 from MedDLLib.geometry import Volume
+from MedDLLib.gradcam import compute_gradcam
 from MedDLLib.resample import resample_to_reference
 
 LAYERS = ("layer1", "layer2", "layer3")
@@ -60,9 +62,8 @@ def maps_for(network: torch.nn.Module, x: torch.Tensor) -> dict[str, np.ndarray]
 
     out = {"gradient_x_input": (x.grad[0] * x[0]).sum(0).clamp(min=0).detach().numpy()}
     for name, a in activations.items():
-        g, a = a.grad[0], a[0].detach()
-        out[f"gradcam_{name}"] = upsample(torch.einsum("k,kdhw->dhw", g.mean(dim=(1, 2, 3)), a).clamp(min=0))
-        out[f"hirescam_{name}"] = upsample((g * a).sum(0).clamp(min=0))
+        out[f"gradcam_{name}"] = compute_gradcam(network, x.detach(), name, class_index=0)[0]  # what the module shows
+        out[f"hirescam_{name}"] = upsample((a.grad[0] * a[0].detach()).sum(0).clamp(min=0))
     return out
 
 
