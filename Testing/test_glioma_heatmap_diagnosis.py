@@ -28,6 +28,7 @@ def test_diagnosis_reports_consistent_region_fractions(tmp_path):
     assert set(report["maps"]) == {"gradient_x_input", *(f"{m}_layer{i}" for m in ("gradcam", "hirescam")
                                                          for i in (1, 2, 3))}
     for name, row in report["maps"].items():
-        assert row["lesion"] + row["brain_not_lesion"] + row["scalp_skull"] + row["air"] == pytest.approx(1, abs=2e-3), name
+        total = row["lesion"] + row["brain_not_lesion"] + row["scalp_skull"] + row["air"]
+        assert total == pytest.approx(1, abs=2e-3), name
         assert row["lesion"] <= row["lesion_of_head_masked"] + 1e-4 <= row["lesion_of_brain_masked"] + 2e-4, name
     assert "gradcam_layer2" in proc.stdout and "lesion share" in proc.stdout

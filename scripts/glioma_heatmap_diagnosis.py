@@ -85,8 +85,25 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for phantoms and model (default: temporary)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     a = parser.parse_args()
+    if a.work:
+        report = measure(a.work, a)
+    else:
+        with tempfile.TemporaryDirectory(prefix="glioma_heatmap_") as tmp:
+            report = measure(Path(tmp), a)
+    print(f"input {a.size} x {a.size} x {a.depth}, {a.cases} phantoms x {a.epochs} epochs; "
+          f"mean over {a.explain} methylated phantoms; lesion share (whole / head / brain): "
+          + " / ".join(f"{v:.3f}" for v in report["lesion_share"].values()))
+    columns = list(next(iter(report["maps"].values())))
+    print(f"{'map':22s}" + "".join(f"{c:>24s}" for c in columns))
+    for name, row in report["maps"].items():
+        print(f"{name:22s}" + "".join(f"{v:24.3f}" for v in row.values()))
+    if a.out:
+        a.out.write_text(json.dumps(report, indent=2))
+
+
+def measure(work: Path, a: argparse.Namespace) -> dict:
+    """Train in ``work`` and measure (the JSON report: lesion shares and, per map, its mass fractions)."""
     torch.manual_seed(0)
-    work = a.work or Path(tempfile.mkdtemp(prefix="glioma_heatmap_"))
     phantom.write_dataset(work / "train", a.cases, seed=0, size=a.size, n_slices=a.depth, sequences=("T1wCE",))
     cases = dataset.scan_dataset(work / "train").cases
     result = model.train_model(cases, work / "improved", "improved", cache_dir=work / "cache", size=a.size,
@@ -118,19 +135,13 @@ def main() -> None:
             per_map.setdefault(name, []).append(row + [fraction(m, regions[r]) for r in REGIONS[1:]])
 
     columns = ["lesion", "lesion_of_head_masked", "lesion_of_brain_masked", *REGIONS[1:]]
-    report = {"size": a.size, "depth": a.depth, "training_cases": a.cases, "epochs": a.epochs,
-              "validation_auroc": round(float(result.best_metrics["auroc"]), 4),
-              "lesion_share": dict(zip(("of_input", "of_head", "of_brain"), np.mean(shares, axis=0)[:3].round(4).tolist())),
-              "head_share_of_input": round(float(np.mean(shares, axis=0)[3]), 4),
-              "maps": {name: dict(zip(columns, np.mean(rows, axis=0).round(4).tolist())) for name, rows in per_map.items()}}
-    print(f"input {a.size} x {a.size} x {a.depth}, {a.cases} phantoms x {a.epochs} epochs; "
-          f"mean over {a.explain} methylated phantoms; lesion share (whole / head / brain): "
-          + " / ".join(f"{v:.3f}" for v in report["lesion_share"].values()))
-    print(f"{'map':22s}" + "".join(f"{c:>24s}" for c in columns))
-    for name, row in report["maps"].items():
-        print(f"{name:22s}" + "".join(f"{v:24.3f}" for v in row.values()))
-    if a.out:
-        a.out.write_text(json.dumps(report, indent=2))
+    mean_shares = np.mean(shares, axis=0)
+    return {"size": a.size, "depth": a.depth, "training_cases": a.cases, "epochs": a.epochs,
+            "validation_auroc": round(float(result.best_metrics["auroc"]), 4),
+            "lesion_share": dict(zip(("of_input", "of_head", "of_brain"), mean_shares[:3].round(4).tolist())),
+            "head_share_of_input": round(float(mean_shares[3]), 4),
+            "maps": {name: dict(zip(columns, np.mean(rows, axis=0).round(4).tolist()))
+                     for name, rows in per_map.items()}}
 
 
 if __name__ == "__main__":
