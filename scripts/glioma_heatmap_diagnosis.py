@@ -33,11 +33,10 @@ from GliomaClassifierLib import dataset, model, phantom
 from GliomaClassifierLib.preprocess import InputSpec, prepare
 from MedDLLib import models
 from MedDLLib.geometry import Volume
-from MedDLLib.gradcam import compute_gradcam
+from MedDLLib.gradcam import compute_gradcam, mass_inside
 from MedDLLib.resample import resample_to_reference
 
 LAYERS = ("layer1", "layer2", "layer3")
-REGIONS = ("lesion", "brain_not_lesion", "scalp_skull", "air")
 
 
 def maps_for(network: torch.nn.Module, x: torch.Tensor) -> dict[str, np.ndarray]:
@@ -65,13 +64,6 @@ def maps_for(network: torch.nn.Module, x: torch.Tensor) -> dict[str, np.ndarray]
         out[f"gradcam_{name}"] = compute_gradcam(network, x.detach(), name, class_index=0)[0]  # what the module shows
         out[f"hirescam_{name}"] = upsample((a.grad[0] * a[0].detach()).sum(0).clamp(min=0))
     return out
-
-
-def fraction(m: np.ndarray, inside: np.ndarray, within: np.ndarray | None = None) -> float:
-    """Mass of ``m`` inside ``inside`` over its mass in ``within`` (everywhere when None)."""
-    m = m if within is None else m * within
-    total = float(m.sum())
-    return float(m[inside].sum()) / total if total > 0 else 0.0
 
 
 def main() -> None:
@@ -128,13 +120,13 @@ def measure(work: Path, a: argparse.Namespace) -> dict:
         lesion, brain = on_grid(masks["lesion"]), on_grid(masks["brain"])
         # the head: each slice's foreground (as the preprocessing's brain-area rule sees it), holes filled
         head = np.stack([ndimage.binary_fill_holes(s > spec.brain_threshold) for s in prepared.array[0]]) | brain
-        regions = {"lesion": lesion, "brain_not_lesion": brain & ~lesion, "scalp_skull": head & ~brain, "air": ~head}
+        regions = {"brain_not_lesion": brain & ~lesion, "scalp_skull": head & ~brain, "air": ~head}
         shares.append([lesion.mean(), lesion.sum() / head.sum(), lesion.sum() / brain.sum(), head.mean()])
         for name, m in maps_for(network, torch.from_numpy(prepared.array[None])).items():
-            row = [fraction(m, lesion), fraction(m, lesion, head), fraction(m, lesion, brain)]
-            per_map.setdefault(name, []).append(row + [fraction(m, regions[r]) for r in REGIONS[1:]])
+            row = [mass_inside(m, lesion), mass_inside(m * head, lesion), mass_inside(m * brain, lesion)]
+            per_map.setdefault(name, []).append(row + [mass_inside(m, region) for region in regions.values()])
 
-    columns = ["lesion", "lesion_of_head_masked", "lesion_of_brain_masked", *REGIONS[1:]]
+    columns = ["lesion", "lesion_of_head_masked", "lesion_of_brain_masked", *regions]
     mean_shares = np.mean(shares, axis=0)
     return {"size": a.size, "depth": a.depth, "training_cases": a.cases, "epochs": a.epochs,
             "validation_auroc": round(float(result.best_metrics["auroc"]), 4),
