@@ -149,3 +149,34 @@ def test_planted_signal_strength_sets_the_achievable_auroc():
     rim = masks["rim"]
     assert hi["T1wCE"].array[rim].mean() > 1.3 * lo["T1wCE"].array[rim].mean()
     assert hi["FLAIR"].array[rim].mean() == pytest.approx(lo["FLAIR"].array[rim].mean(), rel=1e-6)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_window_box_is_the_oblique_network_grid_and_the_roi_shows_it(headless_scene, flip):
+    """The window ROI is the network grid's block (voxel edges), oblique when the input is, not its bounding box."""
+    from types import SimpleNamespace
+
+    from GliomaClassifierLib import logic
+    from MedDLLib import nodes
+    from scipy.spatial.transform import Rotation
+
+    direction = Rotation.from_euler("xyz", [0.25, 0.1, 0.35]).as_matrix() @ np.diag([1.0, 1.0, -1.0 if flip else 1.0])
+    grid = Geometry((6.875, 6.875, 9.375), (-100.0, -90.0, 40.0), tuple(map(tuple, direction)))
+    prepared = SimpleNamespace(array=np.zeros((1, 16, 32, 32), np.float32), grid=grid)
+    box = logic.window_box(prepared)
+    np.testing.assert_allclose(box["size_mm"], (32 * 6.875, 32 * 6.875, 16 * 9.375))
+    corners_ijk = np.array([[i, j, k] for i in (-0.5, 31.5) for j in (-0.5, 31.5) for k in (-0.5, 15.5)])
+    expected = grid.ijk_to_ras_points(corners_ijk)
+
+    window = {**box, "first": 0, "last": 15, "centre": 7, "depth": 16, "n_slices": 16}
+    result = logic.GliomaResult(0.5, 0.5, "model", "improved", ["T1wCE"], "card", window, None)
+    reference = nodes.add_scalar_volume(headless_scene, Volume(np.zeros((4, 4, 4), np.float32), grid, {}), "T1wCE")
+    roi = logic.GliomaClassifierLogic().write_outputs(reference, result).nodes["window"]
+    m = nodes._numpy_matrix(roi.GetObjectToWorldMatrix())
+    half = np.asarray(roi.GetSize()) / 2.0
+    shown = np.array([(m @ np.array([sx * half[0], sy * half[1], sz * half[2], 1.0]))[:3]
+                      for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    # the same 8 corners (in some order), and the box is far from the axis-aligned bounding box's size
+    assert np.abs(shown[:, None, :] - expected[None, :, :]).sum(axis=2).min(axis=1).max() < 1e-3  # mm
+    bounding = expected.max(axis=0) - expected.min(axis=0)
+    assert np.all(np.sort(roi.GetSize()) < np.sort(bounding) - 20.0)

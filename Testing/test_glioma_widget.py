@@ -125,16 +125,21 @@ def test_glioma_outputs_load_as_new_nodes_on_the_reference_grid(glioma_run, head
     assert "near chance" in rows["model card"] or "close to chance" in rows["model card"]
 
     assert roi.GetClassName() == "vtkMRMLMarkupsROINode"
-    box = np.asarray(result["window_box_ras_mm"])
-    np.testing.assert_allclose(roi.GetCenter(), box.mean(axis=0), atol=1e-3)
-    np.testing.assert_allclose(roi.GetSize(), box[1] - box[0], atol=1e-3)
-    assert roi.GetSize()[2] == pytest.approx(16 * volumes["FLAIR"].geometry.spacing_mm[2], abs=1e-3)
+    centre, size = np.asarray(result["window_centre_ras_mm"]), np.asarray(result["window_size_mm"])
+    np.testing.assert_allclose(roi.GetCenter(), centre, atol=1e-3)
+    np.testing.assert_allclose(roi.GetSize(), size, atol=1e-3)
+    for axis, getter in zip(result["window_axes_ras"], (roi.GetXAxis, roi.GetYAxis, roi.GetZAxis)):
+        shown = [0.0, 0.0, 0.0]
+        getter(shown)
+        np.testing.assert_allclose(shown, axis, atol=1e-6)
+    assert size[2] == pytest.approx(16 * volumes["FLAIR"].geometry.spacing_mm[2], abs=1e-3)
     # along S the box spans slices first..last of the axial stack (voxel edges; slices outside are zero padding)
     axial = volumes["FLAIR"].geometry  # the axial grid the sagittal T1wCE was resampled from
     assert axial.direction_lps == ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    np.testing.assert_allclose(np.abs(result["window_axes_ras"]), np.eye(3), atol=1e-9)
     s0, ds = axial.origin_lps_mm[2], axial.spacing_mm[2]
-    assert box[0][2] == pytest.approx(s0 + (result["window_first_slice"] - 0.5) * ds, abs=1e-3)
-    assert box[1][2] == pytest.approx(s0 + (result["window_last_slice"] + 0.5) * ds, abs=1e-3)
+    assert centre[2] - size[2] / 2 == pytest.approx(s0 + (result["window_first_slice"] - 0.5) * ds, abs=1e-3)
+    assert centre[2] + size[2] / 2 == pytest.approx(s0 + (result["window_last_slice"] + 0.5) * ds, abs=1e-3)
     for new in (heat, table, roi):
         assert float(new.GetAttribute("MedDL.probability")) == pytest.approx(result["probability"], abs=1e-6)
         assert new.GetAttribute("MedDL.model_card") == result["model_card"]
@@ -160,9 +165,9 @@ def test_load_refuses_an_incomplete_or_foreign_run(glioma_run, headless_scene, t
     foreign = tmp_path / "foreign"
     shutil.copytree(output, foreign)
     result = json.loads((foreign / "result.json").read_text())
-    del result["window_box_ras_mm"]
+    del result["window_axes_ras"]
     (foreign / "result.json").write_text(json.dumps(result))
-    with pytest.raises(MedDLError, match="window_box_ras_mm"):
+    with pytest.raises(MedDLError, match="window_axes_ras"):
         widgetlogic.load_results(foreign, reference)
     assert _added_since(headless_scene, ids) == []  # the heatmap loaded first was removed again
     flair = nodes.add_scalar_volume(headless_scene, volumes["FLAIR"], "case FLAIR")

@@ -82,6 +82,38 @@ def test_labelmap_and_segmentation_round_trip(headless, tmp_path):
     np.testing.assert_array_equal(nodes.volume_from_node(reference).array, 0)  # reference untouched
 
 
+def _classes_added(scene, before: set[str]) -> list[str]:
+    return sorted(scene.GetNthNode(i).GetClassName() for i in range(scene.GetNumberOfNodes())
+                  if scene.GetNthNode(i).GetID() not in before)
+
+
+def test_segmentation_helpers_leave_no_orphan_nodes(headless_scene):
+    """Only the segmentation and its display node remain: no temporary labelmap, display node or colour table."""
+    labels = np.zeros((6, 10, 12), np.uint8)
+    labels[1:4, 2:6, 3:8] = 1
+    segments = {1: ("tumour", (1.0, 0.0, 0.0)), 2: ("oedema", (0.0, 1.0, 0.0))}
+    reference = nodes.add_scalar_volume(headless_scene, Volume(np.zeros(labels.shape, np.int16), _oblique_geometry()),
+                                        "ref")
+    before = {headless_scene.GetNthNode(i).GetID() for i in range(headless_scene.GetNumberOfNodes())}
+    seg = nodes.add_segmentation(headless_scene, labels, segments, reference, "seg")
+    assert _classes_added(headless_scene, before) == ["vtkMRMLSegmentationDisplayNode", "vtkMRMLSegmentationNode"]
+    np.testing.assert_array_equal(nodes.segment_array(seg, "tumour", reference), labels == 1)
+    assert _classes_added(headless_scene, before) == ["vtkMRMLSegmentationDisplayNode", "vtkMRMLSegmentationNode"]
+
+
+def test_removed_on_error_restores_the_scene_and_keeps_what_succeeded(headless_scene):
+    before = {headless_scene.GetNthNode(i).GetID() for i in range(headless_scene.GetNumberOfNodes())}
+    with pytest.raises(InputError, match="late"):
+        with nodes.removed_on_error(headless_scene):
+            nodes.add_heatmap(headless_scene, np.zeros((2, 3, 4), np.float32), Geometry(), "cam")
+            raise InputError("late failure")
+    assert _classes_added(headless_scene, before) == []  # the heatmap, its display node and the inferno table
+    with nodes.removed_on_error(headless_scene):
+        nodes.add_heatmap(headless_scene, np.zeros((2, 3, 4), np.float32), Geometry(), "cam")
+    assert _classes_added(headless_scene, before) == ["vtkMRMLColorTableNode", "vtkMRMLScalarVolumeDisplayNode",
+                                                      "vtkMRMLScalarVolumeNode"]
+
+
 def test_segmentation_rejects_bad_labels(headless_scene):
     ref = nodes.add_scalar_volume(headless_scene, Volume(np.zeros((2, 3, 4), np.int16)), "ref")
     with pytest.raises(InputError, match="label values \\[5\\]"):

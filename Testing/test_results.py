@@ -17,6 +17,7 @@ import pytest
 
 from MedDLLib import nodes, results
 from MedDLLib.errors import InputError, MedDLError
+from MedDLLib.geometry import Volume
 
 from widget_run import assert_progress_reported, assert_unchanged, ijk_to_ras, run_meddl, snapshot
 
@@ -67,17 +68,43 @@ def test_prepare_input_writes_nrrd_in_node_geometry(headless_scene, tmp_path):
     assert_unchanged(node, before)
 
 
-def test_prepare_input_refuses_what_is_not_a_volume(headless_scene, tmp_path):
-    empty = headless_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
-    with pytest.raises(InputError, match="'empty' has no image data"):
-        results.prepare_input([empty], tmp_path)
-    with pytest.raises(InputError, match="no volume selected"):
-        results.prepare_input([None], tmp_path)
-    labels = nodes.add_labelmap(headless_scene, np.zeros((2, 3, 4), np.uint8), _geometry(), "lab",
-                                {1: ("x", (1, 0, 0))})
-    with pytest.raises(InputError, match="not a scalar volume"):
-        results.prepare_input([labels], tmp_path)
+@pytest.mark.parametrize("reader", ["prepare_input", "volume_from_node"])
+def test_image_inputs_that_are_not_grey_value_volumes_are_refused_with_the_reason(headless_scene, tmp_path, reader):
+    """The widget path (files for the child) and the in-process logics refuse the same nodes, naming the reason."""
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+
+    def read(node):
+        if reader == "prepare_input":
+            return results.prepare_input([node], tmp_path)
+        return nodes.volume_from_node(node, labelmap=False)
+
+    cases = {"has no voxels": headless_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")}
+    no_voxels = headless_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "zero")
+    no_voxels.SetAndObserveImageData(vtkImageData())
+    cases["'zero' has no voxels"] = no_voxels
+    rgb = headless_scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
+    image = vtkImageData()
+    image.SetDimensions(4, 3, 2)
+    image.AllocateScalars(3, 3)  # VTK_UNSIGNED_CHAR, 3 components
+    rgb.SetAndObserveImageData(image)
+    cases["'rgb' is a vtkMRMLVectorVolumeNode with 3 values per voxel"] = rgb
+    cases["labelmap"] = nodes.add_labelmap(headless_scene, np.zeros((2, 3, 4), np.uint8), _geometry(), "lab",
+                                           {1: ("x", (1, 0, 0))})
+    sheared = nodes.add_scalar_volume(headless_scene, Volume(np.zeros((2, 3, 4), np.float32), _geometry(), {}), "tilt")
+    matrix = np.eye(4)
+    matrix[1, 2] = 0.35  # slices shifted along A as they go up: a gantry tilt kept as a shear
+    sheared.SetIJKToRASMatrix(nodes.vtk_matrix(matrix))
+    cases["'tilt' has a sheared voxel grid"] = sheared
+    moved = nodes.add_scalar_volume(headless_scene, Volume(np.zeros((2, 3, 4), np.float32), _geometry(), {}), "moved")
+    moved.SetAndObserveTransformNodeID(headless_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode").GetID())
+    cases["under a transform: harden"] = moved
+    cases["no volume"] = None
+    for message, node in cases.items():
+        with pytest.raises(InputError, match=message):
+            read(node)
     assert not any(tmp_path.iterdir())
+    if reader == "volume_from_node":  # a labelmap is fine where labels are what is read
+        assert nodes.volume_from_node(cases["labelmap"]).array.shape == (2, 3, 4)
 
 
 def _geometry():
@@ -115,6 +142,7 @@ def test_ich_outputs_load_as_new_nodes_on_the_input_grid(ich_run, headless_scene
     assert list(columns) == ["slice", *LABELS]
     assert columns["slice"] == list(range(volume.array.shape[0]))  # one row per slice, in slice order
     assert plot.GetClassName() == "vtkMRMLPlotChartNode" and plot.GetNumberOfPlotSeriesNodes() == len(LABELS)
+    assert (table.GetName(), plot.GetName()) == ("head CT ICH probabilities", "head CT ICH probabilities plot")
 
     result = json.loads((output / "result.json").read_text())
     assert loaded.result == result
@@ -158,13 +186,17 @@ def test_load_refuses_failed_incomplete_or_foreign_runs(ich_run, headless_scene,
     g = volume.geometry
     shifted = nodes.add_scalar_volume(headless_scene, Volume(volume.array, Geometry(
         g.spacing_mm, tuple(np.add(g.origin_lps_mm, (0.0, 0.0, 5.0))), np.asarray(g.direction_lps)), {}), "shifted")
-    nodes.heatmap_color_table(headless_scene)  # shared by all heatmaps of a scene: stays
-    count = headless_scene.GetNumberOfNodes()
-    with pytest.raises(MedDLError, match="heatmap.nrrd: 48 x 48 x 8 voxels, but the input 'other CT' has 48 x 48 x 7"):
-        widgetlogic.load_results(output, other)
-    with pytest.raises(MedDLError, match="heatmap.nrrd: not on the voxel grid of the input 'shifted'"):
-        widgetlogic.load_results(output, shifted)
-    assert headless_scene.GetNumberOfNodes() == count
+    assert headless_scene.GetFirstNodeByName(nodes.HEATMAP_COLOR_TABLE) is None
+    for made_before in (False, True):  # the heatmap colour table is removed too, unless it was there before
+        if made_before:
+            nodes.heatmap_color_table(headless_scene)  # shared by all heatmaps of a scene: stays
+        count = headless_scene.GetNumberOfNodes()
+        with pytest.raises(MedDLError, match="heatmap.nrrd: 48 x 48 x 8 voxels, but the input 'other CT' has"):
+            widgetlogic.load_results(output, other)
+        with pytest.raises(MedDLError, match="heatmap.nrrd: not on the voxel grid of the input 'shifted'"):
+            widgetlogic.load_results(output, shifted)
+        assert headless_scene.GetNumberOfNodes() == count
+        assert (headless_scene.GetFirstNodeByName(nodes.HEATMAP_COLOR_TABLE) is not None) == made_before
 
 
 def test_read_csv_columns_types(tmp_path):

@@ -24,12 +24,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from MedDLLib import models, nodes
-from MedDLLib.errors import InputError, MedDLError
+from MedDLLib.errors import Cancelled, InputError
 from MedDLLib.geometry import LPS_TO_RAS, Volume
 
-
-class Cancelled(MedDLError):
-    """The user cancelled the computation."""
 
 
 @dataclasses.dataclass
@@ -61,7 +58,7 @@ class GliomaResult:
     recipe: str
     sequences: list[str]
     model_card: str
-    window: dict[str, Any]  # first, last, centre, depth, n_slices (oriented stack), box_ras_mm (2 x 3)
+    window: dict[str, Any]  # first, last, centre, depth, n_slices (oriented stack) + the box of window_box()
     heatmap: Volume | None  # [k, j, i] in [0, 1], reference input geometry
     warnings: list[str] = dataclasses.field(default_factory=list)
     nodes: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -83,7 +80,8 @@ class GliomaResult:
                 "sequences": list(self.sequences), "window_first_slice": int(self.window["first"]),
                 "window_last_slice": int(self.window["last"]), "window_centre_slice": int(self.window["centre"]),
                 "window_depth": int(self.window["depth"]), "n_slices_oriented": int(self.window["n_slices"]),
-                "window_box_ras_mm": np.round(np.asarray(self.window["box_ras_mm"]), 3).tolist(),
+                **{f"window_{key}": np.round(np.asarray(self.window[key], dtype=float), 6).tolist()
+                   for key in WINDOW_BOX_KEYS},
                 "summary": self.summary, "model_card": self.model_card, "warnings": list(self.warnings)}
 
 
@@ -106,12 +104,26 @@ class _BothSigns:
         return BothSigns(network)
 
 
-def window_box_ras(prepared: Any) -> np.ndarray:
-    """``(2, 3)`` RAS min and max corner (voxel edges) of the network grid of a :class:`Prepared`."""
-    d, s = prepared.array.shape[1], prepared.array.shape[2]
-    corners = np.array([[i, j, k, 1.0] for i in (-0.5, s - 0.5) for j in (-0.5, s - 0.5) for k in (-0.5, d - 0.5)])
-    ras = (LPS_TO_RAS @ prepared.grid.ijk_to_lps() @ corners.T).T[:, :3]
-    return np.stack([ras.min(axis=0), ras.max(axis=0)])
+#: Keys of the oriented box of the slice window (in :attr:`GliomaResult.window`; ``window_<key>`` in result.json).
+WINDOW_BOX_KEYS = ("centre_ras_mm", "size_mm", "axes_ras")
+
+
+def window_box(prepared: Any) -> dict[str, list]:
+    """The block the network saw (its input grid, voxel edges included) as an oriented box in RAS.
+
+    Returns:
+        ``centre_ras_mm`` (3), ``size_mm`` (3: extent along the grid's i, j, k axes, mm) and ``axes_ras``
+        (3 x 3, rows = unit vectors of the i, j, k axes in RAS; the k axis flipped when needed so that the
+        axes are right-handed, which leaves the box unchanged). On an oblique input the box is oblique too.
+    """
+    grid = prepared.grid
+    shape_ijk = np.array(prepared.array.shape[1:][::-1], dtype=float)  # (C, K, J, I) -> (I, J, K)
+    axes = (LPS_TO_RAS[:3, :3] @ np.asarray(grid.direction_lps, dtype=float)).T
+    if np.linalg.det(axes) < 0:
+        axes[2] = -axes[2]
+    centre = grid.ijk_to_ras_points((shape_ijk - 1.0) / 2.0)[0]
+    return {"centre_ras_mm": centre.tolist(), "size_mm": (shape_ijk * np.asarray(grid.spacing_mm)).tolist(),
+            "axes_ras": axes.tolist()}
 
 
 def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaOptions | None = None,
@@ -168,7 +180,7 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
         maps = compute_gradcam(wrapped, x, f"net.{layer}", class_index=int(probability >= options.threshold))
         heat = heatmap_to_reference(maps[0], prepared.grid, prepared.reference)
     window = {"first": prepared.first, "last": prepared.last, "centre": prepared.centre,
-              "depth": spec.depth, "n_slices": prepared.n_slices, "box_ras_mm": window_box_ras(prepared)}
+              "depth": spec.depth, "n_slices": prepared.n_slices, **window_box(prepared)}
     checkpoint(1.0, "done")
     return GliomaResult(probability, options.threshold, package.name, str(package.metadata.get("recipe", "")),
                         list(spec.sequences), model_card(package.metadata), window, heat, warnings)
@@ -197,8 +209,8 @@ class GliomaClassifierLogic:
             raise InputError("no input sequence node given")
         from .preprocess import with_voi_sources
 
-        volumes = with_voi_sources({name: nodes.volume_from_node(node) for name, node in sequence_nodes.items()},
-                                   nodes.dicom_source_files(sequence_nodes, file_for_instance))
+        read = {name: nodes.volume_from_node(node, labelmap=False) for name, node in sequence_nodes.items()}
+        volumes = with_voi_sources(read, nodes.dicom_source_files(sequence_nodes, file_for_instance))
         result = compute(volumes, model, options, progress, cancel)
         return self.write_outputs(sequence_nodes[result.sequences[0]], result)
 
@@ -223,9 +235,11 @@ class GliomaClassifierLogic:
         table.SetAttribute("MedDL.input", reference_node.GetID())
         result.nodes = {"table": table}
         roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName(f"{base} MGMT window"))
-        box = np.asarray(result.window["box_ras_mm"])
-        roi.SetCenter(*((box[0] + box[1]) / 2.0).tolist())
-        roi.SetSize(*(box[1] - box[0]).tolist())
+        box_to_ras = np.eye(4)
+        box_to_ras[:3, :3] = np.asarray(result.window["axes_ras"], dtype=float).T
+        box_to_ras[:3, 3] = result.window["centre_ras_mm"]
+        roi.SetAndObserveObjectToNodeMatrix(nodes.vtk_matrix(box_to_ras))
+        roi.SetSize(*map(float, result.window["size_mm"]))
         nodes.set_attributes(roi, {"window_first_slice": result.window["first"],
                                    "window_last_slice": result.window["last"]})
         result.nodes["window"] = roi

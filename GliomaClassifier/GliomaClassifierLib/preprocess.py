@@ -114,12 +114,6 @@ class Prepared:
     n_slices: int
     brain_area: np.ndarray
 
-    def window_corners_lps_mm(self) -> np.ndarray:
-        """``(2, 3)`` LPS positions of the centres of the first and last voxels of the network grid."""
-        m = self.grid.ijk_to_lps()
-        d, s = self.array.shape[1], self.array.shape[2]
-        return (m @ np.array([[0, 0, 0, 1], [s - 1, s - 1, d - 1, 1]], dtype=float).T).T[:, :3]
-
 
 # -------------------------------------------------------------------------------------------------- pieces
 def natural_key(name: str) -> list[Any]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from MedDLLib.errors import InputError, MedDLError
+from MedDLLib.nodes import removed_on_error
 from MedDLLib.results import LoadedOutputs, OutputFile, attribute_values, load_outputs, place_beside
 
 from .cli import HEATMAP_NRRD
@@ -40,7 +41,7 @@ OUTPUTS = (OutputFile("heatmap", HEATMAP_NRRD, "heatmap", "Grad-CAM MGMT"),)
 #: ``result.json`` keys :func:`load_results` needs.
 RESULT_KEYS = ("probability", "methylated", "threshold", "model", "recipe", "sequences", "model_card",
                "window_first_slice", "window_last_slice", "window_centre_slice", "window_depth",
-               "n_slices_oriented", "window_box_ras_mm", "summary")
+               "n_slices_oriented", "window_centre_ras_mm", "window_size_mm", "window_axes_ras", "summary")
 
 
 def model_sequences(model: str | os.PathLike) -> list[str]:
@@ -116,19 +117,25 @@ def result_from_json(result: Mapping[str, Any]) -> Any:
         raise MedDLError(f"result.json is not the output of 'meddl infer glioma' (missing {', '.join(missing)})")
     try:
         probability = float(result["probability"])
-        box = np.asarray(result["window_box_ras_mm"], dtype=float)
+        centre = np.asarray(result["window_centre_ras_mm"], dtype=float)
+        size = np.asarray(result["window_size_mm"], dtype=float)
+        axes = np.asarray(result["window_axes_ras"], dtype=float)
         window = {"first": int(result["window_first_slice"]), "last": int(result["window_last_slice"]),
                   "centre": int(result["window_centre_slice"]), "depth": int(result["window_depth"]),
-                  "n_slices": int(result["n_slices_oriented"]), "box_ras_mm": box}
+                  "n_slices": int(result["n_slices_oriented"]), "centre_ras_mm": centre.tolist(),
+                  "size_mm": size.tolist(), "axes_ras": axes.tolist()}
         out = GliomaResult(probability, float(result["threshold"]), str(result["model"]), str(result["recipe"]),
                            [str(s) for s in result["sequences"]], str(result["model_card"]), window, None,
                            [str(w) for w in result.get("warnings") or []])
     except (TypeError, ValueError) as exc:
         raise MedDLError(f"result.json has an invalid glioma result ({exc})") from exc
-    if not (0.0 <= probability <= 1.0) or box.shape != (2, 3) or not np.all(np.isfinite(box)) \
-            or np.any(box[1] <= box[0]) or window["last"] < window["first"]:
-        raise MedDLError(f"result.json has an invalid glioma result (probability {probability}, window box "
-                         f"{box.tolist()}, slices {window['first']}..{window['last']})")
+    box_ok = (centre.shape == (3,) and size.shape == (3,) and axes.shape == (3, 3)
+              and np.all(np.isfinite(centre)) and np.all(size > 0)
+              and np.allclose(axes @ axes.T, np.eye(3), atol=1e-4) and np.linalg.det(axes) > 0)
+    if not (0.0 <= probability <= 1.0) or not box_ok or window["last"] < window["first"]:
+        raise MedDLError(f"result.json has an invalid glioma result (probability {probability}, window centre "
+                         f"{centre.tolist()}, size {size.tolist()}, axes {axes.tolist()}, slices "
+                         f"{window['first']}..{window['last']})")
     return out
 
 
@@ -152,8 +159,8 @@ def load_results(folder: str | os.PathLike, reference_node: Any) -> LoadedOutput
     from .logic import GliomaClassifierLogic
 
     scene = reference_node.GetScene()
-    loaded = load_outputs(scene, Path(folder), reference_node, OUTPUTS)
-    try:
+    with removed_on_error(scene):
+        loaded = load_outputs(scene, Path(folder), reference_node, OUTPUTS)
         glioma = result_from_json(loaded.result)
         summary = summary_text(loaded.result)
         written = GliomaClassifierLogic().write_outputs(reference_node, glioma).nodes
@@ -164,14 +171,6 @@ def load_results(folder: str | os.PathLike, reference_node: Any) -> LoadedOutput
                 written[key].SetAttribute(ATTRIBUTE_PREFIX + name, value)
             written[key].SetAttribute(ATTRIBUTE_PREFIX + "input", reference_node.GetID())
         place_beside(reference_node, [written["table"], written["window"]])
-    except BaseException:
-        for node in loaded.nodes.values():
-            for index in range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0):
-                display = node.GetNthDisplayNode(index)
-                if display is not None:
-                    scene.RemoveNode(display)
-            scene.RemoveNode(node)
-        raise
     loaded.summary = summary
     return loaded
 

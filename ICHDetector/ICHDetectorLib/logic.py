@@ -18,19 +18,19 @@ from typing import Any, Callable
 import numpy as np
 
 from MedDLLib import nodes
-from MedDLLib.errors import InputError, MedDLError
+from MedDLLib.errors import Cancelled, InputError
 from MedDLLib.geometry import Volume
 
 from .dataset import LABELS
 from .preprocess import InputSpec, check_head_ct, volume_input
 
+#: Name (after the input node's name) of the plot chart of the per-slice probabilities.
+PLOT_NAME = "ICH probabilities plot"
+
 #: Blood density range (HU) of the suspected-hemorrhage mask.
 BLOOD_HU = (45.0, 100.0)
 SUSPECTED_SEGMENTS = {1: ("suspected hemorrhage", (1.0, 0.2, 0.2))}
 
-
-class Cancelled(MedDLError):
-    """The user cancelled the computation."""
 
 
 @dataclasses.dataclass
@@ -172,7 +172,7 @@ class ICHDetectorLogic:
                 progress: Callable[[float, str], None] | None = None,
                 cancel: Callable[[], bool] | None = None) -> ICHResult:
         """Read ``volume_node`` (HU head CT), :func:`compute`, then :meth:`write_outputs`."""
-        volume = nodes.volume_from_node(volume_node)
+        volume = nodes.volume_from_node(volume_node, labelmap=False)
         result = compute(volume, model, options, progress, cancel)
         return self.write_outputs(volume_node, result)
 
@@ -188,7 +188,7 @@ class ICHDetectorLogic:
         attributes = result.as_dict()
         nodes.set_attributes(table, attributes)
         table.SetAttribute("MedDL.input", volume_node.GetID())
-        plot = nodes.add_plot(scene, table, "slice", list(LABELS), f"{base} ICH probabilities",
+        plot = nodes.add_plot(scene, table, "slice", list(LABELS), f"{base} {PLOT_NAME}",
                               x_title="slice index (k)", y_title="probability")
         result.nodes = {"table": table, "plot": plot}
         if result.heatmap is not None:

@@ -18,6 +18,7 @@ from MedDLLib.results import LoadedOutputs, OutputFile, load_outputs
 
 from .cli import HEATMAP_NRRD, PROBABILITIES_CSV, SUSPECTED_SEG
 from .dataset import LABELS
+from .logic import PLOT_NAME
 
 #: The task name of ``meddl infer``.
 TASK = "ich"
@@ -57,11 +58,12 @@ def load_results(folder: str | os.PathLike, input_node: Any) -> LoadedOutputs:
     plot chart of the six probabilities against the slice index; ``summary`` is :func:`summary_text`."""
     from MedDLLib import nodes
 
-    loaded = load_outputs(input_node.GetScene(), Path(folder), input_node, OUTPUTS)
-    table = loaded.nodes["table"]
-    loaded.nodes["plot"] = nodes.add_plot(input_node.GetScene(), table, "slice", list(LABELS), table.GetName(),
-                                          x_title="slice index (k)", y_title="probability")
-    loaded.summary = summary_text(loaded.result)
+    with nodes.removed_on_error(input_node.GetScene()) as scene:
+        loaded = load_outputs(scene, Path(folder), input_node, OUTPUTS)
+        loaded.nodes["plot"] = nodes.add_plot(scene, loaded.nodes["table"], "slice", list(LABELS),
+                                              f"{input_node.GetName()} {PLOT_NAME}", x_title="slice index (k)",
+                                              y_title="probability")
+        loaded.summary = summary_text(loaded.result)
     return loaded
 
 

@@ -69,7 +69,7 @@ def read_inputs(volume_nodes: Any | Sequence[Any]) -> tuple[np.ndarray, Geometry
     if len(nodes) not in (1, 3):
         raise InputError(f"give one brain MRI node (FLAIR) or three (pre-contrast, FLAIR, post-contrast), "
                          f"got {len(nodes)}")
-    volumes = [volume_from_node(n) for n in nodes]
+    volumes = [volume_from_node(n, labelmap=False) for n in nodes]
     first = volumes[0]
     for node, vol in zip(nodes[1:], volumes[1:]):
         if vol.array.shape != first.array.shape or not vol.geometry.allclose(first.geometry, 1e-3):
@@ -142,7 +142,7 @@ class LGGSegmenterLogic:
             model: a :class:`MedDLLib.models.ModelPackage`, or a package folder / cached model name.
             options: :class:`LGGOptions`.
             progress: ``(fraction done in [0, 1], message)`` callback.
-            cancel: polled between batches; when it returns True an :class:`InputError` "cancelled" is raised.
+            cancel: polled between batches; when it returns True :class:`MedDLLib.errors.Cancelled` is raised.
         """
         from MedDLLib.device import select_device
         from MedDLLib.models import load_task_model

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from MedDLLib.errors import InputError, ModelError
+from MedDLLib.errors import Cancelled, InputError, ModelError
 from MedDLLib.geometry import Geometry
 
 from . import dataset, preprocess
@@ -120,7 +120,7 @@ def predict_probabilities(network: Any, x: np.ndarray, device: Any = "cpu", batc
     """Tumour probability ``(K, S, S)`` of a prepared study ``x (K, C, S, S)``, slice by slice in batches.
 
     Raises:
-        InputError: ``cancel()`` became true (the run was cancelled).
+        Cancelled: ``cancel()`` became true.
     """
     import torch
 
@@ -129,7 +129,7 @@ def predict_probabilities(network: Any, x: np.ndarray, device: Any = "cpu", batc
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             if cancel is not None and cancel():
-                raise InputError("cancelled")
+                raise Cancelled("cancelled by the user")
             batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)).to(device)
             out.append(torch.sigmoid(network(batch)[:, 0]).float().cpu().numpy())
             if progress is not None:

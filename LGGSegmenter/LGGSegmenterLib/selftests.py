@@ -104,4 +104,23 @@ def test_three_channel_model_needs_three_nodes(scene) -> None:
             raise AssertionError("a 3-channel model ran on one node")
 
 
-ALL: list[Callable[..., None]] = [test_segments_planted_tumour_in_mm, test_three_channel_model_needs_three_nodes]
+def test_cancel_raises_cancelled_and_adds_nothing(scene) -> None:
+    """A cancel raises Cancelled (not an input error) and leaves the scene as it was."""
+    from MedDLLib.errors import Cancelled
+
+    from .logic import LGGSegmenterLogic
+
+    node, _, _ = _flair_study(scene)
+    count = scene.GetNumberOfNodes()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            LGGSegmenterLogic().process(node, _package(Path(tmp)), cancel=lambda: True)
+        except Cancelled:
+            pass
+        else:
+            raise AssertionError("cancel() returned True but the run went on")
+    assert scene.GetNumberOfNodes() == count, "a cancelled run added nodes"
+
+
+ALL: list[Callable[..., None]] = [test_segments_planted_tumour_in_mm, test_three_channel_model_needs_three_nodes,
+                                  test_cancel_raises_cancelled_and_adds_nothing]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from MedDLLib.errors import InputError
+from MedDLLib.nodes import removed_on_error
 from MedDLLib.results import LoadedOutputs, OutputFile, load_outputs
 
 from .dataset import CHANNELS
@@ -88,8 +89,9 @@ def infer_arguments(input_path: str | os.PathLike, model: str, output: str | os.
 def load_results(folder: str | os.PathLike, reference_node: Any) -> LoadedOutputs:
     """Add the outputs of a finished run to the reference (FLAIR) node's scene (:data:`OUTPUTS`); ``summary`` is
     :func:`summary_text`."""
-    loaded = load_outputs(reference_node.GetScene(), Path(folder), reference_node, OUTPUTS)
-    loaded.summary = summary_text(loaded.result)
+    with removed_on_error(reference_node.GetScene()) as scene:
+        loaded = load_outputs(scene, Path(folder), reference_node, OUTPUTS)
+        loaded.summary = summary_text(loaded.result)
     return loaded
 
 

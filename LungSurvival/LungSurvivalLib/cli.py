@@ -154,7 +154,7 @@ class LungTask(Task):
             options = LungOptions(gradcam=True, device=getattr(args, "device", None),
                                   force_cpu=getattr(args, "force_cpu", False))
             out = LungSurvivalLogic().process(
-                node, package, options, progress=lambda f: report(0.1 + 0.75 * f, "lungs, risk and Grad-CAM"))
+                node, package, options, progress=lambda f, message: report(0.1 + 0.75 * f, message))
             report(0.9, "writing the outputs")
             write_start = time.perf_counter()
             output.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from MedDLLib.errors import InputError
+from MedDLLib.errors import Cancelled, InputError
 from MedDLLib.geometry import Volume
 
 from . import model as lungmodel
@@ -105,9 +105,13 @@ def segment_chest(volume: Volume) -> LungSegmentation:
 
 
 def compute(volume: Volume, network: Any, metadata: dict[str, Any], options: LungOptions | None = None,
-            progress: Callable[[float], None] | None = None, cancel: Callable[[], bool] | None = None,
+            progress: Callable[[float, str], None] | None = None, cancel: Callable[[], bool] | None = None,
             device: Any = "cpu") -> LungResult:
-    """Segment the lungs, predict the risk and (optionally) its Grad-CAM map, on arrays only."""
+    """Segment the lungs, predict the risk and (optionally) its Grad-CAM map, on arrays only.
+
+    ``progress(fraction 0..1, message)`` is called between the steps; ``cancel()`` is polled there too and, when
+    it returns True, :class:`MedDLLib.errors.Cancelled` is raised.
+    """
     import time
 
     import torch
@@ -115,16 +119,16 @@ def compute(volume: Volume, network: Any, metadata: dict[str, Any], options: Lun
     options = options or LungOptions()
     start = time.perf_counter()
 
-    def step(fraction: float) -> None:
+    def step(fraction: float, message: str) -> None:
         if cancel is not None and cancel():
-            raise InputError("cancelled")
+            raise Cancelled("cancelled by the user")
         if progress is not None:
-            progress(fraction)
+            progress(fraction, message)
 
-    step(0.0)
+    step(0.0, "segmenting the lungs")
     seg = segment_chest(volume)
     seconds = {"segmentation": time.perf_counter() - start}
-    step(0.4)
+    step(0.4, "predicting the risk")
     spec = InputSpec.from_metadata(metadata["input"])
     x, grid, info = network_input(volume, seg.labels, spec)
     recipe = str(metadata.get("recipe", "improved"))
@@ -134,7 +138,7 @@ def compute(volume: Volume, network: Any, metadata: dict[str, Any], options: Lun
     if threshold is None:
         raise InputError("the model has no risk_threshold in its metadata (train it with `meddl train lung`)")
     group = "high" if risk > float(threshold) else "low"
-    step(0.7)
+    step(0.7, "Grad-CAM")
     heat = None
     if options.gradcam:
         from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
@@ -144,7 +148,7 @@ def compute(volume: Volume, network: Any, metadata: dict[str, Any], options: Lun
                                class_index=1 if recipe == "seed" else 0)
         heat = heatmap_to_reference(maps[0], grid, volume)
     seconds["network"] = time.perf_counter() - start - seconds["segmentation"]
-    step(1.0)
+    step(1.0, "done")
     caveat = str(metadata["output"].get("caveat", lungmodel.CAVEAT))
     return LungResult(seg, volume.geometry, risk, group, recipe, caveat, info["centre"], heat, seconds)
 
@@ -159,7 +163,7 @@ class LungSurvivalLogic:
     """Runs a LungSurvival model package on a chest CT node and writes the result as new nodes."""
 
     def process(self, volume_node: Any, model: Any, options: LungOptions | None = None,
-                progress: Callable[[float], None] | None = None,
+                progress: Callable[[float, str], None] | None = None,
                 cancel: Callable[[], bool] | None = None) -> LungOutputs:
         """Lungs, volumes, risk and Grad-CAM for ``volume_node`` with ``model`` (package, folder or cached name)."""
         from MedDLLib.device import select_device
@@ -169,7 +173,7 @@ class LungSurvivalLogic:
         options = options or LungOptions()
         device = select_device(options.device, options.force_cpu)
         network, package = load_task_model(model, lungmodel.TASK, device)
-        volume = volume_from_node(volume_node)
+        volume = volume_from_node(volume_node, labelmap=False)
         result = compute(volume, network, package.metadata, options, progress, cancel, device)
         return self.write_outputs(volume_node, result)
 

@@ -80,7 +80,6 @@ def chest_ct(rng: np.random.Generator, size: int = 64, n_slices: int = 24, *,
     s = size / 64.0
     n = float(n_slices)
     px = FOV_MM / size
-    kk = np.arange(n_slices)[:, None, None]
     jj = np.arange(size)[None, :, None]
     ii = np.arange(size)[None, None, :]
     cj, ci = size / 2.0 + rng.uniform(-1, 1) * s, size / 2.0 + rng.uniform(-1, 1) * s

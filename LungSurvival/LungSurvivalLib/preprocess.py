@@ -33,7 +33,7 @@ from scipy import ndimage
 from MedDLLib.errors import InputError
 from MedDLLib.geometry import Geometry, Volume
 from MedDLLib.intensity import clip_and_scale
-from MedDLLib.resample import resample, resample_to_geometry
+from MedDLLib.resample import resample_to_geometry
 
 RIGHT_LUNG = 1
 LEFT_LUNG = 2

@@ -92,4 +92,31 @@ def test_refuses_non_ct_and_non_chest(scene) -> None:
     assert scene.GetNumberOfNodes() == count
 
 
-ALL: list[Callable[..., None]] = [test_lungs_volumes_risk_and_heatmap_nodes, test_refuses_non_ct_and_non_chest]
+def test_progress_is_reported_and_cancel_adds_nothing(scene) -> None:
+    """Progress comes as rising ``(fraction, message)``; a cancel raises Cancelled and leaves the scene as it was."""
+    from MedDLLib.errors import Cancelled
+
+    from .logic import LungOptions, LungSurvivalLogic
+    from .model import untrained_package
+
+    node, _, _, _ = _chest_node(scene)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = untrained_package(Path(tmp))
+        reported: list[tuple[float, str]] = []
+        LungSurvivalLogic().process(node, package, LungOptions(gradcam=False),
+                                    progress=lambda fraction, message: reported.append((fraction, message)))
+        fractions = [f for f, _ in reported]
+        assert fractions == sorted(fractions) and fractions[-1] == 1.0 and all(m for _, m in reported), reported
+        count = scene.GetNumberOfNodes()
+        try:
+            LungSurvivalLogic().process(node, package, progress=lambda fraction, message: None,
+                                        cancel=lambda: len(reported) > 0)
+        except Cancelled:
+            pass
+        else:
+            raise AssertionError("cancel() returned True but the run went on")
+        assert scene.GetNumberOfNodes() == count, "a cancelled run added nodes"
+
+
+ALL: list[Callable[..., None]] = [test_lungs_volumes_risk_and_heatmap_nodes, test_refuses_non_ct_and_non_chest,
+                                  test_progress_is_reported_and_cancel_adds_nothing]

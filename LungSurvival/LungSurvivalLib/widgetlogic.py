@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from MedDLLib.errors import MedDLError
+from MedDLLib.nodes import removed_on_error
 from MedDLLib.results import LoadedOutputs, OutputFile, load_outputs
 
 from .cli import HEATMAP_NRRD, LUNGS_LABEL, LUNGS_SEG, VOLUMES_CSV
@@ -52,8 +53,9 @@ def infer_arguments(input_file: str | os.PathLike, model: str, output: str | os.
 def load_results(folder: str | os.PathLike, input_node: Any) -> LoadedOutputs:
     """Add the outputs of a finished run to the input node's scene (:data:`OUTPUTS`); ``summary`` is
     :func:`summary_text` of ``result.json``."""
-    loaded = load_outputs(input_node.GetScene(), Path(folder), input_node, OUTPUTS)
-    loaded.summary = summary_text(loaded.result)
+    with removed_on_error(input_node.GetScene()) as scene:
+        loaded = load_outputs(scene, Path(folder), input_node, OUTPUTS)
+        loaded.summary = summary_text(loaded.result)
     return loaded
 
 

@@ -22,3 +22,7 @@ class InputError(MedDLError):
 
 class ModelError(MedDLError):
     """A model package is missing, invalid, tampered with or incompatible."""
+
+
+class Cancelled(MedDLError):
+    """The user (or a script's ``cancel`` callback) stopped the computation; nothing was added to the scene."""

@@ -9,8 +9,9 @@ IJKToRAS matrix is set from and ``Geometry.from_ijk_to_ras`` is how it is read b
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -30,7 +31,8 @@ def _slicer():
     return slicer
 
 
-def _vtk_matrix(matrix: np.ndarray):
+def vtk_matrix(matrix: np.ndarray) -> Any:
+    """A ``vtkMatrix4x4`` with the values of a 4 x 4 array (e.g. an IJK-to-RAS or object-to-RAS matrix)."""
     from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
     m = vtkMatrix4x4()
@@ -44,6 +46,41 @@ def _numpy_matrix(vtk_matrix) -> np.ndarray:
     return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
+def _node_ids(scene: Any) -> set[str]:
+    return {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
+
+
+def _remove_nodes_added_since(scene: Any, before: set[str]) -> None:
+    """Remove every node added to ``scene`` since the snapshot ``before`` (display, storage and colour nodes
+    included), newest first; singletons (e.g. the subject hierarchy) stay."""
+    added = [scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes())]
+    for node in reversed([n for n in added if n.GetID() not in before and not n.IsSingleton()]):
+        if scene.IsNodePresent(node):
+            scene.RemoveNode(node)
+
+
+@contextlib.contextmanager
+def temporary_nodes(scene: Any) -> Iterator[Any]:
+    """Every node added to ``scene`` inside the block is removed when the block ends (also on error)."""
+    before = _node_ids(scene)
+    try:
+        yield scene
+    finally:
+        _remove_nodes_added_since(scene, before)
+
+
+@contextlib.contextmanager
+def removed_on_error(scene: Any) -> Iterator[Any]:
+    """Every node added to ``scene`` inside the block is removed again if the block raises: the scene is left
+    as it was (what the logic adds on success stays)."""
+    before = _node_ids(scene)
+    try:
+        yield scene
+    except BaseException:
+        _remove_nodes_added_since(scene, before)
+        raise
+
+
 def geometry_from_node(node: Any) -> Geometry:
     """The :class:`Geometry` of a volume node (from its IJKToRAS matrix; parent transforms are not applied)."""
     from vtkmodules.vtkCommonMath import vtkMatrix4x4
@@ -55,25 +92,52 @@ def geometry_from_node(node: Any) -> Geometry:
 
 def set_node_geometry(node: Any, geometry: Geometry) -> None:
     """Place ``node``'s voxel grid at ``geometry`` (sets IJKToRAS, i.e. origin, spacing and directions)."""
-    node.SetIJKToRASMatrix(_vtk_matrix(geometry.ijk_to_ras()))
+    node.SetIJKToRASMatrix(vtk_matrix(geometry.ijk_to_ras()))
 
 
-def volume_from_node(node: Any) -> Volume:
-    """A :class:`Volume` copy of a scalar (or labelmap) volume node: ``array[k, j, i]``, geometry, attributes.
+def check_volume_node(node: Any, *, labelmap: bool = True) -> None:
+    """Raise a clear :class:`InputError` unless ``node`` is a 3D single-component volume node MedDL can read.
 
-    Raises:
-        InputError: the node is not a scalar volume node or has no voxels.
+    Refused: no node; a node that is not a scalar volume; a vector (e.g. RGB) or tensor volume; a labelmap when
+    ``labelmap`` is False (the image input of a network); a node without voxels; a node under a transform; a
+    sheared voxel grid (IJK-to-RAS not a rotation times spacing, e.g. gantry tilt kept as a shear).
     """
-    slicer = _slicer()
-    if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
-        raise InputError(f"expected a scalar volume node, got {node.GetClassName() if node else None}")
-    if node.GetImageData() is None:
-        raise InputError(f"volume node {node.GetName()!r} has no image data")
+    if node is None:
+        raise InputError("no volume node given")
+    name = node.GetName()
+    if not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError(f"{name!r} is a {node.GetClassName()}, not a scalar volume node")
+    image = node.GetImageData()
+    components = image.GetNumberOfScalarComponents() if image is not None else 1
+    if node.IsA("vtkMRMLVectorVolumeNode") or node.IsA("vtkMRMLTensorVolumeNode") or components != 1:
+        raise InputError(f"{name!r} is a {node.GetClassName()} with {components} values per voxel (e.g. RGB): "
+                         "choose a grey-value volume, or convert it first (Vector to Scalar Volume module)")
+    if not labelmap and node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError(f"{name!r} is a labelmap (segment labels), not an image: choose the image volume")
+    if image is None or min(image.GetDimensions()) < 1 or image.GetPointData().GetScalars() is None:
+        raise InputError(f"volume node {name!r} has no voxels")
     if node.GetParentTransformNode() is not None:
         raise InputError(
-            f"volume node {node.GetName()!r} is under a transform: harden the transform first "
+            f"volume node {name!r} is under a transform: harden the transform first "
             "(Data module, right-click, Harden transform) so its voxel geometry is what is shown"
         )
+    try:
+        geometry_from_node(node)
+    except ValueError as exc:
+        raise InputError(f"volume node {name!r} has a sheared voxel grid ({exc}): resample it onto a regular grid "
+                         "first (e.g. Resample Scalar/Vector/DWI Volume)") from exc
+
+
+def volume_from_node(node: Any, *, labelmap: bool = True) -> Volume:
+    """A :class:`Volume` copy of a scalar (or labelmap) volume node: ``array[k, j, i]``, geometry, attributes.
+
+    Args:
+        labelmap: accept a labelmap node (False for the image input of a network).
+    Raises:
+        InputError: see :func:`check_volume_node`.
+    """
+    slicer = _slicer()
+    check_volume_node(node, labelmap=labelmap)
     array = np.array(slicer.util.arrayFromVolume(node), copy=True)
     metadata = {"name": node.GetName(), "node_id": node.GetID()}
     for key in node.GetAttributeNames() or ():
@@ -106,14 +170,16 @@ def dicom_source_files(named_nodes: Mapping[str, Any],
     return {name: path for name, path in found.items() if path}
 
 
-def _add_volume_node(scene: Any, class_name: str, array: np.ndarray, geometry: Geometry, name: str) -> Any:
+def _add_volume_node(scene: Any, class_name: str, array: np.ndarray, geometry: Geometry, name: str,
+                     *, display: bool = True) -> Any:
     slicer = _slicer()
     if array.ndim != 3:
         raise InputError(f"{name}: expected a 3D array [k, j, i], got shape {array.shape}")
     node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name))
     set_node_geometry(node, geometry)
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
-    node.CreateDefaultDisplayNodes()
+    if display:
+        node.CreateDefaultDisplayNodes()
     return node
 
 
@@ -210,12 +276,10 @@ def add_segmentation(
         # Imported even when empty: the segment then still carries the reference grid, so an all-empty
         # segmentation is saved in the input geometry instead of a 1x1x1 grid at the origin.
         mask = (labels == value).astype(np.uint8)
-        tmp = _add_volume_node(scene, "vtkMRMLLabelMapVolumeNode", mask, reference, "tmp_mask")
-        try:
+        with temporary_nodes(scene):
+            tmp = _add_volume_node(scene, "vtkMRMLLabelMapVolumeNode", mask, reference, "tmp_mask", display=False)
             ids = _string_array([segment_id])
             ok = slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(tmp, seg_node, ids)
-        finally:
-            scene.RemoveNode(tmp)
         if not ok:
             raise RuntimeError(f"{name}: could not import segment {seg_name!r}")
     segmentation.CollapseBinaryLabelmaps()
@@ -237,16 +301,14 @@ def segment_array(seg_node: Any, segment_name: str, reference_node: Any) -> np.n
     segment_id = seg_node.GetSegmentation().GetSegmentIdBySegmentName(segment_name)
     if not segment_id:
         raise InputError(f"segmentation {seg_node.GetName()!r} has no segment named {segment_name!r}")
-    lab = seg_node.GetScene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    try:
+    with temporary_nodes(seg_node.GetScene()) as scene:
+        lab = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
         ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
             seg_node, _string_array([segment_id]), lab, reference_node
         )
         if not ok:
             raise RuntimeError(f"could not export segment {segment_name!r}")
         return (np.array(slicer.util.arrayFromVolume(lab)) > 0).astype(np.uint8)
-    finally:
-        seg_node.GetScene().RemoveNode(lab)
 
 
 HEATMAP_COLOR_TABLE = "MedDL Heatmap (inferno)"

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, MedDLError
-from .nodes import SegmentSpec
+from .nodes import SegmentSpec, check_volume_node, removed_on_error
 
 #: Name of the result file the shared ``meddl infer`` command writes (same as :data:`MedDLLib.batch.RESULT_JSON`).
 RESULT_JSON = "result.json"
@@ -109,7 +109,7 @@ def prepare_input(volume_nodes: Sequence[Any], folder: str | os.PathLike,
     final name only once complete.
 
     Raises:
-        InputError: a node is missing, not a scalar volume, has no voxels, or lies under a transform.
+        InputError: a node is missing or not a usable image volume (:func:`MedDLLib.nodes.check_volume_node`).
     """
     from .io import save_node
 
@@ -119,13 +119,7 @@ def prepare_input(volume_nodes: Sequence[Any], folder: str | os.PathLike,
     for index, node in enumerate(volume_nodes):
         if node is None:
             raise InputError(f"input {index + 1}: no volume selected")
-        if not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
-            raise InputError(f"input {node.GetName()!r} is a {node.GetClassName()}, not a scalar volume")
-        if node.GetImageData() is None:
-            raise InputError(f"input {node.GetName()!r} has no image data")
-        if node.GetParentTransformNode() is not None:
-            raise InputError(f"input {node.GetName()!r} is under a transform: harden the transform first "
-                             "(Data module, right-click, Harden transform)")
+        check_volume_node(node, labelmap=False)
     stems = list(names) if names is not None else [_file_stem(n.GetName()) for n in volume_nodes]
     if len(set(stems)) != len(stems):
         stems = [f"{index}_{stem}" for index, stem in enumerate(stems)]
@@ -187,8 +181,8 @@ def load_outputs(scene: Any, folder: str | os.PathLike, reference_node: Any, spe
 
     Raises:
         MedDLError: ``result.json`` is missing or records an error, required files are missing (all named in one
-        message), a file cannot be read, or an output is not on the input's voxel grid. Nodes added before the
-        error are removed again, so a failed load leaves the scene as it was.
+        message), a file cannot be read, or an output is not on the input's voxel grid. Every node added before
+        the error (colour tables included) is removed again, so a failed load leaves the scene as it was.
     """
     folder = Path(folder)
     if reference_node is None or not reference_node.IsA("vtkMRMLScalarVolumeNode"):
@@ -202,7 +196,7 @@ def load_outputs(scene: Any, folder: str | os.PathLike, reference_node: Any, spe
         raise MedDLError(f"{folder}: the run did not write {', '.join(missing)}")
     added: dict[str, Any] = {}
     base = reference_node.GetName()
-    try:
+    with removed_on_error(scene):
         for item in spec:
             path = folder / item.file
             if not path.is_file():
@@ -217,10 +211,6 @@ def load_outputs(scene: Any, folder: str | os.PathLike, reference_node: Any, spe
                     node.SetAttribute(ATTRIBUTE_PREFIX + key, value)
                 node.SetAttribute(ATTRIBUTE_PREFIX + "input", reference_node.GetID())
         place_beside(reference_node, added.values())
-    except BaseException:
-        for node in added.values():
-            _remove_with_display(scene, node)
-        raise
     return LoadedOutputs(folder, result, added)
 
 
@@ -241,14 +231,6 @@ def place_beside(reference_node: Any, new_nodes: Iterable[Any]) -> None:
             hierarchy.SetItemParent(item, parent)
         else:
             hierarchy.CreateItem(parent, node)
-
-
-def _remove_with_display(scene: Any, node: Any) -> None:
-    for index in range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0):
-        display = node.GetNthDisplayNode(index)
-        if display is not None:
-            scene.RemoveNode(display)
-    scene.RemoveNode(node)
 
 
 def _detach_storage(scene: Any, node: Any) -> None:
@@ -276,11 +258,7 @@ def _load_volume(scene: Any, path: Path, reference_node: Any, item: OutputFile, 
 
     node = load_volume(scene, path, name=name, labelmap=item.kind == "labelmap")
     _detach_storage(scene, node)
-    try:
-        _check_grid(node, reference_node, path)
-    except MedDLError:
-        _remove_with_display(scene, node)
-        raise
+    _check_grid(node, reference_node, path)
     if item.kind == "labelmap" and item.segments:
         from .nodes import add_color_table
 
@@ -304,11 +282,7 @@ def _load_heatmap(scene: Any, path: Path, reference_node: Any, item: OutputFile,
         node = add_heatmap(scene, volume.array, volume.geometry, name)
     except InputError as exc:
         raise MedDLError(f"{path}: {exc}") from exc
-    try:
-        _check_grid(node, reference_node, path)
-    except MedDLError:
-        _remove_with_display(scene, node)
-        raise
+    _check_grid(node, reference_node, path)
     return node
 
 
@@ -319,7 +293,6 @@ def _load_segmentation(scene: Any, path: Path, reference_node: Any, item: Output
     storage = slicer.vtkMRMLSegmentationStorageNode()
     storage.SetFileName(str(path))
     if not storage.ReadData(node):
-        scene.RemoveNode(node)
         raise MedDLError(f"{path}: Slicer could not read this segmentation")
     node.CreateDefaultDisplayNodes()
     node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
