@@ -96,6 +96,60 @@ def test_infer_missing_input(dummy, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_infer_output_is_replaced_whole_or_left_as_it_was(studies, tmp_path, capsys):
+    """A rerun replaces the earlier outputs whole (no stale file); a failed rerun leaves them as they were; a
+    folder holding other files is refused, not mixed into."""
+    out = tmp_path / "one"
+    assert main(["infer", "dummy", "--input", str(studies / "case001"), "--output", str(out)]) == 0
+    first = (out / "result.json").read_text()
+    (out / "stale.nrrd").write_text("from an older run")
+    (studies / "case002" / "input.txt").write_text("not numbers")
+    assert main(["infer", "dummy", "--input", str(studies / "case002"), "--output", str(out)]) == 1
+    assert (out / "result.json").read_text() == first and (out / "stale.nrrd").is_file()  # untouched
+    assert main(["infer", "dummy", "--input", str(studies / "case000"), "--output", str(out)]) == 0
+    assert not (out / "stale.nrrd").exists() and (out / "result.json").read_text() != first
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    capsys.readouterr()
+    assert main(["infer", "dummy", "--input", str(studies / "case000"), "--output", str(other)]) == 1
+    assert "the folder holds other files" in capsys.readouterr().err
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_a_path_the_system_refuses_is_one_line(studies, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["infer", "dummy", "--input", str(studies / "case000"), "--output", str(blocker / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("meddl infer: error: ") and "file" in err[0]
+    assert main(["batch", "dummy", "--input", str(studies), "--output", str(blocker)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists and is not a folder" in err[0]
+
+
+def test_undefined_metrics_are_written_as_null(studies, tmp_path, monkeypatch):
+    monkeypatch.setattr(dummy_task.DummyTask, "evaluate", lambda self, args: {"auroc": float("nan"), "n": 3})
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "dummy", "--data", str(studies), "--model", "m", "--out", str(out)]) == 0
+    assert "NaN" not in out.read_text() and json.loads(out.read_text()) == {"auroc": None, "n": 3}
+
+
+def test_a_task_that_needs_a_model_checks_it_once_before_any_study(studies, tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(dummy_task.DummyTask, "needs_model", True)
+    monkeypatch.setattr(dummy_task.DummyTask, "infer", lambda self, *a: calls.append(a) or {})
+    out = tmp_path / "out"
+    assert main(["batch", "dummy", "--input", str(studies), "--output", str(out)]) == 1
+    assert "needs --model" in capsys.readouterr().err
+    assert main(["batch", "dummy", "--input", str(studies), "--output", str(out), "--model", "nosuch"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nosuch" in err[0]
+    assert main(["infer", "dummy", "--input", str(studies / "case000"), "--output", str(out), "--model", "nosuch"]) == 1
+    assert calls == [] and not out.exists()  # no study was read, nothing written
+
+
 def test_evaluate_writes_metrics_json(studies, tmp_path):
     out = tmp_path / "reports" / "metrics.json"
     assert main(["evaluate", "dummy", "--data", str(studies), "--model", "m7", "--out", str(out)]) == 0

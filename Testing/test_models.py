@@ -434,3 +434,26 @@ def test_list_models_skips_the_training_folder_beside_a_package(tmp_path):
     (models.cache_dir() / "stray.training").mkdir()  # no package beside it: still listed (as broken)
     names = [entry["name"] for entry in models.list_models()]
     assert "blob.training" not in names and "stray.training" in names
+
+
+@pytest.mark.parametrize("task", ["ich", "lung", "glioma"])
+def test_verify_builds_a_task_network_in_a_fresh_process(task, tmp_path):
+    """A package's network is checked even when nothing imported the task's model module yet (a new process)."""
+    import subprocess
+    import sys
+
+    if task == "ich":
+        from ICHDetectorLib.model import untrained_package
+
+        package = untrained_package(tmp_path, 32)
+    elif task == "lung":
+        from LungSurvivalLib.model import untrained_package
+
+        package = untrained_package(tmp_path)
+    else:
+        from GliomaClassifierLib.model import untrained_package
+
+        package = untrained_package(tmp_path)
+    code = "import sys; from MedDLLib.models import verify_model; print(verify_model(sys.argv[1])['network'])"
+    shown = subprocess.run([sys.executable, "-c", code, str(package)], capture_output=True, text=True, check=True)
+    assert "built and loaded (strict)" in shown.stdout, shown.stdout + shown.stderr

@@ -25,6 +25,14 @@ TARGET_GRADCAM_S = 10.0
 
 
 def _child(stride: int, size: int, depth: int, what: str, threads: int, queue: Any) -> None:
+    """Child process body: one measurement, or ``{"error": ...}`` on the queue (never a silent death)."""
+    try:
+        queue.put(_measure_here(stride, size, depth, what, threads))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it as a MedDLError
+        queue.put({"error": " ".join(f"{type(exc).__name__}: {exc}".split())})
+
+
+def _measure_here(stride: int, size: int, depth: int, what: str, threads: int) -> dict[str, float]:
     import torch
 
     torch.set_num_threads(threads)
@@ -57,9 +65,8 @@ def _child(stride: int, size: int, depth: int, what: str, threads: int, queue: A
             start = time.perf_counter()
             compute(study, package)
             seconds = time.perf_counter() - start
-        queue.put({"seconds": round(seconds, 3),
-                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)})
-        return
+        return {"seconds": round(seconds, 3),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
     start = time.perf_counter()
     if what == "forward":
         with torch.no_grad():
@@ -67,27 +74,65 @@ def _child(stride: int, size: int, depth: int, what: str, threads: int, queue: A
     else:
         compute_gradcam(network, x, r.gradcam_layer, class_index=0)
     seconds = time.perf_counter() - start
-    queue.put({"seconds": round(seconds, 3),
-               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)})
+    return {"seconds": round(seconds, 3),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
 
 
-def measure(stride: int, what: str, size: int = 256, depth: int = 64, threads: int = 2) -> dict[str, float]:
-    """Seconds and peak RSS (MB) of one forward (``what="forward"``) or Grad-CAM in a fresh child process."""
+def measure(stride: int, what: str, size: int = 256, depth: int = 64, threads: int = 2,
+            timeout_s: float = 900.0) -> dict[str, float]:
+    """Seconds and peak RSS (MB) of one forward (``what="forward"``) or Grad-CAM in a fresh child process.
+
+    Raises:
+        MedDLError: the child failed (its error), died without a result, or ran past ``timeout_s``.
+    """
+    import queue as queue_module
+
+    from MedDLLib.errors import MedDLError
+
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(stride, size, depth, what, threads, queue))
     proc.start()
+    deadline = time.monotonic() + timeout_s
     try:
-        return queue.get(timeout=900)
+        while True:
+            try:
+                message = queue.get(timeout=1.0)
+                break
+            except queue_module.Empty:
+                if not proc.is_alive():
+                    try:
+                        message = queue.get(timeout=1.0)  # put just before it exited
+                        break
+                    except queue_module.Empty:
+                        raise MedDLError(f"glioma bench {what}: the measuring process ended (exit code "
+                                         f"{proc.exitcode}) without a result") from None
+                if time.monotonic() > deadline:
+                    raise MedDLError(f"glioma bench {what}: no result after {timeout_s:g} s") from None
     finally:
+        if proc.is_alive():
+            proc.terminate()
         proc.join()
+    if "error" in message:
+        raise MedDLError(f"glioma bench {what} (stride {stride}, {depth} x {size} x {size}): {message['error']}")
+    return message
 
 
 def run_bench(size: int = 256, depth: int = 64, threads: int = 2) -> dict[str, Any]:
-    """Both networks side by side (see the module docstring); JSON-ready."""
+    """Both networks side by side (see the module docstring); JSON-ready.
+
+    Raises:
+        InputError: ``size`` or ``depth`` below 16 voxels, or ``threads`` below 1.
+    """
     import os
 
     import torch
+
+    from MedDLLib.errors import InputError
+
+    if size < 16 or depth < 16 or threads < 1:
+        raise InputError(f"bench glioma needs --size and --depth of at least 16 voxels and --threads >= 1 (got "
+                         f"size {size}, depth {depth}, threads {threads})")
 
     result: dict[str, Any] = {"benchmark": "glioma_cpu_inference", "input_dhw": [depth, size, size],
                               "threads": threads, "cpu_count": os.cpu_count(), "torch": torch.__version__}

@@ -28,14 +28,13 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import InputError
-from .io import VOLUME_FILE_SUFFIXES, atomic_write_text, to_jsonable
+from .io import VOLUME_FILE_SUFFIXES, atomic_folder, atomic_write_text, to_jsonable
 from .tasks import Task
 
 SUMMARY_CSV = "summary.csv"
@@ -176,7 +175,9 @@ def run_batch(
         a :class:`BatchSummary`; failed studies are listed there and in ``failures.csv`` (no exception).
 
     Raises:
-        InputError: missing input folder, no studies found, clashing study names, bad output location.
+        InputError: missing input folder, no studies found, clashing study names, bad output location, no model
+            where the task needs one (:meth:`Task.check_model`).
+        ModelError: the model package is missing or broken (checked once, before any study).
     """
     input_root = Path(input_root).resolve()
     output_root = Path(output_root).resolve()
@@ -197,6 +198,9 @@ def run_batch(
     if duplicates:
         raise InputError(f"{input_root}: several studies map to the same output name(s): {', '.join(duplicates)}")
 
+    if output_root.exists() and not output_root.is_dir():
+        raise InputError(f"{output_root}: exists and is not a folder; choose another output folder")
+    task.check_model(model)  # a missing or broken model fails once here, not once per study
     output_root.mkdir(parents=True, exist_ok=True)
     clean_partials(output_root)
     earlier_seconds = _read_seconds(output_root / SUMMARY_CSV) if resume else {}
@@ -224,15 +228,14 @@ def run_batch(
 def _run_study(
     task: Task, study: Path, sid: str, model: str | None, final: Path, args: argparse.Namespace
 ) -> StudyOutcome:
-    """Infer one study into a temporary folder and rename it to ``final``; failures become an outcome."""
-    output_root = final.parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{sid}.", suffix=PARTIAL_SUFFIX, dir=output_root))
+    """Infer one study into a temporary folder that then replaces ``final``; failures become an outcome."""
     start = time.perf_counter()
     try:
-        result = task.infer(study, model, tmp, args)
-        saved = to_jsonable(dict(result or {}), base=tmp)
-        (tmp / RESULT_JSON).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _replace_folder(tmp, final)
+        with atomic_folder(final) as tmp:
+            result = task.infer(study, model, tmp, args)
+            saved = to_jsonable(dict(result or {}), base=tmp)
+            (tmp / RESULT_JSON).write_text(json.dumps(saved, indent=2, sort_keys=True, allow_nan=False) + "\n",
+                                           encoding="utf-8")
     except Exception as exc:  # a bad study never stops the run
         try:
             _remove_folder(final)  # no stale outputs of an earlier run beside a "failed" row
@@ -240,23 +243,7 @@ def _run_study(
             pass
         message = " ".join(f"{type(exc).__name__}: {exc}".split())
         return StudyOutcome(sid, study, "failed", round(time.perf_counter() - start, 3), error=message)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return StudyOutcome(sid, study, "ok", round(time.perf_counter() - start, 3), final, saved)
-
-
-def _replace_folder(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst``; an existing ``dst`` is first moved aside (a ``.partial`` name) then deleted."""
-    if dst.exists() or dst.is_symlink():
-        if not dst.is_dir() or dst.is_symlink():
-            raise InputError(f"{dst}: exists and is not a study folder; remove it or choose another output")
-        old = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.old{PARTIAL_SUFFIX}")
-        os.rename(dst, old)
-        os.rename(src, dst)
-        shutil.rmtree(old)
-    else:
-        os.rename(src, dst)
 
 
 def _remove_folder(path: Path) -> None:

@@ -1,8 +1,9 @@
 """The ``meddl`` command: one command line for the shared library and the four tasks.
 
 Each subcommand lives in the module that owns the concept and exposes ``add_parser(subparsers)``; this file
-only assembles them and turns expected errors (:class:`~MedDLLib.errors.MedDLError`) into one clear line on
-stderr and a non-zero exit status. Heavy imports (torch, slicer) happen inside the subcommands.
+only assembles them and turns expected errors (:class:`~MedDLLib.errors.MedDLError`, and the system's
+:class:`OSError` naming a path it refused) into one clear line on stderr and a non-zero exit status. Heavy
+imports (torch, slicer) happen inside the subcommands.
 
 Inside Slicer the same entry point runs as
 ``Slicer --no-main-window --python-script <MedDLExtension>/MedDLScripts/meddl_batch.py -- <subcommand> ...``.
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except MedDLError as exc:
+    except (MedDLError, OSError) as exc:  # OSError: a file or folder the system refused (path, permission, disk)
         if args.verbose:
             raise
         print(f"meddl {args.command}: error: {exc}", file=sys.stderr)

@@ -170,21 +170,28 @@ def _run_evaluate(task: Task, args: argparse.Namespace) -> int:
 
 
 def _run_infer(task: Task, args: argparse.Namespace) -> int:
+    """One study into ``--output``, atomically: the folder appears (or replaces an earlier ``meddl infer``
+    output) only complete; a failed run leaves it as it was. A folder holding other files is refused."""
+    from .batch import RESULT_JSON
+    from .guisupport import reporter_from_environment
+    from .io import atomic_folder, atomic_write_json, to_jsonable
+
     if not args.input.exists():
         raise InputError(f"{args.input}: no such study (expected a DICOM folder or an NRRD/NIfTI file)")
-    if args.output.exists() and not args.output.is_dir():
-        raise InputError(f"{args.output}: exists and is not a folder")
-    from .batch import RESULT_JSON
-    from .io import atomic_write_json, to_jsonable
-
-    from .guisupport import reporter_from_environment
-
     output = args.output.resolve()
-    output.mkdir(parents=True, exist_ok=True)
+    if output.exists() and not output.is_dir():
+        raise InputError(f"{args.output}: exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()) and not (output / RESULT_JSON).is_file():
+        raise InputError(f"{args.output}: the folder holds other files; give a new or empty folder (the outputs of "
+                         "an earlier meddl infer are replaced)")
+    task.check_model(args.model)
     args.progress = reporter_from_environment()  # progress lines for the GUI's progress bar, else None
-    result = _call(task, "infer", task.infer, args.input, args.model, output, args)
-    atomic_write_json(output / RESULT_JSON, to_jsonable(dict(result or {}), base=output))
-    print_result(result)
+    with atomic_folder(output) as staging:
+        result = _call(task, "infer", task.infer, args.input, args.model, staging, args)
+        saved = to_jsonable(dict(result or {}), base=staging)
+        atomic_write_json(staging / RESULT_JSON, saved)
+    print_result(saved)
+    print(f"outputs written to {output}")
     return 0
 
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -132,6 +135,37 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``path``; on success it replaces ``path``, else it is removed.
+
+    An existing folder at ``path`` is first renamed aside (``.<name>.<hex>.old.partial``), then the new one is
+    renamed in and the old one deleted: readers see the old complete folder or the new complete one, never a
+    mix, and a failure leaves ``path`` as it was. Leftover ``.*.partial`` entries of a killed process are
+    recognisable by name. The parent folder is created.
+
+    Raises:
+        InputError: ``path`` exists and is not a folder.
+    """
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise InputError(f"{path}: exists and is not a folder; remove it or choose another output")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old.partial")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and :func:`os.replace`.
 
@@ -147,15 +181,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented, key-sorted JSON atomically (numpy values and paths converted)."""
-    return atomic_write_text(path, json.dumps(to_jsonable(data), indent=2, sort_keys=True) + "\n")
+    return atomic_write_text(path, json.dumps(to_jsonable(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def to_jsonable(value: Any, base: Path | None = None) -> Any:
-    """``value`` with JSON types only: numpy scalars/arrays -> numbers/lists, paths -> strings.
+    """``value`` with JSON types only: numpy scalars/arrays -> numbers/lists, paths -> strings, NaN and
+    infinities (an undefined metric, e.g. an AUROC without positives) -> ``None`` (``null``: strict JSON).
 
     A path inside ``base`` becomes relative to it (POSIX separators), so a result stays valid after its folder
     is renamed or moved. Other types raise :class:`TypeError`.
     """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, os.PathLike):

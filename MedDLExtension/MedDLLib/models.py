@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import importlib
 import inspect
 import json
 import math
@@ -177,11 +178,12 @@ def _network_factory(name: str, task: Any) -> Callable[..., Any] | None:
         import monai.networks.nets as nets
 
         return getattr(nets, short)
-    if isinstance(task, str):  # a task module registers its networks when loaded (entry point)
+    if isinstance(task, str):  # a task library registers its networks in its model module (<Module>Lib.model)
         from . import tasks
 
         try:
-            tasks.get_task(task)
+            library = type(tasks.get_task(task)).__module__.rpartition(".")[0]
+            importlib.import_module(f"{library}.model")
         except Exception:  # noqa: BLE001 - a missing/broken task only means "unknown network" here
             return None
         return _NETWORKS.get(name)
@@ -212,12 +214,7 @@ class ModelPackage:
 
     def network(self, device: "torch.device | str | None" = None) -> "torch.nn.Module":
         """The network with these weights loaded (strict), in eval mode, on ``device`` when given."""
-        model = build_network(self.metadata)
-        try:
-            model.load_state_dict(self.state_dict, strict=True)
-        except RuntimeError as exc:
-            raise ModelError(f"weights of {self.path} do not fit network {self.metadata['network']['name']!r}: "
-                             f"{_first_line(exc)}") from exc
+        model = _load_into_network(self.metadata, self.state_dict, self.path)
         model.eval()
         return model.to(device) if device is not None else model
 
@@ -573,13 +570,18 @@ def _cpu_state_dict(state_dict: Any) -> dict[str, "torch.Tensor"]:
     return out
 
 
-def _load_into_network(metadata: Mapping[str, Any], state: Mapping[str, Any], where: Path) -> None:
+def _load_into_network(metadata: Mapping[str, Any], state: Mapping[str, Any], where: Path) -> "torch.nn.Module":
+    """The network of ``metadata`` with ``state`` loaded strictly (``where`` names the package in errors)."""
     model = build_network(metadata)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = " ".join(lines[:2])  # "Error(s) in loading state_dict for X:" and the first mismatch
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
         raise ModelError(f"weights of {where} do not fit network {metadata['network']['name']!r}: "
-                         f"{_first_line(exc)}") from exc
+                         f"{detail or type(exc).__name__}") from exc
+    return model
 
 
 def _check_replaceable(dest: Path) -> None:
