@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.dataelem import RawDataElement
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+from pydicom.tag import Tag
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+)
 
 from MedDLLib import dicom, dicomwrite
 from MedDLLib.errors import DicomError
@@ -65,6 +74,26 @@ def only_series(folder) -> dicom.DicomSeries:
     found = dicom.find_series(folder)
     assert len(found) == 1, [s.uid for s in found]
     return found[0]
+
+
+def set_raw(path, keyword: str, text: str) -> None:
+    """Write ``text`` as the value of ``keyword`` in the file at ``path`` as it is (a malformed value pydicom
+    would refuse to set)."""
+    ds = pydicom.dcmread(path)
+    tag = Tag(keyword)
+    value = text.encode() + (b" " if len(text) % 2 else b"")
+    ds[tag] = RawDataElement(tag, pydicom.datadict.dictionary_VR(tag), len(value), value, 0, False, True)
+    ds.save_as(path)
+
+
+def set_pixels(path, stored: np.ndarray, bits_stored: int) -> None:
+    """Replace the pixel data of the file at ``path`` by ``stored`` (its type sets BitsAllocated and
+    PixelRepresentation)."""
+    ds = pydicom.dcmread(path)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = stored.dtype.itemsize * 8, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = int(np.issubdtype(stored.dtype, np.signedinteger))
+    ds.PixelData = np.ascontiguousarray(stored).tobytes()
+    ds.save_as(path)
 
 
 # ------------------------------------------------------------------------------------------------ sorting, geometry
@@ -214,6 +243,30 @@ def test_repeated_positions_without_distinguishing_tags_are_split(tmp_path):
     np.testing.assert_array_equal(arrays[1], second.array)
 
 
+def test_exact_copy_of_a_file_is_dropped_with_a_warning(tmp_path):
+    phantom = random_volume()
+    files = dicomwrite.write_series(tmp_path, phantom, file_names="instance")
+    (tmp_path / "backup").mkdir()
+    copy = shutil.copy(files[3], tmp_path / "backup" / files[3].name)  # same SOPInstanceUID, same header
+    series = only_series(tmp_path)
+    assert series.files == files and series.problems == []
+    assert series.warnings == [f"{copy} is a copy of {files[3]} (same SOPInstanceUID (0008,0018) and header): "
+                               "dropped"]
+    volume = dicom.read_series(series)
+    np.testing.assert_array_equal(volume.array, phantom.array)
+    assert series.warnings[0] in volume.metadata["warnings"]
+
+
+def test_same_instance_uid_with_another_header_is_not_dropped(tmp_path):
+    files = dicomwrite.write_series(tmp_path, random_volume())
+    ds = pydicom.dcmread(files[3])
+    ds.ImagePositionPatient = [float(v) + 100.0 for v in ds.ImagePositionPatient]  # another image, reused UID
+    ds.save_as(tmp_path / "other.dcm")
+    found = dicom.find_series(tmp_path)
+    assert sum(len(s.files) for s in found) == 9
+    assert not any("copy" in w for s in found for w in s.warnings)
+
+
 def test_orientations_and_sizes_in_one_series_are_split(tmp_path):
     uid = "1.2.826.0.1.3680043.10.999.3"
     dicomwrite.write_series(tmp_path / "a", random_volume(), series_uid=uid)
@@ -245,6 +298,55 @@ def test_signed_and_unsigned_stored_values(tmp_path, pixel_representation, bits_
     assert volume.array.dtype == (np.uint16 if pixel_representation == 0 else np.int16)
     for path, values in zip(volume.metadata["files"], volume.array):  # and pydicom agrees
         np.testing.assert_array_equal(pydicom.dcmread(path).pixel_array, values)
+
+
+def mixed_representation_series(folder, case: str) -> list:
+    """Six MR slices without Modality LUT, 12 bits unsigned, except: "signed_later": slices 3-5 are 16 bits
+    signed with values down to -1024; "bits8_first": slice 0 is 8 bits. Returns the files in slice order."""
+    phantom = random_volume(shape=(6, 16, 16), low=0, high=4096)
+    files = dicomwrite.write_series(folder, phantom, modality="MR", rescale_slope=None, rescale_intercept=None,
+                                    bits_stored=12)
+    if case == "signed_later":
+        for k in (3, 4, 5):
+            stored = phantom.array[k].astype(np.int16) - 1024
+            stored[0, 0] = -1024
+            set_pixels(files[k], stored, 16)
+    else:
+        set_pixels(files[0], (phantom.array[0] % 256).astype(np.uint8), 8)
+    return files
+
+
+@pytest.mark.parametrize("case, dtype", [("signed_later", np.int16), ("bits8_first", np.uint16)])
+def test_files_differing_in_pixel_representation_or_bits_keep_every_value(tmp_path, case, dtype):
+    files = mixed_representation_series(tmp_path, case)
+    volume = dicom.read_dicom_folder(tmp_path)
+    assert volume.metadata["files"] == [str(f) for f in files]
+    assert volume.array.dtype == dtype  # holds every file's values, whichever file comes first
+    for path, values in zip(files, volume.array):  # as pydicom reads each file
+        np.testing.assert_array_equal(values, pydicom.dcmread(path).pixel_array)
+
+
+def test_values_that_do_not_fit_the_output_type_are_never_wrapped(tmp_path, monkeypatch):
+    files = mixed_representation_series(tmp_path, "signed_later")
+    monkeypatch.setattr(dicom, "_output_dtype", lambda luts, raw_dtype: np.dtype(raw_dtype))  # too small a type
+    with pytest.raises(DicomError, match=rf"{files[3].name}: values -1024\.\.[0-9]+ do not fit uint16"):
+        dicom.read_dicom_folder(tmp_path)
+
+
+def test_unparseable_rescale_in_any_file_is_warned(tmp_path):
+    phantom = random_volume()
+    files = dicomwrite.write_series(tmp_path, phantom)  # slope 1, intercept -1024
+    set_raw(files[3], "RescaleSlope", "x")
+    set_raw(files[5], "RescaleSlope", "x")
+    set_raw(files[6], "RescaleIntercept", "1O24")
+    volume = dicom.read_dicom_folder(tmp_path)
+    warnings = volume.metadata["warnings"]
+    assert (f"RescaleSlope (0028,1053) is 'x', not a number: slope taken as 1 (2 of 8 files, e.g. {files[3]})"
+            in warnings)
+    assert f"{files[6]}: RescaleIntercept (0028,1052) is '1O24', not a number: intercept taken as 0" in warnings
+    assert not any("without" in w for w in warnings)  # the tags are there, not missing
+    np.testing.assert_array_equal(volume.array[[3, 5]], phantom.array[[3, 5]])  # slope 1 is what they meant
+    np.testing.assert_array_equal(volume.array[6], phantom.array[6] + 1024)  # stored values as they are
 
 
 def test_non_integer_rescale_gives_float32(tmp_path):
@@ -340,6 +442,33 @@ def test_transfer_syntaxes_decode_identically(tmp_path):
         arrays[ts.name] = dicom.read_dicom_folder(folder).array
     for name, array in arrays.items():
         np.testing.assert_array_equal(array, phantom.array, err_msg=name)
+
+
+def test_deflated_transfer_syntax_is_read(tmp_path):
+    phantom = random_volume(shape=(4, 256, 256))
+    files = dicomwrite.write_series(tmp_path, phantom)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds.save_as(path, enforce_file_format=True)
+    assert min(f.stat().st_size for f in files) > dicom.HEADER_CHUNK_BYTES  # headers parsed from the whole file
+    series = only_series(tmp_path)
+    assert series.problems == []
+    assert {s.transfer_syntax for s in series.slices} == {DeflatedExplicitVRLittleEndian}
+    volume = dicom.read_series(series)
+    np.testing.assert_array_equal(volume.array, phantom.array)
+    assert volume.geometry.allclose(phantom.geometry, atol_mm=1e-4)
+
+
+def test_pydicom_deflated_test_file_against_pydicom():
+    path = pydicom.data.get_testdata_file("image_dfl.dcm", download=False)
+    if path is None:
+        pytest.skip("pydicom's test file image_dfl.dcm is not installed")
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    volume = dicom.read_dicom_folder(path)
+    assert volume.array.dtype == ds.pixel_array.dtype
+    np.testing.assert_array_equal(volume.array[0], ds.pixel_array)
 
 
 def demosaic(tile_image: np.ndarray, tile: int, count: int) -> np.ndarray:
@@ -475,6 +604,49 @@ def test_missing_pixel_data_is_named(tmp_path):
     series = only_series(tmp_path)
     assert any(files[2].name in p and "no Pixel Data (7FE0,0010)" in p for p in series.problems)
     with pytest.raises(DicomError, match=rf"{files[2].name}: no Pixel Data \(7FE0,0010\) element"):
+        dicom.read_series(series)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")  # pydicom reading the malformed value
+def test_malformed_number_of_frames_is_a_problem_of_that_file(tmp_path):
+    files = dicomwrite.write_series(tmp_path, random_volume())
+    set_raw(files[4], "NumberOfFrames", "1A")
+    series = only_series(tmp_path)  # the scan goes on
+    text = rf"{files[4].name}: NumberOfFrames \(0028,0008\) is '1A', not a whole number"
+    assert sum(bool(re.search(text, p)) for p in series.problems) == 1
+    assert dicom.inspect_folder(tmp_path)[0]["files"] == 8
+    with pytest.raises(DicomError, match=text):
+        dicom.read_series(series)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")  # pydicom reading the malformed value
+def test_malformed_series_number_is_ignored(tmp_path):
+    phantom = random_volume()
+    files = dicomwrite.write_series(tmp_path / "all", phantom)
+    for path in files:
+        set_raw(path, "SeriesNumber", "3A")
+    series = only_series(tmp_path / "all")
+    assert series.metadata["series_number"] is None and series.problems == []
+    assert series.warnings == [f"{min(files)}: SeriesNumber (0020,0011) is '3A', not a whole number: ignored"]
+    np.testing.assert_array_equal(dicom.read_series(series).array, phantom.array)
+    files = dicomwrite.write_series(tmp_path / "one", phantom)
+    set_raw(files[2], "SeriesNumber", "3A")
+    entries = dicom.inspect_folder(tmp_path / "one")  # no crash: that file is told apart by its SeriesNumber
+    assert sorted(e["series_number"] is None for e in entries) == [False, True]
+
+
+@pytest.mark.parametrize("iop", [(1, 0, 0, 0.2, 0.98, 0), (1, 0, 0, 1, 0, 0), (0, 0, 0, 0, 0, 0), (2, 0, 0, 0, 1, 0)],
+                         ids=["not_orthogonal", "parallel", "zero", "not_unit"])
+def test_invalid_image_orientation_is_named(tmp_path, iop):
+    files = dicomwrite.write_series(tmp_path, random_volume(), file_names="instance",
+                                    extra={"ImageOrientationPatient": [str(v) for v in iop]})
+    series = only_series(tmp_path)
+    text = (rf"{files[0].name}: ImageOrientationPatient \(0020,0037\) = .* the row and column direction cosines "
+            "must be unit length and orthogonal")
+    assert [p for p in series.problems if re.search(text, p)] == series.problems
+    assert len(series.problems) == 1 and not series.layout.order_known
+    assert json.loads(json.dumps(dicom.inspect_folder(tmp_path)))[0]["orientation"] == "unknown"
+    with pytest.raises(DicomError, match=text):
         dicom.read_series(series)
 
 

@@ -4,27 +4,31 @@ Plain data in, plain data out (paths, :class:`DicomSeries`, :class:`~MedDLLib.ge
 does the parsing and decoding. The steps and the rules they follow:
 
 1. :func:`find_series` reads every file's header once (up to the pixel data, whose byte offset it notes),
-   skips files that are not DICOM images (and says why), groups the rest by SeriesInstanceUID and splits a
-   group into several volumes wherever it is not one volume: different SeriesNumber, orientation, image size,
-   pixel spacing, photometric interpretation or echo (EchoNumbers, EchoTime); and, where slices repeat a
-   position, by AcquisitionNumber, TemporalPositionIdentifier, TriggerTime, ImageType, then by order of
-   appearance. A split volume's ``uid`` is the SeriesInstanceUID plus ``#`` and what tells it apart
-   (``1.2.3#echo=2``). Slices are sorted by position along the slice normal (ImageOrientationPatient x
-   ImagePositionPatient), never by file name or InstanceNumber. Gantry tilt (positions not moving along the
-   normal), uneven gaps and missing tags become plain sentences in :attr:`DicomSeries.problems`.
+   skips files that are not DICOM images (and says why), drops exact copies of a file (same SOPInstanceUID
+   and header, e.g. a backup in a subfolder: the first by path is kept, with a warning), groups the rest by
+   SeriesInstanceUID and splits a group into several volumes wherever it is not one volume: different
+   SeriesNumber, orientation, image size, pixel spacing, photometric interpretation or echo (EchoNumbers,
+   EchoTime); and, where slices repeat a position, by AcquisitionNumber, TemporalPositionIdentifier,
+   TriggerTime, ImageType, then by order of appearance. A split volume's ``uid`` is the SeriesInstanceUID plus
+   ``#`` and what tells it apart (``1.2.3#echo=2``). Slices are sorted by position along the slice normal
+   (ImageOrientationPatient x ImagePositionPatient), never by file name or InstanceNumber. Gantry tilt
+   (positions not moving along the normal), uneven gaps, missing tags, malformed values and an
+   ImageOrientationPatient that is no orientation become plain sentences in :attr:`DicomSeries.problems`.
 2. :func:`read_series` decodes the pixels (every transfer syntax pydicom has a decoder for: pylibjpeg
-   plugins for JPEG, JPEG-LS, JPEG 2000, RLE), applies the Modality LUT (RescaleSlope/Intercept or the
-   Modality LUT Sequence) so CT is in HU, and builds the geometry from the positions. A tilted or unevenly
-   spaced stack is resampled onto a regular orthogonal grid (``irregular="resample"``, reported in
-   ``metadata["warnings"]``) or refused (``irregular="refuse"``).
+   plugins for JPEG, JPEG-LS, JPEG 2000, RLE; Deflated Explicit VR Little Endian through pydicom's inflated
+   data set), applies the Modality LUT (RescaleSlope/Intercept or the Modality LUT Sequence) so CT is in HU,
+   and builds the geometry from the positions. A tilted or unevenly spaced stack is resampled onto a regular
+   orthogonal grid (``irregular="resample"``, reported in ``metadata["warnings"]``) or refused
+   (``irregular="refuse"``).
 3. :func:`read_dicom_folder` = 1 + 2 for a folder holding one volume (or a chosen one);
    :func:`inspect_folder` gives JSON-ready summaries.
 
 Conventions:
 
 * Values: stored values through the Modality LUT. Integer results stay integer (the smallest of uint8,
-  uint16, int16, int32 that holds every value the header allows: CT with 12 bits stored is int16 HU),
-  non-integer rescales give float32, resampled volumes are float32.
+  uint16, int16, int32 that holds every value the headers of all files allow: CT with 12 bits stored is int16
+  HU; a value that does not fit raises DicomError, it never wraps), non-integer rescales give float32,
+  resampled volumes are float32.
 * MONOCHROME1 (higher stored value = darker): values without physical units (CR, DX, MG, ...) are inverted
   to the MONOCHROME2 sense, ``v' = v_min + v_max - v`` over the range the Modality LUT can produce (for
   unsigned pixels without rescale: ``2**BitsStored - 1 - v``, what SimpleITK/GDCM return). The window centres
@@ -59,7 +63,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, as_pixel_options, get_decoder
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from .errors import DicomError
 from .geometry import Geometry, Volume
@@ -127,7 +131,9 @@ class DicomSlice:
     Attributes:
         path: the file.
         header: the :data:`HEADER_KEYWORDS` elements (a small pydicom Dataset, with ``file_meta``).
-        pixel_offset: byte offset of the pixel data *value* in the file (None: no pixel data element).
+        pixel_offset: byte offset of the pixel data *value* in the file (None: no pixel data element); for
+            Deflated Explicit VR Little Endian, in the inflated data set (:func:`_decode` reads those through
+            pydicom).
         pixel_keyword: "PixelData", "FloatPixelData" or "DoubleFloatPixelData".
         pixel_vr: VR of the pixel data element (None for implicit VR).
         defect: why the pixels cannot be read (a sentence naming the file and tag), or None.
@@ -156,12 +162,13 @@ class DicomSlice:
 
     @property
     def frames(self) -> int:
-        return int(self.header.get("NumberOfFrames") or 1)
+        """NumberOfFrames (1 when absent; when malformed, :attr:`defect` says so)."""
+        return _int(self.header, "NumberOfFrames") or 1
 
     @property
     def instance_number(self) -> int:
-        value = self.header.get("InstanceNumber")
-        return int(value) if value not in (None, "") else 0
+        """InstanceNumber (0 when absent or malformed: it only breaks ties)."""
+        return _int(self.header, "InstanceNumber") or 0
 
 
 @dataclasses.dataclass
@@ -258,7 +265,7 @@ class DicomSeries:
         if self.layout is not None:
             lay = self.layout
             out.update(
-                orientation=orientation_name(lay.normal),
+                orientation=orientation_name(lay.normal) if _orientation_defect(self.slices[0]) is None else "unknown",
                 spacing_mm=[round(v, 6) for v in (*lay.pixel_spacing_mm, lay.slice_spacing_mm)],
                 slice_spacing_from=lay.spacing_source,
                 tilt_deg=round(lay.tilt_deg, 4),
@@ -319,6 +326,17 @@ def _float(ds: pydicom.Dataset, keyword: str) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     return result if math.isfinite(result) else None
+
+
+def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    """An IS element as an int; None when absent or not a whole number (e.g. "1A", "7.5")."""
+    value = _float(ds, keyword)
+    return int(value) if value is not None and value.is_integer() else None
+
+
+def _malformed(ds: pydicom.Dataset, keyword: str, value: float | int | None) -> bool:
+    """True when ``keyword`` is present and not empty but ``value`` (its parsed form) is None: unparseable."""
+    return value is None and ds.get(keyword) not in (None, "")
 
 
 def _float_list(ds: pydicom.Dataset, keyword: str) -> list[float]:
@@ -414,6 +432,13 @@ def _read_header(path: str | os.PathLike) -> DicomSlice:
                 raise _Skipped("not a DICOM file (no DICM prefix)") from None
             except Exception as exc:  # pydicom raises many kinds on damaged files
                 raise _Corrupt(f"corrupt DICOM header ({type(exc).__name__}: {exc})") from None
+            ts = UID(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
+            if ts == DeflatedExplicitVRLittleEndian and ds.buffer is not None:
+                # pydicom inflated the data set into a buffer and stopped there at the pixel data
+                stream, ds.buffer = ds.buffer, None  # (a header keeps no copy of the whole file)
+                here = stream.tell()
+                size = stream.seek(0, os.SEEK_END)
+                stream.seek(here)
             element = stream.read(8)
             if "Rows" not in ds or "Columns" not in ds:
                 sop = ds.get("SOPClassUID")
@@ -423,7 +448,6 @@ def _read_header(path: str | os.PathLike) -> DicomSlice:
                     raise _Corrupt(f"corrupt DICOM: {UID(sop).name} without Rows/Columns (0028,0010/0011) "
                                    "(file truncated or damaged)")
                 raise _Skipped(f"DICOM but not an image ({UID(sop).name})")
-            ts = UID(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
             if len(element) < 8:
                 return DicomSlice(path, ds, defect=f"{path}: no Pixel Data (7FE0,0010) element")
             endian = "<" if ts.is_little_endian else ">"
@@ -442,6 +466,9 @@ def _read_header(path: str | os.PathLike) -> DicomSlice:
     defect = None
     if length != 0xFFFFFFFF and offset + length > size:
         defect = f"{path}: Pixel Data (7FE0,0010) is truncated ({size - offset} of {length} bytes present)"
+    elif _malformed(ds, "NumberOfFrames", _int(ds, "NumberOfFrames")):
+        defect = (f"{path}: {_tag_name('NumberOfFrames')} is '{_display(ds.get('NumberOfFrames'))}', not a whole "
+                  "number: how many frames Pixel Data (7FE0,0010) holds is unknown")
     return DicomSlice(path, ds, offset, keyword, vr, defect)
 
 
@@ -643,12 +670,30 @@ def _regular_step(offsets: np.ndarray) -> float:
     return float((offsets[-1] - offsets[0]) / (n - 1))
 
 
+def _orientation_defect(s: DicomSlice) -> str | None:
+    """Why the ImageOrientationPatient of ``s`` is no orientation (a sentence naming the file), or None: its row
+    and column direction cosines must be unit vectors and orthogonal, within :data:`ORIENTATION_TOLERANCE`."""
+    iop = s.orientation
+    if iop is None:
+        return None
+    lengths = np.linalg.norm(iop[:3]), np.linalg.norm(iop[3:])
+    dot = float(np.dot(iop[:3], iop[3:]))
+    if max(abs(v - 1.0) for v in lengths) <= ORIENTATION_TOLERANCE and abs(dot) <= ORIENTATION_TOLERANCE:
+        return None
+    return (f"{s.path}: {_tag_name('ImageOrientationPatient')} = {_display(s.header.get('ImageOrientationPatient'))} "
+            f"is not an orientation: the row and column direction cosines must be unit length and orthogonal "
+            f"(within {ORIENTATION_TOLERANCE:g}), they have lengths {lengths[0]:.4g} and {lengths[1]:.4g} and dot "
+            f"product {dot:.4g}; the slice geometry is unknown")
+
+
 def _layout(slices: list[DicomSlice], problems: list[str], warnings: list[str]) -> tuple[list[DicomSlice], StackLayout]:
     """Sort ``slices`` along the normal and describe where they are; appends problems/warnings."""
     first = slices[0].header
     iop = slices[0].orientation
+    defect = _orientation_defect(slices[0])
     if iop is None:
         warnings.append("no ImageOrientationPatient (0020,0037): rows taken along L (x), columns along P (y)")
+    if iop is None or defect:
         iop = np.array([1.0, 0, 0, 0, 1.0, 0])
     r = iop[:3] / np.linalg.norm(iop[:3])
     c = iop[3:] / np.linalg.norm(iop[3:])
@@ -657,6 +702,11 @@ def _layout(slices: list[DicomSlice], problems: list[str], warnings: list[str]) 
     sx, sy = _pixel_spacing(first, warnings)
     positions = [s.position for s in slices]
     nslices = len(slices)
+    if defect:  # no normal to sort along, no direction for the geometry
+        problems.append(defect)
+        dummy = np.zeros((nslices, 3))
+        return slices, StackLayout(r, c, n, (sx, sy), dummy, np.zeros(nslices), np.zeros((nslices, 2)), 1.0,
+                                   "default", order_known=False)
     if nslices == 1:
         pos = positions[0]
         if pos is None:
@@ -750,7 +800,7 @@ def _series_metadata(series_uid: str, slices: list[DicomSlice]) -> dict[str, Any
     return {
         "modality": str(first.get("Modality") or ""),
         "series_description": str(first.get("SeriesDescription") or ""),
-        "series_number": int(first.SeriesNumber) if first.get("SeriesNumber") not in (None, "") else None,
+        "series_number": _int(first, "SeriesNumber"),  # None when absent or malformed
         "window_center": _float_list(first, "WindowCenter"),
         "window_width": _float_list(first, "WindowWidth"),
         "patient_id": str(first.get("PatientID") or ""),
@@ -762,9 +812,35 @@ def _series_metadata(series_uid: str, slices: list[DicomSlice]) -> dict[str, Any
     }
 
 
-def _make_series(series_uid: str, labels: list[str], slices: list[DicomSlice], n_parts: int) -> DicomSeries:
+def _drop_copies(slices: list[DicomSlice]) -> tuple[list[DicomSlice], dict[Path, list[Path]]]:
+    """Drop the files that repeat an earlier file's SOPInstanceUID with the same header (copies of one image).
+
+    Returns:
+        (the slices kept, in their order; the copies dropped, by the path of the file kept).
+    """
+    kept: list[DicomSlice] = []
+    first: dict[str, DicomSlice] = {}
+    copies: dict[Path, list[Path]] = defaultdict(list)
+    for s in slices:
+        uid = str(s.header.get("SOPInstanceUID") or "")
+        original = first.get(uid) if uid else None
+        if original is not None and original.header == s.header:
+            copies[original.path].append(s.path)
+            continue
+        first.setdefault(uid, s)
+        kept.append(s)
+    return kept, copies
+
+
+def _make_series(series_uid: str, labels: list[str], slices: list[DicomSlice], n_parts: int,
+                 copies: dict[Path, list[Path]] | None = None) -> DicomSeries:
     problems: list[str] = []
     warnings: list[str] = []
+    dropped = [(copy, s.path) for s in slices for copy in (copies or {}).get(s.path, ())]
+    warnings.extend(f"{copy} is a copy of {original} (same SOPInstanceUID (0008,0018) and header): dropped"
+                    for copy, original in dropped[:3])
+    if len(dropped) > 3:
+        warnings.append(f"... and {len(dropped) - 3} more copies of files of this series dropped")
     if not series_uid:
         problems.append("no SeriesInstanceUID (0020,000E): files grouped by their other tags only")
     if n_parts > 1:
@@ -788,6 +864,9 @@ def _make_series(series_uid: str, labels: list[str], slices: list[DicomSlice], n
     if samples != 1:
         problems.append(f"{slices[0].path}: colour image (SamplesPerPixel (0028,0002) = {samples}); "
                         "MedDL reads greyscale series only")
+    if _malformed(slices[0].header, "SeriesNumber", _int(slices[0].header, "SeriesNumber")):
+        warnings.append(f"{slices[0].path}: {_tag_name('SeriesNumber')} is "
+                        f"'{_display(slices[0].header.get('SeriesNumber'))}', not a whole number: ignored")
     if "MOSAIC" in [str(v).upper() for v in (slices[0].header.get("ImageType") or [])]:
         warnings.append("Siemens mosaic (ImageType MOSAIC): each file holds many slices as tiles of one image; "
                         "it is read as that 2D tile image, not split into slices")
@@ -824,7 +903,7 @@ def find_series(root: str | os.PathLike, workers: int | None = None) -> SeriesLi
         raise DicomError(f"{root}: no such file or folder")
     paths = _list_files(root)
     results = list(_parallel_map(_header_or_reason, paths, workers, PARALLEL_MIN_HEADER_FILES))
-    slices = [r for r in results if isinstance(r, DicomSlice)]
+    slices, copies = _drop_copies([r for r in results if isinstance(r, DicomSlice)])
     skipped = [(r[0], r[1]) for r in results if not isinstance(r, DicomSlice)]
     corrupt = [(r[0], r[1]) for r in results if not isinstance(r, DicomSlice) and r[2]]
     groups: dict[str, list[DicomSlice]] = defaultdict(list)
@@ -833,7 +912,7 @@ def find_series(root: str | os.PathLike, workers: int | None = None) -> SeriesLi
     series = []
     for series_uid, members in groups.items():
         parts = _split_series(members)
-        series.extend(_make_series(series_uid, labels, part, len(parts)) for labels, part in parts)
+        series.extend(_make_series(series_uid, labels, part, len(parts), copies) for labels, part in parts)
     series.sort(key=lambda s: (s.metadata["patient_id"], s.metadata["study_uid"],
                                s.metadata["series_number"] if s.metadata["series_number"] is not None else -1,
                                s.uid))
@@ -859,9 +938,12 @@ def _decode(s: DicomSlice) -> np.ndarray:
     if s.pixel_vr:
         options["pixel_vr"] = s.pixel_vr
     try:
-        with open(s.path, "rb") as f:
-            f.seek(s.pixel_offset or 0)
-            array, _ = decoder.as_array(f, **options)
+        if ts == DeflatedExplicitVRLittleEndian:  # the offset is in the inflated data set: let pydicom inflate it
+            array, _ = decoder.as_array(pydicom.dcmread(s.path)[s.pixel_keyword].value, **options)
+        else:
+            with open(s.path, "rb") as f:
+                f.seek(s.pixel_offset or 0)
+                array, _ = decoder.as_array(f, **options)
     except DicomError:
         raise
     except Exception as exc:
@@ -902,18 +984,23 @@ def _modality_lut(ds: pydicom.Dataset, warnings: list[str] | None = None) -> _Mo
         return _ModalityLut("lut", low=0, high=2**depth - 1, stored_low=lo, stored_high=hi)
     slope = _float(ds, "RescaleSlope")
     intercept = _float(ds, "RescaleIntercept")
+    said: list[str] = []
+    for keyword, value, default in (("RescaleSlope", slope, "slope taken as 1"),
+                                    ("RescaleIntercept", intercept, "intercept taken as 0")):
+        if _malformed(ds, keyword, value):
+            said.append(f"{_tag_name(keyword)} is '{_display(ds.get(keyword))}', not a number: {default}")
     if slope is None and intercept is None:
+        if warnings is not None:
+            warnings.extend(said)
         return _ModalityLut("none", low=lo, high=hi, stored_low=lo, stored_high=hi)
     if slope is None:
-        if warnings is not None:
-            warnings.append(f"RescaleIntercept (0028,1052) = {intercept:g} without RescaleSlope (0028,1053): "
-                            "slope taken as 1")
+        said = said or ["RescaleIntercept (0028,1052) without RescaleSlope (0028,1053): slope taken as 1"]
         slope = 1.0
     if intercept is None:
-        if warnings is not None:
-            warnings.append(f"RescaleSlope (0028,1053) = {slope:g} without RescaleIntercept (0028,1052): "
-                            "intercept taken as 0")
+        said = said or ["RescaleSlope (0028,1053) without RescaleIntercept (0028,1052): intercept taken as 0"]
         intercept = 0.0
+    if warnings is not None:
+        warnings.extend(said)
     if slope == 0:
         raise DicomError("RescaleSlope (0028,1053) is 0")
     ends = sorted((lo * slope + intercept, hi * slope + intercept))
@@ -965,12 +1052,16 @@ def _fixed_lut(ds: pydicom.Dataset) -> _ModalityLut:
 
 
 def _output_dtype(luts: Sequence[_ModalityLut], raw_dtype: np.dtype) -> np.dtype:
+    """The output type of a series: one that holds every value the Modality LUT of every file can produce (files
+    may differ in BitsAllocated, BitsStored, PixelRepresentation and rescale). ``raw_dtype``: the first file's
+    decoded type, kept for series without Modality LUT when it holds them all."""
     if not all(m.integer for m in luts):
         return np.dtype(np.float32)
-    if all(m.kind == "none" for m in luts):
-        return np.dtype(raw_dtype)
     lo = min(m.low for m in luts)
     hi = max(m.high for m in luts)
+    if all(m.kind == "none" for m in luts):
+        if not np.issubdtype(raw_dtype, np.integer) or _fits(np.dtype(raw_dtype), lo, hi, 1):
+            return np.dtype(raw_dtype)  # float pixel data, or the stored type when every file's values fit it
     for dtype in (np.uint8, np.uint16) if lo >= 0 else (np.int16,):
         if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
             return np.dtype(dtype)
@@ -992,11 +1083,15 @@ def _inversion_total(ds: pydicom.Dataset) -> float | None:
 
 
 def _to_output(raw: np.ndarray, s: DicomSlice, lut: _ModalityLut, out: np.ndarray) -> None:
-    """Write ``raw`` (stored values) of slice ``s`` through its Modality LUT (and inversion) into ``out``."""
+    """Write ``raw`` (stored values) of slice ``s`` through its Modality LUT (and inversion) into ``out``.
+
+    Never casts unsafely: a value that does not fit ``out``'s type raises :class:`DicomError` naming the file.
+    """
     if lut.kind == "lut":
         values = apply_modality_lut(raw, s.header)
     elif lut.kind == "rescale":
-        if lut.integer and _fits(out.dtype, lut.stored_low, lut.stored_high, lut.slope):
+        if (lut.integer and _fits(out.dtype, lut.stored_low, lut.stored_high, lut.slope)
+                and _within(raw, lut.stored_low, lut.stored_high)):
             out[...] = raw  # in place in the output type: every intermediate value fits it
             if lut.slope != 1:
                 out *= int(lut.slope)
@@ -1016,7 +1111,24 @@ def _to_output(raw: np.ndarray, s: DicomSlice, lut: _ModalityLut, out: np.ndarra
         values = (int(total) if float(total).is_integer() else total) - values.astype(
             np.int64 if np.issubdtype(values.dtype, np.integer) else np.float64)
     if values is not out:
+        if np.issubdtype(out.dtype, np.integer) and not np.can_cast(values.dtype, out.dtype):
+            info = np.iinfo(out.dtype)
+            if not _within(values, info.min, info.max):
+                raise DicomError(
+                    f"{s.path}: values {values.min()}..{values.max()} do not fit {out.dtype}, the output type of "
+                    "the series (chosen from every file's BitsStored (0028,0101), PixelRepresentation (0028,0103) "
+                    "and Modality LUT): the pixel data holds values its header does not allow"
+                )
         out[...] = values
+
+
+def _within(values: np.ndarray, low: float, high: float) -> bool:
+    """True when every value lies in low..high (looked at only where the array's type allows other values)."""
+    if np.issubdtype(values.dtype, np.integer):
+        info = np.iinfo(values.dtype)
+        if low <= info.min and info.max <= high:
+            return True
+    return values.size == 0 or bool(low <= values.min() and values.max() <= high)
 
 
 def _fits(dtype: np.dtype, low: int, high: int, slope: float) -> bool:
@@ -1116,7 +1228,8 @@ def read_series(series: DicomSeries, *, irregular: str = "resample", workers: in
                          f"{first.header.get('SamplesPerPixel')}); MedDL reads greyscale series only")
     layout = series.layout
     if not layout.order_known:
-        reason = next((p for p in series.problems if "slice order" in p or "same position" in p), "")
+        reason = next((p for p in series.problems if "slice order" in p or "same position" in p
+                       or "slice geometry is unknown" in p), "")
         raise DicomError(f"{name}: {reason or 'the slice order is unknown'}")
     if not layout.regular and irregular == "refuse":
         reasons = [p for p in series.problems if p.startswith(("gantry tilt", "uneven", "slice positions"))]
@@ -1125,12 +1238,19 @@ def read_series(series: DicomSeries, *, irregular: str = "resample", workers: in
 
     warnings = list(series.warnings)
     luts, fixed = [], []
-    for i, s in enumerate(series.slices):
+    lut_notes: dict[str, list[Path]] = defaultdict(list)  # what each file's Modality LUT said -> those files
+    for s in series.slices:
         fixed.append(fix_bad_intercept and has_bad_intercept(s.header))
+        said: list[str] = []
         try:
-            luts.append(_fixed_lut(s.header) if fixed[-1] else _modality_lut(s.header, warnings if i == 0 else None))
+            luts.append(_fixed_lut(s.header) if fixed[-1] else _modality_lut(s.header, said))
         except DicomError as exc:
             raise DicomError(f"{s.path}: {exc}") from None
+        for text in said:
+            lut_notes[text].append(s.path)
+    for text, paths in lut_notes.items():
+        warnings.append(f"{paths[0]}: {text}" if len(paths) == 1
+                        else f"{text} ({len(paths)} of {len(series.slices)} files, e.g. {paths[0]})")
     if any(fixed):
         warnings.append(f"RSNA bad-intercept fix applied to {sum(fixed)} of {len(fixed)} files (BitsStored 12, "
                         "unsigned, RescaleIntercept > -100: stored + 1000, wrapped at 4096, intercept -1000)")
