@@ -126,3 +126,118 @@ def test_bench_measures_in_a_child_and_formats_a_table():
                for m in ("seconds", "peak_rss_mb")}}
     table = bench.format_table(fake)
     assert "seed resnet10 stride 1" in table and "improved resnet10 stride 2" in table and "met" in table
+
+
+# ------------------------------------------------------------------------------------------ bad inputs, in process
+def _main(capsys, *args: object) -> tuple[int, str, str]:
+    from MedDLLib.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def t1_package(tmp_path_factory) -> Path:
+    return model.untrained_package(tmp_path_factory.mktemp("glioma_t1") / "m", sequences=("T1wCE",), size=16,
+                                   depth=8)
+
+
+def _head_ct_hu(n_slices: int = 6, size: int = 16) -> np.ndarray:
+    """A small head CT in HU: air -1000 around, skull 1000 HU, brain 40 HU."""
+    jj, ii = np.mgrid[:size, :size]
+    r = np.hypot(jj - size / 2, ii - size / 2)
+    slice_ = np.where(r < 0.35 * size, 40.0, np.where(r < 0.45 * size, 1000.0, -1000.0))
+    return np.repeat(slice_[None], n_slices, axis=0).astype(np.int16)
+
+
+def _bad_volume_file(folder: Path, kind: str) -> tuple[Path, str]:
+    """A volume file of ``kind`` and a fragment of the one-line error it must give."""
+    if kind == "junk":
+        path = folder / "junk.nrrd"
+        path.write_bytes(b"garbage!")
+        return path, "Slicer could not read this volume file"
+    if kind == "truncated":
+        path = folder / "trunc.nrrd"
+        sitk.WriteImage(sitk.GetImageFromArray(_head_ct_hu()), str(path), False)
+        data = path.read_bytes()
+        path.write_bytes(data[: data.index(b"\n\n") + 2 + 10])  # the header and 10 bytes of the voxels
+        return path, "Slicer could not read this volume file"
+    if kind == "vector":
+        path = folder / "vec.nrrd"
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 16, 16, 2), np.float32), isVector=True), str(path))
+        return path, "Slicer could not read this volume file"  # 2 values per voxel: not a scalar volume
+    if kind == "ct2d":
+        path = folder / "ct2d.nrrd"
+        sitk.WriteImage(sitk.GetImageFromArray(_head_ct_hu(1)[0]), str(path))
+        return path, "like air in a CT"
+    path = folder / "mr2d.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray((_head_ct_hu(1)[0] + 1000).astype(np.uint16)), str(path))
+    return path, "1 slice(s)"
+
+
+@pytest.mark.parametrize("kind", ["junk", "truncated", "vector", "ct2d", "mr2d"])
+def test_bad_volume_files_end_in_one_line_naming_the_file(t1_package, tmp_path, capsys, kind):
+    path, expected = _bad_volume_file(tmp_path, kind)
+    code, _, err = _main(capsys, "infer", "glioma", "--input", path, "--model", t1_package, "--output", tmp_path / "o")
+    assert code == 1, err
+    assert "Traceback" not in err and "meddl infer: error: " in err and str(path) in err and expected in err, err
+    assert not (tmp_path / "o" / "result.json").exists()
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz"])
+def test_infer_refuses_a_headerless_ct_volume(t1_package, tmp_path, capsys, suffix):
+    path = tmp_path / f"ct{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(_head_ct_hu(8)), str(path))
+    code, _, err = _main(capsys, "infer", "glioma", "--input", path, "--model", t1_package, "--output", tmp_path / "o")
+    assert code == 1, err
+    assert f"T1wCE ({path}):" in err and "like air in a CT in Hounsfield units" in err, err
+    assert not (tmp_path / "o" / "result.json").exists()
+    # the same folder of <sequence>.nrrd files (what the widget writes) with MR values runs
+    study = tmp_path / "study"
+    study.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray((_head_ct_hu(8) + 1000).astype(np.uint16)), str(study / "T1wCE.nrrd"))
+    code, _, err = _main(capsys, "infer", "glioma", "--input", study, "--model", t1_package, "--output",
+                         tmp_path / "mr")
+    assert code == 0, err
+    assert 0.0 <= json.loads((tmp_path / "mr" / "result.json").read_text())["probability"] <= 1.0
+
+
+def test_infer_refuses_a_single_slice_series(t1_package, tmp_path, capsys):
+    from MedDLLib.dicomwrite import write_series
+    from MedDLLib.geometry import Geometry, Volume
+
+    mr = Volume((_head_ct_hu(1) + 1000).astype(np.float32), Geometry((1.0, 1.0, 5.0), (0.0, 0.0, 0.0)), {})
+    write_series(tmp_path / "study" / "T1wCE", mr, modality="MR", rescale_slope=None, rescale_intercept=None)
+    code, _, err = _main(capsys, "infer", "glioma", "--input", tmp_path / "study", "--model", t1_package,
+                         "--output", tmp_path / "o")
+    assert code == 1, err
+    assert f"T1wCE ({tmp_path / 'study' / 'T1wCE'}): 1 slice(s); the model's window is 8 slices" in err, err
+
+
+def test_phantom_argument_errors_are_usage_errors_or_one_line(tmp_path, capsys):
+    from MedDLLib.cli import main
+
+    for option, value, message in (("--size", "0", "expected an integer >= 1"),
+                                   ("--slices", "-2", "expected an integer >= 1"),
+                                   ("--signal", "5", "expected a number in [0, 1], got 5"),
+                                   ("--signal", "nan", "expected a number in [0, 1]")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["phantom", "glioma", str(tmp_path / "x"), "--cases", "1", option, value])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    code, _, err = _main(capsys, "phantom", "glioma", tmp_path / "x", "--cases", "1", "--size", "4")
+    assert code == 1 and "glioma phantoms need size >= 8 pixels" in err and "Traceback" not in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bench_reports_a_failing_measurement_at_once():
+    """A measurement whose child fails is a one-line MedDLError within seconds, not a 900 s wait."""
+    from GliomaClassifierLib import bench
+    from MedDLLib.errors import InputError, MedDLError
+
+    with pytest.raises(MedDLError, match="glioma bench forward .*InputError"):
+        bench.measure(stride=2, what="forward", size=-1, depth=0, threads=1, timeout_s=60)
+    with pytest.raises(InputError, match="at least 16 voxels"):
+        bench.run_bench(size=-1, depth=0)

@@ -180,3 +180,52 @@ def test_window_box_is_the_oblique_network_grid_and_the_roi_shows_it(headless_sc
     assert np.abs(shown[:, None, :] - expected[None, :, :]).sum(axis=2).min(axis=1).max() < 1e-3  # mm
     bounding = expected.max(axis=0) - expected.min(axis=0)
     assert np.all(np.sort(roi.GetSize()) < np.sort(bounding) - 20.0)
+
+
+def _head_ct_hu(n_slices: int = 6, size: int = 16) -> np.ndarray:
+    """A small head CT in HU: air -1000 around, skull 1000 HU, brain 40 HU."""
+    jj, ii = np.mgrid[:size, :size]
+    r = np.hypot(jj - size / 2, ii - size / 2)
+    slice_ = np.where(r < 0.35 * size, 40.0, np.where(r < 0.45 * size, 1000.0, -1000.0))
+    return np.repeat(slice_[None], n_slices, axis=0).astype(np.float32)
+
+
+def test_headerless_ct_values_are_refused_and_an_mr_header_is_trusted():
+    good = _blob_volume(6, 3)
+    spec = preprocess.InputSpec(size=8, depth=8, voi=False)
+    ct = Volume(_head_ct_hu(), good.geometry, {"source": "/data/ct.nrrd"})  # a volume file: no modality
+    with pytest.raises(InputError, match=r"T1wCE \(/data/ct\.nrrd\): \d+ % of the voxels .* like air in a CT"):
+        preprocess.prepare({"T1wCE": ct}, spec)
+    preprocess.check_mri(Volume(ct.array, ct.geometry, {"modality": "MR"}), "T1wCE")  # the DICOM header decides
+    zscored = (good.array - good.array.mean()) / good.array.std()  # normalised MR: a few negative values
+    preprocess.prepare({"T1wCE": good.with_array(zscored.astype(np.float32))}, spec)
+    assert preprocess.ct_air_fraction(ct.array) > 0.3 and preprocess.ct_air_fraction(zscored) == 0.0
+
+
+def test_a_single_slice_or_thin_slab_is_refused_not_padded():
+    spec = preprocess.InputSpec(size=8, depth=8, voi=False)
+    assert preprocess.min_slices(8) == 2 and preprocess.min_slices(64) == 16 and preprocess.min_slices(1) == 1
+    with pytest.raises(InputError, match=r"T1wCE: 1 slice\(s\); the model's window is 8 slices and needs at least 2"):
+        preprocess.prepare({"T1wCE": _blob_volume(1, 0)}, spec)
+    prepared = preprocess.prepare({"T1wCE": _blob_volume(2, 1)}, spec)  # a quarter of the window is enough
+    assert prepared.n_slices == 2
+    # one sagittal slice becomes an axial stack one pixel wide: refused as well
+    sagittal = as_plane(_blob_volume(16, 8), "sagittal")
+    one = Volume(sagittal.array[7:8], sagittal.geometry, {"modality": "MR"})
+    with pytest.raises(InputError, match="a single slice or a thin slab"):
+        preprocess.prepare({"T1wCE": one}, spec)
+    # a second sequence is held to the same rule
+    with pytest.raises(InputError, match=r"FLAIR: 1 slice\(s\)"):
+        preprocess.prepare({"T1wCE": _blob_volume(8, 4), "FLAIR": _blob_volume(1, 0)},
+                           preprocess.InputSpec(("T1wCE", "FLAIR"), size=8, depth=8, voi=False))
+
+
+def test_phantom_generator_refuses_impossible_parameters_before_writing(tmp_path):
+    for kwargs, message in ((dict(size=0), "need size >= 8 pixels"), (dict(n_slices=4), ">= 8 slices"),
+                            (dict(signal=5.0), "signal must be in"), (dict(positive_fraction=-0.1), "positive_frac"),
+                            (dict(plane_weights=(0.0, 0.0, 0.0)), "plane_weights"), (dict(sequences=("DWI",)), "DWI")):
+        with pytest.raises(InputError, match=message):
+            phantom.write_dataset(tmp_path / "x", 2, 0, **kwargs)
+    with pytest.raises(InputError, match="cases must be >= 1"):
+        phantom.write_dataset(tmp_path / "x", 0, 0)
+    assert not (tmp_path / "x").exists()

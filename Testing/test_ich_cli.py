@@ -14,6 +14,7 @@ import pytest
 from ICHDetectorLib import phantom
 from ICHDetectorLib.model import untrained_package
 from MedDLLib.dicomwrite import write_series
+from MedDLLib.errors import InputError
 
 
 def _meddl(*args: str) -> subprocess.CompletedProcess:
@@ -71,3 +72,85 @@ def test_bench_end_to_end_runs_meddl_infer_in_a_child():
     result = bench_end_to_end(size=64, n_slices=6, net_size=32)
     assert result["end_to_end_seconds"] > 0
     assert 50 < result["end_to_end_peak_rss_mb"] < 4096  # the child's own peak: a Python with torch loaded
+
+
+# ------------------------------------------------------------------------------------------ bad inputs, in process
+def _main(capsys, *args: object) -> tuple[int, str, str]:
+    from MedDLLib.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _bad_volume_file(folder: Path, kind: str) -> tuple[Path, str]:
+    """A volume file of ``kind`` and a fragment of the one-line error it must give."""
+    import SimpleITK as sitk
+
+    hu = np.full((4, 16, 16), -1000, np.int16)
+    hu[:, 4:12, 4:12] = 40
+    if kind == "junk":
+        path = folder / "junk.nrrd"
+        path.write_bytes(b"garbage!")
+        return path, "Slicer could not read this volume file"
+    if kind == "truncated":
+        path = folder / "trunc.nrrd"
+        sitk.WriteImage(sitk.GetImageFromArray(hu), str(path), False)
+        data = path.read_bytes()
+        path.write_bytes(data[: data.index(b"\n\n") + 2 + 10])  # the header and 10 bytes of the voxels
+        return path, "Slicer could not read this volume file"
+    if kind == "vector":
+        path = folder / "vec.nrrd"
+        sitk.WriteImage(sitk.GetImageFromArray(np.stack([hu, hu], axis=-1).astype(np.float32), isVector=True),
+                        str(path))
+        return path, "Slicer could not read this volume file"  # 2 values per voxel: not a scalar volume
+    path = folder / "mr2d.nii.gz"  # an MR slice: no air below -500
+    sitk.WriteImage(sitk.GetImageFromArray((hu[0] + 1000).astype(np.uint16)), str(path))
+    return path, "are not Hounsfield units of a CT"
+
+
+@pytest.mark.parametrize("kind", ["junk", "truncated", "vector", "mr2d"])
+def test_bad_volume_files_end_in_one_line_naming_the_file(model, tmp_path, capsys, kind):
+    path, expected = _bad_volume_file(tmp_path, kind)
+    code, _, err = _main(capsys, "infer", "ich", "--input", path, "--model", model, "--output", tmp_path / "o")
+    assert code == 1, err
+    assert "Traceback" not in err and "meddl infer: error: " in err and str(path) in err and expected in err, err
+    assert not (tmp_path / "o" / "result.json").exists()
+
+
+def test_phantom_argument_errors_are_usage_errors_or_one_line(tmp_path, capsys):
+    from MedDLLib.cli import main
+
+    for option, value in (("--size", "0"), ("--slices", "0"), ("--cases", "-1")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["phantom", "ich", str(tmp_path / "x"), option, value])
+        assert exit_info.value.code == 2
+        assert "expected an integer >= 1" in capsys.readouterr().err
+    code, _, err = _main(capsys, "phantom", "ich", tmp_path / "x", "--cases", "1", "--size", "8")
+    assert code == 1 and "ICH phantoms need size >= 16 pixels" in err and "Traceback" not in err, err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(InputError, match="positive_fraction must be in"):
+        phantom.write_dataset(tmp_path / "x", 1, positive_fraction=2.0)
+    assert not (tmp_path / "x").exists()
+
+
+def test_volume_file_outputs_stay_on_the_files_own_grid(model, tmp_path, capsys):
+    """A left-handed grid (slices stored towards the feet) is kept: the outputs match the file voxel for voxel
+    (what the widget's round trip node -> NRRD -> meddl -> outputs on the node's grid relies on)."""
+    import SimpleITK as sitk
+
+    volume, _, _ = phantom.head_ct(np.random.default_rng(5), 48, 8, ("intraparenchymal",))
+    image = sitk.GetImageFromArray(volume.array[::-1].astype(np.int16))
+    image.SetSpacing(volume.geometry.spacing_mm)
+    top = np.asarray(volume.geometry.origin_lps_mm) + 7 * volume.geometry.spacing_mm[2] * np.array([0.0, 0.0, 1.0])
+    image.SetOrigin(tuple(top))
+    image.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0))  # k towards the feet: left-handed
+    path = tmp_path / "head.nrrd"
+    sitk.WriteImage(image, str(path))
+    code, _, err = _main(capsys, "infer", "ich", "--input", path, "--model", model, "--output", tmp_path / "o")
+    assert code == 0, err
+    heat = sitk.ReadImage(str(tmp_path / "o" / "heatmap.nrrd"))
+    assert heat.GetSize() == image.GetSize()
+    np.testing.assert_allclose(heat.GetOrigin(), image.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(heat.GetDirection(), image.GetDirection(), atol=1e-6)

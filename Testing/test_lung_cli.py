@@ -215,3 +215,20 @@ def test_train_seed_with_5_fold_cross_validation(tmp_path, capsys, trained):
 
     card = load_package(package).metadata["metrics"]["cv_accuracy"]
     assert card["value"] == pytest.approx(acc) and card["folds"] == 5 and card["ci95"] == pytest.approx([low, high])
+
+
+def test_phantom_argument_errors_are_usage_errors_or_one_line(tmp_path, capsys):
+    from LungSurvivalLib.phantom import write_dataset
+    from MedDLLib.errors import InputError
+
+    for option, value in (("--size", "0"), ("--slices", "-3"), ("--cases", "0")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["phantom", "lung", str(tmp_path / "x"), option, value])
+        assert exit_info.value.code == 2
+        assert "expected an integer >= 1" in capsys.readouterr().err
+    code, _, err = _meddl(capsys, "phantom", "lung", tmp_path / "x", "--cases", "1", "--size", "8")
+    assert code == 1 and "lung phantoms need size >= 16 pixels and >= 2 slices" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(InputError, match="got size 64, 1 slices"):
+        write_dataset(tmp_path / "x", 1, n_slices=1)
+    assert not (tmp_path / "x").exists()

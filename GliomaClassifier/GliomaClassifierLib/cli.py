@@ -35,27 +35,48 @@ HEATMAP_NRRD = "heatmap.nrrd"
 OVERLAY_PNG = "overlay.png"
 
 
+def read_volume_files(files: dict[str, Path]) -> dict[str, Any]:
+    """``{sequence: Volume}`` of NRRD/NIfTI/MHA files, read as every MedDL task reads a volume file: Slicer's
+    storage node (:func:`MedDLLib.io.load_volume`) in a temporary scene, then
+    :func:`MedDLLib.nodes.volume_from_node` (which refuses vector/RGB and voxel-less volumes); the file's voxel
+    grid is kept as it is (:func:`MedDLLib.io.load_volume`).
+
+    A volume file has no DICOM header: no modality is invented (:func:`~.preprocess.check_mri` then judges the
+    values). ``metadata["source"]`` is the file, for error messages.
+
+    Raises:
+        InputError: a file Slicer cannot read (corrupt, truncated, unsupported) or not a grey-value volume.
+    """
+    from MedDLLib import io as mio
+    from MedDLLib import nodes
+    from MedDLLib.headless import create_scene
+
+    hs = create_scene()
+    try:
+        out = {}
+        for sequence, file in files.items():
+            volume = nodes.volume_from_node(mio.load_volume(hs.scene, file, name=sequence), labelmap=False)
+            out[sequence] = volume.with_array(volume.array, source=str(file))
+        return out
+    finally:
+        hs.scene.Clear(1)
+
+
 def read_study(path: str | Path, sequences: list[str]) -> dict[str, Any]:
     """The study at ``path`` as ``{sequence: Volume}`` (see the module docstring for the accepted forms).
 
     Only the sequences in ``sequences`` are read from a case folder; a single series or file becomes
-    ``sequences[0]``.
+    ``sequences[0]``. Volume files are read with :func:`read_volume_files`, DICOM with
+    :func:`MedDLLib.dicom.read_dicom_folder`.
     """
     from MedDLLib import dicom
     from MedDLLib import io as mio
-    from MedDLLib.resample import from_sitk
 
     path = Path(path)
-
-    def read_file(p: Path) -> Any:
-        import SimpleITK as sitk
-
-        return from_sitk(sitk.ReadImage(str(p)), {"name": p.name, "modality": "MR"})
-
     if path.is_file():
         if not mio.is_volume_file(path):
             raise InputError(f"{path}: not a volume file ({', '.join(mio.VOLUME_FILE_SUFFIXES)}) nor a folder")
-        return {sequences[0]: read_file(path)}
+        return read_volume_files({sequences[0]: path})
     if not path.is_dir():
         raise InputError(f"{path}: no such study")
     if any((path / s).is_dir() for s in SEQUENCES):
@@ -69,8 +90,16 @@ def read_study(path: str | Path, sequences: list[str]) -> dict[str, Any]:
         if missing:
             raise InputError(f"{path}: the model needs {', '.join(sequences)}; no volume file named "
                              f"{', '.join(missing)} (found {', '.join(files)})")
-        return {s: read_file(files[s]) for s in sequences}
+        return read_volume_files({s: files[s] for s in sequences})
     return {sequences[0]: dicom.read_dicom_folder(path)}
+
+
+def unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1] (``--signal``); anything else is a usage error."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
 
 
 def parse_voi_dicom(items: list[str] | None) -> dict[str, str]:
@@ -155,12 +184,16 @@ class GliomaTask(Task):
 
     name = "glioma"
     title = "Glioma Classifier: MGMT promoter methylation from brain MRI (research use only)"
+    needs_model = True  # no default model ships: infer and batch check --model once, first
 
     def add_arguments(self, subcommand: str, parser: argparse.ArgumentParser) -> None:
+        from MedDLLib.commands_tasks import positive_int
+
         if subcommand == "phantom":
-            parser.add_argument("--size", type=int, default=64, help="in-plane size in pixels (real data: 256-512)")
-            parser.add_argument("--slices", type=int, default=32, help="axial slices per study")
-            parser.add_argument("--signal", type=float, default=1.0,
+            parser.add_argument("--size", type=positive_int, default=64,
+                                help="in-plane size in pixels (>= 8; real data: 256-512)")
+            parser.add_argument("--slices", type=positive_int, default=32, help="axial slices per study (>= 8)")
+            parser.add_argument("--signal", type=unit_interval, default=1.0,
                                 help="strength of the label-linked signal in [0, 1] (0 = none)")
             parser.add_argument("--sequences", nargs="+", default=None, choices=SEQUENCES, metavar="SEQUENCE",
                                 help=f"series to write (default all: {' '.join(SEQUENCES)})")

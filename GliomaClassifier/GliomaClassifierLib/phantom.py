@@ -36,6 +36,7 @@ import numpy as np
 import pydicom
 
 from MedDLLib.dicomwrite import write_series
+from MedDLLib.errors import InputError
 from MedDLLib.geometry import Geometry, Volume
 from MedDLLib.io import atomic_path
 from MedDLLib.phantoms import PhantomGenerator, as_plane, ellipsoid_mask, smooth_noise, write_phantom_dataset
@@ -168,8 +169,20 @@ def case_ids(cases: int, include_flagged: bool = True) -> list[str]:
     return ids
 
 
+#: Smallest phantom (pixels in-plane, slices): every stored plane (axial, sagittal, coronal) must have slices of
+#: at least 8 x 8 pixels, what :func:`GliomaClassifierLib.preprocess.check_mri` reads.
+MIN_SIZE = 8
+MIN_SLICES = 8
+
+
 class GliomaPhantomGenerator(PhantomGenerator):
-    """Writes glioma phantoms in the RSNA-MICCAI layout (see the module docstring)."""
+    """Writes glioma phantoms in the RSNA-MICCAI layout (see the module docstring).
+
+    Raises:
+        InputError: impossible parameters (checked here, before anything is written): fewer than 1 case, ``size``
+            below :data:`MIN_SIZE` or ``n_slices`` below :data:`MIN_SLICES`, ``signal`` or ``positive_fraction``
+            outside [0, 1], unknown or no sequences, plane weights that are negative or sum to 0.
+    """
 
     task = "glioma"
 
@@ -179,7 +192,20 @@ class GliomaPhantomGenerator(PhantomGenerator):
                  sequences: tuple[str, ...] = SEQUENCES) -> None:
         unknown = set(sequences) - set(SEQUENCES)
         if unknown or not sequences:
-            raise ValueError(f"sequences must be some of {SEQUENCES}, got {sequences}")
+            raise InputError(f"sequences must be some of {SEQUENCES}, got {sequences}")
+        if int(cases) < 1:
+            raise InputError(f"glioma phantoms: cases must be >= 1, got {cases}")
+        if int(size) < MIN_SIZE or int(n_slices) < MIN_SLICES:
+            raise InputError(f"glioma phantoms need size >= {MIN_SIZE} pixels and >= {MIN_SLICES} slices (the "
+                             f"reader needs slices of >= 8 x 8 pixels in every plane), got size {size}, "
+                             f"{n_slices} slices")
+        for label, value in (("signal", signal), ("positive_fraction", positive_fraction)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise InputError(f"glioma phantoms: {label} must be in [0, 1], got {value}")
+        weights = np.asarray(plane_weights, dtype=float)
+        if weights.shape != (3,) or (weights < 0).any() or not weights.sum() > 0:
+            raise InputError(f"glioma phantoms: plane_weights must be 3 non-negative numbers with a positive sum "
+                             f"(axial, sagittal, coronal), got {plane_weights}")
         self.sequences = tuple(s for s in SEQUENCES if s in sequences)
         self.ids = case_ids(cases, include_flagged)
         self.size, self.n_slices, self.signal = int(size), int(n_slices), float(signal)

@@ -15,6 +15,10 @@ network input, in one pass over the voxels:
 6. the slice with the largest brain area (pixels above ``brain_threshold`` after step 5, reference sequence)
    is the centre of a window of ``depth`` slices, zero-padded where it runs past the stack.
 
+Before step 1 every series is checked (:func:`check_mri`: MR modality, or MR-like values when no modality is
+known); after step 3 every oriented stack needs at least a quarter of the window in slices (:func:`check_slices`),
+so a single 2D slice is refused rather than classified from a window of zero padding.
+
 :class:`Prepared` keeps the :class:`Geometry` of the network-input grid (``[depth, size, size]``, padded slices
 included) so a Grad-CAM map goes back into the input volume with :func:`MedDLLib.gradcam.heatmap_to_reference`,
 and the window (first and last slice index of the oriented stack) that was used.
@@ -31,7 +35,7 @@ import numpy as np
 
 from MedDLLib.errors import InputError
 from MedDLLib.geometry import Geometry, Volume
-from MedDLLib.intensity import normalize_minmax
+from MedDLLib.intensity import CT_AIR_FRACTION, CT_AIR_HU, ct_air_fraction, normalize_minmax
 
 from .dataset import SEQUENCES
 
@@ -199,18 +203,54 @@ def take_window(array: np.ndarray, first: int, depth: int) -> np.ndarray:
     return out
 
 
+def describe(volume: Volume, name: str) -> str:
+    """``name`` plus where the volume came from when known: its file (``metadata["source"]``), the folder of
+    its DICOM files, or its node name (e.g. ``T1wCE (/data/00001/T1wCE)``); used to start error messages."""
+    files = volume.metadata.get("files") or []
+    source = (volume.metadata.get("source") or (str(Path(files[0]).parent) if files else None)
+              or volume.metadata.get("name"))
+    return f"{name} ({source})" if source and str(source) != name else name
+
+
 def check_mri(volume: Volume, name: str) -> None:
-    """Refuse what cannot be a brain MR series: a CT, an empty or constant volume, fewer than 8x8 pixels."""
+    """Refuse what cannot be a brain MR series: a CT (DICOM modality other than MR; or, when no modality is known,
+    e.g. an NRRD/NIfTI file, values like CT Hounsfield units: :func:`ct_air_fraction` >= :data:`CT_AIR_FRACTION`),
+    an empty or constant volume, fewer than 8x8 pixels, NaN or infinite values."""
+    where = describe(volume, name)
     modality = str(volume.metadata.get("modality") or volume.metadata.get("DICOM.Modality") or "").upper()
     if modality and modality != "MR":
-        raise InputError(f"{name}: modality {modality!r}; the glioma classifier needs brain MRI (MR)")
+        raise InputError(f"{where}: modality {modality!r}; the glioma classifier needs brain MRI (MR)")
     array = np.asarray(volume.array)
     if array.size == 0 or min(array.shape[1:]) < 8:
-        raise InputError(f"{name}: volume of shape {array.shape} is too small (slices of >= 8 x 8 pixels)")
+        raise InputError(f"{where}: volume of shape {array.shape} is too small (slices of >= 8 x 8 pixels)")
     if not np.isfinite(array).all():
-        raise InputError(f"{name}: the volume has NaN or infinite values")
+        raise InputError(f"{where}: the volume has NaN or infinite values")
     if float(array.max()) <= float(array.min()):
-        raise InputError(f"{name}: the volume is constant ({float(array.min()):g}); nothing to classify")
+        raise InputError(f"{where}: the volume is constant ({float(array.min()):g}); nothing to classify")
+    air = ct_air_fraction(array) if not modality else 0.0
+    if air >= CT_AIR_FRACTION:
+        raise InputError(f"{where}: {100 * air:.0f} % of the voxels are at or below {CT_AIR_HU:g}, like air in a CT "
+                         "in Hounsfield units (no modality is known for this volume); the glioma classifier needs "
+                         "brain MRI (MR values are not negative)")
+
+
+def min_slices(depth: int) -> int:
+    """Fewest slices a series needs for a ``depth``-slice window: a quarter of it (rounded up), at least 1."""
+    return max(1, -(-int(depth) // 4))
+
+
+def check_slices(stack: Volume, depth: int, name: str) -> None:
+    """Refuse an oriented stack that is not a 3D series for a ``depth``-slice window: fewer than
+    :func:`min_slices` slices (e.g. a single 2D slice, whose window would be almost all zero padding) or an
+    in-plane size below 8 x 8 pixels (e.g. one sagittal slice reoriented to axial)."""
+    where = describe(stack, name)
+    k, j, i = stack.array.shape
+    if min(j, i) < 8:
+        raise InputError(f"{where}: the axial stack is {k} x {j} x {i} voxels (slices x rows x columns): a single "
+                         "slice or a thin slab, not a 3D series (slices of >= 8 x 8 pixels needed)")
+    if k < min_slices(depth):
+        raise InputError(f"{where}: {k} slice(s); the model's window is {depth} slices and needs at least "
+                         f"{min_slices(depth)} of them real (a quarter), not zero padding: give the whole series")
 
 
 def _to_network_stack(volume: Volume, spec: InputSpec, name: str) -> Volume:
@@ -221,6 +261,7 @@ def _to_network_stack(volume: Volume, spec: InputSpec, name: str) -> Volume:
         volume = apply_voi_volume(volume)
     if spec.reorient:
         volume = orient_axial(volume)
+    check_slices(volume, spec.depth, name)
     return volume
 
 
@@ -237,7 +278,8 @@ def prepare(volumes: Mapping[str, Volume], spec: InputSpec) -> Prepared:
         volumes: sequence name -> volume (as read: any plane); must hold every sequence of ``spec``.
         spec: the input spec.
     Raises:
-        InputError: a sequence missing, or a volume that is not a usable MR series (:func:`check_mri`).
+        InputError: a sequence missing, or a volume that is not a usable MR series (:func:`check_mri`,
+            :func:`check_slices`).
     """
     from MedDLLib.resample import resample_to_reference
 

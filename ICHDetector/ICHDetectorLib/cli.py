@@ -31,18 +31,31 @@ OVERLAY_PNG = "overlay.png"
 
 
 def read_study_volume(path: Path) -> Any:
-    """A study as a HU :class:`~MedDLLib.geometry.Volume`: DICOM folder (bad-intercept fixed) or volume file."""
-    from MedDLLib import dicom, io as mio
-    from MedDLLib.resample import from_sitk
+    """A study as a HU :class:`~MedDLLib.geometry.Volume`: DICOM folder (bad-intercept fixed) or volume file.
+
+    A volume file is read as every MedDL task reads one: Slicer's storage node (:func:`MedDLLib.io.load_volume`)
+    in a temporary scene, then :func:`MedDLLib.nodes.volume_from_node` (``metadata["source"]`` = the file); the
+    file's voxel grid is kept as it is (:func:`MedDLLib.io.load_volume`).
+
+    Raises:
+        InputError / DicomError: not a DICOM folder nor a volume file, a file Slicer cannot read (corrupt,
+            truncated, unsupported), a vector/RGB volume, or the DICOM reader's problems.
+    """
+    from MedDLLib import dicom, nodes
+    from MedDLLib import io as mio
+    from MedDLLib.headless import create_scene
 
     path = Path(path)
     if path.is_dir():
         return dicom.read_dicom_folder(path, fix_bad_intercept=True)
     if not mio.is_volume_file(path):
         raise InputError(f"{path}: not a DICOM folder nor a volume file ({', '.join(mio.VOLUME_FILE_SUFFIXES)})")
-    import SimpleITK as sitk
-
-    return from_sitk(sitk.ReadImage(str(path)), {"name": path.name})
+    hs = create_scene()
+    try:
+        volume = nodes.volume_from_node(mio.load_volume(hs.scene, path), labelmap=False)
+    finally:
+        hs.scene.Clear(1)
+    return volume.with_array(volume.array, source=str(path))
 
 
 def infer_study(input_path: Path, model: str, output: Path, *, heatmap_label: str = "any", threshold: float = 0.5,
@@ -63,7 +76,10 @@ def infer_study(input_path: Path, model: str, output: Path, *, heatmap_label: st
         scene = hs.scene
         node = nodes.add_scalar_volume(scene, volume, "head CT", window=(40.0, 80.0))
         options = ICHOptions(heatmap_label=heatmap_label, threshold=threshold, device=device)
-        result = ICHDetectorLogic().process(node, model, options, progress=progress)
+        try:
+            result = ICHDetectorLogic().process(node, model, options, progress=progress)
+        except InputError as exc:  # the logic's checks name no file; name the study they refuse
+            raise InputError(f"{input_path}: {exc}") from None
         output.mkdir(parents=True, exist_ok=True)
         _write_probabilities(output / PROBABILITIES_CSV, result.probabilities)
         mio.save_node(result.nodes["heatmap"], output / HEATMAP_NRRD)
@@ -98,11 +114,15 @@ class ICHTask(Task):
 
     name = "ich"
     title = "ICH Detector: intracranial hemorrhage on head CT"
+    needs_model = True  # no default model ships: infer and batch check --model once, first
 
     def add_arguments(self, subcommand: str, parser: argparse.ArgumentParser) -> None:
+        from MedDLLib.commands_tasks import positive_int
+
         if subcommand == "phantom":
-            parser.add_argument("--size", type=int, default=64, help="slice size in pixels (default 64)")
-            parser.add_argument("--slices", type=int, default=12, help="slices per study (default 12)")
+            parser.add_argument("--size", type=positive_int, default=64,
+                                help="slice size in pixels (>= 16, default 64)")
+            parser.add_argument("--slices", type=positive_int, default=12, help="slices per study (default 12)")
         if subcommand == "train":
             parser.add_argument("--size", type=int, default=64, help="network input size (default 64)")
             parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")

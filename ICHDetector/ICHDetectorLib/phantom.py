@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from MedDLLib.dicomwrite import write_series
+from MedDLLib.errors import InputError
 from MedDLLib.geometry import Geometry, Volume
 from MedDLLib.io import atomic_path
 from MedDLLib.phantoms import HU, PhantomGenerator, ellipsoid_mask, smooth_noise, write_phantom_dataset
@@ -158,13 +159,30 @@ def encode_bad_intercept(hu: np.ndarray) -> np.ndarray:
     return np.mod(np.rint(hu), 4096).astype(np.float32)
 
 
+#: Smallest phantom (pixels in-plane, slices): what :func:`ICHDetectorLib.preprocess.check_head_ct` reads.
+MIN_SIZE = 16
+MIN_SLICES = 1
+
+
 class ICHPhantomGenerator(PhantomGenerator):
-    """Writes head CT phantoms in the RSNA 2019 layout (see the module docstring)."""
+    """Writes head CT phantoms in the RSNA 2019 layout (see the module docstring).
+
+    Raises:
+        InputError: ``size`` below :data:`MIN_SIZE` pixels, ``n_slices`` below :data:`MIN_SLICES`, or a fraction
+            outside [0, 1] (checked here, before anything is written).
+    """
 
     task = "ich"
 
     def __init__(self, size: int = 64, n_slices: int = 12, positive_fraction: float = 0.5,
                  bad_intercept_fraction: float = 0.25) -> None:
+        if int(size) < MIN_SIZE or int(n_slices) < MIN_SLICES:
+            raise InputError(f"ICH phantoms need size >= {MIN_SIZE} pixels and >= {MIN_SLICES} slice (the smallest "
+                             f"head CT the ICH task reads), got size {size}, {n_slices} slices")
+        for label, value in (("positive_fraction", positive_fraction),
+                             ("bad_intercept_fraction", bad_intercept_fraction)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise InputError(f"ICH phantoms: {label} must be in [0, 1], got {value}")
         self.size, self.n_slices = int(size), int(n_slices)
         self.positive_fraction = float(positive_fraction)
         self.bad_intercept_fraction = float(bad_intercept_fraction)

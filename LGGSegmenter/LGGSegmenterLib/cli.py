@@ -30,11 +30,15 @@ class LGGTask(Task):
 
     name = "lgg"
     title = "LGG Segmenter: lower-grade glioma segmentation and tumour features"
+    needs_model = True  # no default model ships: infer and batch check --model once, first
 
     def add_arguments(self, subcommand: str, parser: argparse.ArgumentParser) -> None:
+        from MedDLLib.commands_tasks import positive_int
+
         if subcommand == "phantom":
-            parser.add_argument("--size", type=int, default=64, help="slice size in pixels (real data: 256)")
-            parser.add_argument("--slices", type=int, default=16, help="slices per study (real: 20-88)")
+            parser.add_argument("--size", type=positive_int, default=64,
+                                help="slice size in pixels (>= 32; real data: 256)")
+            parser.add_argument("--slices", type=positive_int, default=16, help="slices per study (>= 6; real: 20-88)")
             parser.add_argument("--no-dicom", action="store_true", help="do not also write DICOM series")
         if subcommand == "train":
             parser.add_argument("--network", choices=sorted(model.NETWORKS), default=model.DEFAULT_NETWORK)
@@ -79,11 +83,14 @@ class LGGTask(Task):
         return model.evaluate_lgg(args.data, args.model, select_device(args.device, args.force_cpu))
 
     def find_studies(self, root: Path) -> list[Path]:
-        """kaggle_3m study folders below ``root`` (or its ``kaggle_3m``), else every sub-folder/volume file."""
-        try:
-            return [c.folder for c in dataset.find_cases(root)]
-        except InputError:
-            return super().find_studies(root)
+        """Every entry of ``root`` (or of its ``kaggle_3m`` folder, the real dataset's layout) that ``meddl infer
+        lgg`` takes as a study: each folder (kaggle_3m study of .tif slices, DICOM study, folder of
+        ``<channel>.nrrd`` files) and each NRRD/NIfTI file. Other files (``data.csv``, notes) and hidden entries are
+        not studies; a folder that turns out unreadable is reported by the batch as a failure with its reason."""
+        from MedDLLib.io import is_volume_file
+
+        base = dataset.dataset_root(root)
+        return sorted(p for p in base.iterdir() if not p.name.startswith(".") and (p.is_dir() or is_volume_file(p)))
 
     def infer(self, input_path: Path, model_name: str | None, output: Path, args: argparse.Namespace) -> dict[str, Any]:
         from MedDLLib.headless import create_scene
@@ -103,8 +110,11 @@ class LGGTask(Task):
             nodes = load_study_nodes(hs.scene, input_path, channels)
             options = LGGOptions(gradcam=bool(getattr(args, "gradcam", False)), device=args.device,
                                  force_cpu=args.force_cpu)
-            out = LGGSegmenterLogic().process(nodes if len(nodes) > 1 else nodes[0], package, options,
-                                              progress=getattr(args, "progress", None))
+            try:
+                out = LGGSegmenterLogic().process(nodes if len(nodes) > 1 else nodes[0], package, options,
+                                                  progress=getattr(args, "progress", None))
+            except InputError as exc:  # the logic names nodes; name the study file or folder they came from
+                raise InputError(f"{input_path}: {exc}") from None
             output.mkdir(parents=True, exist_ok=True)
             save_node(out.segmentation, output / "tumour.seg.nrrd")
             save_node(out.labelmap, output / "tumour_label.nrrd")

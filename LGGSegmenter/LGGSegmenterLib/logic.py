@@ -61,15 +61,20 @@ def read_inputs(volume_nodes: Any | Sequence[Any]) -> tuple[np.ndarray, Geometry
     """``(K, C, J, I)`` image and geometry from one node (FLAIR) or three (pre-contrast, FLAIR, post-contrast).
 
     Raises:
-        InputError: not volume nodes, or nodes on different voxel grids.
+        InputError: not volume nodes, not brain MRI (:func:`~.preprocess.check_mri`: a CT by its DICOM modality
+            or, without one, by its HU-like values), or nodes on different voxel grids.
     """
     from MedDLLib.nodes import volume_from_node
+
+    from .preprocess import check_mri
 
     nodes = list(volume_nodes) if isinstance(volume_nodes, (list, tuple)) else [volume_nodes]
     if len(nodes) not in (1, 3):
         raise InputError(f"give one brain MRI node (FLAIR) or three (pre-contrast, FLAIR, post-contrast), "
                          f"got {len(nodes)}")
     volumes = [volume_from_node(n, labelmap=False) for n in nodes]
+    for node, vol in zip(nodes, volumes):
+        check_mri(vol, f"volume {node.GetName()!r}")
     first = volumes[0]
     for node, vol in zip(nodes[1:], volumes[1:]):
         if vol.array.shape != first.array.shape or not vol.geometry.allclose(first.geometry, 1e-3):

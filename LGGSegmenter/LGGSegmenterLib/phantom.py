@@ -16,11 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from MedDLLib.errors import InputError
 from MedDLLib.geometry import Volume
 from MedDLLib.phantoms import PhantomGenerator, ellipsoid_mask, smooth_noise, write_phantom_dataset
 
 from .dataset import CHANNELS, DATA_CSV, nominal_geometry
 
+#: Smallest phantom: slice side in pixels and slices per study.
+MIN_SIZE = 32
+MIN_SLICES = 6
 CLUSTER_COLUMNS = ("RNASeqCluster", "MethylationCluster", "miRNACluster", "CNCluster", "RPPACluster",
                    "OncosignCluster", "COCCluster")
 
@@ -29,16 +33,20 @@ class LGGPhantomGenerator(PhantomGenerator):
     """Writes kaggle_3m-style phantom studies.
 
     Args:
-        size_px: slice height and width (the real data: 256).
-        n_slices: slices per study (real: 20 to 88).
+        size_px: slice height and width in pixels (the real data: 256; at least :data:`MIN_SIZE`).
+        n_slices: slices per study (real: 20 to 88; at least :data:`MIN_SLICES`).
         dicom: also write each study as three DICOM series under ``dicom/<case_id>/``.
+    Raises:
+        InputError: ``size_px`` or ``n_slices`` too small for the head, brain and tumour to be drawn (checked
+            here, before anything is written).
     """
 
     task = "lgg"
 
     def __init__(self, size_px: int = 64, n_slices: int = 16, dicom: bool = False) -> None:
-        if size_px < 32 or n_slices < 6:
-            raise ValueError(f"phantoms need size_px >= 32 and n_slices >= 6, got {size_px}, {n_slices}")
+        if size_px < MIN_SIZE or n_slices < MIN_SLICES:
+            raise InputError(f"LGG phantoms need size >= {MIN_SIZE} pixels and >= {MIN_SLICES} slices (room for "
+                             f"head, brain and tumour), got size {size_px}, {n_slices} slices")
         self.size_px = size_px
         self.n_slices = n_slices
         self.dicom = dicom

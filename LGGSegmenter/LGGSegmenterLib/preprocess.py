@@ -19,10 +19,28 @@ import dataclasses
 import numpy as np
 
 from MedDLLib.errors import InputError
-from MedDLLib.geometry import Geometry
-from MedDLLib.intensity import normalize_percentile
+from MedDLLib.geometry import Geometry, Volume
+from MedDLLib.intensity import CT_AIR_FRACTION, CT_AIR_HU, ct_air_fraction, normalize_percentile
 
 RECIPE_NORMALISATION = {"seed": "scale255", "improved": "p10p99"}
+
+
+def check_mri(volume: Volume, name: str) -> None:
+    """Refuse a volume that cannot be brain MRI: a DICOM modality other than MR, or, when no modality is known
+    (NRRD/NIfTI files, kaggle_3m .tif slices), values like CT Hounsfield units (:func:`ct_air_fraction` >=
+    :data:`CT_AIR_FRACTION`). ``name`` (e.g. the node's name) starts the message.
+
+    Raises:
+        InputError: naming the volume and the problem.
+    """
+    modality = str(volume.metadata.get("modality") or volume.metadata.get("DICOM.Modality") or "").upper()
+    if modality and modality != "MR":
+        raise InputError(f"{name}: modality {modality!r}; the LGG segmenter needs brain MRI (MR)")
+    air = ct_air_fraction(volume.array) if not modality else 0.0
+    if air >= CT_AIR_FRACTION:
+        raise InputError(f"{name}: {100 * air:.0f} % of the voxels are at or below {CT_AIR_HU:g}, like air in a CT "
+                         "in Hounsfield units (no modality is known for this volume); the LGG segmenter needs brain "
+                         "MRI (MR values are not negative)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,11 +53,15 @@ class LungTask(Task):
 
     name = "lung"
     title = "Lung Survival: lung segmentation and survival risk from chest CT"
+    needs_model = True  # no default model ships: infer and batch check --model once, first
 
     def add_arguments(self, subcommand: str, parser: argparse.ArgumentParser) -> None:
+        from MedDLLib.commands_tasks import positive_int
+
         if subcommand == "phantom":
-            parser.add_argument("--size", type=int, default=64, help="in-plane size in pixels (real CT: 512)")
-            parser.add_argument("--slices", type=int, default=24, help="slices per study (10 mm apart)")
+            parser.add_argument("--size", type=positive_int, default=64,
+                                help="in-plane size in pixels (>= 16; real CT: 512)")
+            parser.add_argument("--slices", type=positive_int, default=24, help="slices per study (>= 2, 10 mm apart)")
         if subcommand in ("train", "evaluate"):
             parser.add_argument("--min-slices", type=int, default=dataset.MIN_SLICES,
                                 help="studies with fewer slices are reported and skipped (seed recipe: 50)")

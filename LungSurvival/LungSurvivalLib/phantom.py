@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from MedDLLib.dicomwrite import write_series
+from MedDLLib.errors import InputError
 from MedDLLib.geometry import Geometry, Volume
 from MedDLLib.io import atomic_path
 from MedDLLib.phantoms import HU, PhantomGenerator, ellipsoid_mask, smooth_noise, survival_times, write_phantom_dataset
@@ -157,12 +158,25 @@ def chest_ct(rng: np.random.Generator, size: int = 64, n_slices: int = 24, *,
     return Volume(hu, geometry, {"modality": "CT", "units": "HU"}), masks, info
 
 
+#: Smallest phantom (pixels in-plane, slices): what :func:`LungSurvivalLib.logic.check_chest_ct` reads.
+MIN_SIZE = 16
+MIN_SLICES = 2
+
+
 class LungPhantomGenerator(PhantomGenerator):
-    """Writes chest CT phantoms in a TCIA download layout (see the module docstring)."""
+    """Writes chest CT phantoms in a TCIA download layout (see the module docstring).
+
+    Raises:
+        InputError: ``size`` below :data:`MIN_SIZE` pixels or ``n_slices`` below :data:`MIN_SLICES` (checked
+            here, before anything is written).
+    """
 
     task = "lung"
 
     def __init__(self, size: int = 64, n_slices: int = 24) -> None:
+        if int(size) < MIN_SIZE or int(n_slices) < MIN_SLICES:
+            raise InputError(f"lung phantoms need size >= {MIN_SIZE} pixels and >= {MIN_SLICES} slices (the "
+                             f"smallest chest CT the lung task reads), got size {size}, {n_slices} slices")
         self.size, self.n_slices = int(size), int(n_slices)
 
     def write_case(self, out: Path, index: int, rng: np.random.Generator) -> dict[str, Any]:

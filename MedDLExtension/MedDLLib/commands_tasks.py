@@ -60,7 +60,7 @@ def _add_device_options(parser: argparse.ArgumentParser) -> None:
 
 def _phantom_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", type=Path, help="folder for the synthetic dataset (created)")
-    parser.add_argument("--cases", type=_positive_int, default=8, help="number of studies (default: 8)")
+    parser.add_argument("--cases", type=positive_int, default=8, help="number of studies (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
@@ -71,9 +71,9 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
         "--recipe", choices=("seed", "improved"), default="improved",
         help="seed: the reference recipe; improved: MedDL's (default: improved)",
     )
-    parser.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: the recipe's)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the recipe's)")
     parser.add_argument(
-        "--max-minutes", type=_positive_float, default=None, help="time budget; stops keeping the best checkpoint"
+        "--max-minutes", type=positive_float, default=None, help="time budget; stops keeping the best checkpoint"
     )
     _add_device_options(parser)
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -111,14 +111,16 @@ def _bench_dicom_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the results to this JSON file")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a usage error otherwise); tasks use it for counts and sizes too."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
@@ -378,7 +380,7 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dicom", metavar="DIR", default=None,
                         help="DICOM series for the conversion step (default: the real chest CT beside the "
                         "repository, else a synthetic CT series)")
-    parser.add_argument("--minutes-per-task", type=_positive_float, default=3.0,
+    parser.add_argument("--minutes-per-task", type=positive_float, default=3.0,
                         help="training time budget per task in minutes (default: 3)")
     _add_device_options(parser)
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

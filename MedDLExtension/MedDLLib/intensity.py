@@ -102,3 +102,22 @@ def normalize_max_abs(array: np.ndarray) -> np.ndarray:
     a = np.asarray(array, dtype=np.float32)
     peak = float(np.abs(a).max(initial=0.0))
     return (a / peak).astype(np.float32) if peak > 0 else a.copy()
+
+
+#: Values at or below this (in the volume's units) count as air of a CT in Hounsfield units (air: -1000 HU).
+CT_AIR_HU = -500.0
+#: A volume without a modality is taken for a CT in HU when at least this fraction of its voxels is "air"
+#: (:data:`CT_AIR_HU`): head and chest CT have 20-60 % air around and in the body, MR magnitude values are >= 0.
+CT_AIR_FRACTION = 0.1
+
+
+def ct_air_fraction(array: np.ndarray) -> float:
+    """Fraction (0..1) of the finite voxels at or below :data:`CT_AIR_HU`, i.e. air if the values are CT HU.
+
+    Large volumes are subsampled (about 2 million voxels) for the count. 0.0 for an array without finite values.
+    Used by the MR tasks to refuse a CT given without a modality (an NRRD/NIfTI file in HU).
+    """
+    flat = np.asarray(array).reshape(-1)
+    flat = flat[:: max(1, flat.size // 2_000_000)]
+    finite = flat[np.isfinite(flat)]
+    return float((finite <= CT_AIR_HU).mean()) if finite.size else 0.0

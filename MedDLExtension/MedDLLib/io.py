@@ -63,6 +63,10 @@ def load_volume(
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     storage.SetFileName(str(path))
     storage.SetSingleFile(1)
+    # Keep the file's own voxel grid: by default Slicer re-indexes a left-handed grid (e.g. a sagittal series
+    # stored with its slices towards patient left) by flipping k, and a node saved then loaded back (the widgets'
+    # round trip through files) would no longer share its grid with the outputs computed on it.
+    storage.SetForceRightHandedIJKCoordinateSystem(False)
     if not storage.ReadData(node):
         scene.RemoveNode(node)
         scene.RemoveNode(storage)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .errors import InputError
 from .geometry import Geometry, Volume
 from .io import atomic_write_json, to_jsonable
 
@@ -138,7 +139,7 @@ def write_phantom_dataset(generator: PhantomGenerator, out: str | os.PathLike, c
     does not change when more cases are requested.
     """
     if cases < 1:
-        raise ValueError(f"cases must be >= 1, got {cases}")
+        raise InputError(f"cases must be >= 1, got {cases}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = np.random.SeedSequence(seed).spawn(cases + 1)
