@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from bad_files import UNREADABLE_KINDS, unreadable_volume_file
 from GliomaClassifierLib import dataset, model, preprocess
 
 
@@ -154,20 +155,8 @@ def _head_ct_hu(n_slices: int = 6, size: int = 16) -> np.ndarray:
 
 def _bad_volume_file(folder: Path, kind: str) -> tuple[Path, str]:
     """A volume file of ``kind`` and a fragment of the one-line error it must give."""
-    if kind == "junk":
-        path = folder / "junk.nrrd"
-        path.write_bytes(b"garbage!")
-        return path, "Slicer could not read this volume file"
-    if kind == "truncated":
-        path = folder / "trunc.nrrd"
-        sitk.WriteImage(sitk.GetImageFromArray(_head_ct_hu()), str(path), False)
-        data = path.read_bytes()
-        path.write_bytes(data[: data.index(b"\n\n") + 2 + 10])  # the header and 10 bytes of the voxels
-        return path, "Slicer could not read this volume file"
-    if kind == "vector":
-        path = folder / "vec.nrrd"
-        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 16, 16, 2), np.float32), isVector=True), str(path))
-        return path, "Slicer could not read this volume file"  # 2 values per voxel: not a scalar volume
+    if kind in UNREADABLE_KINDS:
+        return unreadable_volume_file(folder, kind), "Slicer could not read this volume file"
     if kind == "ct2d":
         path = folder / "ct2d.nrrd"
         sitk.WriteImage(sitk.GetImageFromArray(_head_ct_hu(1)[0]), str(path))

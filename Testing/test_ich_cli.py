@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bad_files import UNREADABLE_KINDS, unreadable_volume_file
 from ICHDetectorLib import phantom
 from ICHDetectorLib.model import untrained_package
 from MedDLLib.dicomwrite import write_series
@@ -88,23 +89,10 @@ def _bad_volume_file(folder: Path, kind: str) -> tuple[Path, str]:
     """A volume file of ``kind`` and a fragment of the one-line error it must give."""
     import SimpleITK as sitk
 
+    if kind in UNREADABLE_KINDS:
+        return unreadable_volume_file(folder, kind), "Slicer could not read this volume file"
     hu = np.full((4, 16, 16), -1000, np.int16)
     hu[:, 4:12, 4:12] = 40
-    if kind == "junk":
-        path = folder / "junk.nrrd"
-        path.write_bytes(b"garbage!")
-        return path, "Slicer could not read this volume file"
-    if kind == "truncated":
-        path = folder / "trunc.nrrd"
-        sitk.WriteImage(sitk.GetImageFromArray(hu), str(path), False)
-        data = path.read_bytes()
-        path.write_bytes(data[: data.index(b"\n\n") + 2 + 10])  # the header and 10 bytes of the voxels
-        return path, "Slicer could not read this volume file"
-    if kind == "vector":
-        path = folder / "vec.nrrd"
-        sitk.WriteImage(sitk.GetImageFromArray(np.stack([hu, hu], axis=-1).astype(np.float32), isVector=True),
-                        str(path))
-        return path, "Slicer could not read this volume file"  # 2 values per voxel: not a scalar volume
     path = folder / "mr2d.nii.gz"  # an MR slice: no air below -500
     sitk.WriteImage(sitk.GetImageFromArray((hu[0] + 1000).astype(np.uint16)), str(path))
     return path, "are not Hounsfield units of a CT"

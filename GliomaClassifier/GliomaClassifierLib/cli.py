@@ -35,39 +35,12 @@ HEATMAP_NRRD = "heatmap.nrrd"
 OVERLAY_PNG = "overlay.png"
 
 
-def read_volume_files(files: dict[str, Path]) -> dict[str, Any]:
-    """``{sequence: Volume}`` of NRRD/NIfTI/MHA files, read as every MedDL task reads a volume file: Slicer's
-    storage node (:func:`MedDLLib.io.load_volume`) in a temporary scene, then
-    :func:`MedDLLib.nodes.volume_from_node` (which refuses vector/RGB and voxel-less volumes); the file's voxel
-    grid is kept as it is (:func:`MedDLLib.io.load_volume`).
-
-    A volume file has no DICOM header: no modality is invented (:func:`~.preprocess.check_mri` then judges the
-    values). ``metadata["source"]`` is the file, for error messages.
-
-    Raises:
-        InputError: a file Slicer cannot read (corrupt, truncated, unsupported) or not a grey-value volume.
-    """
-    from MedDLLib import io as mio
-    from MedDLLib import nodes
-    from MedDLLib.headless import create_scene
-
-    hs = create_scene()
-    try:
-        out = {}
-        for sequence, file in files.items():
-            volume = nodes.volume_from_node(mio.load_volume(hs.scene, file, name=sequence), labelmap=False)
-            out[sequence] = volume.with_array(volume.array, source=str(file))
-        return out
-    finally:
-        hs.scene.Clear(1)
-
-
 def read_study(path: str | Path, sequences: list[str]) -> dict[str, Any]:
     """The study at ``path`` as ``{sequence: Volume}`` (see the module docstring for the accepted forms).
 
     Only the sequences in ``sequences`` are read from a case folder; a single series or file becomes
-    ``sequences[0]``. Volume files are read with :func:`read_volume_files`, DICOM with
-    :func:`MedDLLib.dicom.read_dicom_folder`.
+    ``sequences[0]``. Volume files are read with :func:`MedDLLib.io.read_volume_file` (no modality: their values
+    are judged by :func:`~.preprocess.check_mri`), DICOM with :func:`MedDLLib.dicom.read_dicom_folder`.
     """
     from MedDLLib import dicom
     from MedDLLib import io as mio
@@ -76,7 +49,7 @@ def read_study(path: str | Path, sequences: list[str]) -> dict[str, Any]:
     if path.is_file():
         if not mio.is_volume_file(path):
             raise InputError(f"{path}: not a volume file ({', '.join(mio.VOLUME_FILE_SUFFIXES)}) nor a folder")
-        return read_volume_files({sequences[0]: path})
+        return {sequences[0]: mio.read_volume_file(path, name=sequences[0])}
     if not path.is_dir():
         raise InputError(f"{path}: no such study")
     if any((path / s).is_dir() for s in SEQUENCES):
@@ -90,7 +63,7 @@ def read_study(path: str | Path, sequences: list[str]) -> dict[str, Any]:
         if missing:
             raise InputError(f"{path}: the model needs {', '.join(sequences)}; no volume file named "
                              f"{', '.join(missing)} (found {', '.join(files)})")
-        return read_volume_files({s: files[s] for s in sequences})
+        return {s: mio.read_volume_file(files[s], name=s) for s in sequences}
     return {sequences[0]: dicom.read_dicom_folder(path)}
 
 

@@ -31,31 +31,22 @@ OVERLAY_PNG = "overlay.png"
 
 
 def read_study_volume(path: Path) -> Any:
-    """A study as a HU :class:`~MedDLLib.geometry.Volume`: DICOM folder (bad-intercept fixed) or volume file.
-
-    A volume file is read as every MedDL task reads one: Slicer's storage node (:func:`MedDLLib.io.load_volume`)
-    in a temporary scene, then :func:`MedDLLib.nodes.volume_from_node` (``metadata["source"]`` = the file); the
-    file's voxel grid is kept as it is (:func:`MedDLLib.io.load_volume`).
+    """A study as a HU :class:`~MedDLLib.geometry.Volume`: DICOM folder (bad-intercept fixed) or volume file
+    (:func:`MedDLLib.io.read_volume_file`).
 
     Raises:
         InputError / DicomError: not a DICOM folder nor a volume file, a file Slicer cannot read (corrupt,
             truncated, unsupported), a vector/RGB volume, or the DICOM reader's problems.
     """
-    from MedDLLib import dicom, nodes
+    from MedDLLib import dicom
     from MedDLLib import io as mio
-    from MedDLLib.headless import create_scene
 
     path = Path(path)
     if path.is_dir():
         return dicom.read_dicom_folder(path, fix_bad_intercept=True)
     if not mio.is_volume_file(path):
         raise InputError(f"{path}: not a DICOM folder nor a volume file ({', '.join(mio.VOLUME_FILE_SUFFIXES)})")
-    hs = create_scene()
-    try:
-        volume = nodes.volume_from_node(mio.load_volume(hs.scene, path), labelmap=False)
-    finally:
-        hs.scene.Clear(1)
-    return volume.with_array(volume.array, source=str(path))
+    return mio.read_volume_file(path)
 
 
 def infer_study(input_path: Path, model: str, output: Path, *, heatmap_label: str = "any", threshold: float = 0.5,

@@ -76,6 +76,30 @@ def load_volume(
     return node
 
 
+def read_volume_file(path: str | os.PathLike, name: str | None = None) -> Any:
+    """An NRRD/NIfTI/MHA file as a :class:`~MedDLLib.geometry.Volume` (``metadata["source"]`` = the file).
+
+    Read as a node is loaded (:func:`load_volume` in a temporary scene, the file's own voxel grid kept), then
+    copied out with :func:`MedDLLib.nodes.volume_from_node` (a grey-value image: vector/RGB, labelmap and
+    voxel-less volumes are refused). A volume file has no DICOM header: no modality is set.
+
+    Raises:
+        InputError: not a volume file, or one Slicer cannot read (corrupt, truncated, unsupported) or not a
+            grey-value image.
+    """
+    from . import nodes
+    from .headless import create_scene
+
+    if not is_volume_file(path):
+        raise InputError(f"{path}: not a volume file ({', '.join(VOLUME_FILE_SUFFIXES)})")
+    hs = create_scene()
+    try:
+        volume = nodes.volume_from_node(load_volume(hs.scene, path, name=name), labelmap=False)
+    finally:
+        hs.scene.Clear(1)
+    return volume.with_array(volume.array, source=str(path))
+
+
 def file_stem(path: str | os.PathLike) -> str:
     """The file name without its volume suffix: ``FLAIR.nii.gz`` -> ``FLAIR``, ``tumour.seg.nrrd`` -> ``tumour``."""
     path = Path(path)
