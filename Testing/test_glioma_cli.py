@@ -114,7 +114,9 @@ def test_train_writes_a_package_with_its_card(phantoms, tmp_path):
     assert metadata["network"]["args"]["conv1_t_stride"] == 2 and metadata["input"]["reorient"] is True
     card = model.model_card(metadata)
     assert "Trained on synthetic data" in card and "close to chance" in card
-    assert "Grad-CAM at layer2) shows where the network looked, not the tumour's outline" in card
+    assert metadata["network"]["name"] == model.EVIDENCE_NETWORK and metadata["output"]["gradcam_layer"] == "evidence"
+    assert "Grad-CAM at evidence: where the network found evidence of methylation" in card
+    assert "is not the tumour's outline" in card
 
 
 def test_bench_measures_in_a_child_and_formats_a_table():

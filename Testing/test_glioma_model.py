@@ -1,54 +1,28 @@
 """The improved MGMT recipe learns the planted signal on held-out phantoms, invents none when the labels are
-shuffled, and repeated CV reports mean, sd and CI. Grad-CAM localisation on the lesion is a known gap (strict
-xfail: it fails the suite the day it starts to pass, so the marker gets removed).
+shuffled, and repeated CV reports mean, sd and CI; its Grad-CAM concentrates on the lesion (the criterion "most
+of the mass inside the tumour region" is not met yet: strict xfail, it fails the suite the day it starts to pass).
 
-Tiny set-up so the tests fit CI on 2 cores: T1wCE only, 96 training / 32 held-out phantoms of 48 x 48 x 24,
-resnet10 at a quarter of its width (widen_factor 0.25), lr 1e-3, batch 8, 12 epochs, fixed seeds. Measured
-(deterministic): improved AUROC 0.975 (95 % CI 0.90-1.00) held out; labels shuffled 0.62 (0.44-0.82). The seed
-recipe on the same data and budget: 0.56 (0.34-0.76) -- too slow (stride 1) for CI, measured by hand.
+Set-up sized for CI on 2 cores: T1wCE only, 400 training / 32 held-out phantoms of 48 x 48 x 24, the improved
+network at a quarter of its width (widen_factor 0.25), lr 1e-3, batch 8, 20 epochs, fixed seeds. Measured
+(deterministic): see the prints (``pytest -s``) and the README's glioma section.
 
-Why Grad-CAM is not on the lesion (the check is a strict xfail). Reproduce the main table with
-``scripts/glioma_heatmap_diagnosis.py`` (the real training path; 8 fresh methylated phantoms; lesion = tumour +
-oedema = 1.5 % of the network input, 4.1 % of the head, 7 % of the brain). Mass of the positive-logit map:
+Heatmap. Sessions 4-5 measured the whole-volume MONAI resnet10 (average pooling): its Grad-CAM put 2-5 % of the
+mass on the lesion (tumour + oedema, 1.3-1.5 % of the input), 30-60 % in the air around the head and 15-27 % on
+scalp and skull, at every layer, input size (48/96 px), amount of training, with Grad-CAM++, HiResCAM (11-22 %),
+oracle lesion crops, skull stripping, FLAIR, three planted signals and occlusion (11-16x enrichment at best). The
+cause: average pooling lets the model judge the lesion against its surroundings, and Grad-CAM's position-averaged
+channel weights light every place where those channels respond (``scripts/glioma_heatmap_diagnosis.py``).
 
-    map (48 px / 96 px input)   in lesion      brain rest     scalp + skull  air
-    Grad-CAM layer1             0.02 / 0.02    0.25 / 0.29    0.23 / 0.22    0.51 / 0.48
-    Grad-CAM layer2 (shown)     0.05 / 0.02    0.38 / 0.28    0.27 / 0.18    0.30 / 0.52
-    Grad-CAM layer3             0.02 / 0.03    0.25 / 0.22    0.16 / 0.15    0.57 / 0.60
-    HiResCAM layer1             0.11 / 0.13    0.45 / 0.23    0.17 / 0.30    0.27 / 0.35
-    gradient x input            0.16 / 0.16    0.53 / 0.38    0.31 / 0.46    0.00 / 0.00
-
-(48 px: 96 phantoms x 12 epochs, this module's fixture, validation AUROC 0.98; 96 px: 200 x 20, 0.99.)
-Restricting a map to the head leaves Grad-CAM at 0.03-0.07; restricted to the brain, the best map holds 0.36
-(HiResCAM layer1, 96 px).
-
-- The model needs the lesion but judges it against its surroundings: erasing the lesion drops methylated cases
-  to p 0.01-0.27, while keeping only the brain (or only the lesion) makes every case methylated (the per-slice
-  min-max scale and the scalp fat are the yardstick). Grad-CAM weights each channel by its gradient averaged over
-  all positions, so channels that carry the lesion's evidence but also respond elsewhere spread the map: 30-60 %
-  of it lies in the air around the head (where each channel's activation is a constant) and 15-27 % on scalp and
-  skull. Element-wise maps (HiResCAM layer1, gradient x input) are 7-10x enriched on the lesion, far from "most".
-- A tumour-centred input does not fix it: resnet10 trained on oracle lesion-centred crops (48 x 48 x 16 of the
-  96 px input, lesion 10.6 % of the crop; AUROC 0.96 at a quarter and at full width) puts 0.00 / 0.04-0.05 /
-  0.10-0.13 / 0.10-0.11 of its Grad-CAM mass in the lesion at layer1..4: no more than the lesion's share.
-- Nor do a FLAIR channel (T1wCE + FLAIR, AUROC 0.97: Grad-CAM 0.02-0.05, HiResCAM layer1 0.28), crude skull
-  stripping (input zeroed outside the brain, AUROC 0.975: layer1 Grad-CAM then puts 93 % in the air; HiResCAM
-  layer1 0.38), more training (300 x 40 epochs at 96 px, AUROC 0.96: 0.000 / 0.007 / 0.027 at layer1/2/3), a
-  stride-1 network (0.04-0.05), a global max-pool head, Grad-CAM++, brain-median normalisation, or other planted
-  signals (rim thickness; ring enhancement present in 90 % of methylated and 10 % of unmethylated tumours):
-  Grad-CAM stays at 0-21 %.
-- Resolution bounds it as well: a *perfect* map (the lesion mask averaged to a layer's resolution, upsampled as
-  Grad-CAM is) puts 0.54-0.58 / 0.22-0.28 of its mass in the lesion at layer1 / layer2 of a 48 px input, 0.71-0.73
-  / 0.43-0.52 at 96 px, 0.82 / 0.66 at 128 x 128 x 64. ResNet-10's receptive fields (stride-2 conv1, measured by
-  gradients) span 27 / 51 / 99 / 195 px at layer1..layer4.
-- An occlusion map (the drop of the logit when a 16 x 16 x 8 cube of the 96 px input is zeroed, stride 8 x 8 x 4;
-  7 s a case) puts 0.14-0.22 of its mass in the lesion (4 methylated phantoms): 11-16x enriched, not "most".
-The same ``compute_gradcam`` does localise a small stride-1 max-pool network whose evidence is local
-(``test_gradcam.py``). Going from 48 to 96 px did not move the trained maps towards the perfect-map bound, so a
-larger model trained on a GPU is not expected to meet the criterion by itself. What would make it checkable: the
-criterion restated as an enrichment over the lesion's share (Grad-CAM here: about 1-3x; HiResCAM layer1, gradient
-x input and occlusion: 7-16x), or a model whose evidence is local by design (patch-level scores, multiple-instance
-pooling), which departs from the issue's whole-volume ResNet-10.
+The improved recipe now uses :class:`GliomaClassifierLib.model.EvidenceResNet10`: the same body, one logit per
+cell of ``layer4`` (output stride 4 at this 48 px input, 16 at 256 px) and a smooth maximum (log-sum-exp,
+sharpness 10) instead of the average. Measured on 8 fresh methylated phantoms through the real path: about 40 %
+of the Grad-CAM mass on the lesion (48 px: 0.18-0.55, mean 0.41; 64 x 64 x 32: 0.23-0.63, mean 0.41), almost all
+the rest in the brain beside it (lesion dilated by 2 voxels: 0.40-0.86), under 3 % in the air; a study called
+unmethylated shows no evidence at all (log-sum-exp >= max, so z < 0 means every cell < 0). Tried in-memory at
+48 px: sharpness 5 gives 0.25, 20 gives 0.16; the evidence head on layer1 alone (no ResNet-10 beyond it) 0.43-0.51.
+What limits it: the map's cells (4 px = 18 mm at 48 px) against a lesion of 6-8 px radius; a perfect map at
+that resolution would hold 0.54-0.58. Next steps: a 96 px test input (about 15 min of CI training), or a
+finer evidence map (layer1/2 features), each to be measured.
 """
 
 from __future__ import annotations
@@ -61,14 +35,14 @@ import pytest
 from GliomaClassifierLib import dataset, logic, model, phantom
 from MedDLLib.gradcam import mass_inside
 
-TINY = dict(size=48, depth=24, widen_factor=0.25, lr=1e-3, batch_size=8, epochs=12, seed=0)
+TINY = dict(size=48, depth=24, widen_factor=0.25, lr=1e-3, batch_size=8, epochs=20, seed=0)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("glioma_model")
     kw = dict(size=48, n_slices=24, sequences=("T1wCE",))
-    phantom.write_dataset(root / "train", 96, seed=0, **kw)
+    phantom.write_dataset(root / "train", 400, seed=0, **kw)
     phantom.write_dataset(root / "test", 32, seed=1000, include_flagged=False, **kw)
     return root, dataset.scan_dataset(root / "train").cases, dataset.scan_dataset(root / "test").cases
 
@@ -103,28 +77,44 @@ def test_shuffled_labels_give_chance(data):
     assert metrics["ci_contains_chance"]
 
 
-def _gradcam_lesion_fractions(package) -> tuple[list[float], list[float]]:
-    """Heatmap mass inside the lesion (tumour + oedema) of fresh methylated phantoms, and the lesion's share of
-    the brain (what an uninformative map inside the brain would give)."""
-    fractions, shares = [], []
-    for seed in range(4):
+def _gradcam_on_fresh_phantoms(package, n: int = 8) -> tuple[list[float], list[float]]:
+    """Probability and heatmap mass inside the lesion (tumour + oedema) of ``n`` fresh methylated phantoms."""
+    probabilities, fractions = [], []
+    for seed in range(n):
         volumes, masks, _ = phantom.brain_mri(np.random.default_rng(500 + seed), 48, 24, label=1)
         result = logic.compute({"T1wCE": volumes["T1wCE"]}, package)
         assert result.heatmap.geometry.allclose(volumes["T1wCE"].geometry)  # mapped back into the input grid
-        assert result.heatmap.array.max() == pytest.approx(1.0, abs=1e-3)
+        probabilities.append(result.probability)
         fractions.append(mass_inside(result.heatmap.array, masks["lesion"]))
-        shares.append(float(masks["lesion"].sum() / masks["brain"].sum()))
-    print("Grad-CAM mass in lesion", np.round(fractions, 3), "lesion share of brain", np.round(shares, 3))
-    return fractions, shares
+        if result.probability < 0.5:  # z < 0 => every cell of the evidence map < 0 (log-sum-exp >= max)
+            assert result.heatmap.array.max() == 0.0, "a study called unmethylated must show no evidence"
+        else:
+            assert result.heatmap.array.max() == pytest.approx(1.0, abs=1e-3)
+    print("p", np.round(probabilities, 2), "heatmap mass in lesion", np.round(fractions, 3))
+    return probabilities, fractions
+
+
+def _called_methylated(package) -> list[float]:
+    probabilities, fractions = _gradcam_on_fresh_phantoms(package)
+    called = [f for p, f in zip(probabilities, fractions) if p >= 0.5]
+    assert len(called) >= 4, probabilities
+    return called
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known gap: Grad-CAM of the phantom resnet10 puts 2-5 % of its mass on the "
-                   "lesion, the rest on brain, scalp, skull and air (position-averaged channel weights); see this "
-                   "module's docstring")
-def test_gradcam_mass_is_on_the_lesion(improved):
-    fractions, _ = _gradcam_lesion_fractions(improved)
-    assert np.mean(fractions) > 0.5
+def test_gradcam_mass_concentrates_on_the_lesion(improved):
+    """The lesion is 1.3 % of the input; the evidence network's Grad-CAM puts about 40 % of its mass on it (the
+    whole-volume resnet10 with average pooling put 2-5 %), for every methylated phantom it calls methylated."""
+    called = _called_methylated(improved)
+    assert np.mean(called) > 0.25 and min(called) > 0.1, called
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known gap: the evidence network's Grad-CAM puts about 40 % of its mass on "
+                   "the lesion (tumour + oedema), most of the rest in the brain beside it (cells of 4 px at this "
+                   "48 px input); 'most' is not reached; see this module's docstring")
+def test_gradcam_mass_is_mostly_on_the_lesion(improved):
+    assert np.mean(_called_methylated(improved)) > 0.5
 
 
 @pytest.mark.slow

@@ -3,8 +3,8 @@
 Trains the ``improved`` recipe on glioma phantoms (written in the RSNA-MICCAI layout, the real training path),
 then, on fresh methylated phantoms, computes for the positive logit:
 
-* Grad-CAM at layer1..layer3 (channel weights = gradient averaged over positions; the module's
-  :func:`MedDLLib.gradcam.compute_gradcam`),
+* Grad-CAM at layer1..layer3 and at the improved network's ``evidence`` head (what the module shows; channel
+  weights = gradient averaged over positions; :func:`MedDLLib.gradcam.compute_gradcam`),
 * HiResCAM at the same layers (gradient x activation per position, summed over channels),
 * gradient x input,
 
@@ -36,7 +36,7 @@ from MedDLLib.geometry import Volume
 from MedDLLib.gradcam import compute_gradcam, mass_inside
 from MedDLLib.resample import resample_to_reference
 
-LAYERS = ("layer1", "layer2", "layer3")
+LAYERS = ("layer1", "layer2", "layer3", "evidence")
 
 
 def maps_for(network: torch.nn.Module, x: torch.Tensor) -> dict[str, np.ndarray]:

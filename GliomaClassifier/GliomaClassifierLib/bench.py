@@ -1,8 +1,9 @@
 """``meddl bench glioma``: CPU forward and Grad-CAM time and peak memory, seed (stride 1) vs improved (stride 2).
 
-Both networks are MONAI ``resnet10(spatial_dims=3, n_input_channels=1, num_classes=1)`` at the recipes' input
-size (default 64 x 256 x 256), untrained (time and memory do not depend on the weights); the seed has the
-default ``conv1_t_stride=1``, the improved one ``conv1_t_stride=2``. Each measurement (network x {forward,
+Both networks are the recipes' at their input size (default 64 x 256 x 256), untrained (time and memory do not
+depend on the weights): the seed's MONAI ``resnet10(spatial_dims=3, n_input_channels=1, num_classes=1)`` with
+the default ``conv1_t_stride=1``; the improved :class:`GliomaClassifierLib.model.EvidenceResNet10` (the same
+body with ``conv1_t_stride=2``, output stride 16 at 256 px, an evidence head). Each measurement (network x {forward,
 Grad-CAM}) runs in a fresh child process with ``threads`` torch threads, so its peak resident memory
 (``ru_maxrss``) is its own; a small warm-up forward precedes the timed call. Grad-CAM is the project's
 :func:`MedDLLib.gradcam.compute_gradcam` (forward + backward + map) at the recipes' layer. Targets for the

@@ -6,7 +6,7 @@ one DICOM series folder or one NRRD/NIfTI file (the last two are taken as the mo
 file has no DICOM header, so its VOI LUT cannot be applied: ``--voi-dicom T1wCE=FILE`` names a DICOM file of the
 series it came from (what the widget does for nodes loaded through Slicer's DICOM module). Writes:
 
-* ``heatmap.nrrd`` -- Grad-CAM of the predicted class in the geometry of the reference (first) sequence, 0..1;
+* ``heatmap.nrrd`` -- Grad-CAM of the methylated output in the geometry of the reference (first) sequence, 0..1;
 * ``overlay.png`` -- the axial slice through the heatmap's centre of mass, heatmap over the reference sequence;
 
 and returns the dict the shared command writes as ``result.json``: ``probability``, ``model_card`` (short text
@@ -308,12 +308,12 @@ class GliomaTask(Task):
         seed = int(getattr(args, "seed", 0))
         minutes = min(float(getattr(args, "minutes_per_task", 2.5)), 2.5)
         start = time.perf_counter()
-        # the tested tiny set-up (Testing/test_glioma_model.py): T1wCE, 48 x 48 x 24, resnet10 at 1/4 width
+        # the tested set-up (Testing/test_glioma_model.py) made smaller: T1wCE, 48 x 48 x 24, 1/4 width
         kw = dict(size=48, n_slices=24, sequences=("T1wCE",))
-        write_dataset(out / "train", 72, seed, **kw)
+        write_dataset(out / "train", 240, seed, **kw)
         write_dataset(out / "test", 24, seed + 1000, include_flagged=False, **kw)
         train_data, test_data = scan_dataset(out / "train"), scan_dataset(out / "test")
-        result = train_model(train_data.cases, out / "model", "improved", epochs=12, max_minutes=minutes * 0.6,
+        result = train_model(train_data.cases, out / "model", "improved", epochs=20, max_minutes=minutes * 0.7,
                              size=48, depth=24, widen_factor=0.25, lr=1e-3, batch_size=8, seed=seed,
                              device=getattr(args, "device", None), force_cpu=getattr(args, "force_cpu", False),
                              cache_dir=out / "cache", description="meddl demo glioma phantoms (signal 1)")

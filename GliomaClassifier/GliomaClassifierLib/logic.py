@@ -6,7 +6,8 @@ Three steps (the GUI may run :func:`compute` in a worker; batch and console call
 1. read the scene: :func:`MedDLLib.nodes.volume_from_node` for each sequence node (copies; inputs never modified);
 2. :func:`compute` on arrays only: preprocessing as the model's input spec says
    (:func:`GliomaClassifierLib.preprocess.prepare`), the probability of MGMT promoter methylation, the Grad-CAM
-   map of the predicted class mapped back into the reference (first) sequence's geometry, and the 64-slice
+   map of the methylated output (the evidence for methylation; all zero where the network finds none) mapped
+   back into the reference (first) sequence's geometry, and the 64-slice
    window that was used (slice indices and its box in RAS);
 3. :meth:`GliomaClassifierLogic.write_outputs`: new nodes only: a table (probability, window, model card),
    ``MedDL.*`` attributes (``MedDL.probability``, ``MedDL.model_card``...) on the table and heatmap nodes, the
@@ -34,7 +35,7 @@ class GliomaOptions:
     """Options of one run.
 
     Attributes:
-        gradcam: compute the Grad-CAM heatmap (of the predicted class).
+        gradcam: compute the Grad-CAM heatmap (of the methylated output, whatever the call).
         threshold: probability at or above which the result reads "methylated".
         device: torch device for the network.
     """
@@ -83,25 +84,6 @@ class GliomaResult:
                 **{f"window_{key}": np.round(np.asarray(self.window[key], dtype=float), 6).tolist()
                    for key in WINDOW_BOX_KEYS},
                 "summary": self.summary, "model_card": self.model_card, "warnings": list(self.warnings)}
-
-
-class _BothSigns:
-    """Wraps a one-logit network as two logits ``(-z, z)`` so Grad-CAM can explain either class."""
-
-    def __new__(cls, network: Any) -> Any:
-        import torch
-        from torch import nn
-
-        class BothSigns(nn.Module):
-            def __init__(self, net: nn.Module) -> None:
-                super().__init__()
-                self.net = net
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                z = self.net(x)
-                return torch.cat([-z, z], dim=1)
-
-        return BothSigns(network)
 
 
 #: Keys of the oriented box of the slice window (in :attr:`GliomaResult.window`; ``window_<key>`` in result.json).
@@ -175,9 +157,8 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
     if options.gradcam:
         checkpoint(0.55, "Grad-CAM")
         layer = package.metadata["output"].get("gradcam_layer") or "layer2"
-        wrapped = _BothSigns(network)
         x = torch.from_numpy(prepared.array[None]).to(options.device)
-        maps = compute_gradcam(wrapped, x, f"net.{layer}", class_index=int(probability >= options.threshold))
+        maps = compute_gradcam(network, x, layer, class_index=0)  # the methylated logit, whatever the call
         heat = heatmap_to_reference(maps[0], prepared.grid, prepared.reference)
     window = {"first": prepared.first, "last": prepared.last, "centre": prepared.centre,
               "depth": spec.depth, "n_slices": prepared.n_slices, **window_box(prepared)}
