@@ -25,10 +25,12 @@ def test_diagnosis_reports_consistent_region_fractions(tmp_path):
     share = report["lesion_share"]
     assert 0 < share["of_input"] < share["of_head"] < share["of_brain"] < 0.5
     assert 0.2 < report["head_share_of_input"] < 0.9  # the air around the head is not counted as head
-    assert set(report["maps"]) == {"gradient_x_input", *(f"{m}_layer{i}" for m in ("gradcam", "hirescam")
-                                                         for i in (1, 2, 3))}
+    assert set(report["maps"]) == {"gradient_x_input", *(f"{m}_{layer}" for m in ("gradcam", "hirescam")
+                                                         for layer in ("layer1", "layer2", "layer3", "evidence"))}
     for name, row in report["maps"].items():
         total = row["lesion"] + row["brain_not_lesion"] + row["scalp_skull"] + row["air"]
+        if name.endswith("_evidence") and total == 0:
+            continue  # an evidence map with no positive cell (an unmethylated call after 1 epoch) is empty
         assert total == pytest.approx(1, abs=2e-3), name
         assert row["lesion"] <= row["lesion_of_head_masked"] + 1e-4 <= row["lesion_of_brain_masked"] + 2e-4, name
     assert "gradcam_layer2" in proc.stdout and "lesion share" in proc.stdout
