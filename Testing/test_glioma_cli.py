@@ -128,7 +128,7 @@ def test_bench_measures_in_a_child_and_formats_a_table():
             **{f"{n}_{w}_{m}": 1.0 for n in ("seed", "improved") for w in ("forward", "gradcam")
                for m in ("seconds", "peak_rss_mb")}}
     table = bench.format_table(fake)
-    assert "seed resnet10 stride 1" in table and "improved resnet10 stride 2" in table and "met" in table
+    assert "seed resnet10 stride 1" in table and "improved evidence-resnet10 stride 2" in table and "met" in table
 
 
 # ------------------------------------------------------------------------------------------ bad inputs, in process

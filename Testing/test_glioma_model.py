@@ -1,10 +1,9 @@
 """The improved MGMT recipe learns the planted signal on held-out phantoms, invents none when the labels are
-shuffled, and repeated CV reports mean, sd and CI; its Grad-CAM concentrates on the lesion (the criterion "most
-of the mass inside the tumour region" is not met yet: strict xfail, it fails the suite the day it starts to pass).
+shuffled, and repeated CV reports mean, sd and CI; most of its Grad-CAM mass lies on the tumour region.
 
 Set-up sized for CI on 2 cores: T1wCE only, 400 training / 32 held-out phantoms of 48 x 48 x 24, the improved
-network at a quarter of its width (widen_factor 0.25), lr 1e-3, batch 8, 20 epochs, fixed seeds. Measured
-(deterministic): see the prints (``pytest -s``) and the README's glioma section.
+network at a quarter of its width (widen_factor 0.25), lr 1e-3 halved at epoch 16, batch 8, 20 epochs, fixed
+seeds. Measured (deterministic): see the prints (``pytest -s``) and the README's glioma section.
 
 Heatmap. Sessions 4-5 measured the whole-volume MONAI resnet10 (average pooling): its Grad-CAM put 2-5 % of the
 mass on the lesion (tumour + oedema, 1.3-1.5 % of the input), 30-60 % in the air around the head and 15-27 % on
@@ -13,16 +12,18 @@ oracle lesion crops, skull stripping, FLAIR, three planted signals and occlusion
 cause: average pooling lets the model judge the lesion against its surroundings, and Grad-CAM's position-averaged
 channel weights light every place where those channels respond (``scripts/glioma_heatmap_diagnosis.py``).
 
-The improved recipe now uses :class:`GliomaClassifierLib.model.EvidenceResNet10`: the same body, one logit per
-cell of ``layer4`` (output stride 4 at this 48 px input, 16 at 256 px) and a smooth maximum (log-sum-exp,
-sharpness 10) instead of the average. Measured on 8 fresh methylated phantoms through the real path: about 40 %
-of the Grad-CAM mass on the lesion (48 px: 0.18-0.55, mean 0.41; 64 x 64 x 32: 0.23-0.63, mean 0.41), almost all
-the rest in the brain beside it (lesion dilated by 2 voxels: 0.40-0.86), under 3 % in the air; a study called
-unmethylated shows no evidence at all (log-sum-exp >= max, so z < 0 means every cell < 0). Tried in-memory at
-48 px: sharpness 5 gives 0.25, 20 gives 0.16; the evidence head on layer1 alone (no ResNet-10 beyond it) 0.43-0.51.
-What limits it: the map's cells (4 px = 18 mm at 48 px) against a lesion of 6-8 px radius; a perfect map at
-that resolution would hold 0.54-0.58. Next steps: a 96 px test input (about 15 min of CI training), or a
-finer evidence map (layer1/2 features), each to be measured.
+The improved recipe uses :class:`GliomaClassifierLib.model.EvidenceResNet10`: the same body, one logit per cell
+of ``layer4`` (output stride 4 at this 48 px input, 16 at 256 px) and a smooth maximum (log-sum-exp, sharpness
+10) instead of the average; a study called unmethylated shows no evidence at all (log-sum-exp >= max, so z < 0
+means every cell < 0). Measured through the real path (8 fresh methylated phantoms, mean over those called
+methylated): 0.57 of the Grad-CAM mass on the lesion for this set-up (per study 0.41-0.68); training seeds 1 and
+2: 0.72 and 0.53 (per study 0.33-0.87); the rest mostly in the brain beside the lesion, under 3 % in the air.
+What moved it from session 7's 0.41 to 0.57 with the same data and seed: halving the learning rate at 80 % of the
+run instead of at epoch 10, just as this network starts learning (the drop at 10 left it under-trained and its
+evidence diffuse). Tried and not kept (with the earlier schedule): sharpness 5 (0.25) or 20 (0.16); output stride 2 by dropping the max pool
+(825 s to train in memory, AUROC 0.69, no evidence map); an evidence head on layer1 alone (0.43-0.51). The limit:
+cells of 4 px (18 mm) against a lesion of 6-8 px radius; a map that is exactly the lesion at this resolution holds
+0.54-0.58 of its mass on it (exactly the tumour: 0.71-0.78).
 """
 
 from __future__ import annotations
@@ -77,12 +78,14 @@ def test_shuffled_labels_give_chance(data):
     assert metrics["ci_contains_chance"]
 
 
-def _gradcam_on_fresh_phantoms(package, n: int = 8) -> tuple[list[float], list[float]]:
-    """Probability and heatmap mass inside the lesion (tumour + oedema) of ``n`` fresh methylated phantoms."""
+@pytest.fixture(scope="module")
+def explained(improved) -> tuple[list[float], list[float]]:
+    """Probability and heatmap mass inside the lesion (tumour + oedema) of 8 fresh methylated phantoms, through
+    the module logic (the heatmap mapped back into the input grid)."""
     probabilities, fractions = [], []
-    for seed in range(n):
+    for seed in range(8):
         volumes, masks, _ = phantom.brain_mri(np.random.default_rng(500 + seed), 48, 24, label=1)
-        result = logic.compute({"T1wCE": volumes["T1wCE"]}, package)
+        result = logic.compute({"T1wCE": volumes["T1wCE"]}, improved)
         assert result.heatmap.geometry.allclose(volumes["T1wCE"].geometry)  # mapped back into the input grid
         probabilities.append(result.probability)
         fractions.append(mass_inside(result.heatmap.array, masks["lesion"]))
@@ -94,27 +97,14 @@ def _gradcam_on_fresh_phantoms(package, n: int = 8) -> tuple[list[float], list[f
     return probabilities, fractions
 
 
-def _called_methylated(package) -> list[float]:
-    probabilities, fractions = _gradcam_on_fresh_phantoms(package)
+@pytest.mark.slow
+def test_gradcam_mass_is_mostly_on_the_lesion(explained):
+    """The lesion is 1.3 % of the input; over the methylated phantoms the model calls methylated, most of the
+    Grad-CAM mass lies on it (the whole-volume resnet10 with average pooling put 2-5 % there)."""
+    probabilities, fractions = explained
     called = [f for p, f in zip(probabilities, fractions) if p >= 0.5]
-    assert len(called) >= 4, probabilities
-    return called
-
-
-@pytest.mark.slow
-def test_gradcam_mass_concentrates_on_the_lesion(improved):
-    """The lesion is 1.3 % of the input; the evidence network's Grad-CAM puts about 40 % of its mass on it (the
-    whole-volume resnet10 with average pooling put 2-5 %), for every methylated phantom it calls methylated."""
-    called = _called_methylated(improved)
-    assert np.mean(called) > 0.25 and min(called) > 0.1, called
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known gap: the evidence network's Grad-CAM puts about 40 % of its mass on "
-                   "the lesion (tumour + oedema), most of the rest in the brain beside it (cells of 4 px at this "
-                   "48 px input); 'most' is not reached; see this module's docstring")
-def test_gradcam_mass_is_mostly_on_the_lesion(improved):
-    assert np.mean(_called_methylated(improved)) > 0.5
+    assert len(called) >= 6, probabilities
+    assert np.mean(called) > 0.5 and np.median(called) > 0.5 and min(called) > 0.25, called
 
 
 @pytest.mark.slow

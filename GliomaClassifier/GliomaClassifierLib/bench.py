@@ -157,7 +157,7 @@ def run_bench(size: int = 256, depth: int = 64, threads: int = 2) -> dict[str, A
 def format_table(result: dict[str, Any]) -> str:
     """A small text table of :func:`run_bench`'s result (seed and improved side by side)."""
     rows = [("network", "forward (s)", "forward peak RSS (MB)", "Grad-CAM (s)", "Grad-CAM peak RSS (MB)")]
-    for name, label in (("seed", "seed resnet10 stride 1"), ("improved", "improved resnet10 stride 2")):
+    for name, label in (("seed", "seed resnet10 stride 1"), ("improved", "improved evidence-resnet10 stride 2")):
         rows.append((label, f"{result[f'{name}_forward_seconds']:.2f}", f"{result[f'{name}_forward_peak_rss_mb']:.0f}",
                      f"{result[f'{name}_gradcam_seconds']:.2f}", f"{result[f'{name}_gradcam_peak_rss_mb']:.0f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -10,6 +10,9 @@ slice, MONAI ``resnet10(spatial_dims=3, n_input_channels=1, num_classes=1)`` wit
 about a second instead of 17 s at 256 x 256 x 64) and a local evidence head instead of average pooling
 (:class:`EvidenceResNet10`: its Grad-CAM lies on the lesion, not on scalp and air), slices sorted by position
 and reoriented to axial LPS,
+20 epochs with the learning rate halved once at 80 % of the run (the evidence network starts learning only
+around epoch 10; halving the rate there left it under-trained, its heatmap spread over the lesion's surroundings:
+0.41 of the mass on the lesion instead of 0.57 for the same data and seed),
 optional several sequences as channels, left-right flip augmentation, and repeated cross-validation over seeds
 (:func:`cross_validate`) reporting the AUROC mean and standard deviation over seeds and a bootstrap CI over
 cases of the pooled out-of-fold predictions.
@@ -49,7 +52,7 @@ NETWORK = "monai.networks.nets.resnet10"
 EVIDENCE_NETWORK = "glioma.evidence_resnet10"
 #: Measured share of the improved model's heatmap mass on the lesion of methylated phantoms (model card text;
 #: ``Testing/test_glioma_model.py`` checks it).
-HEATMAP_LESION_MASS = "about 40 %"
+HEATMAP_LESION_MASS = "about 60 %"
 
 #: The caveat every result carries (the model card's first line).
 CAVEAT = ("Research use only, not for clinical decisions. MGMT status from MRI is close to chance on external "
@@ -143,6 +146,15 @@ class Recipe:
     widen_factor: float = 1.0
     network: str = NETWORK
     output_stride: int | None = None  # EvidenceResNet10 only
+    #: When set, the learning rate drops once, at this fraction of the run (whatever ``--epochs`` is), instead of
+    #: at the fixed ``milestones``.
+    milestone_fraction: float | None = None
+
+    def lr_milestones(self, epochs: int) -> list[int]:
+        """Epochs after which ``MultiStepLR`` multiplies the learning rate by ``gamma`` in a run of ``epochs``."""
+        if self.milestone_fraction is None:
+            return list(self.milestones)
+        return [max(1, round(self.milestone_fraction * epochs))]
 
     def network_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"n_input_channels": len(self.spec.channels), "conv1_t_stride": self.conv1_stride}
@@ -171,8 +183,8 @@ def recipe(name: str, *, size: int = 256, depth: int = 64, sequences: Sequence[s
         return Recipe("seed", spec, 1, 15, 1e-4, 4, (10,), 0.5, 5, (0,), False, "layer2", widen_factor)
     if name == "improved":
         spec = InputSpec(tuple(sequences or ("T1wCE",)), size, depth, reorient=True, slice_order="position")
-        return Recipe("improved", spec, 2, 15, 1e-4, 4, (10,), 0.5, 5, (0, 1, 2), True, "evidence", widen_factor,
-                      EVIDENCE_NETWORK, evidence_stride(size))
+        return Recipe("improved", spec, 2, 20, 1e-4, 4, (16,), 0.5, 5, (0, 1, 2), True, "evidence", widen_factor,
+                      EVIDENCE_NETWORK, evidence_stride(size), milestone_fraction=0.8)
     raise InputError(f"unknown recipe {name!r}; expected 'seed' or 'improved'")
 
 
@@ -279,10 +291,11 @@ def train_model(cases: Sequence[Case], out: str | Path, recipe_name: str = "impr
                                                                       f"methylated) and {len(val_idx)} validation "
                                                                       "cases (RSNA-MICCAI layout)"}, metrics)
         bs = batch_size or r.batch_size
-        config = TrainConfig(out=Path(out), epochs=epochs or r.epochs, max_minutes=max_minutes, batch_size=bs,
+        n_epochs = epochs or r.epochs
+        config = TrainConfig(out=Path(out), epochs=n_epochs, max_minutes=max_minutes, batch_size=bs,
                              lr=lr or r.lr, seed=seed, device=device, force_cpu=force_cpu, metric="loss",
                              metric_mode="min", drop_last=len(train_idx) > bs, progress=progress)
-        milestones, gamma = list(r.milestones), r.gamma
+        milestones, gamma = r.lr_milestones(n_epochs), r.gamma
         return train(network, train_ds, val_ds, nn.BCEWithLogitsLoss(), config, metadata=metadata,
                      optimizer_factory=functools.partial(torch.optim.Adam, lr=lr or r.lr),
                      scheduler_factory=lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma),
