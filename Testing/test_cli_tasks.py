@@ -240,3 +240,21 @@ def test_extra_tasks_environment_variable(monkeypatch):
 def test_supports():
     assert commands_tasks.supports(dummy_task.TASK, "infer")
     assert not commands_tasks.supports(dummy_task.TASK, "train")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "glioma", "--data", "d", "--out", "m", "--size", "0"],
+    ["train", "glioma", "--data", "d", "--out", "m", "--depth", "-1"],
+    ["bench", "glioma", "--threads", "0"],
+    ["train", "ich", "--data", "d", "--out", "m", "--size", "0"],
+    ["train", "lgg", "--data", "d", "--out", "m", "--width", "0"],
+    ["bench", "lgg", "--slices", "0"],
+    ["train", "lung", "--data", "d", "--out", "m", "--batch-size", "0"],
+])
+def test_sizes_and_counts_below_one_are_usage_errors(argv, capsys):
+    """The real tasks' train and bench options (sizes, slices, widths, batch sizes, threads) refuse 0 and
+    negatives at parse time, before any data is read."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "expected an integer >= 1" in capsys.readouterr().err

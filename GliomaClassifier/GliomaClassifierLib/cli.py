@@ -173,17 +173,17 @@ class GliomaTask(Task):
             parser.add_argument("--no-flagged", action="store_true",
                                 help="do not give the last three cases the flagged ids 00109, 00123, 00709")
         if subcommand in ("train", "bench"):
-            parser.add_argument("--size", type=int, default=256, help="network input size (default 256)")
-            parser.add_argument("--depth", type=int, default=64, help="slices in the window (default 64)")
+            parser.add_argument("--size", type=positive_int, default=256, help="network input size (default 256)")
+            parser.add_argument("--depth", type=positive_int, default=64, help="slices in the window (default 64)")
         if subcommand == "train":
             parser.add_argument("--sequences", nargs="+", default=None,
                                 help="input sequences as channels (default T1wCE; the seed uses one)")
-            parser.add_argument("--batch-size", type=int, default=None)
+            parser.add_argument("--batch-size", type=positive_int, default=None)
             parser.add_argument("--lr", type=float, default=None)
             parser.add_argument("--widen-factor", type=float, default=1.0, help="resnet10 width multiplier")
             parser.add_argument("--folds", type=int, default=0,
                                 help="cross-validate first with this many folds (0: no CV; recipes use 5)")
-            parser.add_argument("--cv-seeds", type=int, default=None,
+            parser.add_argument("--cv-seeds", type=positive_int, default=None,
                                 help="CV repetitions (default: the recipe's: seed 1, improved 3)")
             parser.add_argument("--shuffle-labels", action="store_true",
                                 help="negative control: permute the labels before training")
@@ -195,7 +195,7 @@ class GliomaTask(Task):
                                 help="a DICOM file of the series a volume-file input came from: its VOI LUT "
                                      "(window) is applied as when reading the DICOM series (repeatable)")
         if subcommand == "bench":
-            parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+            parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
 
     # ------------------------------------------------------------------------------------------------ phantom
     def phantom(self, out: Path, cases: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:

@@ -115,8 +115,8 @@ class ICHTask(Task):
                                 help="slice size in pixels (>= 16, default 64)")
             parser.add_argument("--slices", type=positive_int, default=12, help="slices per study (default 12)")
         if subcommand == "train":
-            parser.add_argument("--size", type=int, default=64, help="network input size (default 64)")
-            parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+            parser.add_argument("--size", type=positive_int, default=64, help="network input size (default 64)")
+            parser.add_argument("--batch-size", type=positive_int, default=None, help="default: the recipe's")
             parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
         if subcommand == "evaluate":
             parser.add_argument("--threshold", type=float, default=0.5, help="study-level 'any' threshold")
@@ -124,7 +124,7 @@ class ICHTask(Task):
             parser.add_argument("--heatmap-label", default="any", help="label explained by Grad-CAM (default any)")
             parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold on 'any'")
         if subcommand == "bench":
-            parser.add_argument("--stream-slices", type=int, default=20000,
+            parser.add_argument("--stream-slices", type=positive_int, default=20000,
                                 help="slices streamed in the training-throughput part (default 20000)")
 
     # ------------------------------------------------------------------------------------------------ phantom

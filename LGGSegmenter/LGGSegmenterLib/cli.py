@@ -42,19 +42,19 @@ class LGGTask(Task):
             parser.add_argument("--no-dicom", action="store_true", help="do not also write DICOM series")
         if subcommand == "train":
             parser.add_argument("--network", choices=sorted(model.NETWORKS), default=model.DEFAULT_NETWORK)
-            parser.add_argument("--width", type=int, default=model.DEFAULT_WIDTH, help="first-level channels")
-            parser.add_argument("--size", type=int, default=None, help="network input side (default: slice size)")
+            parser.add_argument("--width", type=positive_int, default=model.DEFAULT_WIDTH, help="first-level channels")
+            parser.add_argument("--size", type=positive_int, default=None, help="network input side (default: slice size)")
             parser.add_argument("--channels", choices=("all", "FLAIR"), default="all",
                                 help="input channels: all three (default) or FLAIR alone")
-            parser.add_argument("--batch-size", type=int, default=None)
+            parser.add_argument("--batch-size", type=positive_int, default=None)
             parser.add_argument("--lr", type=float, default=None)
         if subcommand in ("infer", "batch"):
             parser.add_argument("--gradcam", action="store_true", help="also write a Grad-CAM heatmap")
         if subcommand == "bench":
             parser.add_argument("--networks", nargs="+", default=sorted(model.NETWORKS))
-            parser.add_argument("--size", type=int, default=256)
-            parser.add_argument("--slices", type=int, default=88)
-            parser.add_argument("--width", type=int, default=model.DEFAULT_WIDTH)
+            parser.add_argument("--size", type=positive_int, default=256)
+            parser.add_argument("--slices", type=positive_int, default=88)
+            parser.add_argument("--width", type=positive_int, default=model.DEFAULT_WIDTH)
 
     def phantom(self, out: Path, cases: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         from .phantom import write_lgg_phantoms

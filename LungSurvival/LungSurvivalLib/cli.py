@@ -63,18 +63,18 @@ class LungTask(Task):
                                 help="in-plane size in pixels (>= 16; real CT: 512)")
             parser.add_argument("--slices", type=positive_int, default=24, help="slices per study (>= 2, 10 mm apart)")
         if subcommand in ("train", "evaluate"):
-            parser.add_argument("--min-slices", type=int, default=dataset.MIN_SLICES,
+            parser.add_argument("--min-slices", type=positive_int, default=dataset.MIN_SLICES,
                                 help="studies with fewer slices are reported and skipped (seed recipe: 50)")
         if subcommand == "train":
-            parser.add_argument("--size", type=int, default=None,
+            parser.add_argument("--size", type=positive_int, default=None,
                                 help="network input size (seed: in-plane, default 224; improved: cube, default 32)")
-            parser.add_argument("--batch-size", type=int, default=None)
+            parser.add_argument("--batch-size", type=positive_int, default=None)
             parser.add_argument("--folds", type=int, default=None,
                                 help="also run patient-level K-fold cross-validation (seed recipe: 5) and store its "
                                      "accuracy with CI in the package's metrics; fold models in OUT-cv/fold-k")
         if subcommand == "bench":
-            parser.add_argument("--size", type=int, default=512, help="in-plane size of the chest CT (default 512)")
-            parser.add_argument("--slices", type=int, default=300, help="slices (1 mm for 300; default 300)")
+            parser.add_argument("--size", type=positive_int, default=512, help="in-plane size of the chest CT (default 512)")
+            parser.add_argument("--slices", type=positive_int, default=300, help="slices (1 mm for 300; default 300)")
 
     def phantom(self, out: Path, cases: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         from .phantom import write_dataset
