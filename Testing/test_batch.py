@@ -75,7 +75,10 @@ def test_corrupt_study_is_listed_and_the_others_finish(tmp_path):
     assert rows[2]["total"] == ""
     saved = json.loads((out / "case001" / batch.RESULT_JSON).read_text())
     assert saved["all"] == numbers and saved["numbers_file"] == "numbers.txt"
-    assert sorted(p.name for p in (out / "case001").iterdir()) == sorted((*dummy_task.OUTPUT_FILES, "result.json"))
+    assert sorted(p.name for p in (out / "case001").iterdir()) == sorted((*dummy_task.OUTPUT_FILES, "result.json",
+                                                                         "meddl_run.json"))
+    run = json.loads((out / "case001" / batch.RUN_JSON).read_text())
+    assert run == {"task": "dummy", "model": "m1", "options": {"scale": 1.0}}
 
 
 def test_resume_skips_finished_studies_and_rebuilds_their_rows(tmp_path, monkeypatch):
@@ -95,6 +98,43 @@ def test_resume_skips_finished_studies_and_rebuilds_their_rows(tmp_path, monkeyp
     # without resume everything runs again and replaces the earlier outputs
     summary = batch.run_batch(dummy_task.TASK, root, out, None)
     assert calls == ["case000", "case001", "case002"] and (out / "case001" / "numbers.txt").read_text() != "kept\n"
+
+
+def test_resume_runs_again_the_studies_of_another_model_or_options(tmp_path, monkeypatch):
+    """An output folder never mixes models: resuming with another model, other task options, or over folders
+    that record no run (an older MedDL) runs those studies again instead of keeping their old results."""
+    import argparse
+
+    root = make_studies(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    batch.run_batch(dummy_task.TASK, root, out, "m1")
+    calls = []
+    original = dummy_task.DummyTask.infer
+    monkeypatch.setattr(dummy_task.DummyTask, "infer", lambda self, *a: calls.append(a[0].name) or original(self, *a))
+    assert [o.status for o in batch.run_batch(dummy_task.TASK, root, out, "m1", resume=True).outcomes] == [
+        "skipped"] * 3 and calls == []
+    (out / "case001" / batch.RUN_JSON).unlink()  # a folder that records no run
+    summary = batch.run_batch(dummy_task.TASK, root, out, "m1", resume=True)
+    assert [o.status for o in summary.outcomes] == ["skipped", "ok", "skipped"] and calls == ["case001"]
+    summary = batch.run_batch(dummy_task.TASK, root, out, "m2", resume=True)
+    assert [o.status for o in summary.outcomes] == ["ok"] * 3 and calls[1:] == ["case000", "case001", "case002"]
+    assert {r["model"] for r in read_csv(out / "summary.csv")} == {"m2"}
+    doubled = argparse.Namespace(scale=2.0)
+    summary = batch.run_batch(dummy_task.TASK, root, out, "m2", resume=True, args=doubled)
+    assert [o.status for o in summary.outcomes] == ["ok"] * 3
+    numbers = dummy_task.read_numbers(root / "case002")
+    assert float(read_csv(out / "summary.csv")[2]["total"]) == 2 * sum(numbers)
+    assert [o.status for o in batch.run_batch(dummy_task.TASK, root, out, "m2", resume=True,
+                                              args=doubled).outcomes] == ["skipped"] * 3
+
+
+def test_run_identity_names_a_verified_model_by_its_weights():
+    import argparse
+
+    found = {"name": "glioma-x", "version": "1.1.0", "sha256": "ab" * 32, "path": "/somewhere", "n_tensors": 3}
+    identity = batch.run_identity(dummy_task.TASK, "/somewhere", found, argparse.Namespace(scale=3, output="o"))
+    assert identity == {"task": "dummy", "model": {"name": "glioma-x", "version": "1.1.0", "sha256": "ab" * 32},
+                        "options": {"scale": 3}}
 
 
 def test_rerun_failure_removes_stale_outputs(tmp_path):
@@ -223,7 +263,8 @@ def test_sigkill_mid_study_then_resume_gives_the_uninterrupted_outputs(tmp_path)
     try:  # kill once a study is finished and the next one is half written
         while time.monotonic() < deadline and proc.poll() is None:
             written = _files_below(killed)
-            if len(written) > 4 and len(written) % 4:  # 4 files per finished study
+            per_study = len(dummy_task.OUTPUT_FILES) + 2  # + result.json, meddl_run.json
+            if len(written) > per_study and len(written) % per_study:
                 break
             time.sleep(0.01)
         assert proc.poll() is None, f"batch ended before it could be killed: {proc.communicate()}"
@@ -233,7 +274,8 @@ def test_sigkill_mid_study_then_resume_gives_the_uninterrupted_outputs(tmp_path)
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     for folder in (p for p in killed.iterdir() if p.is_dir() and not p.name.startswith(".")):  # none half written
-        assert sorted(q.name for q in folder.iterdir()) == sorted((*dummy_task.OUTPUT_FILES, "result.json")), folder
+        assert sorted(q.name for q in folder.iterdir()) == sorted((*dummy_task.OUTPUT_FILES, "result.json",
+                                                                   "meddl_run.json")), folder
     assert leftovers(killed), "the kill should have hit a study in progress"
     finished = [r["study"] for r in read_csv(killed / "summary.csv")]
     assert finished and set(finished) <= {p.name for p in killed.iterdir()}

@@ -171,8 +171,12 @@ def test_batch_command_reports_failures(studies, tmp_path, capsys):
     total = json.loads((out / "case000" / "result.json").read_text())["total"]
     assert total == pytest.approx(2 * sum(dummy_task.read_numbers(studies / "case000")))
     (studies / "case001" / "input.txt").write_text("1 2")
-    assert main(["batch", "dummy", "--input", str(studies), "--output", str(out), "--resume"]) == 0
+    assert main(["batch", "dummy", "--input", str(studies), "--output", str(out), "--resume", "--scale", "2"]) == 0
     assert "3 studies: 1 done, 2 already done, 0 failed" in capsys.readouterr().out
+    # resuming with other task options runs every study again (no mix of --scale 2 and --scale 1 results)
+    assert main(["batch", "dummy", "--input", str(studies), "--output", str(out), "--resume"]) == 0
+    assert "3 studies: 3 done, 0 already done, 0 failed" in capsys.readouterr().out
+    assert json.loads((out / "case000" / "result.json").read_text())["total"] == pytest.approx(total / 2)
 
 
 def test_bench_task_and_dicom(dummy, tmp_path, monkeypatch, capsys):

@@ -13,7 +13,11 @@ this module only handles files:
   (``study, error``) are rewritten atomically after every study; an interrupted run leaves consistent files;
 * a study that raises (any :class:`Exception`) is recorded in ``failures.csv`` as ``Type: message`` and the run
   goes on; ``KeyboardInterrupt`` still stops it (the study in progress leaves nothing behind);
-* ``resume=True`` skips studies whose final folder exists (their summary row is rebuilt from ``result.json``);
+* every finished study folder also holds ``meddl_run.json``: the task, the model (name, version, SHA-256 of its
+  weights) and the task's options (e.g. ``threshold``) that produced it;
+* ``resume=True`` skips studies whose final folder exists *and* was produced by the same task, model and options
+  (their summary row is rebuilt from ``result.json``); a study finished with another model or options, or by a
+  MedDL that did not record them, runs again, so one output folder never mixes models;
   leftover ``.*.partial`` entries of a killed run are removed at the start of every run.
 
 One run per output folder at a time: a second concurrent run would remove the first one's temporary folders.
@@ -39,8 +43,9 @@ from .tasks import Task
 
 SUMMARY_CSV = "summary.csv"
 FAILURES_CSV = "failures.csv"
-#: Written by the runner into every finished study folder (tasks must not use this name).
+#: Written by the runner into every finished study folder (tasks must not use these names).
 RESULT_JSON = "result.json"
+RUN_JSON = "meddl_run.json"
 PARTIAL_SUFFIX = ".partial"
 SUMMARY_COLUMNS = ("study", "status", "seconds")
 FAILURE_COLUMNS = ("study", "error")
@@ -54,7 +59,8 @@ class StudyOutcome:
     Attributes:
         study: the study id (the name of its output folder).
         input_path: the study as :meth:`Task.find_studies` returned it.
-        status: ``"ok"`` (run now), ``"skipped"`` (finished by an earlier run, ``resume=True``) or ``"failed"``.
+        status: ``"ok"`` (run now), ``"skipped"`` (finished by an earlier run with the same task, model and
+            options, ``resume=True``) or ``"failed"``.
         seconds: wall time of the study (for a skipped one: as recorded by the earlier run, else ``None``).
         output_path: ``<output>/<study>`` when the study's outputs exist, else ``None``.
         result: the task's result as saved in ``result.json`` (JSON types, paths relative to the study folder).
@@ -165,8 +171,9 @@ def run_batch(
             ``input_root`` nor lie inside one of the studies; if it is one of ``input_root``'s entries it is
             not taken for a study).
         model: passed to ``task.infer`` (a model name/path, or ``None`` for the task's default).
-        resume: skip studies whose output folder exists (finished by an earlier run). Without it every study
-            runs again and replaces its earlier outputs (atomically: old or new, never a mix).
+        resume: skip studies whose output folder exists and was produced by the same task, model (SHA-256 of
+            its weights) and task options (see :func:`run_identity`); the others run again. Without it every
+            study runs again and replaces its earlier outputs (atomically: old or new, never a mix).
         args: passed to ``task.infer`` (task options); an empty namespace by default.
         progress: called after every study, see :data:`ProgressCallback`.
         cancel: polled before every study; returning True stops the run (summary files stay consistent).
@@ -200,7 +207,8 @@ def run_batch(
 
     if output_root.exists() and not output_root.is_dir():
         raise InputError(f"{output_root}: exists and is not a folder; choose another output folder")
-    task.check_model(model)  # a missing or broken model fails once here, not once per study
+    found = task.check_model(model)  # a missing or broken model fails once here, not once per study
+    identity = run_identity(task, model, found, args)
     output_root.mkdir(parents=True, exist_ok=True)
     clean_partials(output_root)
     earlier_seconds = _read_seconds(output_root / SUMMARY_CSV) if resume else {}
@@ -212,10 +220,10 @@ def run_batch(
             cancelled = True
             break
         final = output_root / sid
-        if resume and final.is_dir():
-            outcome = StudyOutcome(sid, study, "skipped", earlier_seconds.get(sid), final, _read_result(final))
+        if resume and final.is_dir() and _read_json(final / RUN_JSON) == identity:
+            outcome = StudyOutcome(sid, study, "skipped", earlier_seconds.get(sid), final, _read_json(final / RESULT_JSON))
         else:
-            outcome = _run_study(task, study, sid, model, final, args)
+            outcome = _run_study(task, study, sid, model, final, args, identity)
         outcomes.append(outcome)
         _write_tables(output_root, outcomes)
         if progress is not None:
@@ -225,17 +233,43 @@ def run_batch(
     return BatchSummary(output_root, len(studies), outcomes, cancelled)
 
 
-def _run_study(
-    task: Task, study: Path, sid: str, model: str | None, final: Path, args: argparse.Namespace
-) -> StudyOutcome:
+def run_identity(task: Task, model: str | None, found: dict[str, Any] | None,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """What makes two runs' outputs comparable: the task, the model and the task's own options.
+
+    Args:
+        model: the model as given (name or path); ``found``: what :meth:`Task.check_model` verified (its name,
+            version and weights' SHA-256 identify it wherever it lies), or ``None``.
+        args: the run's options; only those the task adds to ``meddl batch`` (:meth:`Task.add_arguments`) count,
+            with their defaults where ``args`` lacks them.
+    Returns:
+        a JSON-typed dict (compared with ``==`` to a study folder's ``meddl_run.json``).
+    """
+    if found is not None:
+        model_id: Any = {k: found.get(k) for k in ("name", "version", "sha256")}
+    else:
+        model_id = None if model is None else str(model)
+    parser = argparse.ArgumentParser(add_help=False)
+    task.add_arguments("batch", parser)
+    defaults, _ = parser.parse_known_args([])
+    options = {k: getattr(args, k, v) for k, v in sorted(vars(defaults).items())}
+    return json.loads(json.dumps(to_jsonable({"task": task.name, "model": model_id, "options": options})))
+
+
+def _run_study(task: Task, study: Path, sid: str, model: str | None, final: Path, args: argparse.Namespace,
+               identity: dict[str, Any]) -> StudyOutcome:
     """Infer one study into a temporary folder that then replaces ``final``; failures become an outcome."""
     start = time.perf_counter()
     try:
         with atomic_folder(final) as tmp:
             result = task.infer(study, model, tmp, args)
             saved = to_jsonable(dict(result or {}), base=tmp)
+            for name in (RESULT_JSON, RUN_JSON):
+                if (tmp / name).exists():
+                    raise RuntimeError(f"task {task.name} wrote {name}, a name the batch runner reserves")
             (tmp / RESULT_JSON).write_text(json.dumps(saved, indent=2, sort_keys=True, allow_nan=False) + "\n",
                                            encoding="utf-8")
+            (tmp / RUN_JSON).write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     except Exception as exc:  # a bad study never stops the run
         try:
             _remove_folder(final)  # no stale outputs of an earlier run beside a "failed" row
@@ -254,9 +288,10 @@ def _remove_folder(path: Path) -> None:
         shutil.rmtree(old)
 
 
-def _read_result(folder: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path`` (``{}`` when missing, unreadable or not an object)."""
     try:
-        data = json.loads((folder / RESULT_JSON).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

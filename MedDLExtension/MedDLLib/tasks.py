@@ -46,18 +46,22 @@ class Task:
     #: refuses a missing, broken or other-task model once, before any study is read.
     needs_model: bool = False
 
-    def check_model(self, model: str | None) -> None:
+    def check_model(self, model: str | None) -> dict[str, Any] | None:
         """Refuse an unusable ``model`` up front (``meddl infer`` and ``meddl batch`` call this before any study).
 
         With :attr:`needs_model`: ``model`` must name a package (folder or cached name) of this task that passes
         :func:`MedDLLib.models.verify_model` (checksum, weights-only load, strict network fit).
+
+        Returns:
+            what :func:`MedDLLib.models.verify_model` found (name, version, sha256, ...), or ``None`` for a task
+            that needs no model.
 
         Raises:
             InputError: no model given, or a model of another task.
             ModelError: the package is missing, tampered with or does not fit its network.
         """
         if not self.needs_model:
-            return
+            return None
         if model is None:
             raise InputError(f"meddl {self.name} needs --model (no default {self.name} model ships; train one with "
                              f"meddl train {self.name} or import one with meddl models import)")
@@ -66,6 +70,7 @@ class Task:
         found = verify_model(model)
         if found["task"] != self.name:
             raise InputError(f"model {found['name']!r} is for task {found['task']!r}, not {self.name!r}")
+        return found
 
     def add_arguments(self, subcommand: str, parser: argparse.ArgumentParser) -> None:
         """Add task-specific options to ``meddl <subcommand> <task>`` (optional)."""
