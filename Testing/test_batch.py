@@ -339,3 +339,21 @@ def test_script_as_a_program_exits_with_meddl_status(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("meddl infer: error: unknown task 'nosuch'; available tasks: ")
     assert "dummy" in lines[0]
+
+
+def test_notes_and_tables_beside_the_studies_are_not_studies(tmp_path):
+    """Sub-folders and volume files are studies; a labels CSV, notes and hidden entries are not (they would
+    otherwise be reported as failed studies)."""
+    from GliomaClassifierLib.cli import GliomaTask
+
+    root = make_studies(tmp_path / "in", 2)
+    for name in ("README.txt", "labels.csv", ".DS_Store"):
+        (root / name).write_text("x\n")
+    (root / "case009.nii.gz").write_bytes(b"")
+    (root / "case010.nrrd").write_bytes(b"")
+    assert [p.name for p in dummy_task.TASK.find_studies(root)] == ["case000", "case001", "case009.nii.gz",
+                                                                    "case010.nrrd"]
+    summary = batch.run_batch(dummy_task.TASK, root, tmp_path / "out", None)
+    assert [o.study for o in summary.outcomes] == ["case000", "case001", "case009", "case010"]
+    (root / "train_labels.csv").write_text("BraTS21ID,MGMT_value\n")
+    assert "train_labels.csv" not in [p.name for p in GliomaTask().find_studies(root)]

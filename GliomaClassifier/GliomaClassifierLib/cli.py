@@ -269,12 +269,11 @@ class GliomaTask(Task):
 
     # ------------------------------------------------------------------------------------------------ infer
     def find_studies(self, root: Path) -> list[Path]:
-        """Case folders: ``root/train/<id>`` or ``root/<id>`` (folders holding sequence sub-folders), else each
-        entry of ``root``."""
+        """Case folders ``root/train/<id>`` (the RSNA-MICCAI layout) or, without ``train``, each folder and
+        NRRD/NIfTI file of ``root`` (:meth:`MedDLLib.tasks.Task.find_studies`: a labels CSV is not a study)."""
         from .dataset import IMAGE_FOLDER
 
-        base = root / IMAGE_FOLDER if (root / IMAGE_FOLDER).is_dir() else root
-        return sorted(p for p in base.iterdir() if not p.name.startswith("."))
+        return super().find_studies(root / IMAGE_FOLDER if (root / IMAGE_FOLDER).is_dir() else root)
 
     def infer(self, input_path: Path, model: str | None, output: Path, args: argparse.Namespace) -> dict[str, Any]:
         from MedDLLib.device import select_device

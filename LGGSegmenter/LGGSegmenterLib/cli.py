@@ -87,10 +87,7 @@ class LGGTask(Task):
         lgg`` takes as a study: each folder (kaggle_3m study of .tif slices, DICOM study, folder of
         ``<channel>.nrrd`` files) and each NRRD/NIfTI file. Other files (``data.csv``, notes) and hidden entries are
         not studies; a folder that turns out unreadable is reported by the batch as a failure with its reason."""
-        from MedDLLib.io import is_volume_file
-
-        base = dataset.dataset_root(root)
-        return sorted(p for p in base.iterdir() if not p.name.startswith(".") and (p.is_dir() or is_volume_file(p)))
+        return super().find_studies(dataset.dataset_root(root))
 
     def infer(self, input_path: Path, model_name: str | None, output: Path, args: argparse.Namespace) -> dict[str, Any]:
         from MedDLLib.headless import create_scene

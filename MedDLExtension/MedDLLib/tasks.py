@@ -96,8 +96,13 @@ class Task:
         raise NotImplementedError
 
     def find_studies(self, root: Path) -> list[Path]:
-        """The studies below ``root`` that ``meddl batch`` runs one by one (default: each sub-folder)."""
-        return sorted(p for p in root.iterdir() if not p.name.startswith("."))
+        """The studies below ``root`` that ``meddl batch`` runs one by one (default: each sub-folder and each
+        NRRD/NIfTI file; other files, such as a labels CSV or notes, and hidden entries are not studies).
+
+        A folder that turns out unreadable is reported by the batch as a failed study, with its reason."""
+        from .io import is_volume_file
+
+        return sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p.is_dir() or is_volume_file(p)))
 
     def bench(self, args: argparse.Namespace) -> dict[str, Any]:
         """Measure speed and memory; return the results (written as JSON and a table)."""
