@@ -80,10 +80,11 @@ def test_phantom_command_writes_a_tcia_cohort(trained):
 
 
 @pytest.mark.parametrize("recipe", ["improved", "seed"])
-def test_evaluate_writes_flat_metrics_and_km_png(tmp_path, capsys, trained, recipe):
+def test_evaluate_writes_flat_metrics_and_km_png(tmp_path, capsys, trained, recipe, monkeypatch):
     metrics_path = tmp_path / "metrics.json"
+    monkeypatch.chdir(tmp_path)  # --out relative to the working folder: km_png is still an absolute path
     code, out, err = _meddl(capsys, "evaluate", "lung", "--data", trained["data"], "--model", trained[recipe],
-                            "--out", metrics_path)
+                            "--out", "metrics.json")
     assert code == 0, err
     metrics = json.loads(metrics_path.read_text())
     assert metrics["recipe"] == recipe and metrics["n_studies"] == 8
@@ -96,7 +97,7 @@ def test_evaluate_writes_flat_metrics_and_km_png(tmp_path, capsys, trained, reci
     else:
         assert "accuracy" not in metrics
     km = Path(metrics["km_png"])
-    assert km.parent == tmp_path and km.read_bytes()[:8] == PNG_MAGIC and km.stat().st_size > 1000
+    assert km.is_absolute() and km.parent == tmp_path.resolve() and km.read_bytes()[:8] == PNG_MAGIC and km.stat().st_size > 1000
 
 
 def test_infer_output_contract_and_geometry(tmp_path, capsys, trained):

@@ -115,7 +115,7 @@ class LungTask(Task):
 
         cohort = self._cohort(Path(args.data), args)
         out = getattr(args, "out", None)
-        km_png = Path(out).with_name("km.png") if out else None
+        km_png = Path(out).resolve().with_name("km.png") if out else None  # absolute: metrics.json may move
         metrics = model.evaluate_model(args.model, cohort.studies, km_png=km_png,
                                        device=select_device(args.device, args.force_cpu))
         metrics.pop("risk", None)
