@@ -43,7 +43,8 @@ class LGGTask(Task):
         if subcommand == "train":
             parser.add_argument("--network", choices=sorted(model.NETWORKS), default=model.DEFAULT_NETWORK)
             parser.add_argument("--width", type=positive_int, default=model.DEFAULT_WIDTH, help="first-level channels")
-            parser.add_argument("--size", type=positive_int, default=None, help="network input side (default: slice size)")
+            parser.add_argument("--size", type=positive_int, default=None,
+                                help="network input side (default: slice size)")
             parser.add_argument("--channels", choices=("all", "FLAIR"), default="all",
                                 help="input channels: all three (default) or FLAIR alone")
             parser.add_argument("--batch-size", type=positive_int, default=None)

@@ -73,7 +73,8 @@ class LungTask(Task):
                                 help="also run patient-level K-fold cross-validation (seed recipe: 5) and store its "
                                      "accuracy with CI in the package's metrics; fold models in OUT-cv/fold-k")
         if subcommand == "bench":
-            parser.add_argument("--size", type=positive_int, default=512, help="in-plane size of the chest CT (default 512)")
+            parser.add_argument("--size", type=positive_int, default=512,
+                                help="in-plane size of the chest CT (default 512)")
             parser.add_argument("--slices", type=positive_int, default=300, help="slices (1 mm for 300; default 300)")
 
     def phantom(self, out: Path, cases: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:

@@ -221,7 +221,8 @@ def run_batch(
             break
         final = output_root / sid
         if resume and final.is_dir() and _read_json(final / RUN_JSON) == identity:
-            outcome = StudyOutcome(sid, study, "skipped", earlier_seconds.get(sid), final, _read_json(final / RESULT_JSON))
+            outcome = StudyOutcome(sid, study, "skipped", earlier_seconds.get(sid), final,
+                                   _read_json(final / RESULT_JSON))
         else:
             outcome = _run_study(task, study, sid, model, final, args, identity)
         outcomes.append(outcome)
