@@ -10,7 +10,6 @@ import torch
 
 from LungSurvivalLib import dataset, model, phantom, preprocess
 from MedDLLib import models
-from MedDLLib.geometry import Geometry, Volume
 
 
 def test_cox_loss_is_the_breslow_negative_partial_likelihood():
