@@ -119,3 +119,17 @@ def test_check_head_ct_refusals():
     chest = np.where(volume.array > 0, -850.0, volume.array).astype(np.float32)
     with pytest.raises(InputError, match="does not look like a head CT"):
         preprocess.check_head_ct(volume.with_array(chest))
+
+
+def test_slice_labels_use_a_physical_bleed_area(tmp_path):
+    """A slice is positive from MIN_LABEL_AREA_MM2 of bleed (4 pixels at 64 px); a small phantom (16 px, pixels
+    of 207 mm^2) labels a one-pixel bleed, so it still writes positive studies."""
+    mask = np.zeros((2, 8, 8), dtype=bool)
+    mask[0, 0, :3] = True  # 3 pixels on slice 0
+    mask[1, 0, :4] = True  # 4 pixels on slice 1
+    at64 = phantom.slice_labels({"subdural": mask}, 2, (phantom.FOV_MM / 64) ** 2)
+    assert at64[:, 0].tolist() == [0, 1] and at64[:, dataset.LABELS.index("subdural")].tolist() == [0, 1]
+    assert phantom.slice_labels({"subdural": mask}, 2, (phantom.FOV_MM / 16) ** 2)[:, 0].tolist() == [1, 1]
+    manifest = phantom.write_dataset(tmp_path, 6, seed=0, size=16, n_slices=8, positive_fraction=1.0)
+    positive = [np.array(t["labels"])[:, 0].any() for t in manifest["truth"]]
+    assert sum(positive) >= 5, positive

@@ -19,6 +19,7 @@ carry 1 to 3 subtypes. A quarter of the studies are stored with the RSNA "bad in
 from __future__ import annotations
 
 import csv
+import math
 import os
 import shutil
 from pathlib import Path
@@ -34,10 +35,11 @@ from MedDLLib.phantoms import HU, PhantomGenerator, ellipsoid_mask, smooth_noise
 
 from .dataset import CSV_SUBTYPES, IMAGE_FOLDER, LABELS, LABELS_CSV, SUBTYPES
 
-#: A slice is labelled positive for a subtype when the bleed covers at least this many pixels in it.
-MIN_LABEL_PIXELS = 4
 #: Field of view of the phantom slices (mm); the pixel spacing is ``FOV_MM / size``.
 FOV_MM = 230.0
+#: A slice is labelled positive for a subtype when the bleed covers at least this area in it (mm^2; 4 pixels of
+#: a 64-pixel phantom), and at least one pixel: a small phantom still labels its bleeds.
+MIN_LABEL_AREA_MM2 = 4 * (FOV_MM / 64) ** 2
 SLICE_MM = 5.0
 
 
@@ -137,11 +139,13 @@ def head_ct(
     return Volume(hu, geometry, {"modality": "CT", "units": "HU"}), masks, brain
 
 
-def slice_labels(masks: dict[str, np.ndarray], n_slices: int) -> np.ndarray:
-    """``(n_slices, 6)`` 0/1 labels in :data:`~ICHDetectorLib.dataset.LABELS` order ("any" first)."""
+def slice_labels(masks: dict[str, np.ndarray], n_slices: int, pixel_area_mm2: float) -> np.ndarray:
+    """``(n_slices, 6)`` 0/1 labels in :data:`~ICHDetectorLib.dataset.LABELS` order ("any" first) of bleed
+    ``masks`` ``(n_slices, rows, columns)`` with pixels of ``pixel_area_mm2`` (see :data:`MIN_LABEL_AREA_MM2`)."""
+    min_pixels = max(1, math.ceil(MIN_LABEL_AREA_MM2 / pixel_area_mm2 - 1e-9))
     labels = np.zeros((n_slices, len(LABELS)), dtype=np.int64)
     for subtype, mask in masks.items():
-        labels[:, LABELS.index(subtype)] = mask.reshape(n_slices, -1).sum(axis=1) >= MIN_LABEL_PIXELS
+        labels[:, LABELS.index(subtype)] = mask.reshape(n_slices, -1).sum(axis=1) >= min_pixels
     labels[:, 0] = labels[:, 1:].max(axis=1)
     return labels
 
@@ -190,7 +194,7 @@ class ICHPhantomGenerator(PhantomGenerator):
     def write_case(self, out: Path, index: int, rng: np.random.Generator) -> dict[str, Any]:
         subtypes = choose_subtypes(rng, self.positive_fraction)
         volume, masks, _ = head_ct(rng, self.size, self.n_slices, subtypes)
-        labels = slice_labels(masks, self.n_slices)
+        labels = slice_labels(masks, self.n_slices, float(np.prod(volume.geometry.spacing_mm[:2])))
         bad = bool(rng.random() < self.bad_intercept_fraction)
         # ids and UIDs from the case's own stream: datasets written with different seeds never share them
         uid_seed = int(rng.integers(2**31))
