@@ -184,8 +184,8 @@ class GliomaClassifierLogic:
             from .model import TASK
             from .preprocess import InputSpec
 
-            _, package = models.load_task_model(model, TASK)
-            sequence_nodes = {InputSpec.from_metadata(package.metadata["input"]).sequences[0]: sequence_nodes}
+            _, model = models.load_task_model(model, TASK)  # read once: compute() takes the loaded package
+            sequence_nodes = {InputSpec.from_metadata(model.metadata["input"]).sequences[0]: sequence_nodes}
         if not sequence_nodes:
             raise InputError("no input sequence node given")
         from .preprocess import with_voi_sources
