@@ -51,7 +51,7 @@ def test_labels_csv_problems_are_collected(tmp_path):
     assert [(c.case_id, c.label) for c in data.cases] == [("00007", 1)]  # "7" is case 00007
     text = " | ".join(data.problems)
     assert "MGMT_value 2" in text and "'xx'" in text and "00008: no label" in text and "no folder" in text
-    assert "no FLAIR, T1w, T2w folder" in text
+    assert "2 cases (00007, 00008): no FLAIR, T1w, T2w folder" in text  # one line for all, not one per case
     (tmp_path / "train_labels.csv").write_text("id,label\n")
     with pytest.raises(InputError, match="BraTS21ID,MGMT_value"):
         dataset.scan_dataset(tmp_path)

@@ -123,6 +123,7 @@ def scan_dataset(root: str | os.PathLike, *, exclude: Sequence[str] = FLAGGED_ID
     cases: list[Case] = []
     excluded: list[str] = []
     seen: set[str] = set()
+    missing_sequences: dict[tuple[str, ...], list[str]] = {}  # missing sequences -> case ids (one line each)
     for folder in sorted(p for p in images.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
             case_id = normalise_id(folder.name)
@@ -136,12 +137,16 @@ def scan_dataset(root: str | os.PathLike, *, exclude: Sequence[str] = FLAGGED_ID
         folders = {s: folder / s for s in SEQUENCES if (folder / s).is_dir()}
         missing = [s for s in SEQUENCES if s not in folders]
         if missing:
-            problems.append(f"case {case_id}: no {', '.join(missing)} folder")
+            missing_sequences.setdefault(tuple(missing), []).append(case_id)
         label = labels.get(case_id)
         if label is None and require_labels:
             problems.append(f"case {case_id}: no label in {LABELS_CSV}; skipped")
             continue
         cases.append(Case(case_id, label, folders))
+    for missing, ids in missing_sequences.items():
+        more = ", ..." if len(ids) > 3 else ""
+        which = f"case {ids[0]}" if len(ids) == 1 else f"{len(ids)} cases ({', '.join(ids[:3])}{more})"
+        problems.append(f"{which}: no {', '.join(missing)} folder")
     orphans = sorted(set(labels) - seen)
     if orphans:
         problems.append(f"{LABELS_CSV}: {len(orphans)} labelled cases have no folder (e.g. {orphans[0]})")
