@@ -183,7 +183,7 @@ def recipe(name: str, *, size: int = 256, depth: int = 64, sequences: Sequence[s
         return Recipe("seed", spec, 1, 15, 1e-4, 4, (10,), 0.5, 5, (0,), False, "layer2", widen_factor)
     if name == "improved":
         spec = InputSpec(tuple(sequences or ("T1wCE",)), size, depth, reorient=True, slice_order="position")
-        return Recipe("improved", spec, 2, 20, 1e-4, 4, (16,), 0.5, 5, (0, 1, 2), True, "evidence", widen_factor,
+        return Recipe("improved", spec, 2, 20, 1e-4, 4, (), 0.5, 5, (0, 1, 2), True, "evidence", widen_factor,
                       EVIDENCE_NETWORK, evidence_stride(size), milestone_fraction=0.8)
     raise InputError(f"unknown recipe {name!r}; expected 'seed' or 'improved'")
 
