@@ -13,13 +13,17 @@ the Qt calls lives in Qt-free, tested code: ``MedDLLib.results`` (files <-> node
 ``GliomaClassifierLib.logic`` (the computation, also usable directly from the Python console).
 """
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import Annotated
+
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -79,7 +83,7 @@ class GliomaClassifierParameterNode:
     t1wceVolume: vtkMRMLScalarVolumeNode
     t2wVolume: vtkMRMLScalarVolumeNode
     modelName: str = ""
-    threshold: float = 0.5
+    threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5  # the .ui slider's range
     forceCpu: bool = False
 
 

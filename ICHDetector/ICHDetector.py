@@ -11,6 +11,8 @@ loads the outputs as new nodes. Everything but the Qt calls lives in Qt-free, te
 ``ICHDetectorLib.logic`` (the computation, also usable directly from the Python console).
 """
 
+from __future__ import annotations
+
 from pathlib import Path
 from typing import Annotated
 

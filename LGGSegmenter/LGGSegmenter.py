@@ -10,6 +10,8 @@ loads the outputs as new nodes. Everything but the Qt calls lives in Qt-free, te
 outputs) and ``LGGSegmenterLib.logic`` (the computation, also usable directly from the Python console).
 """
 
+from __future__ import annotations
+
 from pathlib import Path
 
 import slicer

@@ -10,6 +10,8 @@ loads the outputs as new nodes. Everything but the Qt calls lives in Qt-free, te
 and ``LungSurvivalLib.logic`` (the computation, also usable directly from the Python console).
 """
 
+from __future__ import annotations
+
 from pathlib import Path
 import slicer
 import vtk

@@ -6,6 +6,8 @@ Python path, ships ``Resources/requirements.txt`` (the pip requirements other th
 Apply) and runs the library's shared self-tests inside Slicer. It has no computation of its own.
 """
 
+from __future__ import annotations
+
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate

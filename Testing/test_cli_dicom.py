@@ -51,8 +51,11 @@ def assert_same_image(ours: sitk.Image, ref: sitk.Image, check_z_spacing: bool =
 
 
 def test_convert_every_real_series_matches_simpleitk(real_data, tmp_path):
-    found = dicom.find_series(real_data)
-    assert len(found) == 13  # the chest CT, 9 transfer syntaxes, 3 kinds of 12-bit pixels
+    # the chest CT, 9 transfer syntaxes, 3 kinds of 12-bit pixels (the scanner export beside them mixes colour
+    # and position-less objects that SimpleITK's series reader cannot be compared on; it has its own tests)
+    folders = ("ct_chest_tcia_lung_pet_ct_dx_A0002", "dcm_qa_ts", "dcm_qa_12bit")
+    found = [s for folder in folders for s in dicom.find_series(real_data / folder)]
+    assert len(found) == 13
     for n, series in enumerate(found):
         ours = convert(series.files[0].parent, tmp_path / f"{n}.nrrd", "--series", series.uid)
         ref = simpleitk_series(series.files, tmp_path / f"ref{n}")

@@ -46,6 +46,8 @@ A module widget uses them like this (ICH Detector as the example)::
             slicer.util.errorDisplay(outcome.message)
 """
 
+from __future__ import annotations
+
 from .dependencies import ensureDependencies
 from .modelselector import ModelSelector
 from .runner import BackgroundRunner, libraryPaths

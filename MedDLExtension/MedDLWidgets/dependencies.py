@@ -6,6 +6,8 @@ the other packages come from ``MedDLExtension/Resources/requirements.txt`` throu
 Slicer versions. What is missing is decided by :func:`MedDLLib.guisupport.dependency_plan` (tested outside Slicer).
 """
 
+from __future__ import annotations
+
 import importlib
 import logging
 from pathlib import Path

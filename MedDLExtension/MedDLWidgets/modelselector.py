@@ -6,6 +6,8 @@ or a .zip) into the cache after verifying its checksum, offline. The card text i
 :func:`MedDLLib.guisupport.format_model_card` (always says "research use only").
 """
 
+from __future__ import annotations
+
 import logging
 from collections.abc import Callable
 

@@ -7,6 +7,8 @@ is handed to ``onFinished`` on the main thread, where the module loads the outpu
 runs the same ``meddl`` command as batch runs and the command line (see :func:`MedDLLib.guisupport.child_command`).
 """
 
+from __future__ import annotations
+
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
