@@ -47,6 +47,10 @@ class GliomaClassifier(ScriptedLoadableModule):
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
+        # `meddl ... glioma` inside Slicer (console, `Slicer --python-script meddl_batch.py`): no pip metadata there
+        from MedDLLib.tasks import register_task_entry
+
+        register_task_entry("glioma", "GliomaClassifierLib.cli:TASK")
         self.parent.title = _("Glioma Classifier")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "MedDL")]
         self.parent.dependencies = ["MedDLExtension"]

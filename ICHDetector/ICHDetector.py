@@ -43,6 +43,10 @@ class ICHDetector(ScriptedLoadableModule):
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
+        # `meddl ... ich` inside Slicer (console, `Slicer --python-script meddl_batch.py`): no pip metadata there
+        from MedDLLib.tasks import register_task_entry
+
+        register_task_entry("ich", "ICHDetectorLib.cli:TASK")
         self.parent.title = _("ICH Detector")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "MedDL")]
         self.parent.dependencies = ["MedDLExtension"]

@@ -41,6 +41,10 @@ class LGGSegmenter(ScriptedLoadableModule):
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
+        # `meddl ... lgg` inside Slicer (console, `Slicer --python-script meddl_batch.py`): no pip metadata there
+        from MedDLLib.tasks import register_task_entry
+
+        register_task_entry("lgg", "LGGSegmenterLib.cli:TASK")
         self.parent.title = _("LGG Segmenter")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "MedDL")]
         self.parent.dependencies = ["MedDLExtension"]

@@ -40,6 +40,10 @@ class LungSurvival(ScriptedLoadableModule):
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
+        # `meddl ... lung` inside Slicer (console, `Slicer --python-script meddl_batch.py`): no pip metadata there
+        from MedDLLib.tasks import register_task_entry
+
+        register_task_entry("lung", "LungSurvivalLib.cli:TASK")
         self.parent.title = _("Lung Survival")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "MedDL")]
         self.parent.dependencies = ["MedDLExtension"]

@@ -5,8 +5,10 @@ The shared library never imports a task library. Task libraries declare themselv
     [project.entry-points."meddl.tasks"]
     ich = "ICHDetectorLib.cli:TASK"
 
-and, inside Slicer (where no distribution metadata exists), the module calls :func:`register_task` when it
-loads. A task is an object derived from :class:`Task`; the shared CLI parses the common arguments and calls
+and, inside Slicer (where no distribution metadata exists), each module calls :func:`register_task_entry` when
+Slicer loads it (``ICHDetector.py``: ``register_task_entry("ich", "ICHDetectorLib.cli:TASK")``; the task library
+is imported only when the task is used), and ``MedDLScripts/meddl_batch.py`` does the same for the extension's
+tasks when it runs in ``PythonSlicer``, where no module is loaded. A task is an object derived from :class:`Task`; the shared CLI parses the common arguments and calls
 the task's methods. A method a task does not implement raises :class:`NotImplementedError`, which the CLI
 reports as "<task> does not support <subcommand> yet".
 """
@@ -29,6 +31,8 @@ EXTRA_TASKS_ENV = "MEDDL_EXTRA_TASKS"
 TASK_NAMES = ("glioma", "lgg", "lung", "ich")
 
 _registered: dict[str, "Task"] = {}
+# Tasks registered by entry (``module:attribute``), imported on first use: name -> entry.
+_registered_entries: dict[str, str] = {}
 # Entry points that failed to load at the last available_tasks() call: name -> reason.
 _broken: dict[str, str] = {}
 
@@ -120,19 +124,33 @@ def register_task(task: Task) -> None:
     _registered[task.name] = task
 
 
+def register_task_entry(name: str, entry: str) -> None:
+    """Make the task at ``entry`` (``"module:attribute"``, e.g. ``"ICHDetectorLib.cli:TASK"``) available as
+    ``name`` without importing it now (Slicer modules call this when they load; startup stays light)."""
+    if not name or entry.count(":") != 1:
+        raise ValueError(f"register_task_entry needs a name and 'module:attribute', got {name!r}, {entry!r}")
+    _registered_entries[name] = entry
+
+
+def _load_entry(spec: str, source: str) -> Task:
+    """The :class:`Task` at ``spec`` (``module:attribute``; a Task subclass is instantiated)."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        task = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise InputError(f"{source}: cannot load {spec!r} (expected module:attribute): {exc}") from exc
+    if isinstance(task, type) and issubclass(task, Task):
+        task = task()
+    if not isinstance(task, Task) or not task.name:
+        raise InputError(f"{source}: {spec!r} is not a named meddl Task")
+    return task
+
+
 def _extra_tasks() -> dict[str, Task]:
     """The tasks named in :data:`EXTRA_TASKS_ENV` (``module:attribute``, comma separated)."""
     tasks: dict[str, Task] = {}
     for spec in filter(None, (s.strip() for s in os.environ.get(EXTRA_TASKS_ENV, "").split(","))):
-        module_name, _, attribute = spec.partition(":")
-        try:
-            task = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise InputError(f"{EXTRA_TASKS_ENV}: cannot load {spec!r} (expected module:attribute): {exc}") from exc
-        if isinstance(task, type) and issubclass(task, Task):
-            task = task()
-        if not isinstance(task, Task) or not task.name:
-            raise InputError(f"{EXTRA_TASKS_ENV}: {spec!r} is not a named meddl Task")
+        task = _load_entry(spec, EXTRA_TASKS_ENV)
         tasks[task.name] = task
     return tasks
 
@@ -143,6 +161,13 @@ def available_tasks() -> dict[str, Task]:
     for name, task in _extra_tasks().items():
         tasks.setdefault(name, task)
     _broken.clear()
+    for name, entry in _registered_entries.items():
+        if name in tasks:
+            continue
+        try:
+            tasks[name] = _load_entry(entry, f"task {name!r} registered by its Slicer module")
+        except InputError as exc:  # one task library that fails to import must not hide the others
+            _broken[name] = str(exc)
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in tasks:
             continue

@@ -22,6 +22,15 @@ import os
 import sys
 from typing import Sequence
 
+#: The tasks this extension ships (as its modules register them when Slicer loads them; the same entries as
+#: ``pyproject.toml``'s ``meddl.tasks``). Registered here too, for ``PythonSlicer``, where no module is loaded.
+EXTENSION_TASKS = {
+    "glioma": "GliomaClassifierLib.cli:TASK",
+    "ich": "ICHDetectorLib.cli:TASK",
+    "lgg": "LGGSegmenterLib.cli:TASK",
+    "lung": "LungSurvivalLib.cli:TASK",
+}
+
 #: Slicer application options without a value that may precede the script's own arguments.
 SLICER_FLAGS = frozenset({
     "--no-splash", "--no-main-window", "--testing", "--disable-modules", "--disable-builtin-modules",
@@ -80,7 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if folder not in sys.path:
         sys.path.insert(0, folder)
     from MedDLLib.cli import main as meddl_main
+    from MedDLLib.tasks import register_task_entry
 
+    for name, entry in EXTENSION_TASKS.items():  # beside this script in an installed extension
+        if os.path.isdir(os.path.join(folder, entry.partition(".")[0])):
+            register_task_entry(name, entry)
     return meddl_main(parse_slicer_argv(sys.argv if argv is None else argv))
 
 
