@@ -106,6 +106,10 @@ class LGGSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        from MedDLWidgets import showUnsupportedSlicer
+
+        if showUnsupportedSlicer(self.layout):  # one line saying which Slicer MedDL needs, nothing else
+            return
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/LGGSegmenter.ui"))
         self.layout.addWidget(uiWidget)
@@ -139,7 +143,8 @@ class LGGSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if self.logic is not None:  # None: setup stopped on an unsupported Slicer
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         if self._parameterNode:

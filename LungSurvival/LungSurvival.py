@@ -97,6 +97,10 @@ class LungSurvivalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        from MedDLWidgets import showUnsupportedSlicer
+
+        if showUnsupportedSlicer(self.layout):  # one line saying which Slicer MedDL needs, nothing else
+            return
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/LungSurvival.ui"))
         self.layout.addWidget(uiWidget)
@@ -130,7 +134,8 @@ class LungSurvivalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if self.logic is not None:  # None: setup stopped on an unsupported Slicer
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         if self._parameterNode:

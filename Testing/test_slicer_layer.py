@@ -4,7 +4,10 @@
   5.12 and 5.10): a ``float`` on a ``ctkSliderWidget`` needs ``WithinRange``, a ``str`` on a ``QComboBox`` needs
   ``Choice`` (Glioma's unbounded threshold made ``setup()`` and every ``enter()`` raise, so Apply never enabled);
 - the module files and ``MedDLWidgets`` import in Python 3.9 (Slicer 5.8's), where ``str | None`` in an
-  annotation raises at import unless the file postpones annotations.
+  annotation raises at import unless the file postpones annotations, and on Slicer 5.8 each module says in one
+  line that MedDL needs Slicer 5.12 (its widget builds nothing else, installs nothing);
+- after installing packages, a Slicer session that still has the old version imported (Slicer 5.8/5.10 import
+  pydicom 2.4.4 in their DICOM module) is told to restart, never that it succeeded.
 
 Stand-ins are only the Qt/CTK/qMRML widget classes (and, for Python 3.9, ``slicer``/``vtk`` themselves: neither
 Slicer nor slicer-core exists for 3.9 here); the parameterNodeWrapper code is Slicer's.
@@ -78,3 +81,28 @@ def test_module_files_import_in_python_39():
     lines = done.stdout.splitlines()
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     assert len([line for line in lines if line.startswith("ok ")]) == len(MODULES) + 2  # + MedDLWidgets, MedDLExtension
+    said = [line for line in lines if "MedDL needs 3D Slicer 5.12 or later; this is Slicer 5.8.1" in line]
+    assert len(said) == len(MODULES), lines
+
+
+def test_supported_slicer_versions():
+    from MedDLLib.guisupport import MINIMUM_SLICER, slicer_version_problem
+
+    assert MINIMUM_SLICER == (5, 12)
+    assert slicer_version_problem(5, 12, "5.12.0") is None and slicer_version_problem(6, 0) is None
+    assert slicer_version_problem(5, 10, "5.10.0").startswith("MedDL needs 3D Slicer 5.12 or later; this is Slicer 5.10.0")
+    readme = (ROOT / "README.md").read_text()
+    assert "Slicer 5.12 or later" in readme
+
+
+def test_an_upgrade_under_a_loaded_package_asks_for_a_restart(tmp_path):
+    import types
+
+    from MedDLLib.guisupport import stale_imports
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("pydicom>=3.0\nscikit-image>=0.22\n")
+    old = {"pydicom": types.SimpleNamespace(__version__="2.4.4"), "skimage": types.SimpleNamespace(__version__="0.25.0")}
+    assert stale_imports(requirements, old) == ["pydicom 2.4.4 (needs >=3.0)"]
+    assert stale_imports(requirements, {"pydicom": types.SimpleNamespace(__version__="3.0.2")}) == []
+    assert stale_imports(requirements, {}) == []  # nothing imported yet: the new version is what will load

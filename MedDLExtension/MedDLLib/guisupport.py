@@ -191,6 +191,45 @@ def dependency_plan(
     )
 
 
+#: The oldest 3D Slicer MedDL supports (the first that bundles pydicom 3, Python 3.12 and ``pip_ensure``).
+MINIMUM_SLICER = (5, 12)
+
+#: Distribution -> top-level module, where they differ (for packages Slicer may have imported already).
+MODULE_OF = {"scikit-image": "skimage", "scikit-learn": "sklearn", "pillow": "PIL", "pylibjpeg-libjpeg": "libjpeg",
+             "pylibjpeg-openjpeg": "openjpeg", "pylibjpeg-rle": "rle"}
+
+
+def slicer_version_problem(major: int, minor: int, version: str = "") -> str | None:
+    """One line saying which Slicer MedDL needs, or ``None`` when ``major.minor`` is supported.
+
+    >>> slicer_version_problem(5, 8, "5.8.1")
+    'MedDL needs 3D Slicer 5.12 or later; this is Slicer 5.8.1. Install a current Slicer from https://download.slicer.org.'
+    >>> slicer_version_problem(5, 12) is None
+    True
+    """
+    if (int(major), int(minor)) >= MINIMUM_SLICER:
+        return None
+    found = version or f"{major}.{minor}"
+    return (f"MedDL needs 3D Slicer {MINIMUM_SLICER[0]}.{MINIMUM_SLICER[1]} or later; this is Slicer {found}. "
+            "Install a current Slicer from https://download.slicer.org.")
+
+
+def stale_imports(requirements_file: str | os.PathLike, modules: Mapping[str, Any] | None = None) -> list[str]:
+    """Packages of ``requirements_file`` whose *imported* version (in ``modules``, default ``sys.modules``) does
+    not satisfy the requirement: after an upgrade, Python keeps using the old one until Slicer restarts
+    (e.g. ``"pydicom 2.4.4 (needs >=3.0)"``)."""
+    import sys
+
+    modules = sys.modules if modules is None else modules
+    stale = []
+    for requirement in read_requirements(requirements_file):
+        module = modules.get(MODULE_OF.get(requirement.name.lower(), requirement.name.replace("-", "_")))
+        version = getattr(module, "__version__", None) if module is not None else None
+        if isinstance(version, str) and not requirement.specifier.contains(version, prereleases=True):
+            stale.append(f"{requirement.name} {version} (needs {requirement.specifier})")
+    return stale
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Model cards
 # ----------------------------------------------------------------------------------------------------------------

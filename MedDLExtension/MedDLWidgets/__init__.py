@@ -48,8 +48,29 @@ A module widget uses them like this (ICH Detector as the example)::
 
 from __future__ import annotations
 
+import logging
+
 from .dependencies import ensureDependencies
 from .modelselector import ModelSelector
 from .runner import BackgroundRunner, libraryPaths
 
-__all__ = ["BackgroundRunner", "ModelSelector", "ensureDependencies", "libraryPaths"]
+__all__ = ["BackgroundRunner", "ModelSelector", "ensureDependencies", "libraryPaths", "showUnsupportedSlicer"]
+
+
+def showUnsupportedSlicer(layout) -> bool:
+    """On a Slicer older than MedDL supports, put one line saying which Slicer it needs into ``layout`` (the
+    module panel), log it once, and return True: the widget then builds nothing else (nothing is installed)."""
+    import qt
+    import slicer
+
+    from MedDLLib.guisupport import slicer_version_problem
+
+    app = slicer.app
+    message = slicer_version_problem(app.majorVersion, app.minorVersion, getattr(app, "applicationVersion", ""))
+    if message is None:
+        return False
+    logging.warning(message)
+    label = qt.QLabel(message)
+    label.wordWrap = True
+    layout.addWidget(label)
+    return True

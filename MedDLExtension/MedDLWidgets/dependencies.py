@@ -57,6 +57,13 @@ def ensureDependencies(requester: str = "MedDL", requirementsFile: Path = REQUIR
         return False
 
     importlib.invalidate_caches()
+    stale = guisupport.stale_imports(requirementsFile)
+    if stale:  # installed now, but the old version stays the one imported in this process
+        raise RuntimeError(
+            _("Installed, but this Slicer session still uses {what}: restart Slicer and Apply again.").format(
+                what=", ".join(stale)
+            )
+        )
     remaining = guisupport.dependency_plan(requirementsFile)
     if not remaining.satisfied:
         raise RuntimeError(
