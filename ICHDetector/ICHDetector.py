@@ -192,7 +192,7 @@ class ICHDetectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode or not self._parameterNode.inputVolume:
             self.ui.applyButton.toolTip = _("Select the head CT volume")
             self.ui.applyButton.enabled = False
-        elif not self._parameterNode.modelName:
+        elif not self.models.currentModel():  # none selected, or the saved one is missing/broken
             self.ui.applyButton.toolTip = _("Select or import an ICH model")
             self.ui.applyButton.enabled = False
         else:

@@ -190,7 +190,7 @@ class LGGSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode or not self._parameterNode.inputVolume:
             self.ui.applyButton.toolTip = _("Select the FLAIR volume")
             self.ui.applyButton.enabled = False
-        elif not self._parameterNode.modelName:
+        elif not self.models.currentModel():  # none selected, or the saved one is missing/broken
             self.ui.applyButton.toolTip = _("Select or import an LGG model")
             self.ui.applyButton.enabled = False
         else:

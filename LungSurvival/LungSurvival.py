@@ -181,7 +181,7 @@ class LungSurvivalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode or not self._parameterNode.inputVolume:
             self.ui.applyButton.toolTip = _("Select the chest CT volume")
             self.ui.applyButton.enabled = False
-        elif not self._parameterNode.modelName:
+        elif not self.models.currentModel():  # none selected, or the saved one is missing/broken
             self.ui.applyButton.toolTip = _("Select or import a lung survival model")
             self.ui.applyButton.enabled = False
         else:

@@ -518,6 +518,16 @@ def test_model_choices_filter_by_task_and_list_broken_packages():
     assert [c.name for c in gs.model_choices(entries)] == ["ich-a", "ich-b", "lgg-seed", "zz-broken"]
 
 
+def test_a_saved_model_choice_missing_from_the_cache_is_kept_and_shown_missing():
+    """Reopening a scene saved with a model that is not in this cache keeps the choice (was: silently cleared)."""
+    entries = [{"name": "ich-a", "task": "ich", "version": "1.0.0", "recipe": "seed", "training_data": {}}]
+    choices = gs.model_choices(entries, task="ich", keep="ich-from-colleague")
+    assert [(c.name, c.title, c.usable) for c in choices] == [
+        ("ich-a", "ich-a 1.0.0 (seed)", True), ("ich-from-colleague", "ich-from-colleague (missing)", False)]
+    assert choices[-1].problem == gs.MISSING_MODEL
+    assert gs.model_choices(entries, task="ich", keep="ich-a") == gs.model_choices(entries, task="ich")
+
+
 def _tiny_package(folder: Path) -> Path:
     """A real model package (``MedDLLib.models.save_package``) of a tiny registered network, named ich-seed."""
     torch = pytest.importorskip("torch")

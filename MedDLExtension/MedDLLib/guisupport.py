@@ -510,11 +510,18 @@ class ModelChoice:
         return not self.problem
 
 
-def model_choices(entries: Iterable[Mapping[str, Any]], task: str | None = None) -> list[ModelChoice]:
+#: The problem of a saved model choice whose package is not in the cache (see :func:`model_choices`).
+MISSING_MODEL = "not in the model cache (the scene was saved with it): import the package again to use it"
+
+
+def model_choices(entries: Iterable[Mapping[str, Any]], task: str | None = None,
+                  keep: str | None = None) -> list[ModelChoice]:
     """Selector entries from the model cache listing (:func:`MedDLLib.models.list_models`).
 
     Models of ``task`` (all tasks when ``None``) come first, sorted by name; broken packages (an ``error`` key)
-    follow, unusable, with their error, so the user sees why a model they imported is not offered.
+    follow, unusable, with their error, so the user sees why a model they imported is not offered. ``keep``, a
+    saved choice (the parameter node's model of a reopened scene) that is not among them, comes last as unusable
+    ``"<name> (missing)"`` with :data:`MISSING_MODEL`: the choice is shown, never silently replaced.
     """
     usable, broken = [], []
     for entry in entries:
@@ -523,7 +530,10 @@ def model_choices(entries: Iterable[Mapping[str, Any]], task: str | None = None)
             broken.append(ModelChoice(name, f"{name} (broken)", str(entry["error"])))
         elif task is None or entry.get("task") == task:
             usable.append(ModelChoice(name, model_title(entry, name)))
-    return sorted(usable, key=lambda c: c.name) + sorted(broken, key=lambda c: c.name)
+    choices = sorted(usable, key=lambda c: c.name) + sorted(broken, key=lambda c: c.name)
+    if keep and keep not in {c.name for c in choices}:
+        choices.append(ModelChoice(keep, f"{keep} (missing)", MISSING_MODEL))
+    return choices
 
 
 #: File-dialog filter of :func:`import_source`: a zipped package, or the metadata file inside a package folder.

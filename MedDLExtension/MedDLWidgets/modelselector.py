@@ -61,7 +61,8 @@ class ModelSelector:
         from MedDLLib import models
 
         keep = select or self.currentModel()
-        self._choices = guisupport.model_choices(models.list_models(), task=self.task)
+        # a saved choice whose package is gone stays selected, shown as missing (Apply stays off)
+        self._choices = guisupport.model_choices(models.list_models(), task=self.task, keep=select)
         wasBlocked = self.comboBox.blockSignals(True)
         try:
             self.comboBox.clear()
@@ -138,4 +139,6 @@ class ModelSelector:
         else:
             self.cardView.text = text
         if self.onChanged is not None:
-            self.onChanged(self.currentModel())
+            # a missing saved model keeps its name in the parameter node (the scene is saved as it was opened)
+            missing = choice is not None and choice.problem == guisupport.MISSING_MODEL
+            self.onChanged(choice.name if missing else self.currentModel())
