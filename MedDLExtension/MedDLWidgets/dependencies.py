@@ -43,6 +43,7 @@ def ensureDependencies(requester: str = "MedDL", requirementsFile: Path = REQUIR
         return True
     plan = guisupport.dependency_plan(requirementsFile)
     if plan.satisfied:
+        _refuseStaleImports(requirementsFile)  # installed on disk (an earlier session), an older one imported
         _checked = True
         return True
     logging.info(f"{requester}: {plan.describe()}")
@@ -57,13 +58,7 @@ def ensureDependencies(requester: str = "MedDL", requirementsFile: Path = REQUIR
         return False
 
     importlib.invalidate_caches()
-    stale = guisupport.stale_imports(requirementsFile)
-    if stale:  # installed now, but the old version stays the one imported in this process
-        raise RuntimeError(
-            _("Installed, but this Slicer session still uses {what}: restart Slicer and Apply again.").format(
-                what=", ".join(stale)
-            )
-        )
+    _refuseStaleImports(requirementsFile)
     remaining = guisupport.dependency_plan(requirementsFile)
     if not remaining.satisfied:
         raise RuntimeError(
@@ -73,6 +68,18 @@ def ensureDependencies(requester: str = "MedDL", requirementsFile: Path = REQUIR
         )
     _checked = True
     return True
+
+
+def _refuseStaleImports(requirementsFile: Path) -> None:
+    """Raise when a package is installed in the right version but an older one is the one imported in this
+    process (Python keeps the first import until Slicer restarts): never report success while it is in use."""
+    stale = guisupport.stale_imports(requirementsFile)
+    if stale:
+        raise RuntimeError(
+            _("Installed, but this Slicer session still uses {what}: restart Slicer and Apply again.").format(
+                what=", ".join(stale)
+            )
+        )
 
 
 def _installTorch(plan: guisupport.DependencyPlan) -> bool:
