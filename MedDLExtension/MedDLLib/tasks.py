@@ -8,7 +8,8 @@ The shared library never imports a task library. Task libraries declare themselv
 and, inside Slicer (where no distribution metadata exists), each module calls :func:`register_task_entry` when
 Slicer loads it (``ICHDetector.py``: ``register_task_entry("ich", "ICHDetectorLib.cli:TASK")``; the task library
 is imported only when the task is used), and ``MedDLScripts/meddl_batch.py`` does the same for the extension's
-tasks when it runs in ``PythonSlicer``, where no module is loaded. A task is an object derived from :class:`Task`; the shared CLI parses the common arguments and calls
+tasks when it runs in ``PythonSlicer``, where no module is loaded. A task is an object derived from
+:class:`Task`; the shared CLI parses the common arguments and calls
 the task's methods. A method a task does not implement raises :class:`NotImplementedError`, which the CLI
 reports as "<task> does not support <subcommand> yet".
 """
