@@ -13,4 +13,9 @@ python -m pip install -q --upgrade pip
 # The CPU build of torch first (a bare `torch` would pull several GB of CUDA packages).
 python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[test]"
+# Headless Chromium: the demo report's browser check (Testing/test_demo_report.py) opens index.html in it.
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
+  echo "setup: installing chromium (Debian)"; apt-get update -qq && apt-get install -y -qq chromium || \
+    echo "setup: chromium not installed; the browser check of the demo report will be skipped"
+fi
 echo "setup: ready ($(python --version), torch $(python -c 'import torch; print(torch.__version__)'))"

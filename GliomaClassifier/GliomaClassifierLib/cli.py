@@ -262,7 +262,9 @@ class GliomaTask(Task):
 
         data = scan_dataset(args.data)
         device = select_device(args.device, args.force_cpu)
-        metrics = evaluate_model(args.model, data.cases, device=device)
+        out = getattr(args, "out", None)  # the figures go beside metrics.json (absolute paths: it may move)
+        metrics = evaluate_model(args.model, data.cases, device=device,
+                                 figures_dir=Path(out).resolve().parent if out else None)
         metrics["excluded_cases"] = data.excluded
         metrics["data_problems"] = len(data.problems)
         return metrics

@@ -332,16 +332,19 @@ class _cache:
 
 
 # ---------------------------------------------------------------------------------------------- prediction
-@torch.no_grad()
 def predict_arrays(network: nn.Module, arrays: Sequence[np.ndarray] | np.ndarray, device: Any = "cpu",
-                   batch_size: int = 2) -> np.ndarray:
-    """Probabilities ``(N,)`` of methylation for inputs ``(N, C, D, H, W)`` (or a list of ``(C, D, H, W)``)."""
-    network.eval()
-    probs = []
-    for i in range(0, len(arrays), batch_size):
-        x = torch.from_numpy(np.stack([np.asarray(a, dtype=np.float32) for a in arrays[i:i + batch_size]]))
-        probs.append(torch.sigmoid(network(x.to(device)).float().cpu()).numpy().ravel())
-    return np.concatenate(probs).astype(np.float64)
+                   batch_size: int = 1, package: models.ModelPackage | None = None) -> np.ndarray:
+    """Probabilities ``(N,)`` of methylation for inputs ``(N, C, D, H, W)`` (or a list of ``(C, D, H, W)``).
+
+    The forward runs on the runtime :func:`MedDLLib.runtime.runner_for` chooses for ``network`` and ``package``
+    (probabilities within 1e-3 of torch fp32; torch when no package is known or no runtime agrees).
+    """
+    from MedDLLib import runtime
+
+    run = runtime.runner_for(network, package, agree=runtime.probabilities_agree("sigmoid"))
+    logits = [run(np.stack([np.asarray(a, dtype=np.float32) for a in arrays[i:i + batch_size]]))
+              for i in range(0, len(arrays), batch_size)]
+    return torch.sigmoid(torch.from_numpy(np.concatenate(logits))).numpy().ravel().astype(np.float64)
 
 
 def predict_cases(model: str | Path | models.ModelPackage, cases: Sequence[Case], *, device: Any = "cpu",
@@ -353,7 +356,8 @@ def predict_cases(model: str | Path | models.ModelPackage, cases: Sequence[Case]
         paths = cache_inputs(cases, spec, cdir)
         out = []
         for i in range(0, len(paths), 4):  # bounded memory: a few cases at a time
-            out.append(predict_arrays(network, [np.load(p) for p in paths[i:i + 4]], device))
+            out.append(predict_arrays(network, [np.load(p) for p in paths[i:i + 4]], device,
+                                      package=package))
     return np.concatenate(out)
 
 
@@ -378,8 +382,13 @@ def auroc_metrics(y_true: Sequence[int], y_prob: Sequence[float], groups: Sequen
 
 
 def evaluate_model(model: str | Path | models.ModelPackage, cases: Sequence[Case], *, n_boot: int = 1000,
-                   device: Any = "cpu", cache_dir: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
-    """Flat metrics of a model on labelled held-out cases: ``auroc`` with its 95 % bootstrap CI, and more."""
+                   device: Any = "cpu", cache_dir: str | Path | None = None, seed: int = 0,
+                   figures_dir: str | Path | None = None) -> dict[str, Any]:
+    """Flat metrics of a model on labelled held-out cases: ``auroc`` with its 95 % bootstrap CI, and more.
+
+    With ``figures_dir``, also the ROC curve with its CI band and the reliability diagram there (``roc.png``,
+    ``reliability.png``; their paths, ``ece`` and ``brier`` in the metrics: :func:`MedDLLib.evaluation.
+    classifier_figures`)."""
     cases = [c for c in cases if c.label is not None]
     if not cases:
         raise InputError("no labelled case to evaluate")
@@ -389,6 +398,11 @@ def evaluate_model(model: str | Path | models.ModelPackage, cases: Sequence[Case
     out: dict[str, Any] = {"recipe": package.metadata.get("recipe"), "model": package.name}
     out.update(auroc_metrics(labels, probs, n_boot=n_boot, seed=seed))
     out["ci_contains_chance"] = bool(out["auroc_ci_low"] <= 0.5 <= out["auroc_ci_high"])
+    if figures_dir is not None:
+        from MedDLLib.evaluation import classifier_figures
+
+        out.update(classifier_figures(labels, probs, figures_dir, what="MGMT methylated, per study", n_boot=n_boot,
+                                      seed=seed))
     out["model_card"] = model_card(package.metadata)
     return out
 

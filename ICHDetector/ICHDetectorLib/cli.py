@@ -163,7 +163,9 @@ class ICHTask(Task):
 
         data = scan_dataset(args.data)
         device = select_device(args.device, args.force_cpu)
-        metrics = evaluate_model(args.model, data.studies, threshold=getattr(args, "threshold", 0.5), device=device)
+        out = getattr(args, "out", None)  # the figures go beside metrics.json (absolute paths: it may move)
+        metrics = evaluate_model(args.model, data.studies, threshold=getattr(args, "threshold", 0.5), device=device,
+                                 figures_dir=Path(out).resolve().parent if out else None)
         metrics["data_problems"] = len(data.problems)
         return metrics
 

@@ -236,20 +236,27 @@ def train_model(studies: Sequence[Study], out: str | Path, recipe_name: str = "i
 # ---------------------------------------------------------------------------------------------- prediction
 def load_model(model: str | Path | models.ModelPackage, device: Any = "cpu") -> tuple[nn.Module, models.ModelPackage]:
     """``(network in eval mode, package)`` of an ICH model package (folder, cached name or loaded package)."""
+    from MedDLLib import runtime
+
     network, package = models.load_task_model(model, TASK, device)
     if list(package.labels) != list(LABELS):
         raise InputError(f"model {package.name!r} outputs {package.labels}, expected {list(LABELS)}")
+    runtime.attach(network, package)  # predict_inputs(network, ...) then finds the package's runtime export
     return network, package
 
 
-@torch.no_grad()
-def predict_inputs(network: nn.Module, inputs: np.ndarray, output: str, batch_size: int = 32,
-                   device: Any = "cpu") -> np.ndarray:
-    """Probabilities ``(N, 6)`` for network inputs ``(N, C, S, S)``."""
-    network.eval()
-    logits = [network(torch.from_numpy(inputs[i:i + batch_size]).to(device)).float().cpu()
-              for i in range(0, len(inputs), batch_size)]
-    return probabilities(torch.cat(logits), output)
+def predict_inputs(network: nn.Module, inputs: np.ndarray, output: str, batch_size: int = 64,
+                   device: Any = "cpu", package: models.ModelPackage | None = None) -> np.ndarray:
+    """Probabilities ``(N, 6)`` for network inputs ``(N, C, S, S)``.
+
+    The forward runs on the runtime :func:`MedDLLib.runtime.runner_for` chooses for ``network`` and ``package``
+    (ONNX Runtime/OpenVINO where they agree with torch fp32 within 1e-3 in probability; torch otherwise).
+    """
+    from MedDLLib import runtime
+
+    run = runtime.runner_for(network, package, agree=runtime.probabilities_agree(output))
+    logits = [run(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    return probabilities(np.concatenate(logits), output)
 
 
 def predict_studies(network: nn.Module, package: models.ModelPackage, studies: Sequence[Study],
@@ -265,13 +272,17 @@ def predict_studies(network: nn.Module, package: models.ModelPackage, studies: S
     for study in studies:
         hu = np.stack([read_slice_hu(p, fix=spec.fix_bad_intercept) for p in study.paths])
         inputs, _ = volume_input(Volume(hu), spec)
-        result.append(predict_inputs(network, inputs, output, device=device))
+        result.append(predict_inputs(network, inputs, output, device=device, package=package))
     return result
 
 
 def evaluate_model(model: str | Path | models.ModelPackage, studies: Sequence[Study], *, threshold: float = 0.5,
-                   n_boot: int = 200, device: Any = "cpu") -> dict[str, Any]:
-    """Flat metrics of a model on labelled studies (slice-level, CIs by study; study-level 'any')."""
+                   n_boot: int = 200, device: Any = "cpu", figures_dir: str | Path | None = None) -> dict[str, Any]:
+    """Flat metrics of a model on labelled studies (slice-level, CIs by study; study-level 'any').
+
+    With ``figures_dir``, also the slice-level 'any' ROC curve with its CI band (whole studies resampled) and
+    reliability diagram there (``any_roc.png``, ``any_reliability.png``; their paths, ``any_ece`` and
+    ``any_brier`` in the metrics: :func:`MedDLLib.evaluation.classifier_figures`)."""
     network, package = load_model(model, device)
     probs = predict_studies(network, package, studies, device)
     y_true, y_prob, groups, s_true, s_prob = [], [], [], [], []
@@ -286,6 +297,12 @@ def evaluate_model(model: str | Path | models.ModelPackage, studies: Sequence[St
                                "n_slices": int(sum(len(g) for g in y_true))}
     metrics.update(slice_metrics(np.concatenate(y_true), np.concatenate(y_prob), groups, n_boot=n_boot))
     metrics.update(study_metrics(np.array(s_true), np.array(s_prob), threshold))
+    if figures_dir is not None:
+        from MedDLLib.evaluation import classifier_figures
+
+        any_true, any_prob = np.concatenate(y_true)[:, 0], np.clip(np.concatenate(y_prob)[:, 0], 0.0, 1.0)
+        metrics.update(classifier_figures(any_true, any_prob, figures_dir, what="any haemorrhage, per slice",
+                                          prefix="any_", n_boot=n_boot, groups=groups))
     return metrics
 
 

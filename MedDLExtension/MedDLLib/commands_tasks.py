@@ -162,8 +162,11 @@ def _run_train(task: Task, args: argparse.Namespace) -> int:
 def _run_evaluate(task: Task, args: argparse.Namespace) -> int:
     if not args.data.exists():
         raise InputError(f"{args.data}: dataset folder not found")
-    metrics = _call(task, "evaluate", task.evaluate, args)
     from .io import atomic_write_json
+    from .progress import activity
+
+    with activity(f"evaluate {task.name}"):  # elapsed time on a terminal (the tasks report no fraction)
+        metrics = _call(task, "evaluate", task.evaluate, args)
 
     atomic_write_json(args.out, metrics)
     print_result(metrics)
@@ -187,27 +190,33 @@ def _run_infer(task: Task, args: argparse.Namespace) -> int:
         raise InputError(f"{args.output}: the folder holds other files; give a new or empty folder (the outputs of "
                          "an earlier meddl infer are replaced)")
     task.check_model(args.model)
-    args.progress = reporter_from_environment()  # progress lines for the GUI's progress bar, else None
-    with atomic_folder(output) as staging:
-        result = _call(task, "infer", task.infer, args.input, args.model, staging, args)
-        saved = to_jsonable(dict(result or {}), base=staging)
-        atomic_write_json(staging / RESULT_JSON, saved)
+    from .progress import fraction_reporter
+
+    # progress lines for the GUI's progress bar; else a bar on a terminal; else None
+    args.progress = reporter_from_environment() or fraction_reporter(f"infer {task.name}")
+    try:
+        with atomic_folder(output) as staging:
+            result = _call(task, "infer", task.infer, args.input, args.model, staging, args)
+            saved = to_jsonable(dict(result or {}), base=staging)
+            atomic_write_json(staging / RESULT_JSON, saved)
+    finally:
+        if hasattr(args.progress, "close"):
+            args.progress.close()
     print_result(saved)
     print(f"outputs written to {output}")
     return 0
 
 
 def _run_batch(task: Task, args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .batch import run_batch
+    from .progress import count_bar
 
     bar = None
 
     def progress(done: int, total: int, outcome: Any) -> None:
         nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=f"batch {task.name}", unit="study", file=sys.stderr)
+        if bar is None:  # a bar on a terminal only; failures are printed either way
+            bar = count_bar(total, f"batch {task.name}", unit="study")
         if outcome.status == "failed":
             bar.write(f"{outcome.study}: failed: {outcome.error}", file=sys.stderr)
         bar.update(1)

@@ -12,8 +12,11 @@ What is here, and which library does the work:
 * :func:`weighted_log_loss` -- the RSNA 2019 intracranial haemorrhage metric (sklearn ``log_loss`` per label);
 * survival -- :func:`concordance_index` (lifelines; *risk* in, higher risk = shorter survival),
   :func:`concordance_index_with_ci`, :func:`risk_groups`, :func:`kaplan_meier_groups` (Kaplan-Meier + log-rank,
-  lifelines) and :func:`plot_kaplan_meier`;
-* calibration -- :func:`reliability_diagram` (sklearn ``calibration_curve``; expected calibration error, Brier).
+  lifelines), :func:`number_at_risk` and :func:`plot_kaplan_meier` (with the number-at-risk table under it);
+* ROC -- :func:`roc_with_ci` (sklearn ``roc_curve``; pointwise bootstrap band) and :func:`plot_roc`;
+* calibration -- :func:`reliability_diagram` (sklearn ``calibration_curve``; expected calibration error, Brier);
+* :func:`classifier_figures` -- the ROC curve and the reliability diagram of a binary classifier, written beside
+  its ``metrics.json`` by ``meddl evaluate``.
 
 Inputs that make a metric meaningless (one class only, no comparable survival pairs, masks that are not binary,
 length mismatches) raise :class:`~MedDLLib.errors.InputError` with the reason. PNGs are written atomically
@@ -416,6 +419,28 @@ def kaplan_meier_groups(
     return result
 
 
+def number_at_risk(
+    time: Sequence[float] | np.ndarray,
+    group: Sequence[Any] | np.ndarray,
+    at_times: Sequence[float] | np.ndarray,
+) -> dict[str, list[int]]:
+    """The number at risk of each group at each time: patients whose follow-up ``time >= t`` (neither the event
+    nor censoring has happened before ``t``), the convention of the table printed under a Kaplan-Meier plot.
+
+    Args:
+        time: (N,) follow-up time (event or censoring), >= 0.
+        group: (N,) group label of each patient.
+        at_times: (K,) times at which to count, in the unit of ``time``.
+
+    Returns:
+        ``{label: [count at at_times[0], ...]}`` with the labels sorted as in :func:`kaplan_meier_groups`.
+    """
+    t = _finite(_1d(time, "time").astype(float), "time")
+    g = _1d(group, "group", length=len(t)).astype(str)
+    at = np.asarray(at_times, dtype=float).reshape(-1)
+    return {label: [int(np.sum((g == label) & (t >= v))) for v in at] for label in sorted(set(g.tolist()))}
+
+
 def plot_kaplan_meier(
     time: Sequence[float] | np.ndarray,
     event: Sequence[Any] | np.ndarray | None,
@@ -425,27 +450,168 @@ def plot_kaplan_meier(
     title: str = "Kaplan-Meier survival by group",
     time_label: str = "time",
 ) -> Path:
-    """Write a PNG of the Kaplan-Meier curves (with 95 % bands) of each group and the log-rank p-value.
+    """Write a PNG of the Kaplan-Meier curves (with 95 % bands) of each group, the log-rank p-value and, under the
+    plot, the number-at-risk table (:func:`number_at_risk` at the x-axis ticks).
 
     Args: as in :func:`kaplan_meier_groups`; ``time_label`` names the x axis with its unit (e.g. "time (days)").
 
     Returns:
         The path written (atomically).
     """
+    from matplotlib.ticker import MaxNLocator
+
     km = kaplan_meier_groups(time, event, group)
-    fig = _figure((6.0, 4.5))
-    ax = fig.subplots()
+    t_max = float(np.max(np.asarray(time, dtype=float)))
+    ticks = [float(v) for v in MaxNLocator(nbins=6).tick_values(0.0, t_max) if 0.0 <= v <= t_max] or [0.0]
+    at_risk = number_at_risk(time, group, ticks)
+    n_groups = len(km["groups"])
+    fig = _figure((6.0, 4.5 + 0.3 * n_groups))
+    ax, table_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4.0, 0.45 + 0.3 * n_groups]})
+    colours = {}
     for label, curve in km["groups"].items():
         line = ax.step(curve["time"], curve["survival"], where="post",
                        label=f"{label} (n={curve['n']}, events={curve['events']})")[0]
+        colours[label] = line.get_color()
         ax.fill_between(curve["time"], curve["ci_low"], curve["ci_high"], step="post", alpha=0.2,
                         color=line.get_color(), linewidth=0)
     if km["logrank_p"] is not None:
         ax.text(0.98, 0.98, f"log-rank p = {km['logrank_p']:.3g}", transform=ax.transAxes, ha="right", va="top")
-    ax.set(xlabel=time_label, ylabel="survival probability", title=title, ylim=(0.0, 1.05))
-    ax.legend(loc="best")
+    ax.set(ylabel="survival probability", title=title, ylim=(0.0, 1.05), xlim=(0.0, max(ticks[-1], t_max) * 1.02))
+    ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
+    ax.tick_params(labelbottom=True)
+    # the number-at-risk table: one row per group, one column per x tick, aligned with the plot's axis
+    table_ax.set_xticks(ticks)
+    table_ax.set_yticks(range(n_groups), labels=list(at_risk)[::-1])
+    table_ax.set_ylim(-0.6, n_groups - 0.4)
+    for row, (label, counts) in enumerate(reversed(list(at_risk.items()))):
+        for v, count in zip(ticks, counts):
+            table_ax.text(v, row, str(count), ha="center", va="center", color=colours.get(label, "black"))
+    table_ax.set_title("number at risk", fontsize="small", loc="left")
+    table_ax.tick_params(left=False, bottom=False, labelbottom=False, pad=14)
+    for side in ("top", "right", "bottom", "left"):
+        table_ax.spines[side].set_visible(False)
+    ax.set_xlabel(time_label)
     return save_figure_png(fig, path_png)
+
+
+# ---------------------------------------------------------------------------------------------------------- ROC
+def roc_with_ci(
+    y_true: Sequence[Any] | np.ndarray,
+    y_score: Sequence[float] | np.ndarray,
+    *,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_grid: int = 101,
+) -> dict[str, Any]:
+    """The ROC curve with a pointwise bootstrap band and the AUROC with its CI.
+
+    The band is the ``alpha/2`` and ``1 - alpha/2`` percentiles, at each false-positive rate of an even grid, of
+    the true-positive rate of the bootstrap resamples (vertical averaging; rows, or whole ``groups``, resampled
+    as in :func:`bootstrap_ci`; resamples with one class only are skipped). The AUROC CI is
+    :func:`auroc_with_ci`'s with the same resamples' seed.
+
+    Args:
+        y_true: (N,) binary labels; y_score: (N,) scores, higher = more likely positive.
+        n_boot, alpha, seed, groups: as in :func:`bootstrap_ci`.
+        n_grid: number of false-positive rates in [0, 1] for the band.
+
+    Returns:
+        JSON-ready dict: ``fpr``, ``tpr`` (the curve on all rows), ``grid_fpr``, ``band_low``, ``band_high``
+        (each ``n_grid`` long), ``auroc``, ``auroc_ci_low``, ``auroc_ci_high``, ``n``, ``n_positive``.
+    """
+    from sklearn.metrics import roc_curve
+
+    auc, low, high = auroc_with_ci(y_true, y_score, n_boot=n_boot, alpha=alpha, seed=seed, groups=groups)
+    y = _binary(y_true, "y_true")
+    s = np.asarray(y_score, dtype=float)
+    fpr, tpr, _ = roc_curve(y, s)
+    grid = np.linspace(0.0, 1.0, n_grid)
+    if groups is None:
+        members = [np.array([i]) for i in range(len(y))]
+    else:
+        g = _1d(groups, "groups", length=len(y))
+        members = [np.flatnonzero(g == u) for u in np.unique(g)]
+    rng = np.random.default_rng(seed)
+    curves = []
+    for _ in range(n_boot):
+        index = np.concatenate([members[u] for u in rng.integers(0, len(members), len(members))])
+        yb, sb = y[index], s[index]
+        if yb.min() == yb.max():
+            continue
+        f, t, _ = roc_curve(yb, sb)
+        curves.append(np.interp(grid, f, t))
+    band = np.percentile(np.array(curves), [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "grid_fpr": grid.tolist(), "band_low": band[0].tolist(),
+            "band_high": band[1].tolist(), "auroc": auc, "auroc_ci_low": low, "auroc_ci_high": high,
+            "n": int(len(y)), "n_positive": int(y.sum())}
+
+
+def plot_roc(
+    y_true: Sequence[Any] | np.ndarray,
+    y_score: Sequence[float] | np.ndarray,
+    path_png: str | os.PathLike,
+    *,
+    title: str = "ROC curve",
+    n_boot: int = 1000,
+    seed: int = 0,
+    groups: Sequence[Any] | np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Write a PNG of the ROC curve with its 95 % bootstrap band (:func:`roc_with_ci`) and the chance line.
+
+    Returns:
+        :func:`roc_with_ci`'s dict without the curve arrays, plus ``path`` (the PNG written atomically).
+    """
+    roc = roc_with_ci(y_true, y_score, n_boot=n_boot, seed=seed, groups=groups)
+    fig = _figure((5.0, 5.0))
+    ax = fig.subplots()
+    ax.fill_between(roc["grid_fpr"], roc["band_low"], roc["band_high"], color="tab:blue", alpha=0.2, linewidth=0,
+                    label="95 % bootstrap band")
+    ax.plot(roc["fpr"], roc["tpr"], color="tab:blue",
+            label=f"AUROC {roc['auroc']:.3f} (95 % CI {roc['auroc_ci_low']:.3f}-{roc['auroc_ci_high']:.3f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    ax.set(xlabel="false-positive rate (1 - specificity)", ylabel="true-positive rate (sensitivity)",
+           title=f"{title} (n={roc['n']}, {roc['n_positive']} positive)", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    path = save_figure_png(fig, path_png)
+    keys = ("auroc", "auroc_ci_low", "auroc_ci_high", "n", "n_positive")
+    return {**{k: roc[k] for k in keys}, "path": str(path)}
+
+
+def classifier_figures(
+    y_true: Sequence[Any] | np.ndarray,
+    y_prob: Sequence[float] | np.ndarray,
+    folder: str | os.PathLike,
+    *,
+    what: str,
+    prefix: str = "",
+    n_boot: int = 1000,
+    seed: int = 0,
+    groups: Sequence[Any] | np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The ROC curve (with CI band) and the reliability diagram (with ECE) of a binary classifier, as
+    ``folder/<prefix>roc.png`` and ``folder/<prefix>reliability.png``.
+
+    Args:
+        y_true: (N,) binary labels; y_prob: (N,) predicted probabilities in [0, 1].
+        what: what is classified, for the titles (e.g. "MGMT methylated, per study").
+        groups: (N,) patient/study of each row: the ROC band resamples whole groups.
+
+    Returns:
+        Flat metrics to merge into ``metrics.json``: ``<prefix>roc_png``, ``<prefix>reliability_png`` (absolute
+        paths), ``<prefix>ece``, ``<prefix>brier``.
+    """
+    folder = Path(folder).resolve()
+    roc = plot_roc(y_true, y_prob, folder / f"{prefix}roc.png", title=f"ROC: {what}", n_boot=n_boot, seed=seed,
+                   groups=groups)
+    cal = reliability_diagram(y_true, y_prob, folder / f"{prefix}reliability.png",
+                              title=f"Reliability: {what}")
+    return {f"{prefix}roc_png": roc["path"], f"{prefix}reliability_png": cal["path"], f"{prefix}ece": cal["ece"],
+            f"{prefix}brier": cal["brier"]}
 
 
 # ------------------------------------------------------------------------------------------------ calibration
