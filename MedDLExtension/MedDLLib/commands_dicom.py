@@ -55,6 +55,7 @@ def format_summary(entry: dict[str, Any]) -> str:
     if "skipped" in entry:
         lines = [f"Skipped {len(entry['skipped'])} files:"]
         lines += [f"  {item['path']}: {item['reason']}" for item in entry["skipped"]]
+        lines += [f"  problem: {text}" for text in entry.get("problems", [])]
         return "\n".join(lines)
     spacing = " x ".join(f"{v:.4g}" for v in entry.get("spacing_mm", [])) or "?"
     head = (f"{entry['uid']}\n  {entry['description'] or '(no description)'}: {entry['modality'] or '?'}, "
@@ -70,10 +71,11 @@ def format_summary(entry: dict[str, Any]) -> str:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from . import dicom
+    from .io import to_jsonable
 
     entries = dicom.inspect_folder(args.dir)
-    if args.json:
-        print(json.dumps(entries, indent=2))
+    if args.json:  # strict JSON: a value that is no finite number is null, never NaN/Infinity
+        print(json.dumps(to_jsonable(entries), indent=2, allow_nan=False))
     else:
         volumes = sum("uid" in e for e in entries)
         print(f"{args.dir}: {volumes} volume{'s' if volumes != 1 else ''}")
@@ -95,7 +97,9 @@ def convert_series(
     if not str(output).lower().endswith(CONVERT_SUFFIXES):
         raise InputError(f"{output}: output must end in one of {', '.join(CONVERT_SUFFIXES)}")
     # What io.load_volume does for a DICOM folder, in two steps so the reader's warnings can be reported.
-    volume = dicom.read_dicom_folder(folder, series_uid=series_uid, irregular=irregular)
+    # Without PixelSpacing the file is written with 1 mm pixels and a warning (as SimpleITK/dcm2niix); inference
+    # refuses such a series (dicom.read_series' unknown_spacing).
+    volume = dicom.read_dicom_folder(folder, series_uid=series_uid, irregular=irregular, unknown_spacing="assume_1mm")
     hs = headless.create_scene()
     try:
         node = nodes.add_scalar_volume(hs.scene, volume, volume.metadata.get("series_description") or "volume")

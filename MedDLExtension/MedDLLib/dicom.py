@@ -52,6 +52,7 @@ import dataclasses
 import io
 import math
 import os
+import stat
 import struct
 import sys
 from collections import Counter, defaultdict
@@ -94,6 +95,9 @@ HEADER_KEYWORDS: tuple[str, ...] = (
     "ModalityLUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence",
     "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
 )
+
+#: SOP Class of a DICOMDIR (and of vendor directory files such as Philips' DIRFILE).
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
 #: Pixel data elements and their keywords.
 _PIXEL_TAGS = {
@@ -188,6 +192,9 @@ class StackLayout:
         tilted: slices are shifted in-plane from one to the next (gantry tilt or inconsistent positions).
         uneven: the gaps between slices differ.
         order_known: False when several slices have neither ImagePositionPatient nor SliceLocation.
+        pixel_spacing_known: False when neither PixelSpacing nor ImagerPixelSpacing is there (1 mm assumed).
+        geometry_defect: why the geometry cannot be trusted at all (a PixelSpacing or ImagePositionPatient that is
+            no size or position); :func:`read_series` refuses such a series.
     """
 
     row_axis: np.ndarray
@@ -203,6 +210,8 @@ class StackLayout:
     tilted: bool = False
     uneven: bool = False
     order_known: bool = True
+    pixel_spacing_known: bool = True
+    geometry_defect: str | None = None
 
     @property
     def regular(self) -> bool:
@@ -305,6 +314,10 @@ class _Corrupt(Exception):
     """A file that starts like DICOM but cannot be parsed (reason in the message)."""
 
 
+class _Unreadable(_Corrupt):
+    """A file that may hold a slice but cannot be read (empty, no permission): never skipped silently."""
+
+
 # --------------------------------------------------------------------------------------------- small helpers
 def _floats(ds: pydicom.Dataset, keyword: str, count: int) -> np.ndarray | None:
     value = ds.get(keyword)
@@ -350,7 +363,7 @@ def _float_list(ds: pydicom.Dataset, keyword: str) -> list[float]:
             out.append(float(v))
         except (TypeError, ValueError):
             pass
-    return out
+    return [v for v in out if math.isfinite(v)]
 
 
 def _tag_name(keyword: str) -> str:
@@ -424,15 +437,31 @@ def _read_header(path: str | os.PathLike) -> DicomSlice:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        # O_NONBLOCK: a named pipe given as a path must never block the open; only regular files are read.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise _Skipped("not a regular file (named pipe, socket or device): not read")
+        if info.st_size == 0:
+            os.close(fd)
+            raise _Unreadable("empty file (0 bytes): a slice lost in copying?")
+        with os.fdopen(fd, "rb") as f:
+            size = info.st_size
             try:
                 ds, stream = _parse_header(f, size)
             except InvalidDicomError:
                 raise _Skipped("not a DICOM file (no DICM prefix)") from None
+            except RecursionError:
+                raise _Corrupt("corrupt DICOM header (sequences nested too deeply)") from None
             except Exception as exc:  # pydicom raises many kinds on damaged files
                 raise _Corrupt(f"corrupt DICOM header ({type(exc).__name__}: {exc})") from None
             ts = UID(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
+            ts_defect = None
+            if not ts.is_transfer_syntax:
+                ts_defect = (f"{path}: {_tag_name('TransferSyntaxUID')} is '{ts}', not a transfer syntax: how the "
+                             "Pixel Data (7FE0,0010) is encoded is unknown")
+                ts = UID("1.2.840.10008.1.2.1")  # parse on as pydicom did (its guess), never decode
             if ts == DeflatedExplicitVRLittleEndian and ds.buffer is not None:
                 # pydicom inflated the data set into a buffer and stopped there at the pixel data
                 stream, ds.buffer = ds.buffer, None  # (a header keeps no copy of the whole file)
@@ -441,7 +470,10 @@ def _read_header(path: str | os.PathLike) -> DicomSlice:
                 stream.seek(here)
             element = stream.read(8)
             if "Rows" not in ds or "Columns" not in ds:
-                sop = ds.get("SOPClassUID")
+                sop = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
+                if sop == MEDIA_STORAGE_DIRECTORY:
+                    raise _Skipped("a DICOMDIR / media directory (Media Storage Directory Storage), not an image: "
+                                   "the images are found by reading the folders")
                 if not sop:
                     raise _Corrupt("corrupt DICOM: no SOPClassUID (0008,0016) and no image (damaged file?)")
                 if "Image Storage" in UID(sop).name:
@@ -462,14 +494,62 @@ def _read_header(path: str | os.PathLike) -> DicomSlice:
                 (length,) = struct.unpack(f"{endian}L", stream.read(4))
             offset = stream.tell()
     except OSError as exc:
-        raise _Skipped(f"cannot be read ({exc.strerror or exc})") from None
-    defect = None
-    if length != 0xFFFFFFFF and offset + length > size:
+        raise _Unreadable(f"cannot be read ({exc.strerror or exc})") from None
+    defect = ts_defect
+    if defect:
+        pass
+    elif length != 0xFFFFFFFF and offset + length > size:
         defect = f"{path}: Pixel Data (7FE0,0010) is truncated ({size - offset} of {length} bytes present)"
     elif _malformed(ds, "NumberOfFrames", _int(ds, "NumberOfFrames")):
         defect = (f"{path}: {_tag_name('NumberOfFrames')} is '{_display(ds.get('NumberOfFrames'))}', not a whole "
                   "number: how many frames Pixel Data (7FE0,0010) holds is unknown")
+    elif length != 0xFFFFFFFF and not ts.is_compressed and ts != DeflatedExplicitVRLittleEndian:
+        defect = _native_length_defect(path, ds, keyword, length)
+    if defect is None:
+        defect = _header_defect(path, ds)
     return DicomSlice(path, ds, offset, keyword, vr, defect)
+
+
+def _native_length_defect(path: Path, ds: pydicom.Dataset, keyword: str, length: int) -> str | None:
+    """Why the length of native (uncompressed) pixel data does not match Rows x Columns x frames x samples x
+    BitsAllocated (a sentence naming the file and tags), or None when it matches (one padding byte allowed)."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.get("BitsAllocated") or 0)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        frames = _int(ds, "NumberOfFrames") or 1
+    except (TypeError, ValueError, AttributeError):
+        return f"{path}: Rows/Columns/BitsAllocated (0028,0010/0011/0100) are not whole numbers"
+    if keyword != "PixelData":
+        bits = {"FloatPixelData": 32, "DoubleFloatPixelData": 64}[keyword]
+    if bits not in (1, 8, 16, 32, 64) or rows <= 0 or cols <= 0:
+        return (f"{path}: Rows {rows}, Columns {cols}, BitsAllocated {bits} (0028,0010/0011/0100) describe no image "
+                "(BitsAllocated must be 1, 8, 16, 32 or 64)")
+    expected = (rows * cols * frames * samples * bits + 7) // 8
+    if length in (expected, expected + 1):
+        return None
+    return (f"{path}: Pixel Data (7FE0,0010) holds {length} bytes but Rows x Columns x BitsAllocated "
+            f"({rows} x {cols} x {bits} bits, {frames} frame(s), {samples} sample(s)) need {expected}: the header "
+            "does not describe the pixel data")
+
+
+#: Largest distance from the scanner's origin (mm) an ImagePositionPatient coordinate may have (10 m).
+MAX_POSITION_MM = 1e4
+#: Plausible pixel sizes (mm): PixelSpacing outside this range is refused (1 um to 1 m).
+PIXEL_SPACING_RANGE_MM = (1e-3, 1e3)
+#: Modalities whose volumes are measured (lung volumes, lesion sizes): read_series refuses them without a pixel size.
+CROSS_SECTIONAL_MODALITIES = ("CT", "MR", "PT", "NM")
+#: Largest magnitude a Modality LUT (rescale) may produce; beyond it the values are not a measurement.
+MAX_RESCALED_VALUE = 1e12
+
+
+def _header_defect(path: Path, ds: pydicom.Dataset) -> str | None:
+    """Why the Modality LUT of ``ds`` cannot be applied (a sentence naming the file and tag), or None."""
+    try:
+        _modality_lut(ds)
+    except DicomError as exc:
+        return f"{path}: {exc}"
+    return None
 
 
 def _header_or_reason(path: Path) -> DicomSlice | tuple[Path, str, bool]:
@@ -477,17 +557,49 @@ def _header_or_reason(path: Path) -> DicomSlice | tuple[Path, str, bool]:
         return _read_header(path)
     except _Skipped as exc:
         return (path, str(exc), False)
-    except _Corrupt as exc:
+    except (_Corrupt, _Unreadable) as exc:
         return (path, str(exc), True)
 
 
-def _list_files(root: Path) -> list[Path]:
-    if root.is_file():
-        return [root]
-    files = []
-    for folder, dirs, names in os.walk(root):
-        dirs.sort()
-        files.extend(Path(folder) / n for n in sorted(names) if not n.startswith("."))
+def _list_files(root: Path, unreadable: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """The regular files under ``root`` (or ``root`` itself), hidden names skipped, in sorted order.
+
+    Iterative (any depth, no RecursionError); symbolic links to folders are not followed; named pipes, sockets and
+    devices are never listed (opening a pipe would block forever). Folders that cannot be listed and entries
+    that are not regular files are appended to ``unreadable`` as (path, reason).
+    """
+    note = unreadable.append if unreadable is not None else (lambda item: None)
+    if not root.is_dir():
+        if root.is_file():
+            return [root]
+        note((root, "not a regular file (named pipe, socket or device): not read"))
+        return []
+    files: list[Path] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            note((folder, f"folder cannot be read ({exc.strerror or exc})"))
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    subfolders.append(Path(entry.path))
+                elif entry.is_file():  # a regular file (or a link to one)
+                    files.append(Path(entry.path))
+                elif entry.is_symlink() and (not os.path.exists(entry.path) or os.path.isdir(entry.path)):
+                    continue  # a dangling link, or a link to a folder (not followed, as os.walk)
+                else:
+                    note((Path(entry.path), "not a regular file (named pipe, socket or device): not read"))
+            except OSError as exc:
+                note((Path(entry.path), f"cannot be read ({exc.strerror or exc})"))
+        stack.extend(reversed(subfolders))  # depth first, in name order
     return files
 
 
@@ -635,11 +747,36 @@ def _split_series(group: list[DicomSlice]) -> list[tuple[list[str], list[DicomSl
 
 
 # --------------------------------------------------------------------------------------------- layout
+def _spacing_defect(first: pydicom.Dataset) -> str | None:
+    """Why the PixelSpacing / ImagerPixelSpacing present in ``first`` are no pixel size (two numbers within
+    :data:`PIXEL_SPACING_RANGE_MM`), or None (one of them valid, or both absent)."""
+    low, high = PIXEL_SPACING_RANGE_MM
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):  # a valid one is used (see _pixel_spacing)
+        values = _floats(first, keyword, 2)
+        if values is not None and np.all(values >= low) and np.all(values <= high):
+            return None
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        if first.get(keyword) in (None, ""):
+            continue
+        raw = first.get(keyword)
+        try:
+            values = [float(v) for v in (raw if isinstance(raw, Iterable) and not isinstance(raw, str) else [raw])]
+        except (TypeError, ValueError):
+            values = []
+        if values and all(v == 0 for v in values):
+            continue  # 0\\0: the placeholder of files whose pixel size is unknown (treated as absent)
+        if len(values) != 2 or not all(math.isfinite(v) and low <= v <= high for v in values):
+            return (f"{_tag_name(keyword)} is '{_display(raw)}': expected two pixel sizes between {low:g} and "
+                    f"{high:g} mm; the size of the image in the patient is unknown")
+    return None
+
+
 def _pixel_spacing(first: pydicom.Dataset, warnings: list[str]) -> tuple[float, float]:
     """(i, j) pixel size in mm from PixelSpacing (row spacing, column spacing), with fallbacks."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         values = _floats(first, keyword, 2)
-        if values is not None and np.all(values > 0):
+        if values is not None and np.all(values >= PIXEL_SPACING_RANGE_MM[0]) and np.all(
+                values <= PIXEL_SPACING_RANGE_MM[1]):
             if keyword != "PixelSpacing":
                 warnings.append(f"pixel size {values[1]:g} x {values[0]:g} mm from {_tag_name(keyword)} "
                                 "(no valid PixelSpacing (0028,0030)): size at the detector, not in the patient")
@@ -687,7 +824,77 @@ def _orientation_defect(s: DicomSlice) -> str | None:
 
 
 def _layout(slices: list[DicomSlice], problems: list[str], warnings: list[str]) -> tuple[list[DicomSlice], StackLayout]:
-    """Sort ``slices`` along the normal and describe where they are; appends problems/warnings."""
+    """Sort ``slices`` along the normal and describe where they are; appends problems/warnings.
+
+    Before that, checks what makes a geometry untrustworthy (a PixelSpacing that is no pixel size, positions
+    light years away) and sets aside slices whose ImagePositionPatient lies far off the others (see
+    :func:`_drop_position_outliers`); the returned slices are those stacked.
+    """
+    first = slices[0].header
+    spacing_known = any(_floats(first, k, 2) is not None and np.all(_floats(first, k, 2) > 0)
+                        for k in ("PixelSpacing", "ImagerPixelSpacing"))
+    spacing_defect = _spacing_defect(first)
+    if spacing_defect:
+        problems.append(f"{slices[0].path}: {spacing_defect}")
+    elif not spacing_known:
+        problems.append("no PixelSpacing (0028,0030) nor ImagerPixelSpacing (0018,1164): the pixel size is unknown "
+                        "(1 mm assumed when converting; volumes and distances measured on it are wrong)")
+    kept, dropped = _drop_position_outliers(slices)
+    for path, text in dropped:
+        problems.append(f"{path}: {text}: set aside, not stacked")
+        warnings.append(f"{path}: {text}: set aside, not stacked")
+    position_defect = None
+    if not kept:
+        position_defect = (f"{_tag_name('ImagePositionPatient')} of every file lies more than {MAX_POSITION_MM:g} "
+                           "mm from the scanner's origin: the slice geometry is unknown")
+        problems.append(position_defect)
+        kept = slices[:1]
+    ordered, layout = _layout_stack(kept, problems, warnings)
+    layout.pixel_spacing_known = spacing_known
+    if spacing_defect:
+        layout.geometry_defect = f"{slices[0].path}: {spacing_defect}"
+    elif position_defect:
+        layout.geometry_defect = position_defect
+    return ordered, layout
+
+
+def _drop_position_outliers(slices: list[DicomSlice]) -> tuple[list[DicomSlice], list[tuple[Path, str]]]:
+    """The slices to stack, and (path, reason) of those set aside: an ImagePositionPatient coordinate beyond
+    :data:`MAX_POSITION_MM`, or (3 slices or more) an end slice whose gap to its neighbour along the normal is
+    more than 10 times the span of all the others and over 100 mm (one damaged position would otherwise stretch
+    the volume to kilometres of interpolated slices)."""
+    dropped: list[tuple[Path, str]] = []
+    kept = []
+    for s in slices:
+        pos = s.position
+        if pos is not None and np.max(np.abs(pos)) > MAX_POSITION_MM:
+            dropped.append((s.path, f"{_tag_name('ImagePositionPatient')} {_display(s.header.get('ImagePositionPatient'))}"
+                                    f" lies more than {MAX_POSITION_MM:g} mm from the scanner's origin"))
+        else:
+            kept.append(s)
+    if not kept:
+        return [], dropped
+    normal = _normal(kept[0])
+    if normal is None or len(kept) < 3 or any(s.position is None for s in kept):
+        return kept, dropped
+    while len(kept) >= 3:
+        dist = np.array([float(s.position @ normal) for s in kept])
+        order = np.argsort(dist, kind="stable")
+        d = dist[order]
+        candidates = [(d[1] - d[0], order[0], d[-1] - d[1]), (d[-1] - d[-2], order[-1], d[-2] - d[0])]
+        gap, index, rest = max(candidates, key=lambda c: c[0])
+        if gap > max(100.0, 10.0 * rest):
+            s = kept.pop(int(index))
+            dropped.append((s.path, f"{_tag_name('ImagePositionPatient')} puts this slice {gap:.4g} mm from the "
+                                    f"others (which span {rest:.4g} mm)"))
+        else:
+            break
+    return kept, dropped
+
+
+def _layout_stack(slices: list[DicomSlice], problems: list[str], warnings: list[str]
+                  ) -> tuple[list[DicomSlice], StackLayout]:
+    """Sort ``slices`` along the normal and describe where they are (see :func:`_layout`)."""
     first = slices[0].header
     iop = slices[0].orientation
     defect = _orientation_defect(slices[0])
@@ -901,8 +1108,11 @@ def find_series(root: str | os.PathLike, workers: int | None = None) -> SeriesLi
     root = Path(root)
     if not root.exists():
         raise DicomError(f"{root}: no such file or folder")
-    paths = _list_files(root)
-    results = list(_parallel_map(_header_or_reason, paths, workers, PARALLEL_MIN_HEADER_FILES))
+    not_listed: list[tuple[Path, str]] = []
+    paths = _list_files(root, not_listed)
+    results: list[Any] = [(path, reason, reason.startswith(("folder cannot", "cannot be read")))
+                          for path, reason in not_listed]
+    results += list(_parallel_map(_header_or_reason, paths, workers, PARALLEL_MIN_HEADER_FILES))
     slices, copies = _drop_copies([r for r in results if isinstance(r, DicomSlice)])
     skipped = [(r[0], r[1]) for r in results if not isinstance(r, DicomSlice)]
     corrupt = [(r[0], r[1]) for r in results if not isinstance(r, DicomSlice) and r[2]]
@@ -979,8 +1189,8 @@ def _stored_range(ds: pydicom.Dataset) -> tuple[int, int]:
 
 def _modality_lut(ds: pydicom.Dataset, warnings: list[str] | None = None) -> _ModalityLut:
     lo, hi = _stored_range(ds)
-    if ds.get("ModalityLUTSequence"):
-        depth = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+    if "ModalityLUTSequence" in ds:
+        depth = _lut_sequence_depth(ds)
         return _ModalityLut("lut", low=0, high=2**depth - 1, stored_low=lo, stored_high=hi)
     slope = _float(ds, "RescaleSlope")
     intercept = _float(ds, "RescaleIntercept")
@@ -1004,8 +1214,44 @@ def _modality_lut(ds: pydicom.Dataset, warnings: list[str] | None = None) -> _Mo
     if slope == 0:
         raise DicomError("RescaleSlope (0028,1053) is 0")
     ends = sorted((lo * slope + intercept, hi * slope + intercept))
+    if max(abs(ends[0]), abs(ends[1])) > MAX_RESCALED_VALUE:
+        raise DicomError(
+            f"RescaleSlope (0028,1053) {slope:g} and RescaleIntercept (0028,1052) {intercept:g} map the stored values "
+            f"{lo}..{hi} to {ends[0]:.3g}..{ends[1]:.3g}, beyond +-{MAX_RESCALED_VALUE:g}: not a measurement "
+            "(damaged header?)")
     integer = float(slope).is_integer() and float(intercept).is_integer()
     return _ModalityLut("rescale", slope, intercept, ends[0], ends[1], integer, lo, hi)
+
+
+def _lut_sequence_depth(ds: pydicom.Dataset) -> int:
+    """Bits of the output of the Modality LUT Sequence (0028,3000) of ``ds``, after checking the sequence can be
+    applied: one item with a LUTDescriptor (0028,3002) of 3 numbers and LUTData (0028,3006) of the length it says.
+
+    Raises:
+        DicomError: naming the element that is missing or inconsistent.
+    """
+    seq = ds.get("ModalityLUTSequence")
+    what = "ModalityLUTSequence (0028,3000)"
+    if not seq:
+        raise DicomError(f"{what} is empty: no Modality LUT to turn stored values into output values")
+    item = seq[0]
+    descriptor = item.get("LUTDescriptor")
+    try:
+        entries, first, depth = (int(v) for v in descriptor)
+    except (TypeError, ValueError):
+        raise DicomError(f"{what}: LUTDescriptor (0028,3002) is '{_display(descriptor)}', not 3 numbers") from None
+    entries = entries or 65536
+    if not 1 <= depth <= 16:
+        raise DicomError(f"{what}: LUTDescriptor (0028,3002) gives {depth} bits per entry (1..16 allowed)")
+    data = item.get("LUTData")
+    if data is None or data == b"" or data == []:
+        raise DicomError(f"{what}: no LUTData (0028,3006)")
+    count = len(data) // 2 if isinstance(data, bytes) else (len(data) if isinstance(data, Sequence) or hasattr(
+        data, "__len__") else 1)
+    if count != entries:
+        raise DicomError(f"{what}: LUTData (0028,3006) holds {count} entries where LUTDescriptor (0028,3002) "
+                         f"says {entries}")
+    return depth
 
 
 def has_bad_intercept(ds: pydicom.Dataset) -> bool:
@@ -1141,6 +1387,13 @@ def _fits(dtype: np.dtype, low: int, high: int, slope: float) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- resampling
+def _resampled_slices(layout: StackLayout) -> int:
+    """How many slices :func:`_resample_regular` makes of ``layout``."""
+    offsets = layout.offsets_mm
+    step = _regular_step(offsets) if layout.uneven else float(offsets[-1] / (len(offsets) - 1))
+    return int(round(offsets[-1] / step)) + 1
+
+
 def _resample_regular(stack: np.ndarray, layout: StackLayout, fill: float) -> tuple[np.ndarray, float]:
     """Resample a tilted and/or unevenly spaced stack onto the orthogonal grid (row, column, normal axes)
     through the first slice: linear along the normal, bilinear in-plane shift per slice (SimpleITK). A target
@@ -1190,7 +1443,7 @@ def _resample_regular(stack: np.ndarray, layout: StackLayout, fill: float) -> tu
 
 # --------------------------------------------------------------------------------------------- reading
 def read_series(series: DicomSeries, *, irregular: str = "resample", workers: int | None = None,
-                fix_bad_intercept: bool = False) -> Volume:
+                fix_bad_intercept: bool = False, unknown_spacing: str = "refuse") -> Volume:
     """Read one :class:`DicomSeries` into a :class:`Volume` (values through the Modality LUT, LPS geometry).
 
     Args:
@@ -1201,6 +1454,11 @@ def read_series(series: DicomSeries, *, irregular: str = "resample", workers: in
             :data:`PARALLEL_MIN_HEADER_FILES`).
         fix_bad_intercept: apply :func:`fix_bad_intercept` to the files :func:`has_bad_intercept` flags (RSNA
             2019 head CT; reported in ``metadata["warnings"]``).
+        unknown_spacing: a CT, MR, PT or NM series without PixelSpacing (0028,0030) or ImagerPixelSpacing
+            (0018,1164) (or with the placeholder 0\\0): "refuse"
+            (DicomError; what inference needs: volumes measured on a guessed pixel size are wrong) or "assume_1mm"
+            (1 mm pixels, as SimpleITK does, with a warning; what ``meddl convert`` does). A PixelSpacing that is
+            present but no pixel size (0, negative, NaN, 1e-30) is always refused.
 
     Returns:
         ``Volume(array[k, j, i], geometry, metadata)`` with the metadata of :class:`DicomSeries` plus
@@ -1213,6 +1471,8 @@ def read_series(series: DicomSeries, *, irregular: str = "resample", workers: in
     """
     if irregular not in ("resample", "refuse"):
         raise ValueError(f"irregular must be 'resample' or 'refuse', got {irregular!r}")
+    if unknown_spacing not in ("refuse", "assume_1mm"):
+        raise ValueError(f"unknown_spacing must be 'refuse' or 'assume_1mm', got {unknown_spacing!r}")
     if not series.slices or series.layout is None:
         raise DicomError(f"series {series.uid}: no image files")
     name = f"series {series.uid}" + (f" ({series.description})" if series.description else "")
@@ -1227,6 +1487,13 @@ def read_series(series: DicomSeries, *, irregular: str = "resample", workers: in
         raise DicomError(f"{first.path}: colour image (SamplesPerPixel (0028,0002) = "
                          f"{first.header.get('SamplesPerPixel')}); MedDL reads greyscale series only")
     layout = series.layout
+    if layout.geometry_defect:
+        raise DicomError(f"{name}: {layout.geometry_defect}")
+    if (not layout.pixel_spacing_known and unknown_spacing == "refuse"
+            and str(first.header.get("Modality") or "") in CROSS_SECTIONAL_MODALITIES):
+        raise DicomError(f"{name}: {first.path}: no PixelSpacing (0028,0030) nor ImagerPixelSpacing (0018,1164): the "
+                         "pixel size is unknown, so volumes and distances would be wrong (refused; `meddl convert` "
+                         "writes it with 1 mm pixels and a warning)")
     if not layout.order_known:
         reason = next((p for p in series.problems if "slice order" in p or "same position" in p
                        or "slice geometry is unknown" in p), "")
@@ -1287,6 +1554,11 @@ def read_series(series: DicomSeries, *, irregular: str = "resample", workers: in
     direction = np.stack([lay.row_axis, lay.column_axis, lay.normal], axis=1)
     spacing = lay.slice_spacing_mm
     if not lay.regular:
+        n_out = _resampled_slices(lay)
+        if n_out > 4 * len(series.slices) + 16:
+            raise DicomError(f"{name}: resampling its {len(series.slices)} unevenly spaced slices onto a regular grid "
+                             f"would make {n_out} slices (a gap of {lay.gaps_mm.max():.4g} mm): refused; check the "
+                             "ImagePositionPatient (0020,0032) of the files")
         fill = float(array.min())
         before = array.shape[0]
         array, spacing = _resample_regular(array, lay, fill)
@@ -1313,6 +1585,16 @@ def select_series(found: SeriesList, series_uid: str | None = None) -> DicomSeri
         path, reason = found.corrupt[0]
         more = f" (and {len(found.corrupt) - 1} more corrupt files)" if len(found.corrupt) > 1 else ""
         raise DicomError(f"{path}: {reason}{more}")
+    if series_uid is None and len(found) > 1:
+        stackable = [s for s in found if _stackable(s)]
+        if len(stackable) == 1:
+            chosen, aside = stackable[0], [s for s in found if s is not stackable[0]]
+            names = [f"{s.uid} ({s.description or 'no description'}, {len(s.files)} files)" for s in aside[:4]]
+            chosen.warnings.append(
+                f"{where} holds {len(found)} volumes; the one image stack was read and {len(aside)} set aside "
+                f"(screen captures, colour, localisers, single images: {'; '.join(names)}"
+                f"{'; ...' if len(aside) > 4 else ''})")
+            return chosen
     if not found:
         detail = ""
         if found.skipped:
@@ -1335,8 +1617,22 @@ def select_series(found: SeriesList, series_uid: str | None = None) -> DicomSeri
     return found[0]
 
 
+def _stackable(series: DicomSeries) -> bool:
+    """True for a series that is an image stack a task can read: greyscale, single-frame, at least 3 slices placed
+    by ImagePositionPatient with a known orientation and pixel size, not one of several copies at the same
+    positions (what is left of a scanner export once screen captures, colour images and localisers are aside)."""
+    lay = series.layout
+    first = series.slices[0].header if series.slices else None
+    return (lay is not None and first is not None and len(series.slices) >= 3 and lay.order_known
+            and lay.spacing_source == "ImagePositionPatient" and lay.pixel_spacing_known
+            and lay.geometry_defect is None and int(first.get("SamplesPerPixel") or 1) == 1
+            and series.slices[0].frames == 1 and "copy=" not in series.uid
+            and series.slices[0].orientation is not None and not any(s.defect for s in series.slices))
+
+
 def read_dicom_folder(folder: str | os.PathLike, series_uid: str | None = None, *, irregular: str = "resample",
-                      workers: int | None = None, fix_bad_intercept: bool = False) -> Volume:
+                      workers: int | None = None, fix_bad_intercept: bool = False,
+                      unknown_spacing: str = "refuse") -> Volume:
     """Read the one volume under ``folder`` (or the one with ``series_uid``: a volume uid or SeriesInstanceUID).
 
     Raises:
@@ -1345,7 +1641,7 @@ def read_dicom_folder(folder: str | os.PathLike, series_uid: str | None = None, 
     """
     found = find_series(folder, workers=workers)
     return read_series(select_series(found, series_uid), irregular=irregular, workers=workers,
-                       fix_bad_intercept=fix_bad_intercept)
+                       fix_bad_intercept=fix_bad_intercept, unknown_spacing=unknown_spacing)
 
 
 def inspect_folder(root: str | os.PathLike, workers: int | None = None) -> list[dict[str, Any]]:
