@@ -18,4 +18,9 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
   echo "setup: installing chromium (Debian)"; apt-get update -qq && apt-get install -y -qq chromium || \
     echo "setup: chromium not installed; the browser check of the demo report will be skipped"
 fi
+# dicom3tools: dciodvfy validates the DICOM SEG objects MedDL writes (Testing/test_dicomseg.py).
+if ! command -v dciodvfy >/dev/null && command -v apt-get >/dev/null; then
+  echo "setup: installing dicom3tools (Debian)"; apt-get update -qq && apt-get install -y -qq dicom3tools || \
+    echo "setup: dicom3tools not installed; the dciodvfy checks of the DICOM SEG tests will be skipped"
+fi
 echo "setup: ready ($(python --version), torch $(python -c 'import torch; print(torch.__version__)'))"

@@ -1,0 +1,243 @@
+"""DICOM SEG output (MedDLLib.dicomseg) and segment terminology (MedDLLib.terminology).
+
+Every SEG written here is read back with highdicom (labels equal voxel for voxel on the source grid, frame
+positions/orientation/spacing equal to the source series') and checked with ``dciodvfy`` (dicom3tools): no
+``Error`` line. The ``.seg.nrrd`` terminology is read back through slicer-core's segmentation storage node.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from MedDLLib import dicom, dicomseg, terminology
+from MedDLLib.dicomwrite import write_series
+from MedDLLib.errors import InputError
+from MedDLLib.geometry import Geometry, Volume
+
+LUNGS = {1: ("Right lung", (0.50, 0.68, 0.90)), 2: ("Left lung", (0.90, 0.70, 0.45))}
+REAL_CT = "ct_chest_tcia_lung_pet_ct_dx_A0002/dicom"
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The ``Error`` lines dciodvfy prints for ``path`` (skips when dicom3tools is not installed)."""
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools; scripts/setup.sh does it)")
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    lines = (run.stdout + run.stderr).splitlines()
+    assert any("Segmentation" in line for line in lines), f"dciodvfy did not recognise a Segmentation: {lines[:5]}"
+    return [line for line in lines if line.startswith("Error")]
+
+
+def _series(folder: Path, geometry: Geometry, shape=(7, 20, 24), **kwargs) -> Volume:
+    write_series(folder, Volume(np.zeros(shape, np.int16), geometry), **kwargs)
+    return dicom.read_dicom_folder(folder)
+
+
+def _labels(shape) -> np.ndarray:
+    labels = np.zeros(shape, np.uint8)
+    nk, nj, ni = shape
+    labels[1: nk // 2 + 1, 2: nj // 2, 3: ni // 2] = 1  # right lung: several slices, asymmetric in-plane
+    labels[nk // 2: nk - 1, nj // 2: nj - 2, ni // 2: ni - 1] = 2
+    return labels
+
+
+def _frame_positions(path: Path) -> np.ndarray:
+    ds = pydicom.dcmread(path)
+    return np.array([[float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient]
+                     for f in ds.PerFrameFunctionalGroupsSequence])
+
+
+OBLIQUE = Geometry((0.7, 0.8, 2.5), (-30.0, 12.0, 40.0),
+                   ((np.cos(0.3), np.sin(0.3), 0.0), (-np.sin(0.3), np.cos(0.3), 0.0), (0.0, 0.0, 1.0)))
+
+
+def test_phantom_series_round_trip_and_references(tmp_path):
+    """Oblique phantom CT: SEG labels == labelmap, every frame references the source image at its position."""
+    volume = _series(tmp_path / "ct", OBLIQUE)
+    labels = _labels(volume.shape_kji)
+    path = dicomseg.write_dicom_seg(labels, volume.geometry, LUNGS, volume.metadata["files"],
+                                    tmp_path / "lungs.seg.dcm", model_name="lung-net", model_version="1.2")
+    back, info = dicomseg.read_dicom_seg(path, volume.geometry, volume.shape_kji)
+    assert np.array_equal(back, labels)
+    assert dciodvfy_errors(path) == []
+    # Coded segments: SNOMED category/type + laterality modifier.
+    assert info[1] == {"label": "Right lung", "category": "SCT^123037004", "type": "SCT^39607008",
+                       "modifier": "SCT^24028007", "region": ""}
+    assert info[2]["modifier"] == "SCT^7771000"
+    ds = pydicom.dcmread(path)
+    assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
+    segment = ds.SegmentSequence[0]
+    assert segment.SegmentAlgorithmType == "AUTOMATIC" and segment.SegmentAlgorithmName == "lung-net"
+    algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "lung-net" and algorithm.AlgorithmVersion == "1.2"
+    assert algorithm.AlgorithmSource.startswith("MedDL ")
+    # Geometry against the source series: frame k references the file at label slice k, same position.
+    sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: pydicom.dcmread(f, stop_before_pixels=True)
+               for f in volume.metadata["files"]}
+    source_of = {}
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        src = sources[uid]
+        assert np.allclose([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient],
+                           [float(v) for v in src.ImagePositionPatient], atol=1e-4)
+        source_of[uid] = src
+    first = next(iter(sources.values()))
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    assert np.allclose([float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient],
+                       [float(v) for v in first.ImageOrientationPatient], atol=1e-6)
+    assert np.allclose([float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing],
+                       [float(v) for v in first.PixelSpacing])
+    assert ds.FrameOfReferenceUID == first.FrameOfReferenceUID and ds.StudyInstanceUID == first.StudyInstanceUID
+    referenced = {i.ReferencedSOPInstanceUID for i in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == set(sources)
+
+
+def test_reversed_slice_order_and_flipped_grid(tmp_path):
+    """Files given in reverse and a label grid whose k axis runs the other way give the same SEG content."""
+    volume = _series(tmp_path / "ct", OBLIQUE)
+    labels = _labels(volume.shape_kji)
+    files = list(reversed(volume.metadata["files"]))
+    g = volume.geometry
+    m = g.ijk_to_lps()
+    flipped = Geometry(g.spacing_mm, tuple(m[:3] @ [0, 0, volume.shape_kji[0] - 1, 1]),
+                       tuple(map(tuple, g.direction * [1, 1, -1])))
+    a = dicomseg.write_dicom_seg(labels, g, LUNGS, files, tmp_path / "a.seg.dcm")
+    b = dicomseg.write_dicom_seg(labels[::-1].copy(), flipped, LUNGS, files, tmp_path / "b.seg.dcm")
+    assert np.array_equal(dicomseg.read_dicom_seg(a, g, labels.shape)[0], labels)
+    assert np.array_equal(dicomseg.read_dicom_seg(b, g, labels.shape)[0], labels)
+    assert np.array_equal(dicomseg.read_dicom_seg(b, flipped, labels.shape)[0], labels[::-1])
+    assert dciodvfy_errors(b) == []
+
+
+def test_tilted_series_resampled_grid(tmp_path):
+    """A gantry-tilted series read onto a regular grid: frames carry the resampled grid's positions (in the
+    tilted source planes, shifted in-plane), the SEG reads back equal; ``aligned_only`` refuses it."""
+    g = Geometry((0.8, 0.8, 3.0), (-10.0, -10.0, 0.0))
+    volume = _series(tmp_path / "ct", g, gantry_tilt_deg=12.0)
+    assert "tilt" in " ".join(volume.metadata["warnings"])
+    labels = _labels(volume.shape_kji)
+    with pytest.raises(InputError, match="not on the source images"):
+        dicomseg.write_dicom_seg(labels, volume.geometry, LUNGS, volume.metadata["files"], tmp_path / "x.seg.dcm",
+                                 aligned_only=True)
+    assert not (tmp_path / "x.seg.dcm").exists()
+    path = dicomseg.write_dicom_seg(labels, volume.geometry, LUNGS, volume.metadata["files"], tmp_path / "t.seg.dcm")
+    back, _ = dicomseg.read_dicom_seg(path, volume.geometry, volume.shape_kji)
+    assert np.array_equal(back, labels)
+    ds = pydicom.dcmread(path)
+    m = volume.geometry.ijk_to_lps()
+    grid = {tuple(np.round(m[:3] @ [0, 0, k, 1], 3)) for k in range(volume.shape_kji[0])}
+    sources = {tuple(np.round([float(v) for v in pydicom.dcmread(f).ImagePositionPatient], 3))
+               for f in volume.metadata["files"]}
+    frames = {tuple(np.round(p, 3)) for p in _frame_positions(path)}
+    assert frames <= grid and len(frames - sources) >= 1
+    assert ds.FrameOfReferenceUID == pydicom.dcmread(volume.metadata["files"][0]).FrameOfReferenceUID
+    assert dciodvfy_errors(path) == []
+
+
+def test_real_ct_series(tmp_path, real_data):
+    """The real TCIA chest CT (30 slices 512^2): round trip exact, frame positions = the source images'."""
+    volume = dicom.read_dicom_folder(real_data / REAL_CT)
+    labels = _labels(volume.shape_kji)
+    path = dicomseg.write_dicom_seg(labels, volume.geometry, LUNGS, volume.metadata["files"], tmp_path / "ct.seg.dcm",
+                                    model_name="lung", model_version="0.1")
+    back, _ = dicomseg.read_dicom_seg(path, volume.geometry, volume.shape_kji)
+    assert np.array_equal(back, labels)
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in volume.metadata["files"]]
+    positions = {tuple(np.round([float(v) for v in h.ImagePositionPatient], 3)) for h in headers}
+    assert {tuple(np.round(p, 3)) for p in _frame_positions(path)} <= positions
+    assert dciodvfy_errors(path) == []
+    assert path.stat().st_size < 2_000_000  # bit-packed frames, empty frames omitted
+
+
+def test_empty_segment_kept_and_region_coded(tmp_path):
+    """ICH: nothing found is a result: the empty 'suspected hemorrhage' segment is in the SEG, coded as
+    hemorrhage with anatomic region brain."""
+    volume = _series(tmp_path / "ct", Geometry((0.5, 0.5, 5.0)), shape=(4, 16, 16))
+    path = dicomseg.write_dicom_seg(np.zeros(volume.shape_kji, np.uint8), volume.geometry,
+                                    {1: ("suspected hemorrhage", (1.0, 0.2, 0.2))}, volume.metadata["files"],
+                                    tmp_path / "ich.seg.dcm")
+    back, info = dicomseg.read_dicom_seg(path, volume.geometry, volume.shape_kji)
+    assert not back.any()
+    assert info[1]["type"] == "SCT^50960005" and info[1]["region"] == "SCT^12738006"
+    assert dciodvfy_errors(path) == []
+
+
+def test_bad_inputs_one_clear_line(tmp_path):
+    volume = _series(tmp_path / "ct", Geometry((0.5, 0.5, 5.0)), shape=(3, 8, 8))
+    files = volume.metadata["files"]
+    with pytest.raises(InputError, match=r"label values \[3\]"):
+        dicomseg.write_dicom_seg(np.full(volume.shape_kji, 3, np.uint8), volume.geometry, LUNGS, files,
+                                 tmp_path / "a.seg.dcm")
+    (tmp_path / "notdicom.dcm").write_text("hello")
+    with pytest.raises(InputError, match="notdicom.dcm"):
+        dicomseg.write_dicom_seg(np.zeros(volume.shape_kji, np.uint8), volume.geometry, LUNGS,
+                                 [tmp_path / "notdicom.dcm"], tmp_path / "b.seg.dcm")
+    other = _series(tmp_path / "other", Geometry((0.5, 0.5, 5.0)), shape=(3, 8, 8))
+    with pytest.raises(InputError, match="SeriesInstanceUID"):
+        dicomseg.write_dicom_seg(np.zeros(volume.shape_kji, np.uint8), volume.geometry, LUNGS,
+                                 [*files, other.metadata["files"][0]], tmp_path / "c.seg.dcm")
+    assert not list(tmp_path.glob("*.seg.dcm"))
+
+
+# ------------------------------------------------------------------------------------------------ terminology
+def test_every_task_segment_has_a_term():
+    """The segment names the tasks write all have SNOMED terms (a new segment name fails here)."""
+    from ICHDetectorLib.logic import SUSPECTED_SEGMENTS
+    from LGGSegmenterLib.logic import SEGMENT
+    from LungSurvivalLib.preprocess import LUNG_SEGMENTS
+
+    for spec in (SUSPECTED_SEGMENTS, SEGMENT, LUNG_SEGMENTS):
+        for name, _ in spec.values():
+            assert terminology.term_for(name) is not None, name
+    assert terminology.term_for(" Right  LUNG ") == terminology.TERMS["right_lung"]
+    assert terminology.term_for("spleen") is None
+
+
+def test_terminology_entry_format_round_trip():
+    """Slicer's serialisation: 7 '~' fields, codes 'scheme^value^meaning', the default string shape."""
+    for key, term in terminology.TERMS.items():
+        entry = terminology.slicer_terminology_entry(term)
+        parsed = terminology.parse_slicer_terminology_entry(entry)
+        assert parsed["type"] == term.type and parsed["category"] == term.category, key
+        assert parsed["type_modifier"] == term.type_modifier and parsed["region"] == term.region, key
+    entry = terminology.slicer_terminology_entry(terminology.TISSUE)
+    assert entry == ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^85756007^Tissue~"
+                     "SCT^85756007^Tissue~^^~Anatomic codes - DICOM master list~^^~^^")  # vtkSegment's default
+    with pytest.raises(ValueError):
+        terminology.parse_slicer_terminology_entry("a~b")
+
+
+def test_seg_nrrd_terminology_read_back_by_slicer(tmp_path, headless_scene):
+    """Terminology set on the node and patched into a written .seg.nrrd header both come back through
+    slicer-core's segmentation storage node; the voxels are unchanged."""
+    from MedDLLib import io, nodes
+    from MedDLLib.headless import module_logic
+
+    volume = Volume(np.zeros((5, 12, 14), np.int16), OBLIQUE)
+    reference = nodes.add_scalar_volume(headless_scene, volume, "ref")
+    labels = _labels(volume.shape_kji)
+    segments = {**LUNGS, 3: ("spleen", (0.1, 0.1, 0.1))}
+    labels[0, 0, 0] = 3
+    seg = nodes.add_segmentation(headless_scene, labels, segments, reference, "lungs")
+    plain = io.save_node(seg, tmp_path / "plain.seg.nrrd")  # written without terminology
+    assert terminology.apply_to_segmentation(seg) == ["spleen"]
+    tagged = io.save_node(seg, tmp_path / "tagged.seg.nrrd")
+    assert "TerminologyEntry:Segmentation category and type" in tagged.read_bytes()[:8000].decode("latin-1")
+    assert terminology.write_seg_nrrd_terminology(plain) == ["spleen"]
+    logic = module_logic(headless_scene, "Segmentations")
+    for path in (tagged, plain):
+        node = logic.LoadSegmentationFromFile(str(path), False, path.stem)
+        segmentation = node.GetSegmentation()
+        by_name = {segmentation.GetNthSegment(i).GetName(): segmentation.GetNthSegment(i)
+                   for i in range(segmentation.GetNumberOfSegments())}
+        parsed = terminology.parse_slicer_terminology_entry(by_name["Left lung"].GetTerminology())
+        assert parsed["type"].value == "39607008" and parsed["type_modifier"].value == "7771000", path
+        assert "85756007" in by_name["spleen"].GetTerminology()  # unknown name: Slicer's default Tissue
+        for value, (name, _) in segments.items():
+            assert np.array_equal(nodes.segment_array(node, name, reference), labels == value), (path, name)
