@@ -211,6 +211,9 @@ def test_terminology_entry_format_round_trip():
                      "SCT^85756007^Tissue~^^~Anatomic codes - DICOM master list~^^~^^")  # vtkSegment's default
     with pytest.raises(ValueError):
         terminology.parse_slicer_terminology_entry("a~b")
+    tags = terminology.segment_tags("Left lung")
+    assert tags.startswith("TerminologyEntry:") and tags.endswith("|") and "SCT^7771000^Left" in tags
+    assert terminology.segment_tags("spleen") == "|"
 
 
 def test_seg_nrrd_terminology_read_back_by_slicer(tmp_path, headless_scene):

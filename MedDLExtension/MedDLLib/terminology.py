@@ -201,6 +201,13 @@ def _tags_with_entry(tags: str, entry: str) -> str:
     return "|".join([*items, f"TerminologyEntry:{entry}"]) + "|"
 
 
+def segment_tags(name: str, terms: Mapping[str, SegmentTerm] | None = None) -> str:
+    """The ``Segment<N>_Tags`` header value of a segment called ``name`` for a ``.seg.nrrd`` written without
+    Slicer: ``TerminologyEntry:<entry>|``, or ``|`` (no tags; Slicer then assigns its default) without a term."""
+    term = terms.get(name) if terms is not None else term_for(name)
+    return _tags_with_entry("", slicer_terminology_entry(term)) if term is not None else "|"
+
+
 def apply_to_segmentation(segmentation_node: Any, terms: Mapping[str, SegmentTerm] | None = None) -> list[str]:
     """Set the ``TerminologyEntry`` of every segment of a ``vtkMRMLSegmentationNode`` from its name.
 
