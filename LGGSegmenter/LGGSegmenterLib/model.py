@@ -116,25 +116,34 @@ def make_loss(recipe: Recipe) -> Any:
 # ------------------------------------------------------------------------------------------------ inference
 def predict_probabilities(network: Any, x: np.ndarray, device: Any = "cpu", batch_size: int = 16,
                           progress: Callable[[float, str], None] | None = None,
-                          cancel: Callable[[], bool] | None = None) -> np.ndarray:
+                          cancel: Callable[[], bool] | None = None, package: Any = None,
+                          threshold: float = 0.5) -> np.ndarray:
     """Tumour probability ``(K, S, S)`` of a prepared study ``x (K, C, S, S)``, slice by slice in batches.
+
+    The forward runs on the runtime :func:`MedDLLib.runtime.runner_for` chooses for ``network`` and ``package``
+    (masks at ``threshold`` with Dice >= 0.995 against torch fp32; torch when no package is known or no runtime
+    agrees). The last batch is padded to ``batch_size`` so every batch has one shape (one compiled graph).
 
     Raises:
         Cancelled: ``cancel()`` became true.
     """
     import torch
 
-    network.eval()
+    from MedDLLib import runtime
+
+    run = runtime.runner_for(network, package, agree=runtime.masks_agree(threshold))
     out = []
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            if cancel is not None and cancel():
-                raise Cancelled("cancelled by the user")
-            batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)).to(device)
-            out.append(torch.sigmoid(network(batch)[:, 0]).float().cpu().numpy())
-            if progress is not None:
-                done = min(len(x), start + len(batch))
-                progress(done / len(x), f"segmented {done} of {len(x)} slices")
+    for start in range(0, len(x), batch_size):
+        if cancel is not None and cancel():
+            raise Cancelled("cancelled by the user")
+        batch = np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)
+        n = len(batch)
+        if n < batch_size and len(x) > batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], np.float32)])
+        out.append(torch.sigmoid(torch.from_numpy(run(batch)[:n, 0])).numpy())
+        if progress is not None:
+            done = min(len(x), start + n)
+            progress(done / len(x), f"segmented {done} of {len(x)} slices")
     return np.concatenate(out)
 
 
@@ -170,13 +179,17 @@ def check_channels(image: np.ndarray, metadata: dict[str, Any]) -> None:
 
 def segment_study(image: np.ndarray, network: Any, metadata: dict[str, Any], device: Any = "cpu",
                   progress: Callable[[float, str], None] | None = None,
-                  cancel: Callable[[], bool] | None = None) -> Segmentation:
-    """Run the 2D network slice by slice on ``image (K, C, H, W)`` and post-process as the model's recipe says."""
+                  cancel: Callable[[], bool] | None = None, package: Any = None) -> Segmentation:
+    """Run the 2D network slice by slice on ``image (K, C, H, W)`` and post-process as the model's recipe says.
+
+    ``package``: the model package ``network`` was loaded from (its runtime export is used; see
+    :func:`predict_probabilities`)."""
     check_channels(image, metadata)
     prepared = preprocess.prepare(image, metadata["recipe"], int(metadata["input"]["size"]))
-    prob_grid = predict_probabilities(network, prepared.x, device, progress=progress, cancel=cancel)
-    probability = preprocess.to_input_grid(prob_grid, prepared.crop, prepared.input_hw)
     post = metadata.get("postprocessing", {})
+    prob_grid = predict_probabilities(network, prepared.x, device, progress=progress, cancel=cancel, package=package,
+                                      threshold=float(post.get("threshold", 0.5)))
+    probability = preprocess.to_input_grid(prob_grid, prepared.crop, prepared.input_hw)
     mask = postprocess(probability, float(post.get("threshold", 0.5)), bool(post.get("largest_component", False)))
     return Segmentation(probability, mask, prepared)
 
@@ -409,6 +422,9 @@ def evaluate_lgg(data: str | Path, model: str | Path, device: Any = "cpu", seed:
     unlabeled = [c.case_id for c in cases if not c.has_masks]
     if unlabeled:
         raise InputError(f"cases without _mask.tif files cannot be evaluated: {', '.join(unlabeled[:5])}")
+    from MedDLLib import runtime
+
+    runtime.attach(network, package)
     rows = evaluate_cases(cases, network, package.metadata, device)
     metrics = summarize(rows, package.metadata, seed)
     metrics["recipe"] = package.metadata["recipe"]

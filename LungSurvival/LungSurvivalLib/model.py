@@ -290,13 +290,17 @@ def untrained_package(folder: str | Path, seed: int = 0) -> Path:
     return models.save_package(Path(folder) / "lung-selftest", network, metadata)
 
 
-@torch.no_grad()
-def predict_inputs(network: nn.Module, inputs: np.ndarray, batch_size: int = 16, device: Any = "cpu") -> np.ndarray:
-    """Raw network outputs ``(N, n_outputs)`` for inputs ``(N, 1, D, H, W)``."""
-    network.eval()
-    outs = [network(torch.from_numpy(np.ascontiguousarray(inputs[i:i + batch_size])).to(device)).float().cpu()
-            for i in range(0, len(inputs), batch_size)]
-    return torch.cat(outs).numpy()
+def predict_inputs(network: nn.Module, inputs: np.ndarray, batch_size: int = 16, device: Any = "cpu",
+                   package: models.ModelPackage | None = None) -> np.ndarray:
+    """Raw network outputs ``(N, n_outputs)`` for inputs ``(N, 1, D, H, W)``.
+
+    The forward runs on the runtime :func:`MedDLLib.runtime.runner_for` chooses (outputs within 1e-3 of torch
+    fp32; torch when no package is known or no runtime agrees).
+    """
+    from MedDLLib import runtime
+
+    run = runtime.runner_for(network, package, agree=runtime.probabilities_agree("identity"))
+    return np.concatenate([run(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
 
 def evaluate_model(model: str | Path | models.ModelPackage, studies: Sequence[LungStudy], *,
@@ -321,7 +325,7 @@ def evaluate_model(model: str | Path | models.ModelPackage, studies: Sequence[Lu
         ids.append(study.patient_id)
     if len(xs) < 2:
         raise InputError(f"need at least 2 studies to evaluate, got {len(xs)}")
-    risk = risk_scores(predict_inputs(network, np.stack(xs), device=device), recipe_name)
+    risk = risk_scores(predict_inputs(network, np.stack(xs), device=device, package=package), recipe_name)
     t, e = np.array(times, float), np.array(events, int)
     c, lo, hi = concordance_index_with_ci(t, risk, e, n_boot=n_boot)
     threshold = package.metadata["output"].get("risk_threshold")

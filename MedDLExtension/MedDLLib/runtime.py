@@ -1,0 +1,382 @@
+"""A faster runtime for the prediction forwards: ONNX Runtime or OpenVINO, chosen per network by measurement.
+
+The torch network stays the reference (and the only path for Grad-CAM). :func:`runner_for` wraps a network of a
+model package in a :class:`Runner`, a callable ``inputs (B, C, *spatial) float32 -> first output float32``:
+
+1. **Export once per package.** The network is exported to ONNX (batch axis dynamic, the other axes fixed) into
+   ``<package>/runtime/`` (or ``<model cache>/.runtime/<weights sha256>/`` when the package folder is read-only),
+   written atomically, and recorded in ``runtime.json`` with the SHA-256 of the weights it was made from and its
+   own SHA-256: a changed package (other weights) or a damaged export is exported again, never used.
+2. **Choose by measurement.** On the first input of a given shape, torch fp32 runs (its result is returned, so
+   nothing is computed twice), then every available candidate runs the same input: ONNX Runtime fp32, OpenVINO
+   fp32, and OpenVINO bf16 where the CPU has bf16 dot products (OpenVINO reports ``BF16``). A candidate counts
+   only when its output agrees with torch fp32 (``agree``: :func:`probabilities_agree` or
+   :func:`masks_agree`); the fastest agreeing one (torch included) is kept in ``runtime.json`` for that shape,
+   so later runs and later processes go straight to it.
+3. **Fall back to torch** when no package is given, when neither runtime package is installed, when the export
+   fails, or when ``$MEDDL_RUNTIME=torch``. ``$MEDDL_RUNTIME`` may also force ``onnxruntime``, ``openvino`` or
+   ``openvino-bf16`` (benchmarks; a forced candidate that does not agree still falls back to torch).
+
+Nothing here is asserted about speed; ``meddl bench <task>`` measures it side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models import ModelPackage
+
+log = logging.getLogger(__name__)
+
+#: Environment variable forcing a backend: ``auto`` (default), ``torch``, ``onnxruntime``, ``openvino``,
+#: ``openvino-bf16``.
+ENV = "MEDDL_RUNTIME"
+CANDIDATES = ("onnxruntime", "openvino", "openvino-bf16")
+RECORD = "runtime.json"
+OPSET = 17
+
+Agreement = Callable[[np.ndarray, np.ndarray], bool]
+
+
+# ---------------------------------------------------------------------------------------------- agreement
+def probabilities_agree(activation: str = "sigmoid", tolerance: float = 1e-3) -> Agreement:
+    """Agreement of raw outputs ``(B, n)``: probabilities (``sigmoid``, ``softmax``, or ``identity`` for raw
+    outputs such as a log-hazard) within ``tolerance`` of the reference, everywhere."""
+
+    def probs(z: np.ndarray) -> np.ndarray:
+        z = np.clip(np.asarray(z, dtype=np.float64), -60.0, 60.0)
+        if activation == "sigmoid":
+            return 1.0 / (1.0 + np.exp(-z))
+        if activation == "softmax":
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
+        return z
+
+    def agree(reference: np.ndarray, candidate: np.ndarray) -> bool:
+        return reference.shape == candidate.shape and bool(np.all(np.abs(probs(reference) - probs(candidate))
+                                                                  <= tolerance))
+
+    return agree
+
+
+def masks_agree(threshold: float = 0.5, min_dice: float = 0.995, max_probability_error: float = 0.05) -> Agreement:
+    """Agreement of segmentation logits ``(B, 1, H, W)``: Dice of the sigmoid masks at ``threshold`` at least
+    ``min_dice`` (two empty masks agree) and no probability further than ``max_probability_error`` from the
+    reference (so an input without a tumour cannot hide a disagreement that would show on one)."""
+
+    def agree(reference: np.ndarray, candidate: np.ndarray) -> bool:
+        if reference.shape != candidate.shape:
+            return False
+        p_ref = 1.0 / (1.0 + np.exp(-np.clip(reference.astype(np.float64), -60.0, 60.0)))
+        p_new = 1.0 / (1.0 + np.exp(-np.clip(candidate.astype(np.float64), -60.0, 60.0)))
+        return dice(p_ref >= threshold, p_new >= threshold) >= min_dice and \
+            float(np.abs(p_ref - p_new).max(initial=0.0)) <= max_probability_error
+
+    return agree
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks (1.0 when both are empty)."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+# ---------------------------------------------------------------------------------------------- capabilities
+def available_backends() -> list[str]:
+    """The candidates whose runtime package imports here (bf16 only where OpenVINO sees bf16 on this CPU)."""
+    found = []
+    try:
+        import onnxruntime  # noqa: F401
+
+        found.append("onnxruntime")
+    except ImportError:
+        pass
+    try:
+        import openvino
+
+        found.append("openvino")
+        if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            found.append("openvino-bf16")
+    except Exception:  # ImportError, or a CPU plugin that cannot start: no OpenVINO
+        pass
+    return found
+
+
+def _threads() -> int:
+    import torch
+
+    return max(1, torch.get_num_threads())
+
+
+# ---------------------------------------------------------------------------------------------- sessions
+class _Session:
+    """One compiled candidate for one input shape: ``run(x) -> first output``."""
+
+    def __init__(self, backend: str, onnx_file: Path, shape: tuple[int, ...]) -> None:
+        self.backend = backend
+        threads = _threads()
+        if backend == "onnxruntime":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+            self.run = lambda x: session.run(None, {name: x})[0]
+        else:
+            import openvino as ov
+
+            core = ov.Core()
+            model = core.read_model(str(onnx_file))
+            model.reshape({model.inputs[0]: ov.PartialShape(list(shape))})  # static shape: the fastest kernels
+            config = {"INFERENCE_PRECISION_HINT": "bf16" if backend == "openvino-bf16" else "f32",
+                      "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+            compiled = core.compile_model(model, "CPU", config)
+            request = compiled.create_infer_request()
+            self.run = lambda x: np.array(request.infer([x])[0], copy=True)
+
+
+@dataclasses.dataclass
+class Runner:
+    """The prediction forward of one network: ``runner(x)`` with ``x (B, C, *spatial)`` float32 returns the
+    network's first output as float32 (same values as ``network(x)`` within the agreement).
+
+    Attributes:
+        network: the torch network (eval mode): the reference, the fallback, and what Grad-CAM uses.
+        folder: where the export and ``runtime.json`` live (None: torch only).
+        weights_sha256: the package's weights checksum the export belongs to.
+        agree: agreement test of a candidate's output with torch fp32's.
+        chosen: backend chosen per input shape (``"torch"`` or a :data:`CANDIDATES` entry).
+        timings: seconds per candidate measured when choosing (per shape), for benchmarks.
+    """
+
+    network: Any
+    folder: Path | None = None
+    weights_sha256: str = ""
+    agree: Agreement = dataclasses.field(default_factory=probabilities_agree)
+    chosen: dict[str, str] = dataclasses.field(default_factory=dict)
+    timings: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    _sessions: dict[tuple[str, tuple[int, ...]], _Session] = dataclasses.field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ calling
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        forced = os.environ.get(ENV, "auto").strip().lower() or "auto"
+        if forced == "torch" or self.folder is None:
+            return self.torch_forward(x)
+        key = _shape_key(x.shape)
+        backend = self.chosen.get(key) or self._recorded(key)
+        if forced != "auto" and backend != forced:
+            backend = None  # a forced backend is measured (and checked) like a choice
+        if backend is None:
+            return self._choose(x, key, only=None if forced == "auto" else forced)
+        if backend == "torch":
+            return self.torch_forward(x)
+        try:
+            return self._session(backend, x.shape).run(x)
+        except Exception as exc:  # a runtime that cannot run this input: torch, and say why once
+            log.warning("%s failed (%s); using torch", backend, exc)
+            self.chosen[key] = "torch"
+            return self.torch_forward(x)
+
+    def torch_forward(self, x: np.ndarray) -> np.ndarray:
+        """The torch fp32 forward (the reference)."""
+        import torch
+
+        device = next(self.network.parameters()).device
+        self.network.eval()
+        with torch.no_grad():
+            return self.network(torch.from_numpy(x).to(device)).float().cpu().numpy()
+
+    @property
+    def backend(self) -> str:
+        """The backend of the last chosen shape (``torch`` before any choice)."""
+        return next(reversed(self.chosen.values()), "torch") if self.chosen else "torch"
+
+    # ------------------------------------------------------------------ choosing
+    def _choose(self, x: np.ndarray, key: str, only: str | None) -> np.ndarray:
+        start = time.perf_counter()
+        reference = self.torch_forward(x)
+        times = {"torch": time.perf_counter() - start}
+        onnx_file = self._export(x.shape)
+        names = [n for n in available_backends() if only in (None, n)] if onnx_file is not None else []
+        for name in names:
+            try:
+                session = self._session(name, x.shape)
+                out = session.run(x)  # warm-up and the agreement check
+                if not self.agree(reference, out):
+                    log.info("%s does not agree with torch fp32 on %s; not used", name, key)
+                    continue
+                start = time.perf_counter()
+                session.run(x)
+                times[name] = time.perf_counter() - start
+            except Exception as exc:
+                log.warning("%s could not run the network (%s); not used", name, exc)
+        if len(times) > 1:  # time torch again, once warm, as the candidates were
+            start = time.perf_counter()
+            self.torch_forward(x)
+            times["torch"] = min(times["torch"], time.perf_counter() - start)
+        best = min(times, key=times.get)
+        self.chosen[key], self.timings[key] = best, times
+        self._record(key, best, times)
+        return reference
+
+    def _session(self, backend: str, shape: tuple[int, ...]) -> _Session:
+        found = self._sessions.get((backend, tuple(shape)))
+        if found is None:
+            onnx_file = self._export(shape)
+            if onnx_file is None:
+                raise RuntimeError("no export")
+            found = self._sessions[(backend, tuple(shape))] = _Session(backend, onnx_file, tuple(shape))
+        return found
+
+    # ------------------------------------------------------------------ the export and its record
+    def _read_record(self) -> dict[str, Any]:
+        try:
+            record = json.loads((self.folder / RECORD).read_text())
+        except (OSError, ValueError, TypeError):
+            return {}
+        return record if record.get("weights_sha256") == self.weights_sha256 else {}
+
+    def _recorded(self, key: str) -> str | None:
+        backend = self._read_record().get("choices", {}).get(key, {}).get("backend")
+        if backend is None or (backend != "torch" and backend not in available_backends()):
+            return None
+        if backend != "torch" and self._export(_shape_from_key(key)) is None:
+            return None
+        self.chosen[key] = backend
+        return backend
+
+    def _record(self, key: str, backend: str, times: dict[str, float]) -> None:
+        from .io import atomic_write_json
+
+        record = self._read_record()
+        if not record:
+            return  # no verified export to attach a choice to
+        record.setdefault("choices", {})[key] = {"backend": backend, "seconds": times}
+        try:
+            atomic_write_json(self.folder / RECORD, record)
+        except OSError as exc:
+            log.info("could not record the runtime choice in %s (%s)", self.folder, exc)
+
+    def _export(self, shape: tuple[int, ...]) -> Path | None:
+        """The verified ONNX export for inputs of ``shape`` (any batch), exported now if missing or stale."""
+        name = f"model-{_shape_key(shape)}.onnx"
+        record = self._read_record()
+        entry = record.get("exports", {}).get(name)
+        onnx_file = self.folder / name
+        if entry and onnx_file.is_file() and _sha256(onnx_file) == entry.get("sha256"):
+            return onnx_file
+        try:
+            self._write_export(onnx_file, shape)
+        except Exception as exc:  # unexportable network, read-only folder, no onnx: torch
+            log.warning("could not export the network to ONNX (%s); using torch", exc)
+            return None
+        record = self._read_record() or {"weights_sha256": self.weights_sha256, "format": "meddl-runtime/1"}
+        record.setdefault("exports", {})[name] = {"sha256": _sha256(onnx_file), "opset": OPSET}
+        from .io import atomic_write_json
+
+        atomic_write_json(self.folder / RECORD, record)
+        return onnx_file
+
+    def _write_export(self, onnx_file: Path, shape: tuple[int, ...]) -> None:
+        import warnings
+
+        import torch
+
+        from .io import atomic_path
+
+        onnx_file.parent.mkdir(parents=True, exist_ok=True)
+        example = torch.zeros((1,) + tuple(shape[1:]), dtype=torch.float32,
+                              device=next(self.network.parameters()).device)
+        with atomic_path(onnx_file, ".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(self.network, (example,), str(tmp), input_names=["x"], output_names=["y"],
+                              dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=OPSET,
+                              dynamo=False)
+
+
+def _shape_key(shape: tuple[int, ...]) -> str:
+    """``C x spatial`` of an input shape (the batch is free): ``"9x64x64"``."""
+    return "x".join(str(int(s)) for s in shape[1:])
+
+
+def _shape_from_key(key: str) -> tuple[int, ...]:
+    return (1,) + tuple(int(s) for s in key.split("x"))
+
+
+def _sha256(file: Path) -> str:
+    with open(file, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+_RUNNER_ATTRIBUTE = "_meddl_runner"  # the runner lives on its network (a dict keyed by it would keep it alive)
+_PACKAGES: "weakref.WeakKeyDictionary[Any, ModelPackage]" = weakref.WeakKeyDictionary()
+
+
+def attach(network: "torch.nn.Module", package: "ModelPackage") -> None:
+    """Remember that ``network`` carries ``package``'s weights, so :func:`runner_for` finds its export folder
+    when a predict function is given the network alone."""
+    _PACKAGES[network] = package
+
+
+def export_folder(package: "ModelPackage") -> Path:
+    """Where the runtime exports of ``package`` live: ``<package>/runtime`` when writable, else
+    ``<model cache>/.runtime/<weights sha256>``."""
+    folder = Path(package.path) / "runtime"
+    try:
+        folder.mkdir(exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+    except OSError:
+        pass
+    from .models import cache_dir
+
+    return cache_dir() / ".runtime" / str(package.metadata["sha256"])
+
+
+def runner_for(network: "torch.nn.Module | Runner", package: "ModelPackage | None" = None, *,
+               agree: Agreement | None = None) -> Runner:
+    """The :class:`Runner` of ``network`` (one per network object, reused by every call).
+
+    Args:
+        network: a torch network in eval mode, or a Runner (returned as it is).
+        package: the model package whose weights ``network`` carries (None: the one given to :func:`attach`;
+            none at all: a torch-only runner).
+        agree: agreement test for choosing a runtime (default: sigmoid probabilities within 1e-3).
+    """
+    if isinstance(network, Runner):
+        return network
+    if next(network.parameters()).device.type != "cpu":
+        package = None  # the runtimes here are CPU ones: a GPU network stays in torch
+    runner = network.__dict__.get(_RUNNER_ATTRIBUTE)
+    package = package if package is not None else _PACKAGES.get(network)
+    if runner is None or (package is not None and runner.folder is None):
+        folder = export_folder(package) if package is not None else None
+        sha = str(package.metadata.get("sha256", "")) if package is not None else ""
+        runner = Runner(network, folder, sha, agree or probabilities_agree())
+        network.__dict__[_RUNNER_ATTRIBUTE] = runner
+    elif agree is not None:
+        runner.agree = agree
+    return runner
+
+
+def torch_network(network: "torch.nn.Module | Runner") -> "torch.nn.Module":
+    """The torch network behind ``network`` (for Grad-CAM and training code)."""
+    return network.network if isinstance(network, Runner) else network
