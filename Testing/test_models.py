@@ -135,7 +135,7 @@ def test_save_never_leaves_a_half_written_package(tmp_path, package, monkeypatch
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(models, "_write_json", crash)  # dies after the new weights were written
+    monkeypatch.setattr(models.package, "write_json", crash)  # dies after the new weights were written
     with pytest.raises(OSError, match="disk full"):
         models.save_package(package, _trained_tiny(seed=2).state_dict(), _metadata())
     assert (package / models.WEIGHTS_FILE).read_bytes() == before  # the old package is intact
@@ -230,7 +230,7 @@ class _Payload:
 def test_checkpoint_with_pickled_object_is_refused_without_running_it(tmp_path, package):
     marker = tmp_path / "payload-ran"
     _rewrite_weights(package, {"conv.weight": torch.zeros(1), "evil": _Payload(marker)})
-    with pytest.raises(ModelError, match="contains pickled Python objects.*refused without running it.*io.open"):
+    with pytest.raises(ModelError, match="holds pickled Python objects.*MedDL refused it without running any of it.*io.open"):
         models.load_package(package)
     with pytest.raises(ModelError, match="pickled Python objects"):
         models.verify_model(package)

@@ -158,6 +158,7 @@ class GliomaTask(Task):
     name = "glioma"
     title = "Glioma Classifier: MGMT promoter methylation from brain MRI (research use only)"
     needs_model = True  # no default model ships: infer and batch check --model once, first
+    networks = {"glioma.evidence_resnet10": "GliomaClassifierLib.model:EvidenceResNet10"}
 
     def add_arguments(self, subcommand: str, parser: argparse.ArgumentParser) -> None:
         from MedDLLib.commands_tasks import positive_int
@@ -299,6 +300,13 @@ class GliomaTask(Task):
 
     # ------------------------------------------------------------------------------------------------ demo
     def demo(self, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+        """Phantoms -> improved recipe, fixed work -> held-out evaluation (ROC, reliability) -> one inference.
+
+        Fixed work, so the figures are the same on every machine: 240 training / 24 held-out T1wCE phantoms of
+        48 x 48 x 24 voxels, 20 epochs of the improved recipe at 1/4 width (the tested set-up,
+        Testing/test_glioma_model.py, made smaller); ``--quick``: 48 / 16 phantoms, 2 epochs.
+        """
+        from MedDLLib.demo import figure, headline
         from MedDLLib.io import atomic_write_json
 
         from .dataset import scan_dataset
@@ -307,26 +315,45 @@ class GliomaTask(Task):
 
         out = Path(out)
         seed = int(getattr(args, "seed", 0))
-        minutes = min(float(getattr(args, "minutes_per_task", 2.5)), 2.5)
-        start = time.perf_counter()
-        # the tested set-up (Testing/test_glioma_model.py) made smaller: T1wCE, 48 x 48 x 24, 1/4 width
+        quick = bool(getattr(args, "quick", False))
+        n_train, n_test, epochs = (48, 16, 2) if quick else (240, 24, 20)
         kw = dict(size=48, n_slices=24, sequences=("T1wCE",))
-        write_dataset(out / "train", 240, seed, **kw)
-        write_dataset(out / "test", 24, seed + 1000, include_flagged=False, **kw)
+        write_dataset(out / "train", n_train, seed, **kw)
+        write_dataset(out / "test", n_test, seed + 1000, include_flagged=False, **kw)
         train_data, test_data = scan_dataset(out / "train"), scan_dataset(out / "test")
-        result = train_model(train_data.cases, out / "model", "improved", epochs=20, max_minutes=minutes * 0.7,
-                             size=48, depth=24, widen_factor=0.25, lr=1e-3, batch_size=8, seed=seed,
+        result = train_model(train_data.cases, out / "model", "improved", epochs=epochs, size=48, depth=24,
+                             widen_factor=0.25, lr=1e-3, batch_size=8, seed=seed,
                              device=getattr(args, "device", None), force_cpu=getattr(args, "force_cpu", False),
                              cache_dir=out / "cache", description="meddl demo glioma phantoms (signal 1)")
-        metrics = evaluate_model(out / "model", test_data.cases, cache_dir=out / "cache", n_boot=500)
-        metrics["seconds"] = round(time.perf_counter() - start, 1)
+        metrics = evaluate_model(out / "model", test_data.cases, cache_dir=out / "cache", n_boot=500,
+                                 figures_dir=out)
         atomic_write_json(out / "metrics.json", metrics)
         case = next(c for c in test_data.cases if c.label == 1)
         inferred = infer_study(case.folders["T1wCE"].parent, str(out / "model"), out / "infer")
         atomic_write_json(out / "infer" / "result.json", inferred)
-        keys = ("auroc", "auroc_ci_low", "auroc_ci_high", "accuracy_at_0_5", "n_cases")
-        return {"png": [str(out / "infer" / OVERLAY_PNG)], "metrics": {k: metrics[k] for k in keys},
-                "summary": inferred["summary"], "best_epoch": result.best_epoch}
+        what = (f"{n_train} synthetic brain MRI studies (T1wCE, 48 x 48 x 24 voxels; the tumour rim enhances more "
+                f"in the 'methylated' ones, with noise, so even a perfect reader reaches AUROC 0.97) trained the improved recipe (EvidenceResNet10 at 1/4 width) "
+                f"for {epochs} epochs (best epoch {result.best_epoch}); {n_test} held-out studies were scored.")
+        return {
+            "what": what,
+            "headline": headline(
+                "AUROC for MGMT methylation, per held-out study", metrics["auroc"], metrics["auroc_ci_low"],
+                metrics["auroc_ci_high"], readme=0.879,
+                readme_setting="400 training / 32 held-out phantoms, 20 epochs; the demo trains on fewer",
+                meaning="How well the model ranks the methylated phantoms above the unmethylated ones (0.5: "
+                        "chance, 1: perfect). The phantoms carry a planted signal; published models reach about "
+                        "0.5-0.6 on real external MRI, and this demo says nothing about that."),
+            "figures": [
+                figure(out / "infer" / OVERLAY_PNG, f"One held-out methylated phantom: Grad-CAM evidence over "
+                       f"the T1wCE slice; the model said probability {inferred['probability']:.2f}. Read it as "
+                       "where the model found evidence, not a tumour outline."),
+                figure(metrics["roc_png"], "ROC curve on the held-out phantoms with its 95 % bootstrap band; "
+                       "the dashed line is chance."),
+                figure(metrics["reliability_png"], f"Reliability diagram: predicted probability against the "
+                       f"observed fraction methylated (ECE {metrics['ece']:.3f}: the average gap, 0 is perfect)."),
+            ],
+            "metrics": "metrics.json", "summary": inferred["summary"],
+        }
 
 
 TASK = GliomaTask()

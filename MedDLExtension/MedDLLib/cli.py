@@ -22,7 +22,7 @@ from .errors import MedDLError
 COMMAND_MODULES: tuple[str, ...] = (
     "commands_dicom",  # inspect, convert
     "commands_tasks",  # phantom, train, evaluate, infer, batch, bench, demo
-    "models",  # models list|import|verify|remove
+    "commands_models",  # models list|import|verify|remove
 )
 
 EXIT_USAGE = 2

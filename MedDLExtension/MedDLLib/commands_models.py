@@ -1,0 +1,113 @@
+"""``meddl models list|import|verify|remove``: the model cache on the command line (offline).
+
+``import`` takes a MedDL package (folder or .zip) by default; ``--format`` names the other formats MedDL can turn
+into a package (:data:`IMPORT_FORMATS`): a MONAI model-zoo bundle folder (:mod:`MedDLLib.bundles`) and published
+checkpoints whose task declares an importer (:attr:`MedDLLib.tasks.Task.importers`, e.g. ``buda-unet`` for LGG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from . import models, taskregistry
+from .errors import InputError
+
+#: ``--format`` -> (help, task that provides the importer or None for MedDL's own formats).
+IMPORT_FORMATS: dict[str, tuple[str, str | None]] = {
+    "meddl": ("a MedDL model package: folder or .zip (default)", None),
+    "monai-bundle": ("a MONAI model-zoo bundle folder (configs/ and models/model.pt), run through MedDL's "
+                     "allow-list (see MedDLLib.bundles)", None),
+    "buda-unet": ("Buda et al.'s kaggle_3m brain MRI U-Net state dict (unet-e012d006.pt, "
+                  "mateuszbuda/brain-segmentation-pytorch) -> an LGG package", "lgg"),
+}
+
+
+def add_parser(subparsers: Any) -> None:
+    """``meddl models list [--json] | import SRC [--format F] [--name N] [--overwrite] | verify NAME | remove NAME``."""
+    parser = subparsers.add_parser(
+        "models", help="list, import, verify or remove model packages in the local cache",
+        description=f"Manage the model cache (${models.HOME_ENV}/models, default ~/.meddl/models). Works offline.")
+    actions = parser.add_subparsers(dest="models_action", metavar="<action>")
+    actions.required = True
+
+    p = actions.add_parser("list", help="list the models in the cache")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_list)
+
+    formats = "\n".join(f"  {name:13s} {text}" for name, (text, _) in IMPORT_FORMATS.items())
+    p = actions.add_parser("import", help="verify a package (or a model of another format) and add it to the cache",
+                           description=f"Import formats (--format):\n{formats}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", type=Path, help="package folder or .zip archive, bundle folder, or checkpoint file")
+    p.add_argument("--format", default="meddl", choices=list(IMPORT_FORMATS),
+                   help="what SRC is (default: meddl); see the list above")
+    p.add_argument("--name", help="name in the cache (default: folder or archive name)")
+    p.add_argument("--overwrite", action="store_true", help="replace a model with the same name")
+    p.set_defaults(func=_cmd_import)
+
+    p = actions.add_parser("verify", help="check metadata, SHA-256, weights and network of a model")
+    p.add_argument("name", help="model name in the cache, or a package folder")
+    p.set_defaults(func=_cmd_verify)
+
+    p = actions.add_parser("remove", help="delete a model from the cache")
+    p.add_argument("name", help="model name in the cache")
+    p.set_defaults(func=_cmd_remove)
+
+
+def importer(fmt: str) -> Callable[..., Path]:
+    """The function importing ``fmt`` (``(src, name=None, overwrite=False) -> installed folder``)."""
+    if fmt == "meddl":
+        return models.import_model
+    if fmt == "monai-bundle":
+        from . import bundles
+
+        return bundles.import_bundle
+    if fmt not in IMPORT_FORMATS:
+        raise InputError(f"unknown import format {fmt!r}; known: {', '.join(IMPORT_FORMATS)}")
+    return taskregistry.task_importer(IMPORT_FORMATS[fmt][1] or "", fmt)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    found = models.list_models()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    print(f"model cache: {models.cache_dir()}")
+    if not found:
+        print("no models yet (train one with `meddl train`, or add one with `meddl models import SRC`)")
+        return 0
+    rows = [("NAME", "TASK", "VERSION", "RECIPE", "TRAINED ON", "CREATED")]
+    for m in found:
+        if "error" in m:
+            rows.append((m["name"], "BROKEN", "", "", m["error"], ""))
+            continue
+        data = m["training_data"]
+        rows.append((m["name"], m["task"], m["version"], m["recipe"],
+                     f"{data['kind']} ({data['n_studies']} studies)", m["created"][:10]))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + str(row[-1]))
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    dest = importer(args.format)(args.src, name=args.name, overwrite=args.overwrite)
+    print(f"imported {dest.name} -> {dest} (verified)")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    result = models.verify_model(args.name)
+    print(f"OK {result['name']} ({result['task']} {result['version']}): sha256 {result['sha256']} matches; "
+          f"{result['n_tensors']} tensors, {result['n_values']} values; network: {result['network']}; "
+          f"MONAI bundle: {result['monai_bundle']}")
+    return 0
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    removed = models.remove_model(args.name)
+    print(f"removed {args.name} ({removed})")
+    return 0
