@@ -80,7 +80,7 @@ class DummyTask(Task):
         Image.new("L", (8, 8), color=128).save(out / "figure.png")
         (out / "metrics.json").write_text(json.dumps({"dice": 0.5, "auroc": {"value": 0.75}}), encoding="utf-8")
         card = "Research use only. " + "Trained on synthetic phantoms only; " * 12  # longer than a file name may be
-        return {"png": "figure.png", "metrics": "metrics.json", "minutes": args.minutes_per_task, "model_card": card}
+        return {"png": "figure.png", "metrics": "metrics.json", "quick": args.quick, "model_card": card}
 
 
 class BrokenDemoTask(DummyTask):

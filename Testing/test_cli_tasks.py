@@ -10,7 +10,7 @@ import types
 import pytest
 
 import dummy_task
-from MedDLLib import commands_dicom, commands_tasks, tasks
+from MedDLLib import commands_dicom, commands_tasks, demo, tasks
 from MedDLLib.cli import main
 
 
@@ -196,7 +196,7 @@ def test_bench_task_and_dicom(dummy, tmp_path, monkeypatch, capsys):
 def test_demo_reports_every_task_and_survives_a_failing_one(dummy, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(tasks._registered, "broken", dummy_task.BROKEN)
     out = tmp_path / "demo"
-    assert main(["demo", "--output", str(out), "--tasks", "broken", "dummy", "--minutes-per-task", "0.5"]) == 1
+    assert main(["demo", "--output", str(out), "--tasks", "broken", "dummy", "--quick"]) == 1
     assert "failed for broken" in capsys.readouterr().err
     page = (out / "index.html").read_text()
     assert '<img src="dummy/figure.png"' in page and 'href="dummy/metrics.json"' in page
@@ -205,7 +205,7 @@ def test_demo_reports_every_task_and_survives_a_failing_one(dummy, tmp_path, mon
     assert "model_card: Research use only. Trained on synthetic phantoms only;" in page  # long text: shown, not a path
     assert "boom in the demo" in (out / "broken" / "error.txt").read_text()
     index = {e["task"]: e for e in json.loads((out / "index.json").read_text())}
-    assert index["dummy"]["status"] == "ok" and index["dummy"]["result"]["minutes"] == 0.5
+    assert index["dummy"]["status"] == "ok" and index["dummy"]["result"]["quick"] is True
     assert index["broken"]["status"] == "failed"
     assert (out / "dummy" / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["demo", "--output", str(tmp_path / "demo2"), "--tasks", "dummy"]) == 0
@@ -220,7 +220,7 @@ def test_demo_task_without_demo_and_no_tasks(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--output", str(tmp_path / "d"), "--tasks", "nodemo"]) == 1
     assert "task nodemo does not support demo yet" in (tmp_path / "d" / "index.html").read_text()
     # With no task installed the demo still runs its DICOM step (synthetic series when none is given or found).
-    monkeypatch.setattr(commands_tasks, "available_tasks", lambda: {})
+    monkeypatch.setattr(demo, "available_tasks", lambda: {})
     monkeypatch.setattr(commands_dicom, "REAL_CHEST_CT", tmp_path / "absent")
     assert main(["demo", "--output", str(tmp_path / "e")]) == 0
     index = json.loads((tmp_path / "e" / "index.json").read_text())

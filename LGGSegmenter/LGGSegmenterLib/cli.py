@@ -19,17 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from MedDLLib.errors import InputError
-from MedDLLib.tasks import Task
+from MedDLLib.pipeline import Computed, LoadedModel, PipelineTask, Study
 
 from . import dataset, model
+from .logic import OUTPUTS
 
 
-class LGGTask(Task):
+class LGGTask(PipelineTask):
     """Lower-grade glioma segmentation (TCGA-LGG, kaggle_3m layout)."""
 
     name = "lgg"
     title = "LGG Segmenter: lower-grade glioma segmentation and tumour features"
     needs_model = True  # no default model ships: infer and batch check --model once, first
+    outputs = OUTPUTS
     networks = {"LGGSegmenter.BasicUNetPlusPlus": "LGGSegmenterLib.model:_unetpp_factory",
                 "lgg.buda_unet": "LGGSegmenterLib.model:BudaUNet"}
     importers = {"buda-unet": "LGGSegmenterLib.model:import_buda_unet"}
@@ -92,51 +94,26 @@ class LGGTask(Task):
         not studies; a folder that turns out unreadable is reported by the batch as a failure with its reason."""
         return super().find_studies(dataset.dataset_root(root))
 
-    def infer(self, input_path: Path, model_name: str | None, output: Path, args: argparse.Namespace) -> dict[str, Any]:
-        from MedDLLib.headless import create_scene
-        from MedDLLib.io import save_node
-        from MedDLLib.models import load_package
-        from MedDLLib.render import render_slice_png, slice_offset_of
+    # ------------------------------------------------------------------------------------------------ pipeline
+    def options(self, args: argparse.Namespace, device: Any) -> Any:
+        from .logic import LGGOptions
 
-        from .logic import LGGOptions, LGGSegmenterLogic, load_study_nodes
+        return LGGOptions(gradcam=bool(getattr(args, "gradcam", False)), device=device)
 
-        if model_name is None:
-            raise InputError("give --model (a package from `meddl train lgg` or a cached model name): "
-                             "MedDL ships no pretrained LGG weights")
-        package = load_package(model_name)
-        hs = create_scene()
-        try:
-            channels = model.channel_names(package.metadata)
-            nodes = load_study_nodes(hs.scene, input_path, channels)
-            options = LGGOptions(gradcam=bool(getattr(args, "gradcam", False)), device=args.device,
-                                 force_cpu=args.force_cpu)
-            try:
-                out = LGGSegmenterLogic().process(nodes if len(nodes) > 1 else nodes[0], package, options,
-                                                  progress=getattr(args, "progress", None))
-            except InputError as exc:  # the logic names nodes; name the study file or folder they came from
-                raise InputError(f"{input_path}: {exc}") from None
-            output.mkdir(parents=True, exist_ok=True)
-            save_node(out.segmentation, output / "tumour.seg.nrrd")
-            save_node(out.labelmap, output / "tumour_label.nrrd")
-            save_node(out.table, output / "features.csv")
-            if out.heatmap is not None:
-                save_node(out.heatmap, output / "gradcam.nrrd")
-            f = out.result.features
-            background = nodes[channels.index("FLAIR")] if "FLAIR" in channels else nodes[0]
-            k = int(max(range(len(f.area_mm2)), key=lambda i: f.area_mm2[i])) if f.n_voxels else len(f.area_mm2) // 2
-            render_slice_png(output / "overlay.png", background, label=out.labelmap, foreground=out.heatmap,
-                             offset_mm=slice_offset_of(background, k))
-        finally:
-            hs.scene.Clear(1)
-        clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
-        return {
-            "tumour_volume_ml": f.volume_ml, "centroid_ras_mm": [clean(v) for v in f.centroid_ras_mm],
-            "spread_mm": [clean(v) for v in f.spread_mm], "max_area_mm2": f.max_area_mm2,
-            "ellipsoid_ratio": clean(f.ellipsoid_ratio), "margin_fluctuation_mm": clean(f.margin_fluctuation_mm),
-            "n_slices": len(f.area_mm2), "model": package.name, "recipe": package.metadata["recipe"],
-            "segmentation": "tumour.seg.nrrd", "labelmap": "tumour_label.nrrd", "features": "features.csv",
-            "overlay": "overlay.png",
-        }
+    def read_study(self, path: Path, package: LoadedModel | None, options: Any) -> Study:
+        from .logic import read_study, reference_channel
+
+        channels = model.channel_names(package.metadata)
+        return Study(read_study(path, channels), reference_channel(channels), path)
+
+    def compute(self, inputs: Study, package: LoadedModel | None, options: Any, progress: Any = None,
+                cancel: Any = None) -> Computed:
+        from .logic import compute, stack_channels, to_computed
+
+        image, geometry = stack_channels(inputs.volumes)
+        result = compute(image, geometry, package.network, package.metadata, options, progress, cancel,
+                         package.device)
+        return to_computed(result, package.metadata, package.name)
 
     def bench(self, args: argparse.Namespace) -> dict[str, Any]:
         """Inference time per slice and per patient (``--slices`` slices of ``--size``^2) for each network."""

@@ -18,7 +18,7 @@ Common options::
     meddl batch    <task> --input ROOT [--model M] --output OUT [--resume] [--device ...] [--force-cpu]
     meddl bench    <task> [--out F.json] [--device ...] [--force-cpu]
     meddl bench    dicom --input DIR [--out F.json]
-    meddl demo     [--output OUT] [--tasks T ...] [--minutes-per-task M] [--device ...] [--force-cpu] [--seed S]
+    meddl demo     [--output OUT] [--tasks T ...] [--quick] [--device ...] [--force-cpu] [--seed S]  (MedDLLib.demo)
 
 A task method that raises :class:`NotImplementedError` gives one line, "task X does not support <subcommand>
 yet", and exit status 1. Results are printed (``key: value``) and JSON files are written atomically.
@@ -29,24 +29,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import html
 import json
-import os
 import sys
-import time
-import traceback
-import urllib.parse
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from .errors import InputError
 from .tasks import Task, available_tasks, get_task
 
 #: ``meddl bench dicom --input DIR``: the DICOM reading benchmark (not a task).
 BENCH_DICOM = "dicom"
-DEMO_DEFAULT_OUTPUT = "meddl-demo"
-DEMO_INDEX = "index.html"
-DEMO_JSON = "index.json"
 
 
 # ---------------------------------------------------------------------------------------------------- options
@@ -360,206 +352,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("task", metavar="<task>", nargs="?", default=None, help="task name (see -h)")
         parser.add_argument("task_argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         parser.set_defaults(func=functools.partial(_dispatch, command))
-    _add_demo_parser(subparsers)
+    from .demo import add_demo_parser
 
-
-# ---------------------------------------------------------------------------------------------------- demo
-@dataclasses.dataclass
-class DemoEntry:
-    """One task's part of the demo report."""
-
-    task: str
-    title: str
-    status: str  # "ok", "failed" or "not supported"
-    seconds: float
-    result: dict[str, Any] = dataclasses.field(default_factory=dict)
-    error: str | None = None
-
-
-def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="phantoms -> small training -> evaluation -> inference for every task; writes index.html",
-        description="For every installed task: generate phantoms, train a small model for a bounded time, "
-        "evaluate it, run one inference with a PNG; then write index.html in the output folder.",
-    )
-    parser.add_argument("--output", type=Path, default=Path(DEMO_DEFAULT_OUTPUT),
-                        help=f"report folder (default: ./{DEMO_DEFAULT_OUTPUT})")
-    parser.add_argument("--tasks", nargs="+", metavar="TASK", default=None,
-                        help="only these tasks (default: the DICOM step and every installed task)")
-    parser.add_argument("--dicom", metavar="DIR", default=None,
-                        help="DICOM series for the conversion step (default: the real chest CT beside the "
-                        "repository, else a synthetic CT series)")
-    parser.add_argument("--minutes-per-task", type=positive_float, default=3.0,
-                        help="training time budget per task in minutes (default: 3)")
-    _add_device_options(parser)
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.set_defaults(func=run_demo)
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """``meddl demo``: run each selected task's ``demo(<output>/<task>, args)``; write index.html and index.json.
-
-    A task whose demo raises is reported in the index (and on stderr) and the others still run.
-
-    Returns:
-        0 when every task's demo succeeded, else 1.
-    """
-    from .commands_dicom import demo_convert
-
-    if args.tasks:
-        tasks = {name: get_task(name) for name in dict.fromkeys(args.tasks)}
-    else:
-        tasks = available_tasks()
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    entries: list[DemoEntry] = []
-    steps: dict[str, tuple[str, Callable[[Path], dict[str, Any]]]] = {}
-    if not args.tasks:  # the foundation step: DICOM -> Slicer volume node -> NRRD + slice PNG
-        steps["dicom"] = ("DICOM to NRRD through Slicer MRML", lambda task_out: demo_convert(task_out, args.dicom))
-    for name, task in tasks.items():
-        steps[name] = (task.title or name, lambda task_out, task=task: task.demo(task_out, args))
-    if not steps:
-        raise InputError("no task modules are installed (none registered in the 'meddl.tasks' entry points)")
-    for name, (title, run_step) in steps.items():
-        task = tasks.get(name)
-        task_out = out / name
-        task_out.mkdir(parents=True, exist_ok=True)
-        print(f"demo {name}: running (output in {task_out})", file=sys.stderr)
-        start = time.perf_counter()
-        try:
-            result = dict(run_step(task_out) or {})
-            entry = DemoEntry(name, title, "ok", 0.0, result)
-        except NotImplementedError as exc:
-            error = str(_unsupported(task, "demo", exc))
-            entry = DemoEntry(name, title, "not supported", 0.0, error=error)
-        except Exception as exc:  # one failing task must not stop the others
-            message = " ".join(f"{type(exc).__name__}: {exc}".split())
-            entry = DemoEntry(name, title, "failed", 0.0, error=message)
-            (task_out / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-        entry.seconds = round(time.perf_counter() - start, 1)
-        entries.append(entry)
-        print(f"demo {name}: {entry.status} in {entry.seconds} s" + (f": {entry.error}" if entry.error else ""),
-              file=sys.stderr)
-        write_demo_index(out, entries)
-    index = out / DEMO_INDEX
-    print(f"report: {index}")
-    failed = [e.task for e in entries if e.status != "ok"]
-    if failed:
-        print(f"meddl demo: failed for {', '.join(failed)} (see {index})", file=sys.stderr)
-        return 1
-    return 0
-
-
-def write_demo_index(out: Path, entries: Sequence[DemoEntry]) -> Path:
-    """Write ``out/index.html`` (figures, metrics and files per task) and ``out/index.json``, atomically.
-
-    Read from each entry's result: ``png`` (a path or list of paths; default: the ``*.png`` files in
-    ``out/<task>``), ``metrics`` (a dict, or a path to a JSON file; default: ``out/<task>/metrics.json`` if
-    present) and any other top-level entries (scalars shown, existing paths linked). Relative paths are relative
-    to ``out/<task>``.
-    """
-    from .io import atomic_write_json, atomic_write_text, to_jsonable
-
-    sections = []
-    for entry in entries:
-        task_out = out / entry.task
-        parts = [f"<h2>{html.escape(entry.title)} <small>({html.escape(entry.task)})</small></h2>"]
-        status_class = "ok" if entry.status == "ok" else "failed"
-        parts.append(f'<p class="{status_class}">{html.escape(entry.status)} in {entry.seconds} s</p>')
-        if entry.error:
-            parts.append(f"<pre>{html.escape(entry.error)}</pre>")
-            if (task_out / "error.txt").exists():
-                parts.append(f'<p><a href="{_href(out, task_out / "error.txt")}">traceback</a></p>')
-        result = entry.result
-        pngs = [_resolve(task_out, p) for p in _as_list(result.get("png"))] or sorted(task_out.glob("*.png"))
-        for png in pngs:
-            parts.append(f'<figure><img src="{_href(out, png)}" alt="{html.escape(png.name)}">'
-                         f"<figcaption>{html.escape(png.name)}</figcaption></figure>")
-        metrics, metrics_file = _demo_metrics(task_out, result.get("metrics"))
-        if metrics:
-            rows = "".join(
-                f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in metrics.items()
-            )
-            parts.append(f"<table>{rows}</table>")
-        if metrics_file is not None:
-            parts.append(f'<p><a href="{_href(out, metrics_file)}">{html.escape(metrics_file.name)}</a></p>')
-        details = []
-        for key, value in result.items():
-            if key in ("png", "metrics"):
-                continue
-            path = _existing_file(task_out, value)
-            if path is not None:
-                link = f'<a href="{_href(out, path)}">{html.escape(path.name)}</a>'
-                details.append(f"<li>{html.escape(key)}: {link}</li>")
-            elif isinstance(value, (str, int, float, bool)):
-                details.append(f"<li>{html.escape(key)}: {html.escape(_fmt(value))}</li>")
-        if details:
-            parts.append("<ul>" + "".join(details) + "</ul>")
-        sections.append("<section>" + "\n".join(parts) + "</section>")
-    page = (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>MedDL demo</title><style>"
-        "body{font-family:sans-serif;margin:2em;max-width:70em} img{max-width:100%} .ok{color:#070}"
-        " .failed{color:#b00} table{border-collapse:collapse} th,td{border:1px solid #ccc;padding:.2em .6em;"
-        "text-align:left}</style></head><body>\n<h1>MedDL demo</h1>\n"
-        f"<p>Generated {html.escape(time.strftime('%Y-%m-%d %H:%M:%S'))}. Synthetic phantom data, small models "
-        "trained for minutes on the CPU: research use only, not for diagnosis.</p>\n"
-        + "\n".join(sections) + "\n</body></html>\n"
-    )
-    atomic_write_json(out / DEMO_JSON, [to_jsonable(dataclasses.asdict(e)) for e in entries])
-    return atomic_write_text(out / DEMO_INDEX, page)
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _resolve(base: Path, value: str | os.PathLike) -> Path:
-    path = Path(value)
-    return path if path.is_absolute() else base / path
-
-
-def _existing_file(base: Path, value: Any) -> Path | None:
-    """``value`` as an existing path (relative to ``base``), or None for any other value: a number, a sentence,
-    a text too long to be a file name."""
-    if not isinstance(value, (str, os.PathLike)) or not str(value) or "\n" in str(value):
-        return None
-    try:
-        path = _resolve(base, value)
-        return path if path.exists() else None
-    except (OSError, ValueError):  # e.g. "File name too long"
-        return None
-
-
-def _href(out: Path, path: Path) -> str:
-    return urllib.parse.quote(Path(os.path.relpath(path, out)).as_posix())
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _demo_metrics(task_out: Path, metrics: Any) -> tuple[dict[str, Any], Path | None]:
-    """Flat metrics to show and the metrics file to link, from a dict, a JSON path or ``metrics.json``."""
-    if isinstance(metrics, dict):
-        return _flat(metrics), None
-    path = _resolve(task_out, metrics) if metrics else task_out / "metrics.json"
-    if not path.is_file():
-        return {}, None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}, path
-    return (_flat(data) if isinstance(data, dict) else {}), path
-
-
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts flattened to ``a.b`` keys; scalars only."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        elif isinstance(value, (str, int, float, bool)):
-            flat[f"{prefix}{key}"] = value
-    return flat
+    add_demo_parser(subparsers)
