@@ -32,19 +32,19 @@ preprocessing needs (windows, normalisation, spacing, size; sizes are bounded, s
 
 from __future__ import annotations
 
-from .cache import (HOME_ENV, cache_dir, copy_package_tree, import_model, list_models, read_metadata,
-                    remove_model, resolve_model, verify_model)
+from .cache import (HOME_ENV, cache_dir, copy_package_tree, import_model, list_models, load_package,
+                    load_task_model, read_metadata, remove_model, resolve_model, verify_model)
 from .monai_spec import INFERENCE_FILE
 from .package import (FORMAT, METADATA_FILE, PICKLE_REFUSAL, TRAINING_DATA_KINDS, WEIGHTS_FILE, ModelPackage,
-                      library_versions, load_package, load_task_model, read_state_dict, save_package,
-                      validate_metadata, write_json)
+                      check_state_fits, library_versions, read_state_dict, save_package, validate_metadata,
+                      write_json)
 from .registry import MONAI_NETWORKS, available_networks, build_network, network_factory, register_network
 from ..errors import InputError, ModelError
 
 __all__ = [
     "FORMAT", "HOME_ENV", "INFERENCE_FILE", "METADATA_FILE", "MONAI_NETWORKS", "PICKLE_REFUSAL",
     "TRAINING_DATA_KINDS", "WEIGHTS_FILE", "InputError", "ModelError", "ModelPackage", "available_networks",
-    "build_network", "cache_dir", "copy_package_tree", "import_model", "library_versions", "list_models",
+    "build_network", "cache_dir", "check_state_fits", "copy_package_tree", "import_model", "library_versions", "list_models",
     "load_package", "load_task_model", "network_factory", "read_metadata", "read_state_dict", "register_network",
     "remove_model", "resolve_model", "save_package", "validate_metadata",
     "verify_model", "write_json",

@@ -16,10 +16,13 @@ import tempfile
 import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelError
-from .package import METADATA_FILE, install, read_package_metadata, verify_package
+from ..errors import InputError, ModelError
+from .package import METADATA_FILE, ModelPackage, install, load_package_at, read_package_metadata, verify_package
+
+if TYPE_CHECKING:
+    import torch
 
 #: Environment variable that moves the MedDL home folder (the model cache is its ``models`` sub-folder).
 HOME_ENV = "MEDDL_HOME"
@@ -112,6 +115,34 @@ def verify_model(name_or_path: str | os.PathLike) -> dict[str, Any]:
     return verify_package(resolve_model(name_or_path))
 
 
+def load_package(path_or_name: str | os.PathLike, *, map_location: "str | torch.device" = "cpu") -> ModelPackage:
+    """Load a package after checking it: metadata keys, then the weights' SHA-256, then a weights-only load.
+
+    Args:
+        path_or_name: a package folder or the name of a model in the cache (see :func:`resolve_model`).
+        map_location: where the tensors go (``torch.load``'s argument).
+
+    Raises:
+        ModelError: missing/invalid metadata (names the key), weights that do not match their SHA-256
+            ("tampered or corrupt"), a checkpoint with pickled objects or that is not a state dict.
+    """
+    return load_package_at(resolve_model(path_or_name), map_location)
+
+
+def load_task_model(model: "str | os.PathLike | ModelPackage", task: str,
+                    device: "torch.device | str | None" = "cpu") -> "tuple[torch.nn.Module, ModelPackage]":
+    """``(network in eval mode on device, package)`` of a model for ``task``: a package folder, cached name or package.
+
+    Raises:
+        InputError: the package is for another task (a GUI or command-line choice, not a broken file).
+        ModelError: see :func:`load_package`.
+    """
+    package = model if isinstance(model, ModelPackage) else load_package(model)
+    if package.task != task:
+        raise InputError(f"model {package.name!r} is for task {package.task!r}, not {task!r}")
+    return package.network(device), package
+
+
 def import_model(src: str | os.PathLike, name: str | None = None, overwrite: bool = False) -> Path:
     """Copy a package (folder or .zip) into the cache after verifying it; works offline.
 
@@ -196,8 +227,8 @@ def remove_model(name: str) -> Path:
     """Delete the model ``name`` from the cache (only cache entries, never other folders); returns its old path.
 
     Raises:
-        ModelError: no such model, or it could not be deleted (then it stays in the cache, whole, and the message
-            says why).
+        ModelError: no such model, or it could not be deleted: nothing moved (a read-only cache), or it was moved
+            out of the cache list but files remain (the message names the hidden folder holding them and why).
     """
     check_name(name)
     cache = cache_dir()
@@ -219,17 +250,9 @@ def remove_model(name: str) -> Path:
 
     handler = {"onexc": note} if sys.version_info >= (3, 12) else {"onerror": note}  # onexc is Python 3.12+
     shutil.rmtree(trash, **handler)
-    if failures or trash.exists():
-        restored = False
-        try:
-            if not target.exists():
-                os.replace(trash, target)
-                restored = True
-        except OSError:
-            pass
-        where = f"what is left is back at {target}" if restored else f"what is left is in {trash}"
+    if failures or trash.exists():  # part of it may be gone already: it is never put back half-deleted
         raise ModelError(f"cannot remove model {name!r} completely ({failures[0] if failures else 'files remain'}); "
-                         f"{where}")
+                         f"it is out of the cache list, and what is left is in {trash} (delete it by hand)")
     return target
 
 

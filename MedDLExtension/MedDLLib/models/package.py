@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ..errors import InputError, ModelError
+from ..errors import ModelError
 from . import monai_spec
 from .registry import build_network
 
@@ -281,38 +281,13 @@ def verify_package(root: Path) -> dict[str, Any]:
     }
 
 
-def load_package(path_or_name: str | os.PathLike, *, map_location: "str | torch.device" = "cpu") -> ModelPackage:
-    """Load a package after checking it: metadata keys, then the weights' SHA-256, then a weights-only load.
-
-    Args:
-        path_or_name: a package folder or the name of a model in the cache (see :func:`resolve_model`).
-        map_location: where the tensors go (``torch.load``'s argument).
-
-    Raises:
-        ModelError: missing/invalid metadata (names the key), weights that do not match their SHA-256
-            ("tampered or corrupt"), a checkpoint with pickled objects or that is not a state dict.
-    """
-    from .cache import resolve_model
-
-    root = resolve_model(path_or_name)
+def load_package_at(root: Path, map_location: "str | torch.device" = "cpu") -> ModelPackage:
+    """Load the package folder ``root`` after checking it: metadata keys, then the weights' SHA-256, then a
+    weights-only load (see :func:`MedDLLib.models.load_package` for names in the cache)."""
     metadata = read_package_metadata(root)
     verify_sha256(root, metadata)
     state = load_weights(root, map_location)
     return ModelPackage(path=root, metadata=metadata, state_dict=state)
-
-
-def load_task_model(model: "str | os.PathLike | ModelPackage", task: str,
-                    device: "torch.device | str | None" = "cpu") -> "tuple[torch.nn.Module, ModelPackage]":
-    """``(network in eval mode on device, package)`` of a model for ``task``: a package folder, cached name or package.
-
-    Raises:
-        InputError: the package is for another task (a GUI or command-line choice, not a broken file).
-        ModelError: see :func:`load_package`.
-    """
-    package = model if isinstance(model, ModelPackage) else load_package(model)
-    if package.task != task:
-        raise InputError(f"model {package.name!r} is for task {package.task!r}, not {task!r}")
-    return package.network(device), package
 
 
 def library_versions() -> dict[str, str]:
@@ -409,7 +384,13 @@ def _is_pickle(file: Path) -> bool:
 
 
 def load_into_network(metadata: Mapping[str, Any], state: Mapping[str, Any], where: Path) -> "torch.nn.Module":
-    """The network of ``metadata`` with ``state`` loaded strictly (``where`` names the package in errors)."""
+    """The network of ``metadata`` with ``state`` loaded strictly (``where`` names the package in errors).
+
+    Keys and shapes are compared on the ``meta`` device first, so weights that do not fit are refused naming the
+    first mismatching key before the network is allocated.
+    """
+    check_state_fits(build_network(metadata, on_meta=True).state_dict(), state,
+                     f"weights of {where} do not fit network {metadata['network']['name']!r}")
     model = build_network(metadata)
     try:
         model.load_state_dict(state, strict=True)
@@ -420,6 +401,21 @@ def load_into_network(metadata: Mapping[str, Any], state: Mapping[str, Any], whe
         raise ModelError(f"weights of {where} do not fit network {metadata['network']['name']!r}: "
                          f"{detail or type(exc).__name__}") from exc
     return model
+
+
+def check_state_fits(expected: Mapping[str, Any], state: Mapping[str, Any], what: str) -> None:
+    """``state`` has exactly ``expected``'s keys with the same shapes; else one line naming the first mismatching
+    key (in the weights' order; then the first key the weights lack). ``what`` starts the message."""
+    for key, tensor in state.items():
+        if key not in expected:
+            raise ModelError(f"{what}: first mismatching key {key!r} is not in the network")
+        shape, want = tuple(getattr(tensor, "shape", ())), tuple(expected[key].shape)
+        if shape != want:
+            raise ModelError(f"{what}: first mismatching key {key!r}: shape {list(shape)}, expected {list(want)}")
+    missing = [key for key in expected if key not in state]
+    if missing:
+        raise ModelError(f"{what}: first mismatching key {missing[0]!r} is missing from the weights "
+                         f"({len(missing)} missing)")
 
 
 def _cpu_state_dict(state_dict: Any) -> dict[str, "torch.Tensor"]:

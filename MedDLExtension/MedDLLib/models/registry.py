@@ -112,12 +112,13 @@ def network_target(name: str, task: Any = None) -> str:
     return f"{module}.{qualname}"
 
 
-def build_network(metadata_or_package: Any) -> "torch.nn.Module":
+def build_network(metadata_or_package: Any, *, on_meta: bool = False) -> "torch.nn.Module":
     """Build the (untrained) network a package's metadata names, with its arguments.
 
     Args:
         metadata_or_package: a :class:`~MedDLLib.models.ModelPackage` or a metadata dict with
             ``network.name``/``network.args`` (and ``task``, to find the task's declared networks).
+        on_meta: build on PyTorch's ``meta`` device (shapes only, no memory), e.g. to compare with weights.
 
     Raises:
         ModelError: unknown network name (lists the known ones), arguments the factory rejects, or a network
@@ -142,10 +143,13 @@ def build_network(metadata_or_package: Any) -> "torch.nn.Module":
         pass
     import torch
 
-    n_parameters = _count_on_meta(factory, name, args)
+    skeleton = _build_on_meta(factory, name, args)
+    n_parameters = int(sum(p.numel() for p in skeleton.parameters()) + sum(b.numel() for b in skeleton.buffers()))
     if n_parameters > MAX_PARAMETERS:
         raise ModelError(f"network {name!r} with args {_short(args)} would have {n_parameters:,} parameters "
                          f"(more than MedDL's limit of {MAX_PARAMETERS:,}); refused")
+    if on_meta:
+        return skeleton
     try:
         with torch.device("cpu"):
             return factory(**args)
@@ -153,8 +157,8 @@ def build_network(metadata_or_package: Any) -> "torch.nn.Module":
         raise ModelError(f"cannot build network {name!r} with args {_short(args)}: {_first_line(exc)}") from exc
 
 
-def _count_on_meta(factory: Callable[..., Any], name: str, args: Mapping[str, Any]) -> int:
-    """Parameters of ``factory(**args)`` built on the meta device (no memory allocated)."""
+def _build_on_meta(factory: Callable[..., Any], name: str, args: Mapping[str, Any]) -> "torch.nn.Module":
+    """``factory(**args)`` built on the meta device (no memory allocated)."""
     import torch
 
     try:
@@ -165,7 +169,7 @@ def _count_on_meta(factory: Callable[..., Any], name: str, args: Mapping[str, An
         raise ModelError(f"cannot build network {name!r} with args {_short(args)}: {_first_line(exc)}") from exc
     if not isinstance(module, torch.nn.Module):
         raise ModelError(f"network {name!r} did not build a torch module (got {type(module).__name__})")
-    return int(sum(p.numel() for p in module.parameters()) + sum(b.numel() for b in module.buffers()))
+    return module
 
 
 def _short(args: Mapping[str, Any]) -> str:
