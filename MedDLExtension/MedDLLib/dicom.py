@@ -682,6 +682,8 @@ def _slice_key(s: DicomSlice, normal: np.ndarray | None) -> float | None:
     """Position along the normal (or SliceLocation) used to spot repeated positions."""
     pos = s.position
     if pos is not None and normal is not None:
+        if np.max(np.abs(pos)) > MAX_POSITION_MM:  # no position (set aside by _layout): repeats nothing
+            return None
         return float(np.dot(pos, normal))
     return _float(s.header, "SliceLocation")
 

@@ -58,6 +58,10 @@ def load_volume(
         return nodes.add_scalar_volume(scene, volume, node_name)
     if not is_volume_file(path):
         raise InputError(f"{path}: not a DICOM folder nor a volume file ({', '.join(VOLUME_FILE_SUFFIXES)})")
+    if not path.is_file():  # a named pipe would block the reader forever; a device has no end
+        raise InputError(f"{path}: not a regular file (named pipe, socket or device): MedDL reads regular files only")
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        check_nifti(path)
     class_name = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
     node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name or file_stem(path)))
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
@@ -73,7 +77,106 @@ def load_volume(
         raise InputError(f"{path}: Slicer could not read this volume file (corrupt or unsupported)")
     node.SetAndObserveStorageNodeID(storage.GetID())
     node.CreateDefaultDisplayNodes()
+    try:
+        check_volume_node(node, path)
+    except InputError:
+        scene.RemoveNode(node)
+        scene.RemoveNode(storage)
+        raise
     return node
+
+
+def check_volume_node(node: Any, path: str | os.PathLike) -> None:
+    """Refuse a volume read from ``path`` whose geometry or voxels are no image: a voxel size (NIfTI pixdim,
+    NRRD space directions) that is zero, negative, not a number or beyond 1 m; an IJK-to-RAS matrix that is
+    not finite or singular; voxels that are NaN or infinite (the tasks would compute on them silently).
+
+    Raises:
+        InputError: naming the file and what is wrong.
+    """
+    import numpy as np
+
+    spacing = np.asarray(node.GetSpacing(), dtype=float)
+    if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0) and np.all(spacing <= 1000)):
+        raise InputError(f"{path}: voxel size {tuple(float(v) for v in spacing)} mm (NIfTI pixdim / NRRD space "
+                         "directions) is not a size: expected three finite spacings between 0 and 1000 mm")
+    matrix = _ijk_to_ras(node)
+    if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
+        raise InputError(f"{path}: the voxel-to-patient matrix (NIfTI qform/sform, NRRD space directions and "
+                         "origin) is not finite or is singular: the volume's place in the patient is unknown")
+    image = node.GetImageData()
+    scalars = image.GetPointData().GetScalars() if image is not None else None
+    if scalars is not None and scalars.GetDataType() in (10, 11):  # VTK_FLOAT, VTK_DOUBLE
+        from vtk.util.numpy_support import vtk_to_numpy
+
+        values = vtk_to_numpy(scalars)
+        bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise InputError(f"{path}: {bad} of {values.size} voxels are NaN or infinite (not finite): MedDL refuses "
+                             "volumes with undefined values; fill them (e.g. with the background value) first")
+
+
+#: NIfTI-1 datatype codes of floating-point voxels (float32, float64).
+_NIFTI_FLOAT_TYPES = (16, 64)
+
+
+def check_nifti(path: str | os.PathLike) -> None:
+    """Refuse a NIfTI-1 file whose header is no geometry, or whose float voxels are NaN or infinite, before Slicer
+    reads it: ITK's reader silently takes a pixdim of 0 as 1 mm, a negative pixdim flips the axis (left and right
+    swapped) and NaN voxels become 0, so the volume would be wrong without a word.
+
+    Checked: pixdim[1..3] (voxel size, mm) finite and > 0 (NIfTI-1: "should be positive"); float voxels finite.
+
+    Raises:
+        InputError: naming the file and the header field.
+    """
+    import gzip
+    import struct
+
+    import numpy as np
+
+    path = Path(path)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            header = f.read(348)
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read the NIfTI header ({exc})") from None
+    if len(header) < 348:
+        raise InputError(f"{path}: truncated NIfTI header ({len(header)} of 348 bytes)")
+    endian = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+    if struct.unpack(f"{endian}i", header[:4])[0] != 348:
+        return  # NIfTI-2 or not NIfTI: left to Slicer's reader
+    dim = struct.unpack(f"{endian}8h", header[40:56])
+    datatype = struct.unpack(f"{endian}h", header[70:72])[0]
+    pixdim = struct.unpack(f"{endian}8f", header[76:108])
+    spatial = [float(v) for v in pixdim[1:1 + min(max(int(dim[0]), 1), 3)]]
+    if not all(math.isfinite(v) and v > 0 for v in spatial):
+        raise InputError(f"{path}: NIfTI pixdim[1..3] (voxel size) is {tuple(spatial)} mm: expected finite sizes "
+                         "> 0 (a zero is read as 1 mm and a negative size flips the axis, e.g. swaps left and right)")
+    if datatype in _NIFTI_FLOAT_TYPES:  # read here: ITK's reader turns NaN into 0
+        offset = int(struct.unpack(f"{endian}f", header[108:112])[0]) or 352
+        count = int(np.prod([max(int(d), 1) for d in dim[1:1 + max(int(dim[0]), 1)]]))
+        dtype = np.dtype(f"{endian}f{4 if datatype == 16 else 8}")
+        try:
+            with opener(path, "rb") as f:
+                f.seek(offset)
+                values = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype)
+        except (OSError, EOFError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read the NIfTI voxels ({exc})") from None
+        bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise InputError(f"{path}: {bad} of {values.size} voxels are NaN or infinite (not finite): MedDL refuses "
+                             "volumes with undefined values; fill them (e.g. with the background value) first")
+
+
+def _ijk_to_ras(node: Any) -> Any:
+    import numpy as np
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
 def read_volume_file(path: str | os.PathLike, name: str | None = None) -> Any:
