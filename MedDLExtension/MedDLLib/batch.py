@@ -15,7 +15,8 @@ this module only handles files:
   goes on; ``KeyboardInterrupt`` still stops it (the study in progress leaves nothing behind);
 * every finished study folder also holds ``meddl_run.json``: the task, the model (name, version, SHA-256 of its
   weights) and the task's options (e.g. ``threshold``) that produced it;
-* ``resume=True`` skips studies whose final folder exists *and* was produced by the same task, model and options
+* ``resume=True`` skips studies whose final folder exists, holds a valid ``result.json`` *and* was produced by the
+  same task, model and options
   (their summary row is rebuilt from ``result.json``); a study finished with another model or options, or by a
   MedDL that did not record them, runs again, so one output folder never mixes models;
   leftover ``.*.partial`` entries of a killed run are removed at the start of every run.
@@ -220,7 +221,7 @@ def run_batch(
             cancelled = True
             break
         final = output_root / sid
-        if resume and final.is_dir() and _read_json(final / RUN_JSON) == identity:
+        if resume and final.is_dir() and _read_json(final / RUN_JSON) == identity and _finished(final):
             outcome = StudyOutcome(sid, study, "skipped", earlier_seconds.get(sid), final,
                                    _read_json(final / RESULT_JSON))
         else:
@@ -289,11 +290,23 @@ def _remove_folder(path: Path) -> None:
         shutil.rmtree(old)
 
 
+def _finished(folder: Path) -> bool:
+    """True when ``folder`` holds a complete study output: a ``result.json`` that is a non-empty strict JSON object
+    (a corrupted, truncated or emptied one means the study runs again on ``--resume``)."""
+    def refuse(value: str) -> None:
+        raise ValueError(value)
+    try:
+        data = json.loads((folder / RESULT_JSON).read_text(encoding="utf-8"), parse_constant=refuse)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and bool(data)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     """The JSON object in ``path`` (``{}`` when missing, unreadable or not an object)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -138,7 +138,41 @@ def supports(task: Task, method: str) -> bool:
     return getattr(type(task), method, None) is not getattr(Task, method, None)
 
 
+#: Upper limits of the size options of phantom/train/bench (a usage error beyond them): (limit, unit).
+OPTION_LIMITS: dict[str, tuple[int, str]] = {
+    "cases": (100_000, "studies"), "size": (1024, "pixels"), "slices": (2048, "slices"), "epochs": (10_000, "epochs"),
+    "batch_size": (4096, "samples"), "depth": (1024, "slices"), "width": (4096, "channels"),
+}
+#: Seeds are what numpy's generators take: 0 .. 2**32 - 1.
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def check_option_limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``parser.error`` (usage error, exit 2) for a size option beyond :data:`OPTION_LIMITS` or a seed outside
+    :data:`SEED_RANGE`: ``--cases 10**30`` or ``--size 200000`` would only fail later in the allocator."""
+    for key, (limit, unit) in OPTION_LIMITS.items():
+        value = getattr(args, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+            parser.error(f"--{key.replace('_', '-')} {value} is beyond the limit of {limit} {unit}")
+    seed = getattr(args, "seed", None)
+    if isinstance(seed, int) and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        parser.error(f"--seed {seed} must lie between {SEED_RANGE[0]} and {SEED_RANGE[1]}")
+
+
+#: The manifest every ``meddl phantom`` dataset holds: a folder with it may be written over by another phantom.
+PHANTOM_MANIFEST = "phantom.json"
+#: Key of the metrics JSON ``meddl evaluate`` writes that marks it as one (so ``--out`` may replace it).
+METRICS_MARKER = "meddl_evaluate_task"
+
+
 def _run_phantom(task: Task, args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; give a new or empty folder for the phantom dataset")
+    if out.is_dir() and any(out.iterdir()) and not (out / PHANTOM_MANIFEST).is_file():
+        example = next(iter(sorted(p.name for p in out.iterdir())))
+        raise InputError(f"{out}: the folder holds other files (e.g. {example}) and is no earlier `meddl phantom` "
+                         f"output (no {PHANTOM_MANIFEST}): give a new or empty folder, so no dataset is overwritten")
     result = _call(task, "phantom", task.phantom, args.out, args.cases, args.seed, args)
     print_result(result)
     return 0
@@ -154,16 +188,32 @@ def _run_train(task: Task, args: argparse.Namespace) -> int:
 def _run_evaluate(task: Task, args: argparse.Namespace) -> int:
     if not args.data.exists():
         raise InputError(f"{args.data}: dataset folder not found")
+    _check_metrics_out(Path(args.out))
     from .io import atomic_write_json
     from .progress import activity
 
     with activity(f"evaluate {task.name}"):  # elapsed time on a terminal (the tasks report no fraction)
         metrics = _call(task, "evaluate", task.evaluate, args)
 
-    atomic_write_json(args.out, metrics)
+    atomic_write_json(args.out, {**metrics, METRICS_MARKER: task.name})
     print_result(metrics)
     print(f"metrics written to {args.out}")
     return 0
+
+
+def _check_metrics_out(out: Path) -> None:
+    """Refuse an ``evaluate --out`` that would replace a file other than an earlier metrics JSON of MedDL's."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_file() and not out.is_symlink():
+        try:
+            earlier = json.loads(out.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            earlier = None
+        if isinstance(earlier, dict) and METRICS_MARKER in earlier:
+            return
+    raise InputError(f"{out}: --out exists and is not an earlier metrics JSON of `meddl evaluate`; it is not "
+                     "replaced: give a new file name (e.g. metrics.json)")
 
 
 def _run_infer(task: Task, args: argparse.Namespace) -> int:
@@ -329,7 +379,10 @@ def _dispatch(command: TaskCommand, args: argparse.Namespace) -> int:
     task = get_task(args.task)
     if not supports(task, command.method):
         raise _unsupported(task, command.name)
-    options = task_parser(command, task).parse_args(args.task_argv)
+    parser = task_parser(command, task)
+    options = parser.parse_args(args.task_argv)
+    if command.name in ("phantom", "train", "bench"):
+        check_option_limits(parser, options)
     return command.run(task, _merge(options, args))
 
 

@@ -273,7 +273,8 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     An existing folder at ``path`` is first renamed aside (``.<name>.<hex>.old.partial``), then the new one is
     renamed in and the old one deleted: readers see the old complete folder or the new complete one, never a
     mix, and a failure leaves ``path`` as it was. Leftover ``.*.partial`` entries of a killed process are
-    recognisable by name. The parent folder is created.
+    recognisable by name (they carry the writer's process id) and removed by the next call for the same ``path``
+    (:func:`clean_stale_partials`). The parent folder is created.
 
     Raises:
         InputError: ``path`` exists and is not a folder.
@@ -282,11 +283,12 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise InputError(f"{path}: exists and is not a folder; remove it or choose another output")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    clean_stale_partials(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".partial", dir=path.parent))
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old.partial")
+            old = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.old.partial")
             os.rename(path, old)
             os.rename(tmp, path)
             shutil.rmtree(old)
@@ -295,6 +297,42 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clean_stale_partials(path: str | os.PathLike) -> list[Path]:
+    """Remove the ``.<name>.<pid>-<random>.partial`` staging entries of ``path`` that a killed process left beside
+    it (its process id is no longer running, or the name carries none: written by an older MedDL); entries of a
+    process still running are kept. Returns what was removed."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    removed = []
+    try:
+        entries = [e for e in os.scandir(path.parent) if e.name.startswith(prefix) and e.name.endswith(".partial")]
+    except OSError:
+        return removed
+    for entry in entries:
+        pid_text = entry.name[len(prefix):].split("-", 1)[0]
+        if pid_text.isdigit() and _process_running(int(pid_text)):
+            continue
+        target = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+        removed.append(target)
+    return removed
+
+
+def _process_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # another user's process (or a number the system refuses): keep its files
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
