@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,12 @@ import numpy as np
 REAL_CHEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "ct_chest_tcia_lung_pet_ct_dx_A0002"
 #: result.json keys that differ between runs by nature (timings, the input path).
 VOLATILE_KEYS = ("seconds", "input")
+#: Files outside the output contract: Slicer's table schema beside a CSV (written by its table storage node before
+#: the task pipeline), the DICOM SEG beside a segmentation (MedDLLib.dicomseg, when the input is DICOM).
+EXTRA_SUFFIXES = (".schema.csv", ".seg.dcm")
+#: Network outputs may differ this much: MedDLLib.runtime runs a network on ONNX Runtime/OpenVINO where they agree
+#: with torch fp32 within 1e-3 in probability. Voxels (label hashes, voxel counts) and geometry compare exactly.
+FLOAT_ABS_TOL = 1e-3
 
 
 def meddl(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -197,7 +204,7 @@ def fingerprint(out: Path, reference_file: Path | None = None) -> dict[str, Any]
     """
     result = json.loads((out / "result.json").read_text(encoding="utf-8"))
     prints: dict[str, Any] = {"result": _numbers({k: v for k, v in result.items() if k not in VOLATILE_KEYS})}
-    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    files = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.endswith(EXTRA_SUFFIXES))
     prints["files"] = files
     volumes = [n for n in files if n.endswith(".nrrd") and not n.endswith(".seg.nrrd")]
     reference = reference_file or (out / volumes[0] if volumes else None)
@@ -210,6 +217,40 @@ def fingerprint(out: Path, reference_file: Path | None = None) -> dict[str, Any]
         elif name.endswith(".csv"):
             prints[name] = _csv_print(path)
     return prints
+
+
+def differences(new: dict[str, Any], old: dict[str, Any]) -> list[str]:
+    """The entries of two fingerprints that differ (NaN equals NaN; files outside the contract are ignored)."""
+    old = {k: v for k, v in old.items() if not k.endswith(EXTRA_SUFFIXES)}
+    new, old = _float_voxels_by_value(new), _float_voxels_by_value(old)
+    if "files" in old:
+        old["files"] = [f for f in old["files"] if not f.endswith(EXTRA_SUFFIXES)]
+    text = lambda value: json.dumps(value, sort_keys=True)  # noqa: E731
+    return [f"{key}: now {text(new.get(key))[:400]}, before {text(old.get(key))[:400]}"
+            for key in sorted(set(new) | set(old)) if not same(new.get(key), old.get(key))]
+
+
+def _float_voxels_by_value(prints: dict[str, Any]) -> dict[str, Any]:
+    """Float volumes (heatmaps) compared by their sum, maximum and non-zero count, not by a hash of their bits."""
+    out = {}
+    for key, value in prints.items():
+        if isinstance(value, dict) and str(value.get("dtype", "")).startswith("float"):
+            value = {k: v for k, v in value.items() if k != "sha256"}
+        out[key] = value
+    return out
+
+
+def same(a: Any, b: Any, abs_tol: float = FLOAT_ABS_TOL) -> bool:
+    """Equal structures; integers, text and hashes exactly, floats within ``abs_tol`` (NaN equals NaN)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k], abs_tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y, abs_tol) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return math.isclose(a, b, rel_tol=1e-5, abs_tol=abs_tol)
+    return type(a) is type(b) and a == b
 
 
 def main(argv: list[str]) -> int:

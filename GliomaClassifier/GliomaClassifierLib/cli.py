@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from MedDLLib.errors import InputError
-from MedDLLib.tasks import Task
+from MedDLLib.pipeline import Computed, LoadedModel, PipelineTask, Study
 
 from .dataset import SEQUENCES
+from .logic import HEATMAP_NRRD, OUTPUTS  # noqa: F401  (the output contract)
 
-HEATMAP_NRRD = "heatmap.nrrd"
 OVERLAY_PNG = "overlay.png"
 
 
@@ -101,63 +101,26 @@ def parse_voi_dicom(items: list[str] | None) -> dict[str, str]:
 def infer_study(input_path: str | Path, model: str | Path, output: str | Path, *, threshold: float = 0.5,
                 device: str = "cpu", progress: Callable[[float, str], None] | None = None,
                 voi_dicom: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run one study through a fresh headless scene and write ``heatmap.nrrd`` and ``overlay.png``.
+    """Run one study through the shared pipeline (:func:`MedDLLib.pipeline.run_study`): ``heatmap.nrrd`` and
+    ``overlay.png`` in ``output``; return the ``result.json`` values (the caller writes the file).
 
-    ``progress(fraction 0..1, message)`` is called from 0.0 (reading) to 1.0 (done), e.g. with the GUI's reporter.
     ``voi_dicom``: sequence -> a DICOM file whose VOI LUT applies to that sequence's volume (volume-file input).
     """
-    import numpy as np
+    from MedDLLib.pipeline import run_study
 
-    from MedDLLib import io as mio
-    from MedDLLib import nodes, render
-    from MedDLLib.headless import create_scene
+    from .logic import GliomaOptions
 
-    from MedDLLib.models import load_task_model
-
-    from . import model as glioma_model
-    from .logic import GliomaClassifierLogic, GliomaOptions, compute
-    from .preprocess import InputSpec, with_voi_sources
-
-    report = progress or (lambda fraction, message: None)
-    report(0.0, "reading the study")
-    _, package = load_task_model(model, glioma_model.TASK, "cpu")
-    spec = InputSpec.from_metadata(package.metadata["input"])
-    volumes = with_voi_sources(read_study(input_path, list(spec.sequences)), voi_dicom or {})
-    result = compute(volumes, package, GliomaOptions(gradcam=True, threshold=threshold, device=device),
-                     progress=lambda fraction, message: report(0.05 + 0.8 * fraction, message))
-    report(0.9, "writing the outputs")
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    hs = create_scene()
-    try:
-        scene = hs.scene
-        ref = nodes.add_scalar_volume(scene, volumes[spec.sequences[0]], spec.sequences[0])
-        result = GliomaClassifierLogic().write_outputs(ref, result)
-        heat_node = result.nodes["heatmap"]
-        mio.save_node(heat_node, output / HEATMAP_NRRD)
-        heat = result.heatmap
-        if heat is not None and heat.array.sum() > 0:
-            kji = np.array(np.unravel_index(np.arange(heat.array.size), heat.array.shape)).T
-            w = heat.array.ravel()
-            centre_ijk = (kji[:, ::-1] * w[:, None]).sum(axis=0) / w.sum()
-            offset = float(heat.geometry.ijk_to_ras_points(centre_ijk)[0][2])
-        else:
-            offset = None
-        render.render_slice_png(output / OVERLAY_PNG, ref, foreground=heat_node, offset_mm=offset)
-    finally:
-        hs.scene.Clear(1)
-    report(1.0, "done")
-    out = result.as_dict()
-    out.update(heatmap=HEATMAP_NRRD, overlay=OVERLAY_PNG, input=str(input_path))
-    return out
+    options = GliomaOptions(gradcam=True, threshold=threshold, device=str(device), voi_dicom=dict(voi_dicom or {}))
+    return run_study(TASK, Path(input_path), model, Path(output), options, device=device, progress=progress)
 
 
-class GliomaTask(Task):
+class GliomaTask(PipelineTask):
     """MGMT promoter methylation of a glioma from brain MRI (RSNA-MICCAI 2021 layout)."""
 
     name = "glioma"
     title = "Glioma Classifier: MGMT promoter methylation from brain MRI (research use only)"
     needs_model = True  # no default model ships: infer and batch check --model once, first
+    outputs = OUTPUTS
     networks = {"glioma.evidence_resnet10": "GliomaClassifierLib.model:EvidenceResNet10"}
 
     def add_arguments(self, subcommand: str, parser: argparse.ArgumentParser) -> None:
@@ -278,16 +241,25 @@ class GliomaTask(Task):
 
         return super().find_studies(root / IMAGE_FOLDER if (root / IMAGE_FOLDER).is_dir() else root)
 
-    def infer(self, input_path: Path, model: str | None, output: Path, args: argparse.Namespace) -> dict[str, Any]:
-        from MedDLLib.device import select_device
+    # ------------------------------------------------------------------------------------------------ pipeline
+    def options(self, args: argparse.Namespace, device: Any) -> Any:
+        from .logic import GliomaOptions
 
-        if model is None:
-            raise InputError("meddl infer glioma needs --model (no default MGMT model ships; train one with "
-                             "meddl train glioma)")
-        device = select_device(getattr(args, "device", None), getattr(args, "force_cpu", False))
-        return infer_study(Path(input_path), model, Path(output), threshold=getattr(args, "threshold", 0.5),
-                           device=str(device), progress=getattr(args, "progress", None),
-                           voi_dicom=parse_voi_dicom(getattr(args, "voi_dicom", None)))
+        return GliomaOptions(gradcam=True, threshold=getattr(args, "threshold", 0.5), device=str(device),
+                             voi_dicom=parse_voi_dicom(getattr(args, "voi_dicom", None)))
+
+    def read_study(self, path: Path, package: LoadedModel | None, options: Any) -> Study:
+        from .preprocess import InputSpec, with_voi_sources
+
+        sequences = list(InputSpec.from_metadata(package.metadata["input"]).sequences)
+        volumes = with_voi_sources(read_study(path, sequences), options.voi_dicom)
+        return Study(dict(volumes), sequences[0], path)
+
+    def compute(self, inputs: Study, package: LoadedModel | None, options: Any, progress: Any = None,
+                cancel: Any = None) -> Computed:
+        from .logic import compute, to_computed
+
+        return to_computed(compute(inputs.volumes, package, options, progress, cancel), inputs.path)
 
     # ------------------------------------------------------------------------------------------------ bench
     def bench(self, args: argparse.Namespace) -> dict[str, Any]:

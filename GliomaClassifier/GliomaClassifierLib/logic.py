@@ -27,6 +27,12 @@ import numpy as np
 from MedDLLib import models, nodes
 from MedDLLib.errors import Cancelled, InputError
 from MedDLLib.geometry import LPS_TO_RAS, Volume
+from MedDLLib.results import OutputFile
+
+HEATMAP_NRRD = "heatmap.nrrd"
+#: The outputs of ``meddl infer glioma`` (besides ``overlay.png`` and ``result.json``); the result table and the
+#: window ROI are built from ``result.json`` (:meth:`GliomaClassifierLogic.write_outputs`).
+OUTPUTS = (OutputFile("heatmap", HEATMAP_NRRD, "heatmap", "Grad-CAM MGMT", result_key="heatmap"),)
 
 
 
@@ -43,6 +49,8 @@ class GliomaOptions:
     gradcam: bool = True
     threshold: float = 0.5
     device: str = "cpu"
+    #: sequence -> a DICOM file whose VOI LUT applies to that sequence's volume (volume-file input, ``--voi-dicom``)
+    voi_dicom: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -137,8 +145,11 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
             raise Cancelled("cancelled by the user")
         report(fraction, message)
 
+    from MedDLLib.pipeline import ensure_loaded
+
     checkpoint(0.02, "loading the model")
-    network, package = models.load_task_model(model, TASK, options.device)
+    loaded = ensure_loaded(model, options.device, lambda m, device: models.load_task_model(m, TASK, device))
+    network, package = loaded.network, loaded.package
     spec = InputSpec.from_metadata(package.metadata["input"])
     if isinstance(volumes, Volume):
         volumes = {spec.sequences[0]: volumes}
@@ -229,3 +240,20 @@ class GliomaClassifierLogic:
             nodes.set_attributes(heat, {**attributes, "input": reference_node.GetID()})
             result.nodes["heatmap"] = heat
         return result
+
+
+def to_computed(result: GliomaResult, study_path: Any = None) -> Any:
+    """The pipeline's view of a result: ``result.json`` values, the heatmap, and the overlay slice (the slice of
+    the reference sequence through the heatmap's centre of mass; the middle slice for an empty heatmap)."""
+    from MedDLLib.pipeline import Computed, Overlay
+
+    values = result.as_dict()
+    if study_path is not None:
+        values["input"] = str(study_path)
+    heat = result.heatmap
+    k = 0
+    if heat is not None:
+        weights = heat.array.sum(axis=(1, 2))
+        k = int(round(float((np.arange(len(weights)) * weights).sum() / weights.sum()))) if weights.sum() > 0 \
+            else heat.array.shape[0] // 2
+    return Computed(values, {"heatmap": heat}, Overlay(k, heatmap="heatmap"), result)

@@ -20,6 +20,7 @@ import numpy as np
 from MedDLLib import nodes
 from MedDLLib.errors import Cancelled, InputError
 from MedDLLib.geometry import Volume
+from MedDLLib.results import OutputFile
 
 from .dataset import LABELS
 from .preprocess import InputSpec, check_head_ct, volume_input
@@ -30,7 +31,20 @@ PLOT_NAME = "ICH probabilities plot"
 #: Blood density range (HU) of the suspected-hemorrhage mask.
 BLOOD_HU = (45.0, 100.0)
 SUSPECTED_SEGMENTS = {1: ("suspected hemorrhage", (1.0, 0.2, 0.2))}
+#: Brain window (centre, width in HU) of the input volume and of ``overlay.png``.
+BRAIN_WINDOW = (40.0, 80.0)
 
+PROBABILITIES_CSV = "probabilities.csv"
+HEATMAP_NRRD = "heatmap.nrrd"
+SUSPECTED_SEG = "suspected.seg.nrrd"
+#: The outputs of ``meddl infer ich`` (besides ``overlay.png`` and ``result.json``) and the nodes they become.
+OUTPUTS = (
+    OutputFile("heatmap", HEATMAP_NRRD, "heatmap", "ICH Grad-CAM", result_key="heatmap"),
+    OutputFile("segmentation", SUSPECTED_SEG, "segmentation", "suspected hemorrhage", segments=SUSPECTED_SEGMENTS,
+               result_key="segmentation"),
+    OutputFile("table", PROBABILITIES_CSV, "table", "ICH probabilities", result_key="probabilities",
+               descriptions={label: f"probability of {label}" for label in LABELS}),
+)
 
 
 @dataclasses.dataclass
@@ -112,7 +126,8 @@ def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
 
     Args:
         volume: ``[k, j, i]`` HU with its geometry (axial slices along k).
-        model: an ICH model package (folder, cached name, or a loaded :class:`MedDLLib.models.ModelPackage`).
+        model: an ICH model package (folder, cached name, a :class:`MedDLLib.models.ModelPackage` or a
+            :class:`MedDLLib.pipeline.LoadedModel`).
         options: :class:`ICHOptions`.
         progress: ``(fraction 0..1, message)`` callback.
         cancel: returns True to stop (raises :class:`Cancelled`).
@@ -122,6 +137,8 @@ def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
     import torch
 
     from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
+
+    from MedDLLib.pipeline import ensure_loaded
 
     from .model import load_model, predict_inputs
 
@@ -135,7 +152,8 @@ def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
 
     check_head_ct(volume)
     checkpoint(0.05, "loading the model")
-    network, package = load_model(model, options.device)
+    loaded = ensure_loaded(model, options.device, load_model)
+    network, package = loaded.network, loaded.package
     spec = InputSpec.from_metadata(package.metadata["input"])
     output = package.metadata["output"].get("activation", "sigmoid")
     checkpoint(0.15, "preprocessing")
@@ -200,3 +218,19 @@ class ICHDetectorLogic:
             nodes.set_attributes(seg, {"volume_ml": round(result.suspected_volume_ml, 3)})
             result.nodes.update(heatmap=heat, segmentation=seg)
         return result
+
+
+def to_computed(result: ICHResult, study_path: Any = None) -> Any:
+    """The pipeline's view of a result (:class:`MedDLLib.pipeline.Computed`): ``result.json`` values, the arrays of
+    :data:`OUTPUTS` (per-slice table, heatmap, suspected region) and the overlay slice (highest 'any')."""
+    from MedDLLib.pipeline import Computed, Overlay
+
+    columns: dict[str, Any] = {"slice": list(range(len(result.probabilities)))}
+    for j, label in enumerate(LABELS):
+        columns[label] = [round(float(v), 6) for v in result.probabilities[:, j]]
+    values = result.as_dict()
+    if study_path is not None:
+        values["input"] = str(study_path)
+    k = int(result.probabilities[:, 0].argmax())
+    data = {"table": columns, "heatmap": result.heatmap, "segmentation": result.suspected}
+    return Computed(values, data, Overlay(k, heatmap="heatmap", labels="segmentation", window=BRAIN_WINDOW), result)

@@ -10,17 +10,28 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from MedDLLib.errors import InputError
 from MedDLLib.geometry import Geometry, Volume
+from MedDLLib.results import OutputFile
 
 from . import model as lggmodel
 from .features import TumourFeatures, tumour_features
 
 SEGMENT = {1: ("tumour", (0.95, 0.35, 0.1))}
+#: The outputs of ``meddl infer lgg`` (besides ``overlay.png`` and ``result.json``) and the nodes they become
+#: (Grad-CAM only when asked for).
+OUTPUTS = (
+    OutputFile("segmentation", "tumour.seg.nrrd", "segmentation", "tumour", segments=SEGMENT,
+               result_key="segmentation"),
+    OutputFile("labelmap", "tumour_label.nrrd", "labelmap", "tumour label", segments=SEGMENT, result_key="labelmap"),
+    OutputFile("table", "features.csv", "table", "tumour features", units={"area_mm2": "mm2", "volume_ml": "mL"},
+               result_key="features"),
+    OutputFile("heatmap", "gradcam.nrrd", "heatmap", "tumour Grad-CAM", required=False),
+)
 #: Grad-CAM target layer per network name (inside :class:`TumourScore`, hence the ``net.`` prefix).
 GRADCAM_LAYERS = {"monai.networks.nets.BasicUNet": "net.upcat_2", lggmodel.UNETPP_NAME: "net.upcat_0_2",
                   "monai.networks.nets.FlexibleUNet": "net.decoder"}
@@ -28,11 +39,11 @@ GRADCAM_LAYERS = {"monai.networks.nets.BasicUNet": "net.upcat_2", lggmodel.UNETP
 
 @dataclasses.dataclass
 class LGGOptions:
-    """Options of one run: Grad-CAM heatmap, compute device."""
+    """Options of one run: Grad-CAM heatmap, compute device (None: :func:`MedDLLib.device.select_device`'s
+    choice)."""
 
     gradcam: bool = False
-    device: str | None = None
-    force_cpu: bool = False
+    device: Any = None
 
 
 @dataclasses.dataclass
@@ -61,26 +72,36 @@ def read_inputs(volume_nodes: Any | Sequence[Any]) -> tuple[np.ndarray, Geometry
     """``(K, C, J, I)`` image and geometry from one node (FLAIR) or three (pre-contrast, FLAIR, post-contrast).
 
     Raises:
-        InputError: not volume nodes, not brain MRI (:func:`~.preprocess.check_mri`: a CT by its DICOM modality
-            or, without one, by its HU-like values), or nodes on different voxel grids.
+        InputError: see :func:`stack_channels`.
     """
     from MedDLLib.nodes import volume_from_node
-
-    from .preprocess import check_mri
 
     nodes = list(volume_nodes) if isinstance(volume_nodes, (list, tuple)) else [volume_nodes]
     if len(nodes) not in (1, 3):
         raise InputError(f"give one brain MRI node (FLAIR) or three (pre-contrast, FLAIR, post-contrast), "
                          f"got {len(nodes)}")
-    volumes = [volume_from_node(n, labelmap=False) for n in nodes]
-    for node, vol in zip(nodes, volumes):
-        check_mri(vol, f"volume {node.GetName()!r}")
-    first = volumes[0]
-    for node, vol in zip(nodes[1:], volumes[1:]):
+    return stack_channels({node.GetName(): volume_from_node(node, labelmap=False) for node in nodes})
+
+
+def stack_channels(volumes: Mapping[str, Volume]) -> tuple[np.ndarray, Geometry]:
+    """``(K, C, J, I)`` image and geometry of the channel volumes ``{name: volume}`` (in channel order).
+
+    Raises:
+        InputError: not brain MRI (:func:`~.preprocess.check_mri`: a CT by its DICOM modality or, without one,
+            by its HU-like values), or volumes on different voxel grids.
+    """
+    from .preprocess import check_mri
+
+    names = list(volumes)
+    for name in names:
+        check_mri(volumes[name], f"volume {volumes[name].metadata.get('name') or name!r}")
+    first = volumes[names[0]]
+    for name in names[1:]:
+        vol = volumes[name]
         if vol.array.shape != first.array.shape or not vol.geometry.allclose(first.geometry, 1e-3):
-            raise InputError(f"volume {node.GetName()!r} is not on the voxel grid of {nodes[0].GetName()!r}: "
+            raise InputError(f"volume {name!r} is not on the voxel grid of {names[0]!r}: "
                              "resample the channels onto one grid first")
-    return np.stack([v.array for v in volumes], axis=1), first.geometry
+    return np.stack([volumes[n].array for n in names], axis=1), first.geometry
 
 
 class TumourScore:
@@ -153,7 +174,7 @@ class LGGSegmenterLogic:
         from MedDLLib.models import load_task_model
 
         options = options or LGGOptions()
-        device = select_device(options.device, options.force_cpu)
+        device = select_device(options.device)
         network, package = load_task_model(model, lggmodel.TASK, device)
         image, geometry = read_inputs(volume_nodes)
         result = compute(image, geometry, network, package.metadata, options, progress, cancel, device)
@@ -206,19 +227,19 @@ def features_table(f: TumourFeatures) -> dict[str, list[Any]]:
     return columns
 
 
-def load_study_nodes(scene: Any, path: str | Path, channels: Sequence[str]) -> list[Any]:
-    """Load a study as volume nodes in ``channels`` order.
+def read_study(path: str | Path, channels: Sequence[str]) -> dict[str, Volume]:
+    """Read a study as ``{channel: Volume}`` in ``channels`` order (arrays only, no scene).
 
     ``path`` is a kaggle_3m study folder of .tif slices (nominal geometry), a DICOM folder holding one series
     (FLAIR) or the three series pre-contrast/FLAIR/post-contrast (matched by SeriesDescription), a folder of
     volume files named by channel (``pre-contrast.nrrd``, ``FLAIR.nrrd``, ``post-contrast.nrrd``, or .nii.gz:
-    what the module widget writes), or an NRRD/NIfTI file (FLAIR).
+    what the module widget writes), or an NRRD/NIfTI file (FLAIR). ``metadata["name"]`` of each volume names it
+    in messages.
 
     Raises:
         InputError: the study does not provide the channels the model needs.
     """
-    from MedDLLib import nodes
-    from MedDLLib.io import file_stem, is_volume_file, load_volume
+    from MedDLLib.io import file_stem, is_volume_file, read_volume_file
 
     from . import dataset
 
@@ -228,14 +249,14 @@ def load_study_nodes(scene: Any, path: str | Path, channels: Sequence[str]) -> l
         case = dataset.read_case_folder(path)
         image = dataset.read_slices(case)
         geometry = dataset.nominal_geometry((image.shape[0], image.shape[2], image.shape[3]))
-        return [nodes.add_scalar_volume(scene, Volume(image[:, dataset.CHANNELS.index(c)].astype(np.float32),
-                                                      geometry, {}), f"{case.case_id} {c}") for c in channels]
+        return {c: Volume(image[:, dataset.CHANNELS.index(c)].astype(np.float32), geometry,
+                          {"name": f"{case.case_id} {c}"}) for c in channels}
     if volume_files:
         missing = [c for c in channels if c not in volume_files]
         if missing:
             raise InputError(f"{path}: the model needs channels {list(channels)}; no volume file for {missing} "
                              f"(found {sorted(p.name for p in volume_files.values())}; expected <channel>.nrrd)")
-        return [load_volume(scene, volume_files[c], name=c) for c in channels]
+        return {c: _named(read_volume_file(volume_files[c], name=c), c) for c in channels}
     if path.is_dir():
         from MedDLLib.dicom import find_series, read_series
 
@@ -246,8 +267,8 @@ def load_study_nodes(scene: Any, path: str | Path, channels: Sequence[str]) -> l
             if list(channels) != ["FLAIR"]:
                 raise InputError(f"{path}: one series, but the model needs {list(channels)} "
                                  "(give a folder with the pre-contrast, FLAIR and post-contrast series)")
-            return [nodes.add_scalar_volume(scene, read_series(found[0]), "FLAIR")]
-        out = []
+            return {"FLAIR": _named(read_series(found[0]), "FLAIR")}
+        out = {}
         for c in channels:
             key = {"pre-contrast": "pre", "FLAIR": "flair", "post-contrast": "post"}[c]
             match = [s for s in found if key in s.description.lower()]
@@ -255,8 +276,39 @@ def load_study_nodes(scene: Any, path: str | Path, channels: Sequence[str]) -> l
                 raise InputError(f"{path}: expected one series whose SeriesDescription contains {key!r} for "
                                  f"channel {c}, found {len(match)} among "
                                  f"{[s.description for s in found]}")
-            out.append(nodes.add_scalar_volume(scene, read_series(match[0]), c))
+            out[c] = _named(read_series(match[0]), c)
         return out
     if list(channels) != ["FLAIR"]:
         raise InputError(f"{path}: one volume file, but the model needs {list(channels)}")
-    return [load_volume(scene, path)]
+    return {"FLAIR": _named(read_volume_file(path), file_stem(path))}
+
+
+def _named(volume: Volume, name: str) -> Volume:
+    return volume.with_array(volume.array, name=name)
+
+
+def reference_channel(channels: Sequence[str]) -> str:
+    """The channel whose grid the outputs lie on: FLAIR (the middle one of three), else the first."""
+    return "FLAIR" if "FLAIR" in channels else list(channels)[0]
+
+
+def to_computed(result: LGGResult, metadata: Mapping[str, Any], model_name: str) -> Any:
+    """The pipeline's view of a result: ``result.json`` values, the arrays of :data:`OUTPUTS` and the overlay
+    (the slice of largest tumour area, else the middle one)."""
+    import math
+
+    from MedDLLib.pipeline import Computed, Overlay
+
+    f = result.features
+    clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
+    values = {
+        "tumour_volume_ml": f.volume_ml, "centroid_ras_mm": [clean(v) for v in f.centroid_ras_mm],
+        "spread_mm": [clean(v) for v in f.spread_mm], "max_area_mm2": f.max_area_mm2,
+        "ellipsoid_ratio": clean(f.ellipsoid_ratio), "margin_fluctuation_mm": clean(f.margin_fluctuation_mm),
+        "n_slices": len(f.area_mm2), "model": model_name, "recipe": metadata["recipe"],
+    }
+    labels = result.mask.astype(np.uint8)
+    k = int(max(range(len(f.area_mm2)), key=lambda i: f.area_mm2[i])) if f.n_voxels else len(f.area_mm2) // 2
+    data = {"segmentation": labels, "labelmap": labels, "table": features_table(f), "heatmap": result.heatmap}
+    return Computed(values, data, Overlay(k, heatmap="heatmap" if result.heatmap is not None else None,
+                                          labels="labelmap"), result)

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from MedDLLib.errors import InputError
-from MedDLLib.tasks import Task
+from MedDLLib.pipeline import Computed, LoadedModel, PipelineTask, Study
 
 from . import dataset, model
+from .logic import OUTPUTS
 
-#: Output files of ``meddl infer lung`` (besides ``result.json``).
+#: Output files of ``meddl infer lung`` (besides ``result.json``), declared in :data:`.logic.OUTPUTS`.
 LUNGS_SEG = "lungs.seg.nrrd"
 LUNGS_LABEL = "lungs_label.nrrd"
 HEATMAP_NRRD = "heatmap.nrrd"
@@ -29,30 +30,13 @@ OVERLAY_PNG = "overlay.png"
 VOLUMES_CSV = "lung_volumes.csv"
 
 
-def write_volumes_csv(path: Path, result: Any) -> Path:
-    """``lung, volume_ml, risk_score, risk_group`` rows (right, left, both lungs) of a :class:`~.logic.LungResult`."""
-    import csv
-    import io
-
-    from MedDLLib.io import atomic_write_text
-
-    from .logic import volumes_table
-
-    columns = volumes_table(result.segmentation)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["lung", "volume_ml", "risk_score", "risk_group"])
-    for lung, ml in zip(columns["lung"], columns["volume_ml"]):
-        writer.writerow([lung, ml, round(result.risk_score, 6), result.risk_group])
-    return atomic_write_text(path, buffer.getvalue())
-
-
-class LungTask(Task):
+class LungTask(PipelineTask):
     """Lung segmentation and survival risk from chest CT (TCIA layout)."""
 
     name = "lung"
     title = "Lung Survival: lung segmentation and survival risk from chest CT"
     needs_model = True  # no default model ships: infer and batch check --model once, first
+    outputs = OUTPUTS
     networks = {"lung.cnn3d": "LungSurvivalLib.model:SmallCNN3D"}
 
     def add_arguments(self, subcommand: str, parser: argparse.ArgumentParser) -> None:
@@ -125,61 +109,27 @@ class LungTask(Task):
             metrics["km_png"] = str(km_png)
         return metrics
 
-    def infer(self, input_path: Path, model_name: str | None, output: Path, args: argparse.Namespace) -> dict[str, Any]:
-        import numpy as np
+    # ------------------------------------------------------------------------------------------------ pipeline
+    def options(self, args: argparse.Namespace, device: Any) -> Any:
+        from .logic import LungOptions
 
-        from MedDLLib import nodes
+        return LungOptions(gradcam=True, device=device)
+
+    def read_study(self, path: Path, package: LoadedModel | None, options: Any) -> Study:
+        """A DICOM folder holding one CT series, or an NRRD/NIfTI file."""
         from MedDLLib.dicom import read_dicom_folder
-        from MedDLLib.headless import create_scene
-        from MedDLLib.io import load_volume, save_node
-        from MedDLLib.models import load_package, resolve_model
-        from MedDLLib.render import render_slice_png, slice_offset_of
+        from MedDLLib.io import read_volume_file
 
-        from .logic import LungOptions, LungSurvivalLogic
+        volume = read_dicom_folder(path) if Path(path).is_dir() else read_volume_file(path)
+        return Study({"CT": volume}, "CT", path)
 
-        if model_name is None:
-            raise InputError("give --model (a package from `meddl train lung` or a cached model name): "
-                             "MedDL ships no pretrained lung weights")
-        reporter = getattr(args, "progress", None)
+    def compute(self, inputs: Study, package: LoadedModel | None, options: Any, progress: Any = None,
+                cancel: Any = None) -> Computed:
+        from .logic import compute, to_computed
 
-        def report(fraction: float, message: str) -> None:
-            if reporter is not None:
-                reporter(fraction, message)
-
-        package = load_package(resolve_model(model_name))
-        hs = create_scene()
-        start = time.perf_counter()
-        try:
-            report(0.0, "reading the CT")
-            if Path(input_path).is_dir():
-                node = nodes.add_scalar_volume(hs.scene, read_dicom_folder(input_path), "CT")
-            else:
-                node = load_volume(hs.scene, input_path)
-            read_s = time.perf_counter() - start
-            options = LungOptions(gradcam=True, device=getattr(args, "device", None),
-                                  force_cpu=getattr(args, "force_cpu", False))
-            out = LungSurvivalLogic().process(
-                node, package, options, progress=lambda f, message: report(0.1 + 0.75 * f, message))
-            report(0.9, "writing the outputs")
-            write_start = time.perf_counter()
-            output.mkdir(parents=True, exist_ok=True)
-            save_node(out.segmentation, output / LUNGS_SEG)
-            save_node(out.labelmap, output / LUNGS_LABEL)
-            save_node(out.heatmap, output / HEATMAP_NRRD)
-            write_volumes_csv(output / VOLUMES_CSV, out.result)
-            labels = out.result.segmentation.labels
-            areas = (labels > 0).reshape(labels.shape[0], -1).sum(axis=1)
-            k = int(np.argmax(areas))
-            render_slice_png(output / OVERLAY_PNG, node, label=out.labelmap, foreground=out.heatmap,
-                             offset_mm=slice_offset_of(node, k))
-            summary = out.result.summary()
-            seconds = {"read": read_s, **out.result.seconds, "write": time.perf_counter() - write_start}
-            report(1.0, "done")
-        finally:
-            hs.scene.Clear(1)
-        return {**summary, "model": package.name, "segmentation": LUNGS_SEG, "labelmap": LUNGS_LABEL,
-                "heatmap": HEATMAP_NRRD, "overlay": OVERLAY_PNG, "volumes": VOLUMES_CSV,
-                "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+        result = compute(inputs.reference_volume, package.network, package.metadata, options, progress, cancel,
+                         package.device)
+        return to_computed(result, package.name)
 
     def bench(self, args: argparse.Namespace) -> dict[str, Any]:
         """End-to-end ``meddl infer lung`` (read DICOM, lungs, network, Grad-CAM, outputs) on a ``--slices`` x

@@ -24,6 +24,7 @@ import numpy as np
 
 from MedDLLib.errors import Cancelled, InputError
 from MedDLLib.geometry import Volume
+from MedDLLib.results import OutputFile
 
 from . import model as lungmodel
 from .preprocess import LEFT_LUNG, LUNG_SEGMENTS, RIGHT_LUNG, InputSpec, LungSegmentation, network_input, segment_lungs
@@ -33,13 +34,25 @@ MIN_TOTAL_LUNG_ML = 150.0
 MAX_TOTAL_LUNG_ML = 12000.0
 
 
+#: The outputs of ``meddl infer lung`` (besides ``overlay.png`` and ``result.json``) and the nodes they become.
+OUTPUTS = (
+    OutputFile("segmentation", "lungs.seg.nrrd", "segmentation", "lungs", segments=LUNG_SEGMENTS,
+               result_key="segmentation"),
+    OutputFile("labelmap", "lungs_label.nrrd", "labelmap", "lungs label", segments=LUNG_SEGMENTS,
+               result_key="labelmap"),
+    OutputFile("heatmap", "heatmap.nrrd", "heatmap", "lung Grad-CAM", result_key="heatmap"),
+    OutputFile("table", "lung_volumes.csv", "table", "lung volumes and risk", units={"volume_ml": "mL"},
+               result_key="volumes"),
+)
+
+
 @dataclasses.dataclass
 class LungOptions:
-    """Options of one run: Grad-CAM heatmap, compute device."""
+    """Options of one run: Grad-CAM heatmap, compute device (None: :func:`MedDLLib.device.select_device`'s
+    choice)."""
 
     gradcam: bool = True
-    device: str | None = None
-    force_cpu: bool = False
+    device: Any = None
 
 
 @dataclasses.dataclass
@@ -171,7 +184,7 @@ class LungSurvivalLogic:
         from MedDLLib.nodes import volume_from_node
 
         options = options or LungOptions()
-        device = select_device(options.device, options.force_cpu)
+        device = select_device(options.device)
         network, package = load_task_model(model, lungmodel.TASK, device)
         volume = volume_from_node(volume_node, labelmap=False)
         result = compute(volume, network, package.metadata, options, progress, cancel, device)
@@ -202,5 +215,21 @@ class LungSurvivalLogic:
         return LungOutputs(seg, lab, table, heat, result)
 
 
-__all__ = ["LungOptions", "LungResult", "LungOutputs", "LungSurvivalLogic", "check_chest_ct", "segment_chest",
+def to_computed(result: LungResult, model_name: str) -> Any:
+    """The pipeline's view of a result: ``result.json`` values, the arrays of :data:`OUTPUTS` (segmentation and
+    labelmap 1 = right, 2 = left lung; heatmap; volumes table) and the overlay (the slice of largest lung area)."""
+    from MedDLLib.pipeline import Computed, Overlay
+
+    labels = result.segmentation.labels.astype(np.uint8)
+    columns = volumes_table(result.segmentation)
+    columns["risk_score"] = [round(result.risk_score, 6)] * len(columns["lung"])
+    columns["risk_group"] = [result.risk_group] * len(columns["lung"])
+    values = {**result.summary(), "model": model_name,
+              "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
+    k = int(np.argmax((labels > 0).reshape(labels.shape[0], -1).sum(axis=1)))
+    data = {"segmentation": labels, "labelmap": labels, "heatmap": result.heatmap, "table": columns}
+    return Computed(values, data, Overlay(k, heatmap="heatmap", labels="labelmap"), result)
+
+
+__all__ = ["OUTPUTS", "to_computed", "LungOptions", "LungResult", "LungOutputs", "LungSurvivalLogic", "check_chest_ct", "segment_chest",
            "compute", "volumes_table", "RIGHT_LUNG", "LEFT_LUNG"]

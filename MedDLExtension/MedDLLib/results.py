@@ -55,6 +55,8 @@ class OutputFile:
         segments: label value -> (name, colour) of a labelmap's colour table (``"labelmap"`` only; default:
             Slicer's generic colours).
         units: column -> unit label of a table (``"table"`` only).
+        result_key: the ``result.json`` key that names this file (``""``: none), e.g. ``"segmentation"``.
+        descriptions: column -> description of a table (``"table"`` only).
     """
 
     key: str
@@ -64,6 +66,8 @@ class OutputFile:
     required: bool = True
     segments: SegmentSpec | None = None
     units: Mapping[str, str] | None = None
+    result_key: str = ""
+    descriptions: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

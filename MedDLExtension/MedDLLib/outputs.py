@@ -1,0 +1,200 @@
+"""Output files written from arrays, without MRML: volumes, labelmaps, segmentations (``.seg.nrrd``), tables.
+
+What ``meddl infer`` writes runs in a child process that may have no Slicer module logic at all (Slicer's
+``PythonSlicer`` loads only MRML core; plain Python may have no ``slicer`` at all), so every writer here works
+on :class:`~MedDLLib.geometry.Volume` / numpy arrays and SimpleITK only:
+
+* :func:`write_volume`: a scalar volume (heatmap, labelmap) as NRRD (gzip), geometry from the :class:`Geometry`
+  (the same IJK-to-RAS Slicer would write);
+* :func:`write_segmentation`: a label array as a ``.seg.nrrd`` Slicer reads as a segmentation: one 3D
+  ``unsigned char`` labelmap on the full reference grid (one layer) plus the ``Segment<N>_*`` and
+  ``Segmentation_*`` header fields of Slicer's segmentation storage node (name, colour, label value, extent,
+  reference image geometry), so Slicer (and slicer-core's ``vtkMRMLSegmentationStorageNode``) reads back the
+  segments with their names, colours and terminology (:func:`MedDLLib.terminology.segment_tags`), on the input's
+  grid;
+* :func:`write_table`: columns as CSV (what Slicer's table storage node reads).
+
+Every file appears under its final name only once complete (:func:`MedDLLib.io.atomic_path`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .geometry import Geometry, Volume
+
+#: label value -> (segment name, (r, g, b) in 0..1); the same mapping as :data:`MedDLLib.nodes.SegmentSpec`.
+SegmentSpec = Mapping[int, tuple[str, tuple[float, float, float]]]
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for double in (".seg.nrrd", ".nii.gz"):
+        if name.endswith(double):
+            return path.name[-len(double):]
+    return path.suffix
+
+
+def _write_image(image: Any, path: Path) -> Path:
+    import SimpleITK as sitk
+
+    from .io import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, _suffix(path)) as tmp:
+        sitk.WriteImage(image, str(tmp), True)  # gzip-compressed, as Slicer's storage nodes write
+    return path
+
+
+def write_volume(path: str | os.PathLike, volume: Volume) -> Path:
+    """Write ``volume`` (``array[k, j, i]``, any numeric type) to ``path`` (``.nrrd`` or ``.nii.gz``), atomically.
+
+    The voxel type is kept (a heatmap stays float32, a labelmap uint8); origin, spacing and directions come from
+    ``volume.geometry`` (LPS, as NRRD/NIfTI store them).
+    """
+    from .resample import to_sitk
+
+    array = np.asarray(volume.array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    return _write_image(to_sitk(Volume(np.ascontiguousarray(array), volume.geometry, {})), Path(path))
+
+
+def check_labels(labels: np.ndarray, segments: SegmentSpec, what: str) -> np.ndarray:
+    """``labels`` as uint8 (uint16 above 255 segments), refusing values without a segment name/colour.
+
+    Raises:
+        InputError: not an integer/bool array, or label values not in ``segments``.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"{what}: label array must be integer or bool, got {labels.dtype}")
+    unknown = sorted(set(np.unique(labels).tolist()) - {0} - set(segments))
+    if unknown:
+        raise InputError(f"{what}: label values {unknown} have no segment name/colour")
+    for value, (name, _) in segments.items():
+        if int(value) <= 0:
+            raise InputError(f"{what}: segment label values must be >= 1, got {value} for {name!r}")
+    return labels.astype(np.uint8 if max(segments, default=0) < 256 else np.uint16)
+
+
+def _numbers(values: Sequence[float]) -> str:
+    return " ".join(f"{float(v):.17g}" for v in values)
+
+
+def reference_geometry_string(geometry: Geometry, shape_kji: Sequence[int]) -> str:
+    """Slicer's "Reference image geometry" text: the 16 IJK-to-RAS values (row major) and the extent
+    ``0 I-1 0 J-1 0 K-1``, ``;``-separated (what ``vtkSegmentationConverter`` serialises)."""
+    matrix = geometry.ijk_to_ras().ravel()
+    k, j, i = (int(n) for n in shape_kji)
+    extent = (0, i - 1, 0, j - 1, 0, k - 1)
+    return "".join(f"{float(v):.17g};" for v in matrix) + "".join(f"{e};" for e in extent)
+
+
+def write_segmentation(path: str | os.PathLike, labels: np.ndarray, geometry: Geometry,
+                       segments: SegmentSpec) -> Path:
+    """Write ``labels[k, j, i]`` on ``geometry`` as a Slicer segmentation file (``.seg.nrrd``), atomically.
+
+    Value v becomes the segment ``segments[v][0]`` with colour ``segments[v][1]``; every segment is listed, even
+    when empty. The labelmap covers the whole grid (extent = the reference grid), so the segmentation reads back
+    on the input's voxel grid.
+
+    Raises:
+        InputError: not a ``.seg.nrrd`` name, or labels without a segment (see :func:`check_labels`).
+    """
+    from .resample import to_sitk
+
+    path = Path(path)
+    if not path.name.lower().endswith(".seg.nrrd"):
+        raise InputError(f"{path}: a segmentation is saved as .seg.nrrd")
+    labels = check_labels(labels, segments, path.name)
+    if labels.ndim != 3:
+        raise InputError(f"{path.name}: expected a 3D label array [k, j, i], got shape {labels.shape}")
+    image = to_sitk(Volume(np.ascontiguousarray(labels), geometry, {}))
+    from .terminology import segment_tags
+
+    k, j, i = labels.shape
+    extent = f"0 {i - 1} 0 {j - 1} 0 {k - 1}"
+    for n, (value, (name, rgb)) in enumerate(sorted(segments.items())):
+        for key, text in (("ID", name), ("Name", name), ("NameAutoGenerated", "0"),
+                          ("Color", _numbers(rgb)), ("ColorAutoGenerated", "0"), ("LabelValue", str(int(value))),
+                          ("Layer", "0"), ("Extent", extent), ("Tags", segment_tags(name))):
+            image.SetMetaData(f"Segment{n}_{key}", text)
+    image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
+    image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
+    image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+    image.SetMetaData("Segmentation_ConversionParameters",
+                      f"Reference image geometry|{reference_geometry_string(geometry, labels.shape)}|"
+                      "Image geometry description string determining the geometry of the labelmap.&")
+    return _write_image(image, path)
+
+
+def read_segmentation_labels(path: str | os.PathLike) -> tuple[Volume, dict[int, tuple[str, tuple[float, ...]]]]:
+    """A ``.seg.nrrd`` of :func:`write_segmentation` (one layer) as ``(labels Volume, {value: (name, rgb)})``.
+
+    Raises:
+        InputError: the file cannot be read or holds several layers (not written by MedDL).
+    """
+    import SimpleITK as sitk
+
+    from .resample import from_sitk
+
+    path = Path(path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot read the segmentation ({' '.join(str(exc).split())[:200]})") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: a segmentation of several layers; MedDL writes one labelmap layer")
+    segments: dict[int, tuple[str, tuple[float, ...]]] = {}
+    n = 0
+    while image.HasMetaDataKey(f"Segment{n}_LabelValue"):
+        value = int(image.GetMetaData(f"Segment{n}_LabelValue"))
+        name = image.GetMetaData(f"Segment{n}_Name") if image.HasMetaDataKey(f"Segment{n}_Name") else str(value)
+        color = tuple(float(c) for c in image.GetMetaData(f"Segment{n}_Color").split()) \
+            if image.HasMetaDataKey(f"Segment{n}_Color") else (0.5, 0.5, 0.5)
+        segments[value] = (name, color)
+        n += 1
+    return from_sitk(image, {}), segments
+
+
+def write_table(path: str | os.PathLike, columns: Mapping[str, Sequence[Any]]) -> Path:
+    """Write ``{column: values}`` as CSV with a header row, atomically; floats with up to 17 significant digits
+    (NaN as ``nan``), as Slicer's table storage node reads them.
+
+    Raises:
+        InputError: columns of different lengths.
+    """
+    from .io import atomic_write_text
+
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise InputError(f"{Path(path).name}: table columns have different lengths {sorted(lengths)}")
+    rows = zip(*columns.values()) if columns else iter(())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(list(columns))
+
+    def cell(value: Any) -> Any:
+        if isinstance(value, (bool, np.bool_)):
+            return int(value)
+        if isinstance(value, (float, np.floating)):
+            return "nan" if math.isnan(value) else repr(float(value))
+        if isinstance(value, np.integer):
+            return int(value)
+        return value
+
+    for row in rows:
+        writer.writerow([cell(v) for v in row])
+    return atomic_write_text(Path(path), buffer.getvalue())

@@ -1,0 +1,421 @@
+"""One task pipeline for ``meddl infer``, ``meddl batch``, the demo's inference and the module widgets' child.
+
+A task (:class:`PipelineTask`) declares three things; this module runs them, the same way everywhere:
+
+1. how it reads a study: :meth:`PipelineTask.read_study` (a DICOM folder, a volume file, a folder of volume files,
+   a dataset's own layout) -> :class:`Study` (named :class:`~MedDLLib.geometry.Volume` arrays, the reference one
+   whose grid the outputs lie on, and its DICOM source files in slice order);
+2. what it computes: :meth:`PipelineTask.compute` ``(inputs, package, options, progress, cancel)`` on arrays
+   only -> :class:`Computed` (the ``result.json`` values, the arrays of the declared outputs, the overlay slice);
+3. its outputs: :attr:`PipelineTask.outputs`, a tuple of :class:`MedDLLib.results.OutputFile` (file name, kind,
+   node name, segments, the ``result.json`` key that names the file).
+
+:func:`run_study` then does, once: read the study, load and verify the model package (:func:`load_model`:
+checksum, weights-only load, network built and loaded strictly -- the network is built once and reused by
+``check_model`` and the runs that follow), compute, write the output files WITHOUT MRML
+(:mod:`MedDLLib.outputs`: SimpleITK NRRD, a ``.seg.nrrd`` Slicer reads as a segmentation, CSV tables), render
+``overlay.png`` from the arrays (:func:`MedDLLib.render.render_overlay`) and return the ``result.json`` values
+(the caller, ``meddl infer`` or the batch runner, writes ``result.json`` atomically with the outputs).
+
+Nothing here imports ``slicer``: the widget's child runs the same in ``PythonSlicer`` (MRML core only), in
+headless Slicer and in plain Python. Scene nodes are made only at the edge, from the same declarations
+(:func:`MedDLLib.results.add_output_nodes`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import Cancelled, InputError
+from .geometry import Volume
+from .results import OutputFile
+from .tasks import Task
+
+Progress = Callable[[float, str], None]
+Cancel = Callable[[], bool]
+#: File name of the overlay every task writes (its ``result.json`` key is ``overlay``).
+OVERLAY_PNG = "overlay.png"
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclasses.dataclass
+class Study:
+    """One study as arrays: what :meth:`PipelineTask.read_study` returns and :meth:`PipelineTask.compute` takes.
+
+    Attributes:
+        volumes: name (sequence, channel or ``"image"``) -> volume, in the order the task takes them.
+        reference: the name of the volume whose voxel grid every output lies on.
+        path: where the study was read from (None for nodes from a scene).
+    """
+
+    volumes: dict[str, Volume]
+    reference: str
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.reference not in self.volumes:
+            raise ValueError(f"reference {self.reference!r} is not one of the volumes {list(self.volumes)}")
+
+    @property
+    def reference_volume(self) -> Volume:
+        return self.volumes[self.reference]
+
+    @property
+    def source_files(self) -> list[str]:
+        """The DICOM files of the reference volume in slice order (empty when it was not read from DICOM); the
+        DICOM SEG writer references them."""
+        return [str(f) for f in self.reference_volume.metadata.get("files") or []]
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A verified model package and its network (built once, eval mode) on ``device``."""
+
+    package: Any  # MedDLLib.models.ModelPackage
+    network: Any  # torch.nn.Module
+    device: Any = "cpu"
+
+    @property
+    def name(self) -> str:
+        return self.package.name
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.package.metadata
+
+    def to(self, device: Any) -> "LoadedModel":
+        """This model with its network on ``device`` (moved in place)."""
+        if str(device) != str(self.device):
+            self.network.to(device)
+            self.device = device
+        return self
+
+
+@dataclasses.dataclass
+class Overlay:
+    """Which slice ``overlay.png`` shows and what lies on it.
+
+    Attributes:
+        k: slice index of the reference volume (array axis k).
+        heatmap: the :attr:`Computed.data` key of a heatmap drawn on top (or None).
+        labels: the :attr:`Computed.data` key of a label array drawn on top (or None); its colours come from
+            the output's segments.
+        window: grey window (centre, width) of the background; None: the slice's 1st-99th percentile.
+    """
+
+    k: int
+    heatmap: str | None = None
+    labels: str | None = None
+    window: tuple[float, float] | None = None
+
+
+@dataclasses.dataclass
+class Computed:
+    """What :meth:`PipelineTask.compute` returns.
+
+    Attributes:
+        result: the ``result.json`` values (JSON-typed: numbers, text, lists); the pipeline adds the file names.
+        data: :attr:`OutputFile.key` -> what that output holds: a label array ``[k, j, i]`` on the reference grid
+            (``labelmap``, ``segmentation``), a :class:`Volume` (``heatmap``, ``volume``) or ``{column: values}``
+            (``table``). An optional output whose data is missing or None is not written.
+        overlay: the slice of ``overlay.png``.
+        details: the task's own result object (e.g. ``ICHResult``), for the console logic.
+    """
+
+    result: dict[str, Any]
+    data: dict[str, Any]
+    overlay: Overlay | None = None
+    details: Any = None
+
+
+# ------------------------------------------------------------------------------------------------ models
+_cache: dict[tuple[str, str], LoadedModel] = {}
+
+
+def load_model(task: "PipelineTask", model: Any, device: Any = "cpu") -> LoadedModel:
+    """The model ``model`` (package folder, cached name, :class:`ModelPackage` or :class:`LoadedModel`) of
+    ``task``, verified and with its network built once: checksum, weights-only load, strict fit
+    (:meth:`PipelineTask.load_network`). The last model loaded is kept, so ``check_model`` then ``infer`` (and
+    every study of a batch) load and build it once.
+
+    Raises:
+        InputError: a model of another task. ModelError: missing, tampered or not fitting its network.
+    """
+    if isinstance(model, LoadedModel):
+        return model.to(device)
+    from .models import ModelPackage, resolve_model
+
+    if isinstance(model, ModelPackage):
+        network, package = task.load_network(model, device)
+        return LoadedModel(package, network, device)
+    root = resolve_model(model)
+    key = (task.name, str(root))
+    cached = _cache.get(key)
+    if cached is not None and _sha_on_disk(root) == cached.metadata.get("sha256"):
+        return cached.to(device)
+    network, package = task.load_network(root, "cpu")
+    loaded = LoadedModel(package, network, "cpu")
+    _cache.clear()
+    _cache[key] = loaded
+    return loaded.to(device)
+
+
+def _sha_on_disk(root: Path) -> str | None:
+    """The sha256 the package's metadata names now (a replaced package is loaded again)."""
+    import json
+
+    from .models import METADATA_FILE
+
+    try:
+        return json.loads((root / METADATA_FILE).read_text(encoding="utf-8")).get("sha256")
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_loaded(model: Any, device: Any, loader: Callable[[Any, Any], tuple[Any, Any]]) -> LoadedModel:
+    """``model`` as a :class:`LoadedModel` on ``device``: as it is when already loaded, else through ``loader``
+    (``(model, device) -> (network, package)``, the task's own loader)."""
+    if isinstance(model, LoadedModel):
+        return model.to(device)
+    network, package = loader(model, device)
+    return LoadedModel(package, network, device)
+
+
+# ------------------------------------------------------------------------------------------------ task
+class PipelineTask(Task):
+    """A task run by the shared pipeline: it declares :meth:`read_study`, :meth:`compute` and :attr:`outputs`.
+
+    ``infer`` (``meddl infer`` / ``meddl batch``) is :func:`run_study`; subclasses add :meth:`options` (their
+    options object from the command line) and, where the model needs it, :meth:`load_network`.
+    """
+
+    #: The output files (``result.json`` excepted), in the order they are written and loaded as nodes.
+    outputs: tuple[OutputFile, ...] = ()
+    #: Whether :meth:`compute` uses a model package.
+    needs_model = True
+
+    def options(self, args: argparse.Namespace, device: Any) -> Any:
+        """The task's options object from ``meddl infer|batch`` arguments; ``device`` is already chosen."""
+        raise NotImplementedError
+
+    def load_network(self, model: Any, device: Any) -> tuple[Any, Any]:
+        """``(network in eval mode on device, package)`` of ``model`` (folder, cached name or package)."""
+        from .models import load_task_model
+
+        return load_task_model(model, self.name, device)
+
+    def read_study(self, path: Path, package: LoadedModel | None, options: Any) -> Study:
+        """Read the study at ``path`` (the model says which sequences/channels it needs)."""
+        raise NotImplementedError
+
+    def compute(self, inputs: Study, package: LoadedModel | None, options: Any,
+                progress: Progress | None = None, cancel: Cancel | None = None) -> Computed:
+        """The task's computation on arrays only (no MRML): see :class:`Computed`."""
+        raise NotImplementedError
+
+    def check_model(self, model: str | None) -> dict[str, Any] | None:
+        """Refuse an unusable model once, before any study, by loading it (:func:`load_model`): the loaded
+        network is kept for the runs that follow (no second verification, no second network build).
+
+        Returns:
+            name, path, task, version, sha256, n_tensors, n_values, network (as
+            :func:`MedDLLib.models.verify_model` reports them).
+        """
+        if not self.needs_model:
+            return None
+        if model is None:
+            super().check_model(model)  # the one "needs --model" message
+        loaded = load_model(self, model, "cpu")
+        state = loaded.package.state_dict
+        return {"name": loaded.name, "path": str(loaded.package.path), "task": loaded.package.task,
+                "version": loaded.metadata["version"], "sha256": loaded.metadata["sha256"],
+                "n_tensors": len(state), "n_values": int(sum(t.numel() for t in state.values())),
+                "network": f"{loaded.metadata['network']['name']} built and loaded (strict)"}
+
+    def infer(self, input_path: Path, model: str | None, output: Path, args: argparse.Namespace) -> dict[str, Any]:
+        """``meddl infer`` / ``meddl batch`` of one study: :func:`run_study` with the options from ``args``."""
+        from .device import select_device
+
+        if self.needs_model and model is None:
+            super().check_model(model)
+        device = select_device(getattr(args, "device", None), getattr(args, "force_cpu", False))
+        return run_study(self, Path(input_path), model, Path(output), self.options(args, device),
+                         device=device, progress=getattr(args, "progress", None))
+
+
+# ------------------------------------------------------------------------------------------------ running
+def _scaled(progress: Progress | None, start: float, end: float) -> Progress:
+    def report(fraction: float, message: str = "") -> None:
+        if progress is not None:
+            progress(start + (end - start) * float(fraction), message)
+
+    return report
+
+
+def run_study(task: PipelineTask, input_path: Path, model: Any, output: Path, options: Any, *,
+              device: Any = "cpu", progress: Progress | None = None, cancel: Cancel | None = None
+              ) -> dict[str, Any]:
+    """Read one study, compute, write the task's output files into ``output``; return the ``result.json`` values.
+
+    ``progress(fraction 0..1, message)``: reading 0-0.05, the model 0.05, computing 0.1-0.9, writing 0.9-1.
+    Errors from reading or computing that name no file name the study.
+
+    Raises:
+        InputError / DicomError / ModelError: the study or the model is refused (one line each).
+    """
+    report = _scaled(progress, 0.0, 1.0)
+    report(0.0, "reading the study")
+    start = time.perf_counter()
+    loaded = load_model(task, model, device) if task.needs_model else None
+    try:
+        study = task.read_study(Path(input_path), loaded, options)
+    except InputError as exc:
+        raise _naming(exc, input_path) from None
+    read_s = time.perf_counter() - start
+    report(0.1, "computing")
+    try:
+        computed = task.compute(study, loaded, options, _scaled(progress, 0.1, 0.9), cancel)
+    except InputError as exc:
+        raise _naming(exc, input_path) from None
+    report(0.9, "writing the outputs")
+    write_start = time.perf_counter()
+    result = write_outputs(task.outputs, computed, study, Path(output))
+    if isinstance(result.get("seconds"), dict):  # a task that reports its steps' times gets read and write too
+        result["seconds"] = {"read": round(read_s, 3), **result["seconds"],
+                             "write": round(time.perf_counter() - write_start, 3)}
+    report(1.0, "done")
+    return result
+
+
+def _naming(exc: InputError, path: Path) -> InputError:
+    """``exc`` with the study's path in front, unless it names it already."""
+    text = str(exc)
+    return exc if str(path) in text else InputError(f"{path}: {text}")
+
+
+def write_outputs(spec: Sequence[OutputFile], computed: Computed, study: Study, output: Path) -> dict[str, Any]:
+    """Write every declared output of ``computed`` into ``output`` (no MRML) and ``overlay.png``; return the
+    ``result.json`` values with each written file under its :attr:`OutputFile.result_key`.
+
+    Raises:
+        InputError: a required output has no data, or data that does not lie on the reference grid.
+    """
+    from . import outputs
+
+    output.mkdir(parents=True, exist_ok=True)
+    reference = study.reference_volume
+    result = dict(computed.result)
+    for item in spec:
+        data = computed.data.get(item.key)
+        if data is None:
+            if item.required:
+                raise InputError(f"the task computed no {item.key!r} output ({item.file})")
+            continue
+        path = output / item.file
+        if item.kind in ("labelmap", "segmentation"):
+            labels = np.asarray(data)
+            if labels.shape != reference.shape_kji:
+                raise InputError(f"{item.file}: labels of shape {labels.shape}, the input grid is "
+                                 f"{reference.shape_kji}")
+            if item.kind == "labelmap":
+                outputs.write_volume(path, Volume(outputs.check_labels(labels, item.segments or {}, item.file),
+                                                  reference.geometry))
+            else:
+                outputs.write_segmentation(path, labels, reference.geometry, item.segments or {})
+                write_dicom_seg(labels, reference, item, study.source_files, output,
+                                model_name=str(result.get("model") or "MedDL"))
+        elif item.kind in ("heatmap", "volume"):
+            outputs.write_volume(path, data)
+        elif item.kind == "table":
+            outputs.write_table(path, data)
+        if item.result_key:
+            result[item.result_key] = item.file
+    if computed.overlay is not None:
+        _write_overlay(output / OVERLAY_PNG, spec, computed, reference)
+        result["overlay"] = OVERLAY_PNG
+    return result
+
+
+def write_dicom_seg(labels: np.ndarray, reference: Volume, item: OutputFile, source_files: Sequence[str],
+                    output: Path, model_name: str = "MedDL") -> Path | None:
+    """THE place where a segmentation output also becomes DICOM SEG, when the input came from DICOM.
+
+    Calls ``MedDLLib.dicomseg.write_dicom_seg(labels[k, j, i] uint8, geometry, segments, source_files, path)``
+    (the DICOM SEG module, when installed) for ``<name>.seg.dcm`` beside the ``.seg.nrrd``. Without DICOM
+    source files, or without that module, nothing is written and None is returned.
+    """
+    if not source_files:
+        return None
+    try:
+        from . import dicomseg
+    except ImportError:
+        return None
+    writer = getattr(dicomseg, "write_dicom_seg", None)
+    if writer is None:
+        return None
+    path = output / (item.file[: -len(".seg.nrrd")] + ".seg.dcm")
+    writer(np.asarray(labels, dtype=np.uint8), reference.geometry, item.segments or {}, list(source_files), path,
+           model_name=model_name)
+    return path
+
+
+def _write_overlay(path: Path, spec: Sequence[OutputFile], computed: Computed, reference: Volume) -> Path:
+    from .render import render_overlay
+
+    overlay = computed.overlay
+    assert overlay is not None
+    heat = computed.data.get(overlay.heatmap) if overlay.heatmap else None
+    labels = computed.data.get(overlay.labels) if overlay.labels else None
+    colors = {}
+    for item in spec:
+        if item.key == overlay.labels and item.segments:
+            colors = {value: rgb for value, (_, rgb) in item.segments.items()}
+    return render_overlay(path, reference, overlay.k, heatmap=None if heat is None else np.asarray(heat.array),
+                          labels=labels, colors=colors, window=overlay.window)
+
+
+def checkpoints(progress: Progress | None, cancel: Cancel | None) -> Progress:
+    """A ``(fraction, message)`` reporter that first polls ``cancel`` (raising :class:`Cancelled`)."""
+
+    def checkpoint(fraction: float, message: str = "") -> None:
+        if cancel is not None and cancel():
+            raise Cancelled("cancelled by the user")
+        if progress is not None:
+            progress(fraction, message)
+
+    return checkpoint
+
+
+def run_nodes(task: PipelineTask, study: Study, model: Any, options: Any, reference_node: Any, *,
+              progress: Progress | None = None, cancel: Cancel | None = None, device: Any = "cpu") -> tuple[
+                  Computed, dict[str, Any]]:
+    """The console path ``<Task>Logic.process(node, ...)``: compute on the study read from nodes, then add the
+    declared outputs as new nodes beside ``reference_node`` from memory (:func:`MedDLLib.results.add_output_nodes`).
+
+    Returns:
+        ``(computed, nodes by OutputFile.key)``.
+    """
+    from .results import add_output_nodes
+
+    loaded = load_model(task, model, device) if task.needs_model else None
+    computed = task.compute(study, loaded, options, progress, cancel)
+    added = add_output_nodes(reference_node, task.outputs, computed.data, computed.result)
+    return computed, added
+
+
+def study_from_nodes(named_nodes: Mapping[str, Any], reference: str | None = None) -> Study:
+    """A :class:`Study` of copies of the volume nodes ``{name: node}`` (the nodes are only read); the reference
+    is ``reference`` or the first."""
+    from .nodes import volume_from_node
+
+    volumes = {name: volume_from_node(node, labelmap=False) for name, node in named_nodes.items()}
+    if not volumes:
+        raise InputError("no input volume node given")
+    return Study(volumes, reference or next(iter(volumes)))
