@@ -2,8 +2,7 @@
 
 A MedDL package is a MONAI bundle (https://docs.monai.io/en/stable/mb_specification.html): its
 ``configs/metadata.json`` carries the keys the bundle specification requires (``schema``, ``version``,
-``changelog``, ``monai_version``, ``pytorch_version``, ``numpy_version``, ``required_packages_version``,
-``optional_packages_version``, ``name``, ``task``, ``description``, ``authors``, ``copyright``,
+``changelog``, ``monai_version``, ``pytorch_version``, ``numpy_version``, ``required_packages_version``, ``name``, ``task``, ``description``, ``authors``, ``copyright``,
 ``network_data_format``) beside MedDL's own keys, and ``configs/inference.json`` holds a ``network_def`` whose
 ``_target_`` is the network's importable class (``monai.networks.nets.<Name>`` for MONAI's networks; for MedDL's
 own networks the dotted path of the task library's class or factory, e.g. ``ICHDetectorLib.model.SeedCNN``,
@@ -79,7 +78,6 @@ def bundle_metadata(metadata: Mapping[str, Any], libraries: Mapping[str, str], i
         "pytorch_version": str(libraries.get("torch", "unknown")).split("+")[0],
         "numpy_version": libraries.get("numpy", "unknown"),
         "required_packages_version": {"meddl": libraries.get("meddl", "unknown")},
-        "optional_packages_version": {},
         "name": f"MedDL {task} {version}",
         "description": (f"MedDL {task} model ({metadata.get('recipe')} recipe) trained on {data.get('kind')} data: "
                         f"{data.get('description')}"),
