@@ -1,6 +1,7 @@
 """Grad-CAM heatmaps for 2D and 3D networks, mapped back into the input volume's geometry.
 
-The one Grad-CAM wrapper of the project, on top of ``monai.visualize.GradCAM`` / ``GradCAMpp``:
+The one Grad-CAM of the project (the method of ``monai.visualize.GradCAM`` / ``GradCAMpp``, written on torch hooks
+so that a heatmap does not import the whole of MONAI):
 
 1. :func:`compute_gradcam` runs the network on a batch and returns raw-then-jointly-normalised maps in [0, 1]
    at the network input's resolution. Maps of a batch are normalised together (one maximum), so the slices
@@ -17,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .geometry import Geometry, Volume
-from .resample import resample_to_reference
+from .resample import resample_to_geometry
 
 Method = Literal["gradcam", "gradcam++"]
 
@@ -29,37 +30,75 @@ def compute_gradcam(
     *,
     class_index: int | None = None,
     method: Method = "gradcam",
-) -> np.ndarray:
-    """Grad-CAM of ``network`` for ``inputs``.
+    bf16: bool = False,
+    return_logits: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM of ``network`` for ``inputs`` (forward and backward hooks on ``target_layer``; no MONAI import).
 
     Args:
         network: a torch module returning logits ``(B, n_classes)``; put in eval mode here (restored after).
         inputs: tensor ``(B, C, *spatial)`` (2D: spatial = (H, W); 3D: (D, H, W)) on the network's device.
         target_layer: name of the convolutional layer to explain (as in ``network.named_modules()``).
         class_index: output to explain (default: the arg-max logit of each sample; for one-output networks 0).
-        method: ``"gradcam"`` or ``"gradcam++"``.
+        method: ``"gradcam"`` (channel weight = mean gradient) or ``"gradcam++"`` (Chattopadhay et al. 2018).
+        bf16: run the forward under bf16 autocast on the CPU (only where its maps were shown to agree).
+        return_logits: also return the forward's logits ``(B, n_classes)`` float32 (the prediction, so a caller
+            that needs both runs one forward).
     Returns:
-        float32 array ``(B, *spatial)`` in [0, 1], upsampled to the input size, normalised over the whole
-        batch (all zeros when the network shows no positive evidence anywhere).
+        float32 array ``(B, *spatial)`` in [0, 1], upsampled (linear) to the input size, normalised over the whole
+        batch (all zeros when the network shows no positive evidence anywhere); with ``return_logits`` the pair
+        ``(maps, logits)``.
     """
-    import torch
-    from monai.visualize import GradCAM, GradCAMpp
+    import contextlib
 
-    layer_names = {name for name, _ in network.named_modules()}
-    if target_layer not in layer_names:
-        raise ValueError(f"target layer {target_layer!r} is not in the network; some layers: {sorted(layer_names)[-8:]}")
-    cam_class = {"gradcam": GradCAM, "gradcam++": GradCAMpp}[method]
+    import torch
+    import torch.nn.functional as F
+
+    modules = dict(network.named_modules())
+    if target_layer not in modules:
+        raise ValueError(f"target layer {target_layer!r} is not in the network; some layers: {sorted(modules)[-8:]}")
+    if method not in ("gradcam", "gradcam++"):
+        raise ValueError(f"unknown Grad-CAM method {method!r}; expected 'gradcam' or 'gradcam++'")
+    spatial = tuple(inputs.shape[2:])
+    # Not channels-last: 2x faster here, but torch 2.13's CPU backward crashes (SIGSEGV) on some small networks.
+    saved: dict[str, Any] = {}
+
+    def keep_activation(module: Any, args: Any, output: Any) -> None:
+        saved["activation"] = output
+
     was_training = network.training
     network.eval()
+    handle = modules[target_layer].register_forward_hook(keep_activation)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     try:
-        cam = cam_class(nn_module=network, target_layers=target_layer, postprocessing=lambda x: x)
-        with torch.enable_grad():
-            maps = cam(x=inputs, class_idx=class_index)
+        with torch.enable_grad(), autocast:
+            logits = network(inputs)
+            index = logits.argmax(dim=1) if class_index is None else torch.full(
+                (logits.shape[0],), int(class_index), dtype=torch.long, device=logits.device)
+            score = logits.gather(1, index[:, None])[:, 0]
+            # the gradient at the layer only: no weight gradients are computed or left on the network
+            (gradient,) = torch.autograd.grad(score.sum(), saved["activation"])
     finally:
+        handle.remove()
         network.train(was_training)
-    maps = maps.detach().float().cpu().numpy()[:, 0]  # (B, *spatial), ReLU'd, upsampled
+    acti, grad = saved["activation"].detach().float(), gradient.detach().float()
+    reduce = tuple(range(2, acti.ndim))
+    if method == "gradcam":
+        weights = grad.mean(dim=reduce, keepdim=True)
+    else:
+        grad_2, grad_3 = grad.pow(2), grad.pow(3)
+        denominator = 2 * grad_2 + acti.sum(dim=reduce, keepdim=True) * grad_3
+        alpha = grad_2 / (torch.where(denominator != 0, denominator, torch.ones_like(denominator)) + 1e-7)
+        positive = F.relu(score.detach().float().exp().view(-1, *([1] * (acti.ndim - 1))) * grad)
+        weights = (alpha * positive).sum(dim=reduce, keepdim=True)
+    cam = F.relu((weights * acti).sum(dim=1, keepdim=True))
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
+    maps = F.interpolate(cam, size=spatial, mode=mode, align_corners=False)[:, 0].contiguous().numpy()
     peak = float(maps.max(initial=0.0))
-    return (maps / peak).astype(np.float32) if peak > 0 else np.zeros_like(maps, dtype=np.float32)
+    maps = (maps / peak).astype(np.float32) if peak > 0 else np.zeros_like(maps, dtype=np.float32)
+    if return_logits:
+        return maps, logits.detach().float().cpu().numpy()
+    return maps
 
 
 def heatmap_to_reference(heatmap: np.ndarray, network_grid: Geometry, reference: Volume) -> Volume:
@@ -67,10 +106,39 @@ def heatmap_to_reference(heatmap: np.ndarray, network_grid: Geometry, reference:
 
     ``network_grid`` is the geometry of the network input (after the preprocessing's crops and resampling).
     Outside the network's field of view the heatmap is 0. Values stay in [0, 1] (linear interpolation).
+    Only the reference voxels inside the network grid's bounding box are resampled (a lung crop is a fraction of
+    a 300-slice chest CT); the result is one float32 array of the reference's shape, clipped in place.
     """
-    on_grid = Volume(np.asarray(heatmap, dtype=np.float32), network_grid, {})
-    back = resample_to_reference(on_grid, reference, default_value=0.0)
-    return Volume(np.clip(back.array, 0.0, 1.0).astype(np.float32), back.geometry, {"kind": "heatmap"})
+    heat = np.asarray(heatmap, dtype=np.float32)
+    out = np.zeros(reference.array.shape, dtype=np.float32)
+    box = _box_in_reference(heat.shape, network_grid, reference)
+    if box is not None:
+        (k0, k1), (j0, j1), (i0, i1) = box
+        origin = reference.geometry.ijk_to_lps() @ np.array([i0, j0, k0, 1.0])
+        part_grid = Geometry(reference.geometry.spacing_mm, tuple(float(v) for v in origin[:3]),
+                             reference.geometry.direction_lps)
+        part = resample_to_geometry(Volume(heat, network_grid, {}), part_grid, (i1 - i0, j1 - j0, k1 - k0),
+                                    default_value=0.0).array
+        target = out[k0:k1, j0:j1, i0:i1]
+        np.clip(part, 0.0, 1.0, out=target, casting="unsafe")
+    return Volume(out, reference.geometry, {"kind": "heatmap"})
+
+
+def _box_in_reference(shape_kji: tuple[int, ...], grid: Geometry, reference: Volume
+                      ) -> tuple[tuple[int, int], ...] | None:
+    """``((k0, k1), (j0, j1), (i0, i1))``: the reference voxels that the extent of a ``shape_kji`` array on
+    ``grid`` (voxel edges included) can touch, one voxel of margin; None when they are outside the reference."""
+    size_ijk = np.array(shape_kji[::-1], dtype=float)
+    corners = np.array([[a, b, c, 1.0] for a in (-0.5, size_ijk[0] - 0.5) for b in (-0.5, size_ijk[1] - 0.5)
+                        for c in (-0.5, size_ijk[2] - 0.5)])
+    in_reference = (np.linalg.inv(reference.geometry.ijk_to_lps()) @ (grid.ijk_to_lps() @ corners.T))[:3]
+    low = np.floor(in_reference.min(axis=1)).astype(int) - 1
+    high = np.ceil(in_reference.max(axis=1)).astype(int) + 2
+    ref_ijk = np.array(reference.array.shape[::-1])
+    low, high = np.clip(low, 0, ref_ijk), np.clip(high, 0, ref_ijk)
+    if np.any(high <= low):
+        return None
+    return tuple((int(low[a]), int(high[a])) for a in (2, 1, 0))
 
 
 def add_heatmap_node(scene: Any, heatmap: Volume, name: str = "Grad-CAM", *, threshold: float = 0.2) -> Any:

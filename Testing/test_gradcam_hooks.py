@@ -1,0 +1,85 @@
+"""MedDLLib.gradcam.compute_gradcam on torch hooks: the same maps as ``monai.visualize.GradCAM`` (the method it
+replaces without importing MONAI), and the prediction from the same forward."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from MedDLLib.gradcam import compute_gradcam
+
+
+def _small_resnet():
+    from ICHDetectorLib.model import ich_resnet2d
+
+    torch.manual_seed(0)
+    return ich_resnet2d(9, 6, (8, 8, 16, 16)).eval()
+
+
+@pytest.mark.parametrize("class_index", [0, 3, None])
+def test_maps_equal_monai_gradcam(class_index):
+    from monai.visualize import GradCAM
+
+    network = _small_resnet()
+    x = torch.rand(3, 9, 32, 32, generator=torch.Generator().manual_seed(1))
+    ours = compute_gradcam(network, x, "layer3", class_index=class_index)
+    cam = GradCAM(nn_module=network, target_layers="layer3", postprocessing=lambda z: z)
+    theirs = cam(x=x, class_idx=class_index).detach().numpy()[:, 0]
+    theirs = theirs / theirs.max()
+    assert ours.shape == (3, 32, 32) and ours.dtype == np.float32
+    assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_logits_are_the_forward_and_the_network_is_left_as_it_was():
+    from LungSurvivalLib.model import SmallCNN3D
+
+    torch.manual_seed(2)
+    network = SmallCNN3D(1, 1, 4).eval()
+    x = torch.rand(2, 1, 12, 16, 16)
+    plain = compute_gradcam(network, x, "features.8", class_index=0)
+    again, logits = compute_gradcam(network, x, "features.8", class_index=0, return_logits=True)
+    assert np.array_equal(plain, again)
+    with torch.no_grad():
+        assert np.abs(logits - network(x).numpy()).max() < 1e-5
+    assert not network.training
+    assert all(p.grad is None for p in network.parameters())  # no weight gradients left behind
+
+
+def test_gradcam_does_not_import_monai():
+    code = ("import sys, torch; from MedDLLib.gradcam import compute_gradcam; "
+            "net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(1)); "
+            "net(torch.zeros(1, 1, 8, 8)); compute_gradcam(net, torch.rand(1, 1, 8, 8), '0', class_index=0); "
+            "assert 'monai' not in sys.modules, 'monai imported'")
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("case", ["inside", "rotated", "partly_outside", "outside"])
+def test_heatmap_over_the_crop_box_equals_the_whole_volume_resample(case):
+    """heatmap_to_reference resamples only the network grid's bounding box: the same values as resampling the
+    whole reference volume (the former way), zero elsewhere."""
+    from MedDLLib.geometry import Geometry, Volume
+    from MedDLLib.gradcam import heatmap_to_reference
+    from MedDLLib.resample import resample_to_reference
+
+    rng = np.random.default_rng(4)
+    reference = Volume(np.zeros((30, 40, 50), np.int16), Geometry((0.8, 0.8, 2.5), (-20.0, -16.0, 5.0)))
+    origins = {"inside": (-5.0, -4.0, 20.0), "rotated": (-5.0, -4.0, 20.0), "partly_outside": (-30.0, 2.0, 50.0),
+               "outside": (500.0, 0.0, 0.0)}
+    c, s = np.cos(0.4), np.sin(0.4)
+    direction = ((c, s, 0.0), (-s, c, 0.0), (0.0, 0.0, 1.0)) if case == "rotated" else \
+        ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    grid = Geometry((1.5, 1.5, 3.0), origins[case], direction)
+    heat = rng.random((8, 12, 10)).astype(np.float32)
+    fast = heatmap_to_reference(heat, grid, reference)
+    whole = resample_to_reference(Volume(heat, grid, {}), reference, default_value=0.0)
+    expected = np.clip(whole.array, 0.0, 1.0)
+    assert fast.array.dtype == np.float32 and fast.array.shape == reference.array.shape
+    assert np.abs(fast.array - expected).max() < 1e-6
+    assert (fast.array > 0).any() == (case != "outside")
+    assert fast.geometry.allclose(reference.geometry)
