@@ -82,6 +82,11 @@ class LoadedModel:
     network: Any  # torch.nn.Module
     device: Any = "cpu"
 
+    def __post_init__(self) -> None:
+        from . import runtime
+
+        runtime.attach(self.network, self.package)  # predict functions then run on the package's runtime export
+
     @property
     def name(self) -> str:
         return self.package.name
