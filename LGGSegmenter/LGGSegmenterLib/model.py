@@ -441,3 +441,121 @@ def evaluate_lgg(data: str | Path, model: str | Path, device: Any = "cpu", seed:
 def nominal_geometry_for(image: np.ndarray) -> Geometry:
     """Nominal geometry of a ``(K, C, H, W)`` .tif study."""
     return dataset.nominal_geometry((image.shape[0], image.shape[2], image.shape[3]))
+
+
+# ------------------------------------------------------------------------------------------------ published U-Net
+BUDA_NETWORK = "lgg.buda_unet"
+BUDA_RECIPE = "buda-unet"
+BUDA_SOURCE = ("Buda et al. 2019 kaggle_3m brain MRI U-Net, mateuszbuda/brain-segmentation-pytorch (MIT licence), "
+               "weights file unet-e012d006.pt")
+
+
+def _buda_block(prefix: str, in_channels: int, features: int) -> Any:
+    """Two 3x3 conv (no bias) + batch norm + ReLU, named ``<prefix>conv1, <prefix>norm1, ...`` as upstream."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    return nn.Sequential(OrderedDict([
+        (f"{prefix}conv1", nn.Conv2d(in_channels, features, 3, padding=1, bias=False)),
+        (f"{prefix}norm1", nn.BatchNorm2d(features)),
+        (f"{prefix}relu1", nn.ReLU(inplace=True)),
+        (f"{prefix}conv2", nn.Conv2d(features, features, 3, padding=1, bias=False)),
+        (f"{prefix}norm2", nn.BatchNorm2d(features)),
+        (f"{prefix}relu2", nn.ReLU(inplace=True)),
+    ]))
+
+
+def _buda_unet_class() -> type:
+    import torch
+    from torch import nn
+
+    class BudaUNet(nn.Module):
+        """The 2D U-Net of Buda et al. (``mateuszbuda/brain-segmentation-pytorch``), with the same state-dict keys.
+
+        Four encoder levels of ``init_features * 2**l`` channels, a bottleneck, transposed-convolution upsampling
+        and skip connections; ``(B, in_channels, H, W) -> (B, out_channels, H, W)`` **logits** (upstream applies
+        the sigmoid inside ``forward``; MedDL applies it after, as for its own LGG networks). H and W multiples of
+        16.
+        """
+
+        def __init__(self, in_channels: int = 3, out_channels: int = 1, init_features: int = 32):
+            super().__init__()
+            f = init_features
+            self.encoder1, self.pool1 = _buda_block("enc1", in_channels, f), nn.MaxPool2d(2, 2)
+            self.encoder2, self.pool2 = _buda_block("enc2", f, f * 2), nn.MaxPool2d(2, 2)
+            self.encoder3, self.pool3 = _buda_block("enc3", f * 2, f * 4), nn.MaxPool2d(2, 2)
+            self.encoder4, self.pool4 = _buda_block("enc4", f * 4, f * 8), nn.MaxPool2d(2, 2)
+            self.bottleneck = _buda_block("bottleneck", f * 8, f * 16)
+            self.upconv4, self.decoder4 = nn.ConvTranspose2d(f * 16, f * 8, 2, 2), _buda_block("dec4", f * 16, f * 8)
+            self.upconv3, self.decoder3 = nn.ConvTranspose2d(f * 8, f * 4, 2, 2), _buda_block("dec3", f * 8, f * 4)
+            self.upconv2, self.decoder2 = nn.ConvTranspose2d(f * 4, f * 2, 2, 2), _buda_block("dec2", f * 4, f * 2)
+            self.upconv1, self.decoder1 = nn.ConvTranspose2d(f * 2, f, 2, 2), _buda_block("dec1", f * 2, f)
+            self.conv = nn.Conv2d(f, out_channels, 1)
+
+        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+            e1 = self.encoder1(x)
+            e2 = self.encoder2(self.pool1(e1))
+            e3 = self.encoder3(self.pool2(e2))
+            e4 = self.encoder4(self.pool3(e3))
+            d = self.bottleneck(self.pool4(e4))
+            d = self.decoder4(torch.cat((self.upconv4(d), e4), dim=1))
+            d = self.decoder3(torch.cat((self.upconv3(d), e3), dim=1))
+            d = self.decoder2(torch.cat((self.upconv2(d), e2), dim=1))
+            d = self.decoder1(torch.cat((self.upconv1(d), e1), dim=1))
+            return self.conv(d)
+
+    BudaUNet.__module__ = __name__
+    BudaUNet.__qualname__ = "BudaUNet"
+    return BudaUNet
+
+
+def __getattr__(name: str) -> Any:  # BudaUNet is built on first use (torch is imported lazily here)
+    if name == "BudaUNet":
+        cls = _buda_unet_class()
+        globals()["BudaUNet"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def buda_metadata(size: int = 256) -> dict[str, Any]:
+    """LGG package metadata for Buda et al.'s U-Net: 3 channels (pre-contrast, FLAIR, post-contrast), 256 px, the
+    upstream normalisation (crop to the non-zero box, p10-p99 to [0, 1], z-score), threshold 0.5 and the largest
+    connected component."""
+    return {
+        "task": TASK, "version": "1.0.0", "recipe": BUDA_RECIPE,
+        "network": {"name": BUDA_NETWORK, "args": {"in_channels": 3, "out_channels": 1, "init_features": 32}},
+        "input": {"channels": list(dataset.CHANNELS), "size": size,
+                  "normalisation": preprocess.RECIPE_NORMALISATION[BUDA_RECIPE], "brain_crop": True,
+                  "slice_axis": "k (acquisition axis)", "tif_spacing_mm": list(dataset.NOMINAL_SPACING_MM)},
+        "output": {"labels": LABELS, "activation": "sigmoid"},
+        "postprocessing": {"threshold": 0.5, "largest_component": True},
+        "training_data": {"kind": "real", "n_studies": 110,
+                          "description": "kaggle_3m (TCGA-LGG, 110 patients), trained by Buda et al.; "
+                                         "published mean per-volume Dice 91 % on 10 validation cases (upstream "
+                                         "README), 82 % mean per-patient Dice in cross-validation (Buda et al. "
+                                         "2019, Computers in Biology and Medicine)"},
+        "metrics": {"dice_per_volume_mean_published": 0.91, "dice_per_patient_mean_cv_published": 0.82},
+        "source": BUDA_SOURCE,
+    }
+
+
+def import_buda_unet(src: str | Path, name: str | None = None, overwrite: bool = False) -> Path:
+    """``meddl models import --format buda-unet unet-e012d006.pt``: the published state dict as an LGG package.
+
+    The file is read weights-only; its keys and shapes must be exactly those of :class:`BudaUNet` (3 -> 1, 32
+    features: 118 entries), else it is refused naming the first mismatching key. The package is written to a
+    staging folder, then imported like any package (verified, never replacing a model unless it passes).
+    """
+    from MedDLLib import models
+
+    source = Path(src).expanduser()
+    if not source.is_file():
+        raise ModelError(f"cannot import {source}: not a file (expected Buda et al.'s unet-e012d006.pt)")
+    state = models.read_state_dict(source)
+    meta = buda_metadata()
+    expected = models.build_network(meta, on_meta=True).state_dict()
+    models.check_state_fits(expected, state, f"{source} is not Buda et al.'s U-Net state dict")
+    with tempfile.TemporaryDirectory(prefix=".buda-", dir=models.cache_dir()) as tmp:
+        package = models.save_package(Path(tmp) / (name or "lgg-buda-unet"), state, meta)
+        return models.import_model(package, name=name or "lgg-buda-unet", overwrite=overwrite)

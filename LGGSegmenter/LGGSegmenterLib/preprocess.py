@@ -5,7 +5,9 @@ A study is ``image (K, C, H, W)`` (K slices along the acquisition axis, C channe
 
 * ``seed`` recipe: the whole slice, intensities divided by 255 (the kaggle .tif range);
 * ``improved`` recipe (Buda et al. 2019): crop to the brain's bounding square (same box on every slice),
-  p10-p99 normalisation of each channel over the brain voxels (:func:`MedDLLib.intensity.normalize_percentile`).
+  p10-p99 normalisation of each channel over the brain voxels (:func:`MedDLLib.intensity.normalize_percentile`);
+* ``buda-unet`` (Buda et al.'s published weights): crop to the square around the non-zero voxels, each channel
+  p10-p99 to [0, 1] then z-scored over the volume, as upstream ``normalize_volume``.
 
 Both then resize each slice to ``S x S`` (bilinear). :class:`Crop` remembers the box so that network outputs
 go back onto the input grid (:func:`to_input_grid`), and :func:`network_grid_geometry` gives the geometry of the
@@ -20,9 +22,9 @@ import numpy as np
 
 from MedDLLib.errors import InputError
 from MedDLLib.geometry import Geometry, Volume
-from MedDLLib.intensity import CT_AIR_FRACTION, CT_AIR_HU, ct_air_fraction, normalize_percentile
+from MedDLLib.intensity import CT_AIR_FRACTION, CT_AIR_HU, ct_air_fraction, normalize_percentile, normalize_zscore
 
-RECIPE_NORMALISATION = {"seed": "scale255", "improved": "p10p99"}
+RECIPE_NORMALISATION = {"seed": "scale255", "improved": "p10p99", "buda-unet": "p10p99-zscore"}
 
 
 def check_mri(volume: Volume, name: str) -> None:
@@ -139,6 +141,11 @@ def prepare(image: np.ndarray, recipe: str, size: int) -> Prepared:
     if recipe == "seed":
         crop = Crop(0, h, 0, w, size)
         x = x / 255.0
+    elif recipe == "buda-unet":  # upstream: non-zero box, per channel p10-p99 -> [0, 1], then z-score (volume)
+        crop = brain_crop(np.abs(x).sum(axis=1) > 0, size, margin_px=0)
+        x = x[:, :, crop.j0:crop.j1, crop.i0:crop.i1]
+        for ch in range(c):
+            x[:, ch] = normalize_zscore(normalize_percentile(x[:, ch], 10.0, 99.0))
     else:
         mask = brain_mask(x)
         crop = brain_crop(mask, size)
