@@ -71,7 +71,8 @@ class ICHTask(PipelineTask):
         from .logic import ICHOptions
 
         return ICHOptions(heatmap_label=getattr(args, "heatmap_label", "any"),
-                          threshold=getattr(args, "threshold", 0.5), device=str(device))
+                          threshold=getattr(args, "threshold", 0.5), device=str(device),
+                          accept_non_head=bool(getattr(args, "accept_non_head", False)))
 
     def load_network(self, model: Any, device: Any) -> tuple[Any, Any]:
         from .model import load_model
@@ -104,6 +105,9 @@ class ICHTask(PipelineTask):
         if subcommand in ("infer", "batch"):
             parser.add_argument("--heatmap-label", default="any", help="label explained by Grad-CAM (default any)")
             parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold on 'any'")
+            parser.add_argument("--accept-non-head", action="store_true",
+                                help="run on a CT that does not look like a head (refused otherwise); recorded in "
+                                     "result.json as accepted_non_head")
         if subcommand == "bench":
             parser.add_argument("--stream-slices", type=positive_int, default=20000,
                                 help="slices streamed in the training-throughput part (default 20000)")

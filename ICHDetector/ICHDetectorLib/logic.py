@@ -56,12 +56,15 @@ class ICHOptions:
         threshold: study-level decision threshold on the 'any' probability.
         heatmap_threshold: heatmap value (0..1) above which blood-density voxels count as suspected.
         device: torch device for the network.
+        accept_non_head: run on a CT whose anatomy is not a head's (chest, no skull) instead of refusing it; the
+            result records it (``accepted_non_head``). The user's explicit choice (``--accept-non-head``).
     """
 
     heatmap_label: str | None = "any"
     threshold: float = 0.5
     heatmap_threshold: float = 0.4
     device: str = "cpu"
+    accept_non_head: bool = False
 
     def __post_init__(self) -> None:
         if self.heatmap_label is not None and self.heatmap_label not in LABELS:
@@ -84,6 +87,7 @@ class ICHResult:
     model_name: str
     heatmap_label: str | None = "any"
     nodes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    non_head_note: str | None = None  # why the input is not a head CT, when the user ran it anyway
 
     @property
     def summary(self) -> str:
@@ -104,6 +108,8 @@ class ICHResult:
                    suspected_volume_ml=round(float(self.suspected_volume_ml), 3), model=self.model_name,
                    heatmap_label=self.heatmap_label or "",
                    summary=self.summary)
+        if self.non_head_note:  # the user's override (--accept-non-head), recorded with the result
+            out["accepted_non_head"] = self.non_head_note
         return out
 
 
@@ -150,7 +156,7 @@ def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
             raise Cancelled("cancelled by the user")
         report(fraction, message)
 
-    check_head_ct(volume)
+    override = check_head_ct(volume, accept_non_head=options.accept_non_head)
     checkpoint(0.05, "loading the model")
     loaded = ensure_loaded(model, options.device, load_model)
     network, package = loaded.network, loaded.package
@@ -180,7 +186,7 @@ def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
         volume_ml = float(suspected.sum()) * volume.geometry.voxel_volume_ml()
     checkpoint(1.0, "done")
     return ICHResult(probs, study, bool(positive), options.threshold, heat_volume, suspected, volume_ml,
-                     package.name, options.heatmap_label)
+                     package.name, options.heatmap_label, non_head_note=override)
 
 
 class ICHDetectorLogic:

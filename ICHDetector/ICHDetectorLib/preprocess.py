@@ -54,13 +54,108 @@ def read_slice_hu(path: str | os.PathLike, fix: bool = True) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- input checks
-def check_head_ct(volume: Volume) -> None:
-    """Refuse what is not a head CT in HU, with the reason.
+#: Head vs chest from anatomy (:func:`head_or_chest`). Tissue is above this (HU); the body outline of a slice is
+#: its largest tissue region with its holes filled (a head rest, cushions and padding lie outside it).
+TISSUE_HU = -300.0
+#: Bone (HU) for the skull ring; air inside the body outline (lungs, or the air of an empty skull phantom) below.
+BONE_HU, AIR_HU = 200.0, -400.0
+#: A slice is a skull slice when bone surrounds the outline's centre over this fraction of directions ...
+SKULL_COVERAGE = 0.85
+#: ... and a lung slice when air fills more than this fraction of its body outline and no bone ring surrounds it.
+LUNG_AIR_FRACTION = 0.15
+#: Slices whose body outline is smaller than this (mm^2) are not judged (top of the head, tails of a scan).
+MIN_BODY_AREA_MM2 = 1000.0
 
+
+@dataclasses.dataclass(frozen=True)
+class AnatomyCheck:
+    """What :func:`head_or_chest` found: counts of slices, and the verdict.
+
+    Attributes:
+        body_slices: slices with a body outline of at least :data:`MIN_BODY_AREA_MM2`.
+        skull_slices: those where bone surrounds the outline's centre (a skull ring).
+        lung_slices: those with large air regions inside the outline and no skull ring (lungs).
+        air_fraction: air (< :data:`AIR_HU`) inside the body outlines / their area, over the body slices.
+        looks_like: "head", "chest" or "unknown" (no body found).
+    """
+
+    body_slices: int
+    skull_slices: int
+    lung_slices: int
+    air_fraction: float
+    looks_like: str
+
+    def reason(self) -> str:
+        """The verdict in a sentence (for refusals and the result's note)."""
+        if self.looks_like == "unknown":
+            return f"no body (tissue above {TISSUE_HU:g} HU over {MIN_BODY_AREA_MM2:g} mm^2) in any slice"
+        return (f"{self.lung_slices} of {self.body_slices} slices hold large air-filled regions inside the body "
+                f"outline (lungs; {100 * self.air_fraction:.0f} % of the body outline is below {AIR_HU:g} HU) and "
+                f"{self.skull_slices} show a skull ring")
+
+
+def head_or_chest(volume: Volume) -> AnatomyCheck:
+    """Decide from anatomy whether an HU volume shows a head or a chest, slice by slice (axial slices along k).
+
+    Per slice: the body outline (largest region above :data:`TISSUE_HU`, holes filled, so a head rest, cushions and
+    padding outside the head do not count), whether bone (> :data:`BONE_HU`) surrounds its centre in at least
+    :data:`SKULL_COVERAGE` of 180 directions (skull), and the fraction of the outline that is air (< :data:`AIR_HU`):
+    a lung slice has more than :data:`LUNG_AIR_FRACTION` air and no skull ring. A chest has more lung slices than
+    skull slices, and lung slices in at least a fifth of the body slices. In-plane, slices are subsampled to at most
+    256 pixels.
+    """
+    from scipy import ndimage as ndi
+
+    array = np.asarray(volume.array)
+    step = max(1, int(np.ceil(max(array.shape[1:]) / 256)))
+    sx, sy = volume.geometry.spacing_mm[0] * step, volume.geometry.spacing_mm[1] * step
+    body_slices = skull = lungs = 0
+    air_area = body_area = 0.0
+    for hu in array[:, ::step, ::step]:
+        tissue = hu > TISSUE_HU
+        labels, count = ndi.label(tissue)
+        if count == 0:
+            continue
+        sizes = np.bincount(labels.ravel())[1:]
+        outline = ndi.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
+        area = float(outline.sum())
+        if area * sx * sy < MIN_BODY_AREA_MM2:
+            continue
+        body_slices += 1
+        air = float((outline & (hu < AIR_HU)).sum())
+        air_area += air
+        body_area += area
+        cj, ci = ndi.center_of_mass(outline)
+        jj, ii = np.nonzero(outline & (hu > BONE_HU))
+        coverage = 0.0
+        if len(jj):
+            angles = np.arctan2((jj - cj) * sy, (ii - ci) * sx)
+            bins = ((angles + np.pi) / (2 * np.pi) * 180).astype(int) % 180
+            coverage = float(np.unique(bins).size) / 180
+        if coverage >= SKULL_COVERAGE:
+            skull += 1
+        elif air / area > LUNG_AIR_FRACTION:
+            lungs += 1
+    if body_slices == 0:
+        return AnatomyCheck(0, 0, 0, 0.0, "unknown")
+    chest = lungs > skull and lungs >= 0.2 * body_slices
+    return AnatomyCheck(body_slices, skull, lungs, air_area / max(body_area, 1.0), "chest" if chest else "head")
+
+
+def check_head_ct(volume: Volume, *, accept_non_head: bool = False) -> str | None:
+    """Refuse what is not a head CT in HU, with the reason; ``accept_non_head`` lets a user run it anyway.
+
+    Args:
+        volume: ``[k, j, i]`` values with geometry and metadata (``modality``).
+        accept_non_head: the user's explicit override (``meddl infer ich --accept-non-head``): a CT in HU that
+            does not look like a head (:func:`head_or_chest`) is accepted, and the returned note says so.
+    Returns:
+        None for a head CT; with ``accept_non_head``, the note (to record in the result) for a CT accepted though
+        its anatomy is not a head's.
     Raises:
         InputError: modality other than CT; values that are not HU (no air below -500 HU, e.g. stored
-            values or an MR); a chest CT (much lung-density tissue: more than 15 % of the body between
-            -950 and -400 HU).
+            values or an MR); a chest (lungs: air-filled regions inside the body outline, no skull ring) or no
+            body at all, unless ``accept_non_head``.
     """
     modality = str(volume.metadata.get("modality") or volume.metadata.get("DICOM.Modality") or "").upper()
     if modality and modality != "CT":
@@ -76,15 +171,14 @@ def check_head_ct(volume: Volume) -> None:
             "DICOM rescale; 12-bit RSNA files need the bad-intercept fix)")
     if array.shape[0] < 1 or min(array.shape[1:]) < 16:
         raise InputError(f"the volume of shape {array.shape} is too small for a head CT (slices of >= 16 x 16)")
-    step = max(1, int(round(array.size / 2_000_000)))  # subsample large volumes for the statistics
-    sample = array.reshape(-1)[::step]
-    body = sample > -400
-    lung = (sample > -950) & (sample <= -400)
-    fraction = float(lung.sum()) / max(int(body.sum()), 1)
-    if fraction > 0.15:
-        raise InputError(
-            f"this does not look like a head CT: {100 * fraction:.0f} % of the body has lung density "
-            "(-950..-400 HU), as in a chest CT; ICH detection needs a non-contrast head CT")
+    anatomy = head_or_chest(volume)
+    if anatomy.looks_like == "head":
+        return None
+    what = "a chest CT" if anatomy.looks_like == "chest" else "no body"
+    text = f"this does not look like a head CT: {anatomy.reason()}, as in {what}"
+    if accept_non_head:
+        return f"{text}; run anyway as the user asked (--accept-non-head): the result is not validated for it"
+    raise InputError(f"{text}; ICH detection needs a non-contrast head CT (to run it anyway, give --accept-non-head)")
 
 
 # ---------------------------------------------------------------------------------------------- the input spec
