@@ -61,7 +61,7 @@ MAX_SEGMENT_VOXELS = 32 * 2**20
 
 def clean_hu(hu: np.ndarray) -> np.ndarray:
     """HU as float32 with the outside-scan padding (``<= -1500``, e.g. -2000/-3024) set to air (-1000)."""
-    out = np.asarray(hu, dtype=np.float32).copy()
+    out = np.array(hu, dtype=np.float32)  # one copy, whatever the input's type
     out[out <= PADDING_BELOW_HU] = AIR_HU
     return out
 
@@ -92,12 +92,43 @@ def _bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None
     return tuple(box)
 
 
+#: In-plane connectivity inside a 3D array: 2D operations on every axial slice at once.
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
+
+
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
-    """Holes filled in each axial slice ``mask[k]`` (a 3D fill would leak through the open ends of the scan)."""
-    out = np.empty_like(mask, dtype=bool)
-    for k in range(mask.shape[0]):
-        out[k] = ndimage.binary_fill_holes(mask[k]) if mask[k].any() else False
+    """Holes filled in each axial slice ``mask[k]`` (a 3D fill would leak through the open ends of the scan).
+
+    One 3D fill with in-plane connectivity (the background of a slice reaches only its own edges), the volume
+    padded with an empty slice at each end so that the first and last slices are filled like the others.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 3:
+        return ndimage.binary_fill_holes(mask)
+    box = _bounding_box(mask, margin=1)
+    out = np.zeros(mask.shape, dtype=bool)
+    if box is None:
+        return out
+    part = np.pad(mask[box], ((1, 1), (0, 0), (0, 0)))
+    out[box] = ndimage.binary_fill_holes(part, structure=_IN_PLANE)[1:-1]
     return out
+
+
+def _largest_component_per_slice(mask: np.ndarray) -> np.ndarray:
+    """The largest in-plane (4-connected) component of every axial slice of ``mask`` ``[k, j, i]``."""
+    labels, n = ndimage.label(mask, structure=_IN_PLANE)
+    if n == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    slice_of = np.array([box[0].start for box in ndimage.find_objects(labels)])  # a label never crosses slices
+    ids = np.arange(1, n + 1)
+    # per slice, the largest label (the first one on ties, as an arg-max would): sorted by slice, size, -label
+    order = np.lexsort((-ids, sizes, slice_of))
+    last = np.r_[slice_of[order][1:] != slice_of[order][:-1], True]
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[ids[order[last]]] = True
+    return keep[labels]
 
 
 def body_mask(hu: np.ndarray, spacing_mm: tuple[float, float, float], threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
@@ -108,15 +139,10 @@ def body_mask(hu: np.ndarray, spacing_mm: tuple[float, float, float], threshold_
         spacing_mm: voxel size (i, j, k) in mm (the opening radius is 3 mm in-plane).
     """
     radius_px = int(round(3.0 / max(min(spacing_mm[0], spacing_mm[1]), 1e-3)))
-    disk = _disk(radius_px)
-    out = np.zeros(hu.shape, dtype=bool)
-    for k in range(hu.shape[0]):
-        fg = hu[k] > threshold_hu
-        opened = ndimage.binary_opening(fg, structure=disk) if radius_px >= 1 else fg
-        if not opened.any():
-            continue
-        out[k] = ndimage.binary_fill_holes(_largest_component(opened))
-    return _largest_component(out)
+    fg = hu > threshold_hu
+    if radius_px >= 1:  # the in-plane disk on every slice at once
+        fg = ndimage.binary_opening(fg, structure=_disk(radius_px)[None])
+    return _largest_component(fill_holes_per_slice(_largest_component_per_slice(fg)))
 
 
 def _components_2d(mask2d: np.ndarray) -> tuple[np.ndarray, int]:
@@ -302,16 +328,21 @@ def segment_lungs(volume: Volume, *, threshold_hu: float = LUNG_THRESHOLD_HU,
     if factors == (1, 1, 1):
         return _segment_lungs(volume, threshold_hu)
     g = volume.geometry
-    hu = clean_hu(volume.array)
+    raw = np.asarray(volume.array)
     spacing = (g.spacing_mm[0] * factors[2], g.spacing_mm[1] * factors[1], g.spacing_mm[2] * factors[0])
     shift_ijk = np.array([(factors[2] - 1) * g.spacing_mm[0], (factors[1] - 1) * g.spacing_mm[1],
                           (factors[0] - 1) * g.spacing_mm[2]]) / 2.0
     origin = np.asarray(g.origin_lps_mm, float) + g.direction @ shift_ijk
-    coarse = Volume(_block_mean(hu, factors), Geometry(spacing, tuple(origin), g.direction_lps))
-    seg = _segment_lungs(coarse, threshold_hu)
-    shape = hu.shape
+    # HU cleaned a few slices at a time on the way to the block means: no full-resolution float32 copy
+    step = factors[0] * max(1, 16 // factors[0])
+    coarse_hu = np.concatenate([_block_mean(clean_hu(raw[k:k + step]), factors) for k in range(0, len(raw), step)])
+    coarse = Volume(coarse_hu, Geometry(spacing, tuple(origin), g.direction_lps))
+    seg = _segment_lungs(coarse, threshold_hu, cleaned=True)
+    del coarse, coarse_hu
+    shape = raw.shape
     labels = _block_expand(seg.labels, factors, shape)
-    dense = hu > threshold_hu
+    # padding (<= -1500 HU, air once cleaned) is below any air threshold at or above -1000 HU
+    dense = raw > threshold_hu if threshold_hu >= AIR_HU else clean_hu(raw) > threshold_hu
     for value in (RIGHT_LUNG, LEFT_LUNG):
         lung = labels == value
         labels[_inner_boundary_in_plane(lung) & dense] = 0
@@ -325,14 +356,14 @@ def segment_lungs(volume: Volume, *, threshold_hu: float = LUNG_THRESHOLD_HU,
                             notes)
 
 
-def _segment_lungs(volume: Volume, threshold_hu: float) -> LungSegmentation:
-    """:func:`segment_lungs` at the volume's own resolution."""
+def _segment_lungs(volume: Volume, threshold_hu: float, cleaned: bool = False) -> LungSegmentation:
+    """:func:`segment_lungs` at the volume's own resolution (``cleaned``: the HU went through :func:`clean_hu`)."""
     g = volume.geometry
     d = g.direction
     if abs(d[2, 2]) < 0.9 or abs(d[0, 0]) < 0.9:
         raise InputError("lung segmentation needs an axial CT (k axis head-feet, i axis right-left); got direction "
                          f"{np.round(d, 3).tolist()}")
-    hu = clean_hu(volume.array)
+    hu = np.asarray(volume.array, dtype=np.float32) if cleaned else clean_hu(volume.array)
     flip = not _superior_first(g)
     if flip:  # work with k=0 at the top (superior), as the airway tracking expects
         hu = hu[::-1]
@@ -493,7 +524,8 @@ def network_grid(volume: Volume, lungs: np.ndarray, spec: InputSpec, hu: np.ndar
         spacing = (extent[0] / spec.size, extent[1] / spec.size, spec.slice_mm)
         info["centre"] = "volume"
         return _grid(volume, centre, spacing, (spec.size, spec.size, spec.n_slices)), info
-    candidate = tumour_candidate(clean_hu(volume.array) if hu is None else hu, lungs)
+    # the raw HU serve: padding (<= -1500 HU) is never solid, cleaned or not
+    candidate = tumour_candidate(volume.array if hu is None else hu, lungs)
     side = spec.crop_mm / spec.size
     if candidate is not None:
         info.update(centre="candidate", candidate_kji=list(candidate))
@@ -522,13 +554,18 @@ def network_input(volume: Volume, lung_labels: np.ndarray, spec: InputSpec) -> t
     Returns:
         ``(array, grid geometry, info)``; the geometry maps a Grad-CAM map back (:func:`MedDLLib.gradcam.heatmap_to_reference`).
     """
+    from MedDLLib.resample import covering_box, crop_volume
+
     lungs = np.asarray(lung_labels) > 0
-    hu = clean_hu(volume.array)
-    grid, info = network_grid(volume, lungs, spec, hu)
+    grid, info = network_grid(volume, lungs, spec)
     size_ijk = spec.shape_kji[::-1]
-    image = resample_to_geometry(Volume(hu, volume.geometry), grid, size_ijk, default_value=AIR_HU).array
+    # only the voxels the network grid can touch are cleaned and resampled (the same values as the whole volume)
+    box = covering_box(spec.shape_kji, grid, volume.geometry, volume.array.shape) or ((0, 1), (0, 1), (0, 1))
+    part = crop_volume(volume, box)
+    image = resample_to_geometry(part.with_array(clean_hu(part.array)), grid, size_ijk, default_value=AIR_HU).array
     if spec.mask_lungs:
-        mask = resample_to_geometry(Volume(lungs.astype(np.uint8), volume.geometry), grid, size_ijk,
-                                    is_label=True, default_value=0).array > 0
+        (k0, k1), (j0, j1), (i0, i1) = box
+        lung_part = part.with_array(lungs[k0:k1, j0:j1, i0:i1].astype(np.uint8))
+        mask = resample_to_geometry(lung_part, grid, size_ijk, is_label=True, default_value=0).array > 0
         image = np.where(mask, image, AIR_HU)
     return clip_and_scale(image, *spec.hu_range)[None], grid, info

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .geometry import Geometry, Volume
-from .resample import resample_to_geometry
+from .resample import covering_box, resample_to_geometry
 
 Method = Literal["gradcam", "gradcam++"]
 
@@ -111,7 +111,7 @@ def heatmap_to_reference(heatmap: np.ndarray, network_grid: Geometry, reference:
     """
     heat = np.asarray(heatmap, dtype=np.float32)
     out = np.zeros(reference.array.shape, dtype=np.float32)
-    box = _box_in_reference(heat.shape, network_grid, reference)
+    box = covering_box(heat.shape, network_grid, reference.geometry, reference.array.shape)
     if box is not None:
         (k0, k1), (j0, j1), (i0, i1) = box
         origin = reference.geometry.ijk_to_lps() @ np.array([i0, j0, k0, 1.0])
@@ -122,23 +122,6 @@ def heatmap_to_reference(heatmap: np.ndarray, network_grid: Geometry, reference:
         target = out[k0:k1, j0:j1, i0:i1]
         np.clip(part, 0.0, 1.0, out=target, casting="unsafe")
     return Volume(out, reference.geometry, {"kind": "heatmap"})
-
-
-def _box_in_reference(shape_kji: tuple[int, ...], grid: Geometry, reference: Volume
-                      ) -> tuple[tuple[int, int], ...] | None:
-    """``((k0, k1), (j0, j1), (i0, i1))``: the reference voxels that the extent of a ``shape_kji`` array on
-    ``grid`` (voxel edges included) can touch, one voxel of margin; None when they are outside the reference."""
-    size_ijk = np.array(shape_kji[::-1], dtype=float)
-    corners = np.array([[a, b, c, 1.0] for a in (-0.5, size_ijk[0] - 0.5) for b in (-0.5, size_ijk[1] - 0.5)
-                        for c in (-0.5, size_ijk[2] - 0.5)])
-    in_reference = (np.linalg.inv(reference.geometry.ijk_to_lps()) @ (grid.ijk_to_lps() @ corners.T))[:3]
-    low = np.floor(in_reference.min(axis=1)).astype(int) - 1
-    high = np.ceil(in_reference.max(axis=1)).astype(int) + 2
-    ref_ijk = np.array(reference.array.shape[::-1])
-    low, high = np.clip(low, 0, ref_ijk), np.clip(high, 0, ref_ijk)
-    if np.any(high <= low):
-        return None
-    return tuple((int(low[a]), int(high[a])) for a in (2, 1, 0))
 
 
 def add_heatmap_node(scene: Any, heatmap: Volume, name: str = "Grad-CAM", *, threshold: float = 0.2) -> Any:

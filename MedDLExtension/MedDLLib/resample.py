@@ -107,3 +107,31 @@ def resample_to_reference(
     """Resample ``volume`` onto ``reference``'s voxel grid (e.g. a heatmap back into the input geometry)."""
     return resample_to_geometry(volume, reference.geometry, reference.array.shape[::-1],
                                 is_label=is_label, default_value=default_value)
+
+
+def covering_box(shape_kji: Sequence[int], grid: Geometry, reference: Geometry, reference_shape_kji: Sequence[int],
+                 margin: int = 1) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
+    """The voxels of a reference grid that an array of ``shape_kji`` on ``grid`` can touch when either is
+    resampled onto the other (linear interpolation): ``((k0, k1), (j0, j1), (i0, i1))`` (end exclusive), the
+    extent of ``grid`` up to its voxel edges plus ``margin`` voxels, clipped to ``reference_shape_kji``; None when
+    it lies outside the reference. Resampling only that box gives the values of a whole-volume resample there.
+    """
+    size_ijk = np.array(list(shape_kji)[::-1], dtype=float)
+    corners = np.array([[a, b, c, 1.0] for a in (-0.5, size_ijk[0] - 0.5) for b in (-0.5, size_ijk[1] - 0.5)
+                        for c in (-0.5, size_ijk[2] - 0.5)])
+    in_reference = (np.linalg.inv(reference.ijk_to_lps()) @ (grid.ijk_to_lps() @ corners.T))[:3]
+    low = np.floor(in_reference.min(axis=1)).astype(int) - margin
+    high = np.ceil(in_reference.max(axis=1)).astype(int) + 1 + margin
+    ref_ijk = np.array(list(reference_shape_kji)[::-1])
+    low, high = np.clip(low, 0, ref_ijk), np.clip(high, 0, ref_ijk)
+    if np.any(high <= low):
+        return None
+    return tuple((int(low[a]), int(high[a])) for a in (2, 1, 0))  # type: ignore[return-value]
+
+
+def crop_volume(volume: Volume, box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]) -> Volume:
+    """The part ``box`` (``((k0, k1), (j0, j1), (i0, i1))``) of ``volume`` with its geometry (a view, no copy)."""
+    (k0, k1), (j0, j1), (i0, i1) = box
+    origin = volume.geometry.ijk_to_lps() @ np.array([i0, j0, k0, 1.0])
+    geometry = Geometry(volume.geometry.spacing_mm, tuple(float(v) for v in origin[:3]), volume.geometry.direction_lps)
+    return Volume(volume.array[k0:k1, j0:j1, i0:i1], geometry, dict(volume.metadata))
