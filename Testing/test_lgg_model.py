@@ -71,15 +71,22 @@ def test_infer_writes_the_output_contract_from_tif_and_dicom(trained, capsys):
     assert np.allclose(results["dicom"]["centroid_ras_mm"], results["tif"]["centroid_ras_mm"], atol=1e-6)
 
 
-def test_bench_reports_time_per_slice_and_patient(tmp_path, capsys):
+@pytest.mark.slow
+def test_bench_reports_cold_runs_and_forwards_side_by_side(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "lgg", "--networks", "unet", "unetpp", "--size", "32", "--slices", "4", "--width", "4",
-                 "--force-cpu", "--out", str(out)]) == 0
+    assert main(["bench", "lgg", "--networks", "unet", "unetpp", "--size", "32", "--slices", "6", "--width", "4",
+                 "--runs", "1", "--force-cpu", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
+    e2e = result["end_to_end"]
+    for mode in ("torch", "runtime"):
+        assert len(e2e[mode]["seconds"]) == 1 and e2e[mode]["median_peak_rss_mb"] > 100  # a whole meddl process
+    assert e2e["ratio_torch_over_runtime"]["median"] > 0 and e2e["first_run"]["seconds"] > 0
     for kind in ("unet", "unetpp"):
-        assert result["networks"][kind]["seconds_per_patient"] > 0
-        assert result["networks"][kind]["seconds_per_slice"] == pytest.approx(
-            result["networks"][kind]["seconds_per_patient"] / 4, abs=1e-3)  # both rounded to ms
+        row = result["runtime"][kind]
+        assert row["input_shape"] == [6, 3, 32, 32] and row["torch_median_s"] > 0 and row["runtime_median_s"] > 0
+        assert row["agreement"]["mask_dice"] >= 0.995 and row["backend"] in ("torch", "onnxruntime", "openvino",
+                                                                            "openvino-bf16")
+    assert "torch/runtime" in capsys.readouterr().out and "shared machine" in result["caveat"]
 
 
 def test_infer_refuses_a_missing_model_and_a_bad_study(tmp_path, capsys):

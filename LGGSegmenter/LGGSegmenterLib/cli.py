@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,10 @@ class LGGTask(PipelineTask):
         if subcommand in ("infer", "batch"):
             parser.add_argument("--gradcam", action="store_true", help="also write a Grad-CAM heatmap")
         if subcommand == "bench":
-            parser.add_argument("--networks", nargs="+", default=sorted(model.NETWORKS))
+            parser.add_argument("--networks", nargs="+", choices=sorted(model.NETWORKS), default=[model.DEFAULT_NETWORK],
+                                help="networks whose forward is timed (default: the improved recipe's)")
+            parser.add_argument("--runs", type=positive_int, default=3,
+                                help="cold end-to-end runs of each mode (torch, runtime), alternating")
             parser.add_argument("--size", type=positive_int, default=256)
             parser.add_argument("--slices", type=positive_int, default=88)
             parser.add_argument("--width", type=positive_int, default=model.DEFAULT_WIDTH)
@@ -116,27 +118,16 @@ class LGGTask(PipelineTask):
         return to_computed(result, package.metadata, package.name)
 
     def bench(self, args: argparse.Namespace) -> dict[str, Any]:
-        """Inference time per slice and per patient (``--slices`` slices of ``--size``^2) for each network."""
-        import numpy as np
-        import torch
+        """Cold ``meddl infer lgg`` on a ``--slices`` x ``--size``^2 DICOM patient and each network's forward, torch
+        eager against the chosen runtime, side by side (see :mod:`.bench`)."""
+        from MedDLLib.bench import task_table
 
-        from MedDLLib.device import describe_device, select_device
-        from MedDLLib.models import build_network
+        from .bench import run_bench
 
-        device = select_device(args.device, args.force_cpu)
-        results: dict[str, Any] = {"device": describe_device(device), "threads": torch.get_num_threads(),
-                                   "size": args.size, "slices_per_patient": args.slices, "networks": {}}
-        x = np.random.default_rng(0).random((args.slices, 3, args.size, args.size)).astype(np.float32)
-        for kind in args.networks:
-            net = build_network({"network": model.network_spec(kind, 3, args.width), "task": "lgg"}).to(device)
-            model.predict_probabilities(net, x[:2], device)  # warm-up
-            start = time.perf_counter()
-            model.predict_probabilities(net, x, device)
-            seconds = time.perf_counter() - start
-            results["networks"][kind] = {"seconds_per_patient": round(seconds, 3),
-                                         "seconds_per_slice": round(seconds / args.slices, 4),
-                                         "parameters": sum(p.numel() for p in net.parameters())}
-        return results
+        result = run_bench(size=args.size, n_slices=args.slices, width=args.width, networks=args.networks,
+                           runs=getattr(args, "runs", 3))
+        print(task_table(result))
+        return result
 
     def demo(self, out: Path, args: argparse.Namespace) -> dict[str, Any]:
         """Phantoms -> improved recipe, fixed work -> held-out evaluation -> one inference with Grad-CAM.

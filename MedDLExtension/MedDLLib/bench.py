@@ -101,7 +101,7 @@ def bench_dicom_read(folder: str | os.PathLike, repeats: int = 7, workers: int |
 
 
 def run_meddl_child(arguments: list[str], log: str | os.PathLike, task_entry: str,
-                    library_folder: str | os.PathLike) -> tuple[int, float, float]:
+                    library_folder: str | os.PathLike, env: dict[str, str] | None = None) -> tuple[int, float, float]:
     """Run ``python -m MedDLLib.cli ARGUMENTS`` in a fresh child, as a user runs ``meddl``.
 
     Args:
@@ -109,6 +109,7 @@ def run_meddl_child(arguments: list[str], log: str | os.PathLike, task_entry: st
         log: file receiving the child's stdout and stderr.
         task_entry: ``module:attribute`` of the task (added to ``$MEDDL_EXTRA_TASKS``).
         library_folder: the folder holding the task's package (put first on the child's ``PYTHONPATH``).
+        env: environment variables set in the child (e.g. ``{"MEDDL_RUNTIME": "torch"}``).
     Returns:
         ``(exit status, wall seconds, peak resident memory of that child alone in MB)`` (``ru_maxrss`` of
         :func:`os.wait4`).
@@ -116,7 +117,9 @@ def run_meddl_child(arguments: list[str], log: str | os.PathLike, task_entry: st
     import subprocess
     import sys
 
+    overrides = dict(env or {})
     env = dict(os.environ)
+    env.update(overrides)
     extra = [e for e in env.get("MEDDL_EXTRA_TASKS", "").split(",") if e]
     env["MEDDL_EXTRA_TASKS"] = ",".join(extra + [task_entry])
     env["PYTHONPATH"] = os.pathsep.join([str(library_folder)] +
@@ -159,3 +162,146 @@ def format_table(result: dict[str, Any]) -> str:
 
 def _ms(seconds: list[float]) -> tuple[str, str, str]:
     return (f"{1000 * statistics.median(seconds):.1f}", f"{1000 * min(seconds):.1f}", f"{1000 * max(seconds):.1f}")
+
+
+# ---------------------------------------------------------------------------------------------- task benches
+#: What every task bench's figures carry: they were measured on a shared machine.
+CAVEAT = ("Measured on a shared machine (other work running): absolute seconds are noisy; read the ratios, "
+          "measured side by side in alternating runs.")
+
+
+def machine() -> dict[str, Any]:
+    """The machine a bench ran on: CPU model and flags that matter (bf16), cores, torch threads, versions."""
+    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "python": platform.python_version(),
+                            "platform": platform.platform()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                     "")
+        flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+        info["cpu"] = model
+        info["cpu_flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags]
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch"], info["torch_threads"] = torch.__version__, torch.get_num_threads()
+    except ImportError:
+        pass
+    for name in ("onnxruntime", "openvino"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            info[name] = None
+    return info
+
+
+def end_to_end_rows(arguments: list[str], output: str | os.PathLike, task_entry: str,
+                    library_folder: str | os.PathLike, *, runs: int = 3) -> dict[str, Any]:
+    """Cold ``meddl ARGUMENTS`` runs (a fresh child each: start-up, imports, reading, model, outputs), torch eager
+    against the chosen runtime (``$MEDDL_RUNTIME`` torch / auto), alternating, ``runs`` pairs.
+
+    The first run (auto) exports the network and chooses the runtime once per package; it is its own row
+    (``first_run``). Every run writes into a fresh ``output`` folder (removed before each run).
+
+    Returns:
+        ``{"first_run": {seconds, peak_rss_mb}, "torch": {...}, "runtime": {...}, "ratio_torch_over_runtime":
+        {median, min, max}}``; each mode row has ``seconds`` and ``peak_rss_mb`` lists and their medians.
+
+    Raises:
+        MedDLError: a run failed (the end of its log in the message).
+    """
+    import shutil
+
+    from .errors import MedDLError
+
+    output = Path(output)
+    log = output.parent / f".{output.name}.log"
+
+    def once(mode: str) -> tuple[float, float]:
+        shutil.rmtree(output, ignore_errors=True)
+        code, seconds, peak = run_meddl_child(arguments, log, task_entry, library_folder, {"MEDDL_RUNTIME": mode})
+        if code != 0:
+            raise MedDLError(f"meddl {' '.join(arguments[:2])} failed in the benchmark (exit {code}, "
+                             f"MEDDL_RUNTIME={mode}):\n" + Path(log).read_text()[-3000:])
+        return seconds, peak
+
+    first = once("auto")
+    rows: dict[str, dict[str, list[float]]] = {"torch": {"seconds": [], "peak_rss_mb": []},
+                                               "runtime": {"seconds": [], "peak_rss_mb": []}}
+    for _ in range(runs):
+        for mode, key in (("torch", "torch"), ("auto", "runtime")):
+            seconds, peak = once(mode)
+            rows[key]["seconds"].append(round(seconds, 2))
+            rows[key]["peak_rss_mb"].append(round(peak, 1))
+    ratios = [t / r for t, r in zip(rows["torch"]["seconds"], rows["runtime"]["seconds"])]
+    out: dict[str, Any] = {"first_run": {"seconds": round(first[0], 2), "peak_rss_mb": round(first[1], 1)}}
+    for key, row in rows.items():
+        out[key] = {**row, "median_seconds": statistics.median(row["seconds"]),
+                    "median_peak_rss_mb": statistics.median(row["peak_rss_mb"])}
+    out["ratio_torch_over_runtime"] = {"median": round(statistics.median(ratios), 2),
+                                       "min": round(min(ratios), 2), "max": round(max(ratios), 2)}
+    return out
+
+
+def runtime_rows(network: Any, package: Any, x: np.ndarray, agree: Any, *, repeats: int = 5,
+                 compare: Callable[[np.ndarray, np.ndarray], dict[str, float]] | None = None) -> dict[str, Any]:
+    """One network's forward, torch eager fp32 against the runtime :mod:`MedDLLib.runtime` chooses, on the same
+    weights and the same input ``x``, timed alternately ``repeats`` times each after the choice (which runs
+    both once).
+
+    Args:
+        compare: ``(torch output, runtime output) -> {name: value}`` agreement figures for the row.
+    Returns:
+        seconds of both, medians, ``ratio_torch_over_runtime`` (median and min over the pairs), the chosen
+        backend, the seconds the choice measured per candidate, and the agreement figures.
+    """
+    from . import runtime
+
+    runner = runtime.runner_for(network, package, agree=agree)
+    runner(x)  # exports (or reuses the export), measures the candidates, keeps the choice
+    torch_s: list[float] = []
+    runtime_s: list[float] = []
+    for _ in range(repeats):
+        torch_s.append(_time(lambda: runner.torch_forward(x)))
+        runtime_s.append(_time(lambda: runner(x)))
+    ratios = [t / r for t, r in zip(torch_s, runtime_s)]
+    reference, got = runner.torch_forward(x), runner(x)
+    key = runtime._shape_key(x.shape)
+    return {"input_shape": list(x.shape), "backend": runner.chosen.get(key, "torch"),
+            "choice_seconds": {k: round(v, 4) for k, v in runner.timings.get(key, {}).items()},
+            "torch_seconds": [round(s, 4) for s in torch_s], "runtime_seconds": [round(s, 4) for s in runtime_s],
+            "torch_median_s": round(statistics.median(torch_s), 4),
+            "runtime_median_s": round(statistics.median(runtime_s), 4),
+            "ratio_torch_over_runtime": {"median": round(statistics.median(ratios), 2),
+                                         "min": round(min(ratios), 2)},
+            "agreement": (compare or _max_abs_difference)(reference, got)}
+
+
+def _max_abs_difference(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    return {"max_abs_output_difference": float(np.abs(reference - got).max(initial=0.0))}
+
+
+def task_table(result: dict[str, Any]) -> str:
+    """A text table of a task bench (:func:`end_to_end_rows` and :func:`runtime_rows` entries of ``result``)."""
+    rows = [("what", "torch eager", "chosen runtime", "torch/runtime (median, min)", "peak MB (torch / runtime)")]
+    e2e = result.get("end_to_end")
+    if e2e:
+        rows.append((f"cold end to end: {result.get('end_to_end_input', '')}",
+                     f"{e2e['torch']['median_seconds']:.2f} s", f"{e2e['runtime']['median_seconds']:.2f} s",
+                     f"{e2e['ratio_torch_over_runtime']['median']:.2f}x, {e2e['ratio_torch_over_runtime']['min']:.2f}x",
+                     f"{e2e['torch']['median_peak_rss_mb']:.0f} / {e2e['runtime']['median_peak_rss_mb']:.0f}"))
+        rows.append(("  first run (export + choice, once per package)", "", f"{e2e['first_run']['seconds']:.2f} s",
+                     "", f"{e2e['first_run']['peak_rss_mb']:.0f}"))
+    for name, row in (result.get("runtime") or {}).items():
+        agreement = ", ".join(f"{k} {v:.3g}" for k, v in row["agreement"].items())
+        rows.append((f"forward {name} {'x'.join(map(str, row['input_shape']))} -> {row['backend']} ({agreement})",
+                     f"{row['torch_median_s']:.3f} s", f"{row['runtime_median_s']:.3f} s",
+                     f"{row['ratio_torch_over_runtime']['median']:.2f}x, {row['ratio_torch_over_runtime']['min']:.2f}x",
+                     ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(result.get("caveat", CAVEAT))
+    return "\n".join(lines)
