@@ -152,6 +152,7 @@ class Built:
     outputs: list[Path] = dataclasses.field(default_factory=list)
     check: Callable[[subprocess.CompletedProcess], str | None] | None = None  # extra rule: why it failed, or None
     as_nobody: bool = False  # run as an unprivileged user (permission cases when the tests run as root)
+    isolate: bool = False  # run in a child process with a time limit (what could hang: named pipes)
 
 
 @dataclasses.dataclass
@@ -187,18 +188,24 @@ def _series_case(name: str, klass: str, command: str, mutate: Callable[[list[Pat
     def build(tmp: Path, fx: Fixtures) -> Built:
         series = copy_real_ct(tmp / "study") if source == "real" else copy_series(fx.small_ct, tmp / "study")
         mutate(dicom_files(series))
-        if command == "inspect":
-            return Built(["inspect", str(series)], [series])
-        if command == "inspect-json":
-            return Built(["inspect", "--json", str(series)], [series], check=_strict_json)
-        if command == "convert":
-            return Built(["convert", str(series), str(tmp / "out.nrrd")], [series], [tmp / "out.nrrd"])
-        assert command == "infer"
-        return Built(["infer", "lung", "--input", str(series), "--output", str(tmp / "out"), "--model",
-                      str(fx.lung_model)], [series], [tmp / "out"])
+        isolate = name.startswith(("pipe", "deep"))  # could hang or exhaust the stack: a child process
+        return dataclasses.replace(_series_built(command, series, tmp, fx), isolate=isolate)
 
     needs = "lung_model" if command == "infer" else ""
     return Case(f"{name}-{command}", klass, build, expect, tuple(mention), warn, needs)
+
+
+def _series_built(command: str, series: Path, tmp: Path, fx: Fixtures) -> Built:
+    """The command line of a series case ("inspect", "inspect-json", "convert" or "infer" lung)."""
+    if command == "inspect":
+        return Built(["inspect", str(series)], [series])
+    if command == "inspect-json":
+        return Built(["inspect", "--json", str(series)], [series], check=_strict_json)
+    if command == "convert":
+        return Built(["convert", str(series), str(tmp / "out.nrrd")], [series], [tmp / "out.nrrd"])
+    assert command == "infer"
+    return Built(["infer", "lung", "--input", str(series), "--output", str(tmp / "out"), "--model",
+                  str(fx.lung_model)], [series], [tmp / "out"])
 
 
 def _strict_json(proc: subprocess.CompletedProcess) -> str | None:
@@ -401,11 +408,11 @@ def _pipe_input(kind: str) -> Callable[[Path, Fixtures], Built]:
         pipe = tmp / "study.nrrd"
         os.mkfifo(pipe)
         if kind == "convert":
-            return Built(["convert", str(pipe), str(tmp / "out.nrrd")], [], [tmp / "out.nrrd"])
+            return Built(["convert", str(pipe), str(tmp / "out.nrrd")], [], [tmp / "out.nrrd"], isolate=True)
         if kind == "inspect":
-            return Built(["inspect", str(pipe)], [])
+            return Built(["inspect", str(pipe)], [], isolate=True)
         return Built(["infer", "lung", "--input", str(pipe), "--output", str(tmp / "out"), "--model",
-                      str(fx.lung_model)], [], [tmp / "out"])
+                      str(fx.lung_model)], [], [tmp / "out"], isolate=True)
     return build
 
 
@@ -414,7 +421,7 @@ def _pipe_in_batch(tmp: Path, fx: Fixtures) -> Built:
     copy_series(fx.small_ct, studies / "good")
     os.mkfifo(studies / "blocked.nrrd")
     return Built(["batch", "lung", "--input", str(studies), "--output", str(tmp / "out"), "--model",
-                  str(fx.lung_model)], [studies])
+                  str(fx.lung_model)], [studies], isolate=True)
 
 
 def _volume_file(kind: str) -> Callable[[Path, Fixtures], Built]:
@@ -472,7 +479,7 @@ def _resume_corrupt(tmp: Path, fx: Fixtures) -> Built:
     copy_series(fx.small_ct, studies / "a")
     out = tmp / "out"
     argv = ["batch", "lung", "--input", str(studies), "--output", str(out), "--model", str(fx.lung_model)]
-    first = run_meddl(argv, tmp)
+    first = run_meddl_here(argv)
     assert first.returncode == 0, first.stderr
     (out / "a" / "result.json").write_text('{"risk_score": 0.3, "risk_gr')
 
@@ -504,7 +511,7 @@ def _phantom_over_dataset(earlier_phantom: bool) -> Callable[[Path, Fixtures], B
     def build(tmp: Path, fx: Fixtures) -> Built:
         data = tmp / "data"
         if earlier_phantom:
-            proc = run_meddl(["phantom", "lung", str(data), "--cases", "2", "--seed", "1"], tmp)
+            proc = run_meddl_here(["phantom", "lung", str(data), "--cases", "2", "--seed", "1"])
             assert proc.returncode == 0, proc.stderr
             return Built(["phantom", "lung", str(data), "--cases", "2", "--seed", "2"], [])
         data.mkdir()
@@ -575,6 +582,27 @@ def all_cases() -> list[Case]:
 
 
 # ---------------------------------------------------------------------------------------------- running
+def run_meddl_here(argv: Sequence[str]) -> subprocess.CompletedProcess:
+    """``meddl argv`` in this process (:func:`MedDLLib.cli.main`), its output captured; an exception escaping
+    ``main`` is written to stderr as the traceback it would print."""
+    import contextlib
+    import io
+    import traceback
+
+    from MedDLLib.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:  # argparse usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+        except Exception:  # noqa: BLE001 - the traceback is the finding
+            err.write(traceback.format_exc())
+            code = 1
+    return subprocess.CompletedProcess(list(argv), int(code or 0), out.getvalue(), err.getvalue())
+
+
 def run_meddl(argv: Sequence[str], cwd: Path, *, timeout: float = TIMEOUT_S, as_nobody: bool = False,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``meddl argv`` in a child process (this Python, its MEDDL_HOME); TimeoutExpired on a hang."""
@@ -671,7 +699,10 @@ def run_case(case: Case, tmp: Path, fx: Fixtures) -> dict[str, Any]:
     before = snapshot(built.inputs)
     start = time.perf_counter()
     try:
-        proc: subprocess.CompletedProcess | None = run_meddl(built.argv, tmp, as_nobody=built.as_nobody)
+        if built.isolate or built.as_nobody:
+            proc: subprocess.CompletedProcess | None = run_meddl(built.argv, tmp, as_nobody=built.as_nobody)
+        else:
+            proc = run_meddl_here(built.argv)
     except subprocess.TimeoutExpired:
         proc = None
     seconds = time.perf_counter() - start

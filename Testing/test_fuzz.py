@@ -43,16 +43,15 @@ def report(tmp_path_factory):
           f"(report {path})\n{fz.format_table(summary)}")
 
 
-def _lung_model(fx: fz.Fixtures, home: str) -> None:
+def _lung_model(fx: fz.Fixtures) -> None:
     """A lung model of one epoch on 4 phantom studies (16 px input): enough to run infer/batch/evaluate."""
     if fx.lung_model is not None:
         return
     data, model = fx.root / "lung_data", fx.root / "lung_model"
-    env = {"MEDDL_HOME": home}
-    proc = fz.run_meddl(["phantom", "lung", str(data), "--cases", "4", "--seed", "1"], fx.root, env=env)
+    proc = fz.run_meddl_here(["phantom", "lung", str(data), "--cases", "4", "--seed", "1"])
     assert proc.returncode == 0, proc.stderr
-    proc = fz.run_meddl(["train", "lung", "--data", str(data), "--out", str(model), "--epochs", "1", "--size", "16",
-                         "--batch-size", "4"], fx.root, env=env)
+    proc = fz.run_meddl_here(["train", "lung", "--data", str(data), "--out", str(model), "--epochs", "1", "--size",
+                              "16", "--batch-size", "4"])
     assert proc.returncode == 0, proc.stderr
     fx.lung_model, fx.lung_data = model, data
     for p in [model, *model.rglob("*")]:  # readable by the unprivileged user of the permission cases
@@ -62,7 +61,7 @@ def _lung_model(fx: fz.Fixtures, home: str) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_input(case: fz.Case, fixtures: fz.Fixtures, report, tmp_path) -> None:
     if case.needs == "lung_model":
-        _lung_model(fixtures, os.environ["MEDDL_HOME"])
+        _lung_model(fixtures)
     row = fz.run_case(case, tmp_path / "case", fixtures)
     ROWS.append(row)
     assert row["ok"], f"{case.name} ({case.klass}): " + "; ".join(row["why"])

@@ -23,6 +23,23 @@ does the parsing and decoding. The steps and the rules they follow:
 3. :func:`read_dicom_folder` = 1 + 2 for a folder holding one volume (or a chosen one);
    :func:`inspect_folder` gives JSON-ready summaries.
 
+Hostile and careless input (issue 18; ``Testing/test_fuzz.py`` generates each kind):
+
+* Only regular files are opened (named pipes, sockets and devices are listed as skipped, never read); the folder
+  tree is walked without recursion (any depth); a DICOMDIR or vendor directory file (Media Storage Directory) is
+  skipped with a note. An empty or unreadable file, or a folder that cannot be listed, may hold slices:
+  :func:`select_series` refuses the folder naming it (never a volume interpolated across the gap).
+* A header that does not describe its pixel data (native Pixel Data length against Rows x Columns x
+  BitsAllocated), a TransferSyntaxUID that is no transfer syntax, an empty or inconsistent Modality LUT Sequence,
+  a rescale beyond +-:data:`MAX_RESCALED_VALUE` and a PixelSpacing that is no size (0 or negative, NaN, outside
+  :data:`PIXEL_SPACING_RANGE_MM`) are problems of the series: ``inspect`` lists them, reading refuses.
+  A CT/MR/PT/NM series without a pixel size is refused by default (``unknown_spacing``).
+* A slice whose ImagePositionPatient lies beyond :data:`MAX_POSITION_MM` or far off the others is set aside with
+  a warning; a resampling that would make many more slices than the series has is refused.
+* When no uid is given and a folder holds several volumes of which exactly one is an image stack (a scanner
+  export with localisers, screen captures, colour images), that stack is read and the others are named as set
+  aside.
+
 Conventions:
 
 * Values: stored values through the Modality LUT. Integer results stay integer (the smallest of uint8,
