@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Annotated
 
 import slicer
-import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -28,12 +27,10 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
 
-#: Opacity of the Grad-CAM heatmap over the MR series in the slice views.
-HEATMAP_OPACITY = 0.5
+from MedDLWidgets import TaskWidget
+
 #: Sequence name (``GliomaClassifierLib.dataset.SEQUENCES``) -> parameter node field of its volume.
 SEQUENCE_PARAMETERS = {"FLAIR": "flairVolume", "T1w": "t1wVolume", "T1wCE": "t1wceVolume", "T2w": "t2wVolume"}
 
@@ -96,169 +93,47 @@ class GliomaClassifierParameterNode:
 #
 
 
-class GliomaClassifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Sequences, model and options; Apply runs ``meddl infer glioma`` in the background and shows the results."""
+class GliomaClassifierWidget(TaskWidget):
+    """Sequences, model and options; Apply runs ``meddl infer glioma`` in the background and shows the results
+    (Grad-CAM over the reference series, the 64-slice window ROI, the result table in the layout)."""
 
-    def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)  # needed for parameter node observation
-        self.logic = None
-        self.models = None
-        self.runner = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._run = None  # (reference volume, output folder) of the run in progress
+    task = "glioma"
+    taskEntry = "GliomaClassifierLib.cli:TASK"
+    inputHint = _("Select the brain MRI series")
+    applyHint = _("Estimate the MGMT methylation probability of the selected study")
 
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        from MedDLWidgets import showUnsupportedSlicer
+    def createLogic(self) -> GliomaClassifierLogic:
+        return GliomaClassifierLogic()
 
-        if showUnsupportedSlicer(self.layout):  # one line saying which Slicer MedDL needs, nothing else
-            return
-
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/GliomaClassifier.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        self.logic = GliomaClassifierLogic()
-
-        from MedDLWidgets import BackgroundRunner, ModelSelector
-
-        self.models = ModelSelector(
-            "glioma",
-            self.ui.modelComboBox,
-            self.ui.modelCardView,
-            self.ui.importModelButton,
-            self.ui.openModelCacheButton,
-            onChanged=self.onModelChanged,
-        )
-        self.runner = BackgroundRunner(self.ui.applyButton, self.ui.progressBar, self.ui.logView, self.ui.statusLabel)
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-
-        self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        if self.runner is not None:
-            self.runner.cancel()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        if self.logic is not None:  # None: setup stopped on an unsupported Slicer
-            self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.runner.cancel()  # its inputs and outputs belong to the scene being closed
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
+    def initializeInputs(self, p: GliomaClassifierParameterNode) -> None:
         """Fill empty sequence fields with the one volume named after each sequence (e.g. "T1wCE"), if any."""
-        self.setParameterNode(self.logic.getParameterNode())
         volumes = {
             node.GetName(): node
             for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
             if not node.IsA("vtkMRMLLabelMapVolumeNode")
         }
         for field, name in self.logic.guessSequences(list(volumes)).items():
-            if not getattr(self._parameterNode, field):
-                setattr(self._parameterNode, field, volumes[name])
+            if not getattr(p, field):
+                setattr(p, field, volumes[name])
 
-    def setParameterNode(self, inputParameterNode: GliomaClassifierParameterNode | None) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            # Widgets in the .ui carry the dynamic property "SlicerParameterName" naming their field.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self.models.refresh(select=self._parameterNode.modelName or None)
-            self._checkCanApply()
+    def missingInput(self, p: GliomaClassifierParameterNode) -> str:
+        return self.logic.missingInput(p)
 
-    def onModelChanged(self, modelName: str | None) -> None:
+    def modelSelected(self, modelName: str) -> None:
         from GliomaClassifierLib import widgetlogic
 
-        self.ui.modelCaveatLabel.text = widgetlogic.model_caveat(modelName)
-        if self._parameterNode:
-            self._parameterNode.modelName = modelName or ""
+        self.ui.modelCaveatLabel.text = widgetlogic.model_caveat(modelName or None)
 
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        if self.runner.isRunning():
-            return  # the button is Cancel until the run ends
-        problem = self.logic.missingInput(self._parameterNode)
-        self.ui.applyButton.toolTip = problem or _("Estimate the MGMT methylation probability of the selected study")
-        self.ui.applyButton.enabled = not problem
-
-    def onApplyButton(self) -> None:
-        """Start a run, or cancel the one in progress (the button reads Cancel meanwhile)."""
-        if self.runner.isRunning():
-            self.runner.cancel()
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to start the glioma classifier run."), waitCursor=True):
-            from MedDLWidgets import ensureDependencies, libraryPaths
-
-            if not ensureDependencies(requester=_("Glioma Classifier")):
-                return
-            import GliomaClassifierLib
-            import MedDLLib
-            from GliomaClassifierLib import widgetlogic
-
-            p = self._parameterNode
-            self.ui.summaryLabel.text = ""
-            arguments, outputFolder, referenceVolume = self.logic.prepareRun(
-                self.logic.selectedSequences(p), p.modelName, p.threshold, p.forceCpu, slicer.app.temporaryPath
-            )
-            self._run = (referenceVolume, outputFolder)
-            self.runner.start(
-                arguments,
-                onFinished=self.onRunFinished,
-                tasks=[widgetlogic.TASK_ENTRY],
-                pythonPaths=libraryPaths(MedDLLib, GliomaClassifierLib),
-            )
-
-    def onRunFinished(self, outcome) -> None:
-        """Called on the main thread when the child ends: load the outputs as new nodes and show them."""
-        referenceVolume, outputFolder = self._run
-        self._run = None
-        self._checkCanApply()
-        if outcome.status == "failed":
-            slicer.util.errorDisplay(_("The glioma classifier run failed: {message}").format(message=outcome.message))
-        if not outcome.succeeded:
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to load the glioma classifier results."), waitCursor=True):
-            loaded = self.logic.loadResults(outputFolder, referenceVolume)
-            self.ui.summaryLabel.text = loaded.summary
-            self.showResults(referenceVolume, loaded.nodes)
+    def prepareRun(self, p: GliomaClassifierParameterNode, runRoot: str):
+        return self.logic.prepareRun(self.logic.selectedSequences(p), p.modelName, p.threshold, p.forceCpu, runRoot)
 
     def showResults(self, referenceVolume, nodes: dict) -> None:
-        """Slice views: the reference series below, Grad-CAM on top, the window ROI; the result table in the
-        layout."""
-        slicer.util.setSliceViewerLayers(
-            background=referenceVolume, foreground=nodes["heatmap"], foregroundOpacity=HEATMAP_OPACITY, label=None
-        )
+        """As every task, plus the window ROI the network saw (locked: moving it changes nothing)."""
+        TaskWidget.showResults(self, referenceVolume, nodes)
         window = nodes["window"]
         window.CreateDefaultDisplayNodes()
         window.GetDisplayNode().SetVisibility(True)
-        window.SetLocked(True)  # it shows what the network saw; moving it changes nothing
-        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
-        applicationLogic = slicer.app.applicationLogic()
-        applicationLogic.GetSelectionNode().SetActiveTableID(nodes["table"].GetID())
-        applicationLogic.PropagateTableSelection()
+        window.SetLocked(True)
 
 
 #

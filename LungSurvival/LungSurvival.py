@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 import slicer
-import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -23,12 +22,9 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
 
-#: Opacity of the Grad-CAM heatmap over the CT in the slice views.
-HEATMAP_OPACITY = 0.5
+from MedDLWidgets import TaskWidget
 
 #
 # LungSurvival
@@ -82,164 +78,22 @@ class LungSurvivalParameterNode:
 #
 
 
-class LungSurvivalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Input, model and options; Apply runs ``meddl infer lung`` in the background and shows the results."""
+class LungSurvivalWidget(TaskWidget):
+    """Input, model and options; Apply runs ``meddl infer lung`` in the background and shows the results (the
+    volumes table in the layout, Grad-CAM over the CT, the lung segments outlined)."""
 
-    def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)  # needed for parameter node observation
-        self.logic = None
-        self.models = None
-        self.runner = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._run = None  # (input volume, output folder) of the run in progress
+    task = "lung"
+    taskEntry = "LungSurvivalLib.cli:TASK"
+    inputHint = _("Select the chest CT volume")
+    modelHint = _("Select or import a lung survival model")
+    applyHint = _("Segment the lungs and estimate the survival risk on the selected chest CT")
 
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        from MedDLWidgets import showUnsupportedSlicer
+    def createLogic(self) -> LungSurvivalLogic:
+        return LungSurvivalLogic()
 
-        if showUnsupportedSlicer(self.layout):  # one line saying which Slicer MedDL needs, nothing else
-            return
-
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LungSurvival.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        self.logic = LungSurvivalLogic()
-
-        from MedDLWidgets import BackgroundRunner, ModelSelector
-
-        self.models = ModelSelector(
-            "lung",
-            self.ui.modelComboBox,
-            self.ui.modelCardView,
-            self.ui.importModelButton,
-            self.ui.openModelCacheButton,
-            onChanged=self.onModelChanged,
-        )
-        self.runner = BackgroundRunner(self.ui.applyButton, self.ui.progressBar, self.ui.logView, self.ui.statusLabel)
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-
-        self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        if self.runner is not None:
-            self.runner.cancel()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        if self.logic is not None:  # None: setup stopped on an unsupported Slicer
-            self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.runner.cancel()  # its input and outputs belong to the scene being closed
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
-
-    def setParameterNode(self, inputParameterNode: LungSurvivalParameterNode | None) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            # Widgets in the .ui carry the dynamic property "SlicerParameterName" naming their field.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self.models.refresh(select=self._parameterNode.modelName or None)
-            self._checkCanApply()
-
-    def onModelChanged(self, modelName: str | None) -> None:
-        if self._parameterNode:
-            self._parameterNode.modelName = modelName or ""
-
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        if self.runner.isRunning():
-            return  # the button is Cancel until the run ends
-        if not self._parameterNode or not self._parameterNode.inputVolume:
-            self.ui.applyButton.toolTip = _("Select the chest CT volume")
-            self.ui.applyButton.enabled = False
-        elif not self.models.currentModel():  # none selected, or the saved one is missing/broken
-            self.ui.applyButton.toolTip = _("Select or import a lung survival model")
-            self.ui.applyButton.enabled = False
-        else:
-            self.ui.applyButton.toolTip = _("Segment the lungs and estimate the survival risk on the selected chest CT")
-            self.ui.applyButton.enabled = True
-
-    def onApplyButton(self) -> None:
-        """Start a run, or cancel the one in progress (the button reads Cancel meanwhile)."""
-        if self.runner.isRunning():
-            self.runner.cancel()
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to start the lung survival run."), waitCursor=True):
-            from MedDLWidgets import ensureDependencies, libraryPaths
-
-            if not ensureDependencies(requester=_("Lung Survival")):
-                return
-            import LungSurvivalLib
-            import MedDLLib
-            from LungSurvivalLib import widgetlogic
-
-            p = self._parameterNode
-            self.ui.summaryLabel.text = ""
-            arguments, outputFolder = self.logic.prepareRun(
-                p.inputVolume, p.modelName, p.forceCpu, slicer.app.temporaryPath
-            )
-            self._run = (p.inputVolume, outputFolder)
-            self.runner.start(
-                arguments,
-                onFinished=self.onRunFinished,
-                tasks=[widgetlogic.TASK_ENTRY],
-                pythonPaths=libraryPaths(MedDLLib, LungSurvivalLib),
-            )
-
-    def onRunFinished(self, outcome) -> None:
-        """Called on the main thread when the child ends: load the outputs as new nodes and show them."""
-        inputVolume, outputFolder = self._run
-        self._run = None
-        self._checkCanApply()
-        if outcome.status == "failed":
-            slicer.util.errorDisplay(_("The lung survival run failed: {message}").format(message=outcome.message))
-        if not outcome.succeeded:
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to load the lung survival results."), waitCursor=True):
-            loaded = self.logic.loadResults(outputFolder, inputVolume)
-            self.ui.summaryLabel.text = loaded.summary
-            self.showResults(inputVolume, loaded.nodes)
-
-    def showResults(self, inputVolume, nodes: dict) -> None:
-        """Slice views: CT below, Grad-CAM on top, the lung segments outlined; the volumes table in the layout."""
-        slicer.util.setSliceViewerLayers(
-            background=inputVolume, foreground=nodes["heatmap"], foregroundOpacity=HEATMAP_OPACITY, label=None
-        )
-        nodes["segmentation"].GetDisplayNode().SetVisibility(True)
-        nodes["labelmap"].GetDisplayNode().SetVisibility(False)  # the segmentation shows the same voxels
-        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
-        applicationLogic = slicer.app.applicationLogic()
-        applicationLogic.GetSelectionNode().SetActiveTableID(nodes["table"].GetID())
-        applicationLogic.PropagateTableSelection()
+    def prepareRun(self, p: LungSurvivalParameterNode, runRoot: str):
+        arguments, outputFolder = self.logic.prepareRun(p.inputVolume, p.modelName, p.forceCpu, runRoot)
+        return arguments, outputFolder, p.inputVolume
 
 
 #

@@ -54,7 +54,16 @@ from .dependencies import ensureDependencies
 from .modelselector import ModelSelector
 from .runner import BackgroundRunner, libraryPaths
 
-__all__ = ["BackgroundRunner", "ModelSelector", "ensureDependencies", "libraryPaths", "showUnsupportedSlicer"]
+__all__ = ["BackgroundRunner", "ModelSelector", "TaskWidget", "ensureDependencies", "libraryPaths",
+           "showUnsupportedSlicer"]
+
+
+def __getattr__(name: str):
+    if name == "TaskWidget":  # imports slicer.ScriptedLoadableModule: only when a module file asks for it
+        from .taskwidget import TaskWidget
+
+        return TaskWidget
+    raise AttributeError(f"module 'MedDLWidgets' has no attribute {name!r}")
 
 
 def showUnsupportedSlicer(layout) -> bool:

@@ -81,6 +81,11 @@ class ModelSelector:
         choice = self._currentChoice()
         return choice.name if choice is not None and choice.usable else None
 
+    def selectedName(self) -> str | None:
+        """The name of the selected entry, usable or not (a saved model missing from the cache included)."""
+        choice = self._currentChoice()
+        return choice.name if choice is not None else None
+
     def importModel(self, path: str | None = None) -> str | None:
         """Import a package (asks for it when ``path`` is None); returns the new model's name, None if cancelled."""
         from MedDLLib import models

@@ -73,6 +73,7 @@ class BackgroundRunner:
         tasks: Sequence[str] = (),
         pythonPaths: Sequence[str] = (),
         workingFolder: str | None = None,
+        device: str = "",
     ) -> None:
         """Start ``meddl <meddlArgs>`` in the background and return at once.
 
@@ -83,6 +84,8 @@ class BackgroundRunner:
             pythonPaths: folders holding MedDLLib and the task library (see :func:`libraryPaths`; default:
                 MedDLLib's).
             workingFolder: the child's working folder.
+            device: the device the run will use (``MedDLLib.device.describe_device``), shown in the status line
+                and the log before the child starts.
         """
         if self.isRunning():
             raise RuntimeError(_("A run is already in progress; cancel it first."))
@@ -97,6 +100,9 @@ class BackgroundRunner:
         self.lastOutcome = None
         self._child = guisupport.ChildProcess(command, env, cwd=workingFolder)
         self._setRunning(True)
+        if device:
+            self._appendLog(_("Runs on {device}").format(device=device))
+            self._setStatus(_("Starting on {device}...").format(device=device))
         self._timer.start()
         self._poll()
 

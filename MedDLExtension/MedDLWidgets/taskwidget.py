@@ -1,0 +1,239 @@
+"""The widget every MedDL task module shares: parameter node, model selector, Apply/Cancel, progress, results.
+
+A task module's widget is a short subclass of :class:`TaskWidget`. It names its task and gives a few hooks; the
+base does the rest as Slicer's scripted-module template does it (parameter node observed and bound to the
+``.ui`` through ``SlicerParameterName``, scene close/reopen, enter/exit), plus what every MedDL run needs:
+
+- the :class:`~MedDLWidgets.modelselector.ModelSelector` (the saved choice is kept, shown missing, when its
+  package is not in the cache; it follows the parameter node when a scene is loaded);
+- Apply: :func:`~MedDLWidgets.dependencies.ensureDependencies`, the device the run will use (shown in the status
+  line and the log), the task's run folder and ``meddl`` arguments (hook), the child process through
+  :class:`~MedDLWidgets.runner.BackgroundRunner` (progress, log, the button reads Cancel meanwhile);
+- when the child ends: a failure reaches ``slicer.util.errorDisplay``; on success the outputs load as new nodes
+  and show in the views (hook).
+
+Hooks (all optional but :meth:`TaskWidget.createLogic` and :meth:`TaskWidget.prepareRun`)::
+
+    class ICHDetectorWidget(TaskWidget):
+        task = "ich"
+        taskEntry = "ICHDetectorLib.cli:TASK"
+        inputHint = _("Select the head CT volume")
+        applyHint = _("Detect hemorrhage on the selected head CT")
+
+        def createLogic(self): return ICHDetectorLogic()
+        def prepareRun(self, p, runRoot): return self.logic.prepareRun(p.inputVolume, p.modelName, ..., runRoot)
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
+from slicer.util import VTKObservationMixin
+
+#: Opacity of a Grad-CAM heatmap over its volume in the slice views.
+HEATMAP_OPACITY = 0.5
+
+
+class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Base of the four task widgets (see the module docstring for the hooks)."""
+
+    #: ``meddl`` task name ("ich", "glioma", "lgg", "lung").
+    task = ""
+    #: ``module:attribute`` of the task object the child registers (Slicer has no entry points).
+    taskEntry = ""
+    #: Apply's tool tip while the input is missing (used by the default :meth:`missingInput`).
+    inputHint = ""
+    #: Apply's tool tip while no usable model is selected.
+    modelHint = ""
+    #: Apply's tool tip when it can run.
+    applyHint = ""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
+        self.logic = None
+        self.models = None
+        self.runner = None
+        self.device = ""  # the device of the last run started ("cpu (2 threads)", "cuda:0 (...)")
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._run = None  # (reference volume, output folder) of the run in progress
+
+    # ---------------------------------------------------------------------------------------------- hooks
+    def createLogic(self):
+        """The module's ``ScriptedLoadableModuleLogic`` (parameter node access, prepareRun, loadResults)."""
+        raise NotImplementedError
+
+    def initializeInputs(self, parameterNode) -> None:
+        """Fill empty input fields when the parameter node is (re)initialised; default: ``inputVolume`` gets
+        the scene's first scalar volume that is not a label map."""
+        if hasattr(parameterNode, "inputVolume") and not parameterNode.inputVolume:
+            volumes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                       if not n.IsA("vtkMRMLLabelMapVolumeNode")]
+            if volumes:
+                parameterNode.inputVolume = volumes[0]
+
+    def missingInput(self, parameterNode) -> str:
+        """Why Apply cannot run yet ("" when it can); default: ``inputVolume`` unset, or no usable model."""
+        if not parameterNode.inputVolume:
+            return self.inputHint
+        if not self.models.currentModel():  # none selected, or the saved one is missing/broken
+            return self.modelHint
+        return ""
+
+    def prepareRun(self, parameterNode, runRoot: str) -> tuple[list[str], Path, Any]:
+        """Write the inputs to a new run folder under ``runRoot``; return the ``meddl`` arguments, the output
+        folder and the reference volume (results are placed beside it)."""
+        raise NotImplementedError
+
+    def modelSelected(self, modelName: str) -> None:
+        """Called when the model selection changes (after the parameter node took it)."""
+
+    def showResults(self, referenceVolume, nodes: dict) -> None:
+        """Slice views: the reference below, a heatmap on top, a segmentation outlined; the table (and the plot,
+        if any) in the layout."""
+        slicer.util.setSliceViewerLayers(background=referenceVolume, foreground=nodes.get("heatmap"),
+                                         foregroundOpacity=HEATMAP_OPACITY, label=None)
+        if "segmentation" in nodes:
+            nodes["segmentation"].GetDisplayNode().SetVisibility(True)
+        if "labelmap" in nodes:
+            nodes["labelmap"].GetDisplayNode().SetVisibility(False)  # the segmentation shows the same voxels
+        layouts = slicer.vtkMRMLLayoutNode
+        plot = nodes.get("plot")
+        slicer.app.layoutManager().setLayout(layouts.SlicerLayoutFourUpPlotTableView if plot else
+                                             layouts.SlicerLayoutFourUpTableView)
+        applicationLogic = slicer.app.applicationLogic()
+        selectionNode = applicationLogic.GetSelectionNode()
+        selectionNode.SetActiveTableID(nodes["table"].GetID())
+        applicationLogic.PropagateTableSelection()
+        if plot:
+            selectionNode.SetActivePlotChartID(plot.GetID())
+            applicationLogic.PropagatePlotChartSelection()
+
+    # ---------------------------------------------------------------------------------------------- template
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        from MedDLWidgets import BackgroundRunner, ModelSelector, showUnsupportedSlicer
+
+        if showUnsupportedSlicer(self.layout):  # one line saying which Slicer MedDL needs, nothing else
+            return
+        uiWidget = slicer.util.loadUI(self.resourcePath(f"UI/{self.moduleName}.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = self.createLogic()
+        self.models = ModelSelector(self.task, self.ui.modelComboBox, self.ui.modelCardView,
+                                    self.ui.importModelButton, self.ui.openModelCacheButton,
+                                    onChanged=self.onModelChanged)
+        self.runner = BackgroundRunner(self.ui.applyButton, self.ui.progressBar, self.ui.logView, self.ui.statusLabel)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self.runner is not None:
+            self.runner.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        if self.logic is not None:  # None: setup stopped on an unsupported Slicer
+            self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self.logic is not None:
+            self.setParameterNode(None)  # the GUI stops following the node until the module is entered again
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.runner.cancel()  # its inputs and outputs belong to the scene being closed
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        self.initializeInputs(self._parameterNode)
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets in the .ui carry the dynamic property "SlicerParameterName" naming their field.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.models.refresh(select=self._parameterNode.modelName or None)
+            self._checkCanApply()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        """The node changed (a widget, a script, a loaded scene): the model selector and Apply follow it."""
+        p = self._parameterNode
+        if p and p.modelName and p.modelName != self.models.selectedName():
+            self.models.refresh(select=p.modelName)  # e.g. a saved scene was loaded into the node
+        self._checkCanApply()
+
+    def onModelChanged(self, modelName: str | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.modelName = modelName or ""
+        self.modelSelected(modelName or "")
+
+    def _checkCanApply(self) -> None:
+        if self.runner.isRunning():
+            return  # the button is Cancel until the run ends
+        problem = self.missingInput(self._parameterNode) if self._parameterNode else self.inputHint
+        self.ui.applyButton.toolTip = problem or self.applyHint
+        self.ui.applyButton.enabled = not problem
+
+    # ---------------------------------------------------------------------------------------------- a run
+    def title(self) -> str:
+        """The module's title as Slicer lists it ("ICH Detector")."""
+        return slicer.util.getModule(self.moduleName).title
+
+    def onApplyButton(self) -> None:
+        """Start a run, or cancel the one in progress (the button reads Cancel meanwhile)."""
+        if self.runner.isRunning():
+            self.runner.cancel()
+            return
+        title = self.title()
+        with slicer.util.tryWithErrorDisplay(_("Failed to start {title}.").format(title=title), waitCursor=True):
+            from MedDLWidgets import ensureDependencies, libraryPaths
+
+            if not ensureDependencies(requester=title):
+                return
+            import MedDLLib
+            from MedDLLib.device import describe_device, select_device
+
+            p = self._parameterNode
+            self.device = describe_device(select_device(force_cpu=bool(getattr(p, "forceCpu", False))))
+            self.ui.summaryLabel.text = ""
+            arguments, outputFolder, referenceVolume = self.prepareRun(p, slicer.app.temporaryPath)
+            self._run = (referenceVolume, outputFolder)
+            taskLibrary = importlib.import_module(self.taskEntry.split(".")[0])
+            self.runner.start(arguments, onFinished=self.onRunFinished, tasks=[self.taskEntry],
+                              pythonPaths=libraryPaths(MedDLLib, taskLibrary), device=self.device)
+
+    def onRunFinished(self, outcome) -> None:
+        """Called on the main thread when the child ends: load the outputs as new nodes and show them."""
+        referenceVolume, outputFolder = self._run
+        self._run = None
+        self._checkCanApply()
+        title = self.title()
+        if outcome.status == "failed":
+            slicer.util.errorDisplay(_("{title} failed: {message}").format(title=title, message=outcome.message))
+        if not outcome.succeeded:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the {title} results.").format(title=title),
+                                             waitCursor=True):
+            loaded = self.logic.loadResults(outputFolder, referenceVolume)
+            self.ui.summaryLabel.text = loaded.summary
+            self.showResults(referenceVolume, loaded.nodes)
