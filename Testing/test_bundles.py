@@ -243,3 +243,16 @@ def test_spleen_bundle_runs_real_network_random_weights(tmp_path, home):
     out = bundles.run_bundle(name, volume, roi_size=(32, 32, 32))
     assert out.labelmap.shape == volume.array.shape and set(np.unique(out.labelmap)) <= {0, 1}
     assert out.labels == {0: "background", 1: "spleen"}
+
+
+@needs_zoo
+def test_cli_imports_a_zoo_bundle_without_format_and_lists_it(tmp_path, home, capsys):
+    from MedDLLib.cli import main
+
+    folder = zoo_copy("spleen_ct_segmentation", tmp_path)
+    assert main(["models", "import", str(folder)]) == 0  # told apart from a MedDL package by its metadata
+    assert main(["models", "verify", "spleen_ct_segmentation"]) == 0
+    assert "MONAI bundle: yes" in capsys.readouterr().out
+    assert main(["models", "list", "--json"]) == 0
+    [entry] = json.loads(capsys.readouterr().out)
+    assert entry["task"] == bundles.BUNDLE_TASK and entry["network"] == "monai.networks.nets.UNet"

@@ -406,6 +406,8 @@ def package_metadata(bundle_meta: Mapping[str, Any], plan: InferencePlan, sha256
     """The bundle's metadata plus MedDL's package keys (see :mod:`MedDLLib.models`)."""
     meta = copy.deepcopy(dict(bundle_meta))
     meta["bundle_task"] = meta.get("task")
+    if "required_packages_version" not in meta and "optional_packages_version" in meta:  # the spec's newer name
+        meta["required_packages_version"] = meta["optional_packages_version"]
     metrics = meta.get("eval_metrics") if isinstance(meta.get("eval_metrics"), dict) else {}
     meta.update({
         "format": models.FORMAT, "task": BUNDLE_TASK, "version": str(meta.get("version", "0")),

@@ -17,7 +17,8 @@ from .errors import InputError
 
 #: ``--format`` -> (help, task that provides the importer or None for MedDL's own formats).
 IMPORT_FORMATS: dict[str, tuple[str, str | None]] = {
-    "meddl": ("a MedDL model package: folder or .zip (default)", None),
+    "auto": ("a MedDL package or a MONAI bundle folder, told apart by its metadata (default)", None),
+    "meddl": ("a MedDL model package: folder or .zip", None),
     "monai-bundle": ("a MONAI model-zoo bundle folder (configs/ and models/model.pt), run through MedDL's "
                      "allow-list (see MedDLLib.bundles)", None),
     "buda-unet": ("Buda et al.'s kaggle_3m brain MRI U-Net state dict (unet-e012d006.pt, "
@@ -42,8 +43,8 @@ def add_parser(subparsers: Any) -> None:
                            description=f"Import formats (--format):\n{formats}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", type=Path, help="package folder or .zip archive, bundle folder, or checkpoint file")
-    p.add_argument("--format", default="meddl", choices=list(IMPORT_FORMATS),
-                   help="what SRC is (default: meddl); see the list above")
+    p.add_argument("--format", default="auto", choices=list(IMPORT_FORMATS),
+                   help="what SRC is (default: auto); see the list above")
     p.add_argument("--name", help="name in the cache (default: folder or archive name)")
     p.add_argument("--overwrite", action="store_true", help="replace a model with the same name")
     p.set_defaults(func=_cmd_import)
@@ -55,6 +56,19 @@ def add_parser(subparsers: Any) -> None:
     p = actions.add_parser("remove", help="delete a model from the cache")
     p.add_argument("name", help="model name in the cache")
     p.set_defaults(func=_cmd_remove)
+
+
+def detect_format(src: Path) -> str:
+    """``monai-bundle`` for a folder with ``configs/inference.json`` whose metadata has no MedDL ``format`` key
+    (a model-zoo bundle), else ``meddl``."""
+    meta = src / models.METADATA_FILE
+    if src.is_dir() and (src / models.INFERENCE_FILE).is_file() and meta.is_file():
+        try:
+            if "format" not in json.loads(meta.read_text(encoding="utf-8")):
+                return "monai-bundle"
+        except (OSError, ValueError, RecursionError, TypeError):
+            pass  # the MedDL import says what is wrong with it
+    return "meddl"
 
 
 def importer(fmt: str) -> Callable[..., Path]:
@@ -94,7 +108,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    dest = importer(args.format)(args.src, name=args.name, overwrite=args.overwrite)
+    fmt = detect_format(args.src) if args.format == "auto" else args.format
+    dest = importer(fmt)(args.src, name=args.name, overwrite=args.overwrite)
     print(f"imported {dest.name} -> {dest} (verified)")
     return 0
 

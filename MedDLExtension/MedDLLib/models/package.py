@@ -268,16 +268,18 @@ def verify_package(root: Path) -> dict[str, Any]:
     state = load_weights(root, "cpu")
     network = load_into_network(metadata, state, root)
     check_gradcam_layer(metadata, network, str(root / METADATA_FILE))
-    missing = [k for k in monai_spec.REQUIRED_KEYS if k not in metadata]
+    # MONAI reads the deprecated "optional_packages_version" as "required_packages_version"
+    missing = [k for k in monai_spec.REQUIRED_KEYS if k not in metadata
+               and not (k == "required_packages_version" and "optional_packages_version" in metadata)]
     has_config = (root / INFERENCE_FILE).is_file()
+    problems = ([f"missing {', '.join(missing)}"] if missing else []) + ([] if has_config else
+                                                                         [f"no {INFERENCE_FILE}"])
     return {
         "name": root.name, "path": str(root), "task": metadata["task"], "version": metadata["version"],
         "sha256": metadata["sha256"], "n_tensors": len(state),
         "n_values": int(sum(t.numel() for t in state.values())),
         "network": f"{metadata['network']['name']} built and loaded (strict)",
-        "monai_bundle": ("yes" if not missing and has_config else
-                         "no (written by an older MedDL: " + (f"missing {', '.join(missing)}" if missing else "")
-                         + ("" if has_config else f"{'; ' if missing else ''}no {INFERENCE_FILE}") + ")"),
+        "monai_bundle": "yes" if not problems else f"no ({'; '.join(problems)}; an older MedDL wrote none)",
     }
 
 
