@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-#: Kinds :func:`unreadable_volume_file` writes; each must end in "Slicer could not read this volume file".
+#: Kinds :func:`unreadable_volume_file` writes; each must be refused with "could not read this volume file".
 UNREADABLE_KINDS = ("junk", "truncated", "vector")
 
 

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 REAL_CHEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "ct_chest_tcia_lung_pet_ct_dx_A0002"
-#: result.json keys that differ between runs by nature (timings, the input path).
+#: result.json keys that differ between runs by nature (timings, the input path); keys ending in "dicom_seg" (the
+#: DICOM SEG file beside a segmentation, added with the pipeline) are left out too.
 VOLATILE_KEYS = ("seconds", "input")
 #: Files outside the output contract: Slicer's table schema beside a CSV (written by its table storage node before
 #: the task pipeline), the DICOM SEG beside a segmentation (MedDLLib.dicomseg, when the input is DICOM).
@@ -203,7 +204,8 @@ def fingerprint(out: Path, reference_file: Path | None = None) -> dict[str, Any]
     ``*_label.nrrd`` / ``gradcam.nrrd`` of the folder itself.
     """
     result = json.loads((out / "result.json").read_text(encoding="utf-8"))
-    prints: dict[str, Any] = {"result": _numbers({k: v for k, v in result.items() if k not in VOLATILE_KEYS})}
+    kept = {k: v for k, v in result.items() if k not in VOLATILE_KEYS and not k.endswith("dicom_seg")}
+    prints: dict[str, Any] = {"result": _numbers(kept)}
     files = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.endswith(EXTRA_SUFFIXES))
     prints["files"] = files
     volumes = [n for n in files if n.endswith(".nrrd") and not n.endswith(".seg.nrrd")]

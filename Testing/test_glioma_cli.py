@@ -158,7 +158,7 @@ def _head_ct_hu(n_slices: int = 6, size: int = 16) -> np.ndarray:
 def _bad_volume_file(folder: Path, kind: str) -> tuple[Path, str]:
     """A volume file of ``kind`` and a fragment of the one-line error it must give."""
     if kind in UNREADABLE_KINDS:
-        return unreadable_volume_file(folder, kind), "Slicer could not read this volume file"
+        return unreadable_volume_file(folder, kind), "could not read this volume file"
     if kind == "ct2d":
         path = folder / "ct2d.nrrd"
         sitk.WriteImage(sitk.GetImageFromArray(_head_ct_hu(1)[0]), str(path))

@@ -90,7 +90,7 @@ def _bad_volume_file(folder: Path, kind: str) -> tuple[Path, str]:
     import SimpleITK as sitk
 
     if kind in UNREADABLE_KINDS:
-        return unreadable_volume_file(folder, kind), "Slicer could not read this volume file"
+        return unreadable_volume_file(folder, kind), "could not read this volume file"
     hu = np.full((4, 16, 16), -1000, np.int16)
     hu[:, 4:12, 4:12] = 40
     path = folder / "mr2d.nii.gz"  # an MR slice: no air below -500

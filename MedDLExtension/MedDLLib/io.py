@@ -58,10 +58,7 @@ def load_volume(
         return nodes.add_scalar_volume(scene, volume, node_name)
     if not is_volume_file(path):
         raise InputError(f"{path}: not a DICOM folder nor a volume file ({', '.join(VOLUME_FILE_SUFFIXES)})")
-    if not path.is_file():  # a named pipe would block the reader forever; a device has no end
-        raise InputError(f"{path}: not a regular file (named pipe, socket or device): MedDL reads regular files only")
-    if str(path).lower().endswith((".nii", ".nii.gz")):
-        check_nifti(path)
+    check_volume_file(path)
     class_name = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
     node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name or file_stem(path)))
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
@@ -97,9 +94,7 @@ def check_volume_node(node: Any, path: str | os.PathLike) -> None:
     import numpy as np
 
     spacing = np.asarray(node.GetSpacing(), dtype=float)
-    if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0) and np.all(spacing <= 1000)):
-        raise InputError(f"{path}: voxel size {tuple(float(v) for v in spacing)} mm (NIfTI pixdim / NRRD space "
-                         "directions) is not a size: expected three finite spacings between 0 and 1000 mm")
+    _refuse_bad_spacing(spacing, path)
     matrix = _ijk_to_ras(node)
     if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
         raise InputError(f"{path}: the voxel-to-patient matrix (NIfTI qform/sform, NRRD space directions and "
@@ -109,11 +104,34 @@ def check_volume_node(node: Any, path: str | os.PathLike) -> None:
     if scalars is not None and scalars.GetDataType() in (10, 11):  # VTK_FLOAT, VTK_DOUBLE
         from vtk.util.numpy_support import vtk_to_numpy
 
-        values = vtk_to_numpy(scalars)
-        bad = values.size - int(np.count_nonzero(np.isfinite(values)))
-        if bad:
-            raise InputError(f"{path}: {bad} of {values.size} voxels are NaN or infinite (not finite): MedDL refuses "
-                             "volumes with undefined values; fill them (e.g. with the background value) first")
+        _refuse_nonfinite(vtk_to_numpy(scalars), path)
+
+
+def check_volume_file(path: str | os.PathLike) -> None:
+    """Before a volume file is read: refuse what is not a regular file (a named pipe would block the reader
+    forever, a device has no end) and a NIfTI whose header or voxels ITK would silently change (:func:`check_nifti`).
+
+    Raises:
+        InputError: naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file (named pipe, socket or device): MedDL reads regular files only")
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        check_nifti(path)
+
+
+def check_volume_values(volume: Any, path: str | os.PathLike) -> None:
+    """After a volume file is read into a :class:`~MedDLLib.geometry.Volume`: refuse a voxel size that is zero,
+    negative, not a number or beyond 1 m, and NaN or infinite voxels (what :func:`check_volume_node` checks on a
+    node)."""
+    import numpy as np
+
+    spacing = np.asarray(volume.geometry.spacing_mm, dtype=float)
+    _refuse_bad_spacing(spacing, path)
+    if not np.all(np.isfinite(np.asarray(volume.geometry.origin_lps_mm, dtype=float))):
+        raise InputError(f"{path}: the volume's origin is not finite: its place in the patient is unknown")
+    _refuse_nonfinite(np.asarray(volume.array), path)
 
 
 #: NIfTI-1 datatype codes of floating-point voxels (float32, float64).
@@ -164,10 +182,28 @@ def check_nifti(path: str | os.PathLike) -> None:
                 values = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype)
         except (OSError, EOFError, ValueError) as exc:
             raise InputError(f"{path}: cannot read the NIfTI voxels ({exc})") from None
-        bad = values.size - int(np.count_nonzero(np.isfinite(values)))
-        if bad:
-            raise InputError(f"{path}: {bad} of {values.size} voxels are NaN or infinite (not finite): MedDL refuses "
-                             "volumes with undefined values; fill them (e.g. with the background value) first")
+        _refuse_nonfinite(values, path)
+
+
+def _refuse_bad_spacing(spacing: Any, path: str | os.PathLike) -> None:
+    """InputError naming ``path`` unless the three voxel sizes (mm) are finite, > 0 and at most 1 m."""
+    import numpy as np
+
+    if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0) and np.all(spacing <= 1000)):
+        raise InputError(f"{path}: voxel size {tuple(float(v) for v in spacing)} mm (NIfTI pixdim / NRRD space "
+                         "directions) is not a size: expected three finite spacings between 0 and 1000 mm")
+
+
+def _refuse_nonfinite(values: Any, path: str | os.PathLike) -> None:
+    """InputError naming ``path`` when float ``values`` hold NaN or infinities."""
+    import numpy as np
+
+    if not np.issubdtype(values.dtype, np.floating):
+        return
+    bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise InputError(f"{path}: {bad} of {values.size} voxels are NaN or infinite (not finite): MedDL refuses "
+                         "volumes with undefined values; fill them (e.g. with the background value) first")
 
 
 def _ijk_to_ras(node: Any) -> Any:
@@ -180,27 +216,50 @@ def _ijk_to_ras(node: Any) -> Any:
 
 
 def read_volume_file(path: str | os.PathLike, name: str | None = None) -> Any:
-    """An NRRD/NIfTI/MHA file as a :class:`~MedDLLib.geometry.Volume` (``metadata["source"]`` = the file).
+    """An NRRD/NIfTI/MHA file as a :class:`~MedDLLib.geometry.Volume` (``metadata["source"]`` = the file,
+    ``metadata["name"]`` = ``name`` or the file stem), read without MRML.
 
-    Read as a node is loaded (:func:`load_volume` in a temporary scene, the file's own voxel grid kept), then
-    copied out with :func:`MedDLLib.nodes.volume_from_node` (a grey-value image: vector/RGB, labelmap and
-    voxel-less volumes are refused). A volume file has no DICOM header: no modality is set.
+    Read with ITK's image IO through SimpleITK, as Slicer's volume archetype storage node reads it with its own
+    voxel grid kept (``SetForceRightHandedIJKCoordinateSystem(False)``, what :func:`load_volume` does): the same
+    voxels, voxel type and geometry, and it runs where ``slicer`` is missing or has only MRML core (the widget's
+    child in ``PythonSlicer``). A 2D image becomes one slice. A volume file has no DICOM header: no modality is set.
 
     Raises:
-        InputError: not a volume file, or one Slicer cannot read (corrupt, truncated, unsupported) or not a
-            grey-value image.
+        InputError: not a volume file, or one that cannot be read (corrupt, truncated, unsupported) or is not a
+            grey-value image (vector/RGB, 4D).
     """
-    from . import nodes
-    from .headless import create_scene
+    import numpy as np
+    import SimpleITK as sitk
 
+    from .resample import from_sitk
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
     if not is_volume_file(path):
         raise InputError(f"{path}: not a volume file ({', '.join(VOLUME_FILE_SUFFIXES)})")
-    hs = create_scene()
+    check_volume_file(path)
+    unreadable = f"{path}: could not read this volume file (corrupt, truncated or unsupported)"
     try:
-        volume = nodes.volume_from_node(load_volume(hs.scene, path, name=name), labelmap=False)
-    finally:
-        hs.scene.Clear(1)
-    return volume.with_array(volume.array, source=str(path))
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines() if "Description:" in line), "")
+        raise InputError(unreadable + (f": {detail.split('Description:', 1)[1].strip()}" if detail else "")) from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{unreadable}: {image.GetNumberOfComponentsPerPixel()} values per voxel (e.g. RGB); "
+                         "give a grey-value volume")
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    if image.GetDimension() != 3:
+        raise InputError(f"{unreadable}: a {image.GetDimension()}D image; give one 3D volume")
+    if min(image.GetSize()) < 1:
+        raise InputError(f"{path}: the volume has no voxels")
+    try:
+        volume = from_sitk(image, {"name": name or file_stem(path), "source": str(path)})
+    except ValueError as exc:  # e.g. a sheared grid (directions not orthonormal)
+        raise InputError(f"{path}: the volume's voxel grid is not usable ({exc})") from None
+    check_volume_values(volume, path)
+    return volume.with_array(np.ascontiguousarray(volume.array))
 
 
 def file_stem(path: str | os.PathLike) -> str:
