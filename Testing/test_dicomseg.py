@@ -244,3 +244,98 @@ def test_seg_nrrd_terminology_read_back_by_slicer(tmp_path, headless_scene):
         assert "85756007" in by_name["spleen"].GetTerminology()  # unknown name: Slicer's default Tissue
         for value, (name, _) in segments.items():
             assert np.array_equal(nodes.segment_array(node, name, reference), labels == value), (path, name)
+
+
+# ------------------------------------------------------------------------------------- meddl infer / batch
+@pytest.fixture(scope="module")
+def ich_model(tmp_path_factory) -> Path:
+    from ICHDetectorLib.model import untrained_package
+
+    return untrained_package(tmp_path_factory.mktemp("model"), 64)
+
+
+def _ich_study(folder: Path) -> Volume:
+    from ICHDetectorLib import phantom
+
+    volume, _, _ = phantom.head_ct(np.random.default_rng(5), 48, 8, ("intraparenchymal",))
+    write_series(folder, volume.with_array(phantom.encode_bad_intercept(volume.array)),
+                 rescale_intercept=0.0, bits_stored=12, pixel_representation=0)
+    return volume
+
+
+def _meddl(capsys, *args) -> tuple[int, str]:
+    from MedDLLib import cli
+
+    code = cli.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_infer_from_dicom_writes_seg_beside_seg_nrrd(tmp_path, capsys, ich_model, headless_scene):
+    """meddl infer ich on a DICOM study: suspected.seg.dcm named in result.json, equal to suspected.seg.nrrd
+    voxel for voxel, coded as hemorrhage in the brain, valid for dciodvfy; the .seg.nrrd carries the same
+    SNOMED codes as Slicer's terminology tag."""
+    import json
+
+    from MedDLLib import outputs
+    from MedDLLib.headless import module_logic
+
+    _ich_study(tmp_path / "study")
+    out = tmp_path / "out"
+    code, err = _meddl(capsys, "infer", "ich", "--input", tmp_path / "study", "--model", ich_model, "--output", out)
+    assert code == 0, err
+    result = json.loads((out / "result.json").read_text())
+    assert result["dicom_seg"] == "suspected.seg.dcm" and result["segmentation"] == "suspected.seg.nrrd"
+    labels, segments = outputs.read_segmentation_labels(out / "suspected.seg.nrrd")
+    back, info = dicomseg.read_dicom_seg(out / "suspected.seg.dcm", labels.geometry, labels.shape_kji)
+    assert np.array_equal(back, labels.array)
+    assert info[1]["label"] == "suspected hemorrhage" and info[1]["type"] == "SCT^50960005"
+    assert dciodvfy_errors(out / "suspected.seg.dcm") == []
+    ds = pydicom.dcmread(out / "suspected.seg.dcm")
+    algorithm = ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == result["model"] and algorithm.AlgorithmVersion
+    node = module_logic(headless_scene, "Segmentations").LoadSegmentationFromFile(
+        str(out / "suspected.seg.nrrd"), False, "suspected")
+    entry = terminology.parse_slicer_terminology_entry(node.GetSegmentation().GetNthSegment(0).GetTerminology())
+    assert entry["type"].value == "50960005" and entry["region"].value == "12738006"
+
+
+def test_output_format_nifti_geometry_equals_nrrd(tmp_path, capsys, ich_model):
+    """--output-format nifti: heatmap.nii.gz (named in result.json), its NIfTI affine (nibabel, RAS) equals
+    the NRRD's IJK-to-RAS and SimpleITK reads the same LPS geometry and voxels; the segmentation stays
+    .seg.nrrd; an NRRD input gets no DICOM SEG."""
+    import json
+
+    import nibabel
+    import SimpleITK as sitk
+
+    from MedDLLib import outputs
+
+    volume = _ich_study(tmp_path / "study")
+    runs = {}
+    for fmt in ("nrrd", "nifti"):
+        out = tmp_path / fmt
+        code, err = _meddl(capsys, "infer", "ich", "--input", tmp_path / "study", "--model", ich_model,
+                           "--output", out, "--output-format", fmt)
+        assert code == 0, err
+        runs[fmt] = (out, json.loads((out / "result.json").read_text()))
+    (nrrd_out, nrrd_result), (nii_out, nii_result) = runs["nrrd"], runs["nifti"]
+    assert nrrd_result["heatmap"] == "heatmap.nrrd" and nii_result["heatmap"] == "heatmap.nii.gz"
+    assert nii_result["segmentation"] == "suspected.seg.nrrd" and (nii_out / "suspected.seg.dcm").is_file()
+    assert not (nii_out / "heatmap.nrrd").exists()
+    nrrd = sitk.ReadImage(str(nrrd_out / "heatmap.nrrd"))
+    nii = sitk.ReadImage(str(nii_out / "heatmap.nii.gz"))
+    for get in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(nii, get)(), getattr(nrrd, get)(), atol=1e-5, err_msg=get)
+    assert np.array_equal(sitk.GetArrayFromImage(nii), sitk.GetArrayFromImage(nrrd))
+    image = nibabel.load(nii_out / "heatmap.nii.gz")
+    np.testing.assert_allclose(image.affine, volume.geometry.ijk_to_ras(), atol=1e-4)  # RAS, not LPS
+    assert np.array_equal(np.asarray(image.dataobj).transpose(2, 1, 0), sitk.GetArrayFromImage(nrrd))
+    # An NRRD input: no DICOM source, no SEG; the format is refused by name when unknown.
+    outputs.write_volume(tmp_path / "ct.nrrd", volume)
+    code, err = _meddl(capsys, "infer", "ich", "--input", tmp_path / "ct.nrrd", "--model", ich_model,
+                       "--output", tmp_path / "fromnrrd")
+    assert code == 0, err
+    assert "dicom_seg" not in json.loads((tmp_path / "fromnrrd" / "result.json").read_text())
+    assert not list((tmp_path / "fromnrrd").glob("*.seg.dcm"))
+    with pytest.raises(InputError, match="output format 'mha'"):
+        outputs.volume_file_name("heatmap.nrrd", "mha")

@@ -255,7 +255,10 @@ def run_identity(task: Task, model: str | None, found: dict[str, Any] | None,
     task.add_arguments("batch", parser)
     defaults, _ = parser.parse_known_args([])
     options = {k: getattr(args, k, v) for k, v in sorted(vars(defaults).items())}
-    return json.loads(json.dumps(to_jsonable({"task": task.name, "model": model_id, "options": options})))
+    identity = {"task": task.name, "model": model_id, "options": options}
+    if (getattr(args, "output_format", None) or "nrrd") != "nrrd":  # NIfTI volumes are other files; NRRD as before
+        identity["output_format"] = args.output_format
+    return json.loads(json.dumps(to_jsonable(identity)))
 
 
 def _run_study(task: Task, study: Path, sid: str, model: str | None, final: Path, args: argparse.Namespace,

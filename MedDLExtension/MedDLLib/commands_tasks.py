@@ -82,6 +82,7 @@ def _infer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", type=Path, required=True, help="one study: a DICOM folder or an NRRD/NIfTI file")
     parser.add_argument("--model", default=None, help="model package (folder or cached name; default: the task's)")
     parser.add_argument("--output", type=Path, required=True, help="folder for the Slicer-loadable outputs")
+    _add_output_format_option(parser)
     _add_device_options(parser)
 
 
@@ -90,7 +91,18 @@ def _batch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model package (folder or cached name; default: the task's)")
     parser.add_argument("--output", type=Path, required=True, help="output folder: one sub-folder per study")
     parser.add_argument("--resume", action="store_true", help="skip studies finished by an earlier run")
+    _add_output_format_option(parser)
     _add_device_options(parser)
+
+
+def _add_output_format_option(parser: argparse.ArgumentParser) -> None:
+    from .outputs import OUTPUT_FORMATS
+
+    parser.add_argument(
+        "--output-format", choices=tuple(OUTPUT_FORMATS), default="nrrd",
+        help="file format of the volume outputs (heatmaps, labelmaps): nrrd (default) or nifti (.nii.gz); "
+        "segmentations are always .seg.nrrd, plus a DICOM SEG (.seg.dcm) when the input is DICOM",
+    )
 
 
 def _bench_options(parser: argparse.ArgumentParser) -> None:

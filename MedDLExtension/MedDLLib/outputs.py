@@ -34,6 +34,27 @@ from .geometry import Geometry, Volume
 
 #: label value -> (segment name, (r, g, b) in 0..1); the same mapping as :data:`MedDLLib.nodes.SegmentSpec`.
 SegmentSpec = Mapping[int, tuple[str, tuple[float, float, float]]]
+#: ``--output-format`` of ``meddl infer``/``batch`` -> file suffix of the volume outputs (:data:`VOLUME_KINDS`).
+#: Both keep the LPS geometry, which Slicer, SimpleITK and nibabel read as the same IJK-to-RAS (NIfTI: qform and
+#: sform, code 1, in RAS as NIfTI defines it; ITK flips LPS to RAS on writing). Segmentations stay ``.seg.nrrd``.
+OUTPUT_FORMATS = {"nrrd": ".nrrd", "nifti": ".nii.gz"}
+#: Output kinds written with :func:`write_volume`, whose format ``--output-format`` chooses.
+VOLUME_KINDS = ("labelmap", "heatmap", "volume")
+
+
+def volume_file_name(name: str, output_format: str) -> str:
+    """``name`` (a declared ``.nrrd``/``.nii.gz`` output) with the suffix of ``output_format``:
+    ``heatmap.nrrd`` -> ``heatmap.nii.gz`` for "nifti".
+
+    Raises:
+        InputError: an unknown format.
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise InputError(f"output format {output_format!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
+    for suffix in OUTPUT_FORMATS.values():
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] + OUTPUT_FORMATS[output_format]
+    return name
 
 
 def _suffix(path: Path) -> str:

@@ -252,7 +252,8 @@ class PipelineTask(Task):
             super().check_model(model)
         device = select_device(getattr(args, "device", None), getattr(args, "force_cpu", False))
         return run_study(self, Path(input_path), model, Path(output), self.options(args, device),
-                         device=device, progress=getattr(args, "progress", None))
+                         device=device, progress=getattr(args, "progress", None),
+                         output_format=getattr(args, "output_format", None) or "nrrd")
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -265,9 +266,11 @@ def _scaled(progress: Progress | None, start: float, end: float) -> Progress:
 
 
 def run_study(task: PipelineTask, input_path: Path, model: Any, output: Path, options: Any, *,
-              device: Any = "cpu", progress: Progress | None = None, cancel: Cancel | None = None
-              ) -> dict[str, Any]:
+              device: Any = "cpu", progress: Progress | None = None, cancel: Cancel | None = None,
+              output_format: str = "nrrd") -> dict[str, Any]:
     """Read one study, compute, write the task's output files into ``output``; return the ``result.json`` values.
+
+    ``output_format``: "nrrd" or "nifti" for the volume outputs (heatmaps, labelmaps; see :func:`write_outputs`).
 
     ``progress(fraction 0..1, message)``: reading 0-0.05, the model 0.05, computing 0.1-0.9, writing 0.9-1.
     Errors from reading or computing that name no file name the study.
@@ -291,7 +294,7 @@ def run_study(task: PipelineTask, input_path: Path, model: Any, output: Path, op
         raise _naming(exc, input_path) from None
     report(0.9, "writing the outputs")
     write_start = time.perf_counter()
-    result = write_outputs(task.outputs, computed, study, Path(output))
+    result = write_outputs(task.outputs, computed, study, Path(output), model=loaded, output_format=output_format)
     if isinstance(result.get("seconds"), dict):  # a task that reports its steps' times gets read and write too
         result["seconds"] = {"read": round(read_s, 3), **result["seconds"],
                              "write": round(time.perf_counter() - write_start, 3)}
@@ -305,9 +308,15 @@ def _naming(exc: InputError, path: Path) -> InputError:
     return exc if str(path) in text else InputError(f"{path}: {text}")
 
 
-def write_outputs(spec: Sequence[OutputFile], computed: Computed, study: Study, output: Path) -> dict[str, Any]:
+def write_outputs(spec: Sequence[OutputFile], computed: Computed, study: Study, output: Path, *,
+                  model: LoadedModel | None = None, output_format: str = "nrrd") -> dict[str, Any]:
     """Write every declared output of ``computed`` into ``output`` (no MRML) and ``overlay.png``; return the
     ``result.json`` values with each written file under its :attr:`OutputFile.result_key`.
+
+    Volume outputs (heatmap, labelmap, volume) go out as ``output_format`` ("nrrd": the declared name;
+    "nifti": the same stem with ``.nii.gz``); segmentations are always ``.seg.nrrd`` (Slicer's segmentation
+    format, segments carry their SNOMED terminology) plus, for a DICOM input, a DICOM SEG (:func:`write_dicom_seg`,
+    named in ``result.json`` under ``dicom_seg``). ``model`` names the algorithm in the DICOM SEG.
 
     Raises:
         InputError: a required output has no data, or data that does not lie on the reference grid.
@@ -323,7 +332,8 @@ def write_outputs(spec: Sequence[OutputFile], computed: Computed, study: Study, 
             if item.required:
                 raise InputError(f"the task computed no {item.key!r} output ({item.file})")
             continue
-        path = output / item.file
+        path = output / (outputs.volume_file_name(item.file, output_format)
+                          if item.kind in outputs.VOLUME_KINDS else item.file)
         if item.kind in ("labelmap", "segmentation"):
             labels = np.asarray(data)
             if labels.shape != reference.shape_kji:
@@ -334,14 +344,17 @@ def write_outputs(spec: Sequence[OutputFile], computed: Computed, study: Study, 
                                                   reference.geometry))
             else:
                 outputs.write_segmentation(path, labels, reference.geometry, item.segments or {})
-                write_dicom_seg(labels, reference, item, study.source_files, output,
-                                model_name=str(result.get("model") or "MedDL"))
+                seg = write_dicom_seg(labels, reference, item, study.source_files, output, model=model,
+                                      model_name=str(result.get("model") or "MedDL"))
+                if seg is not None:
+                    several = sum(s.kind == "segmentation" for s in spec) > 1
+                    result[f"{item.result_key or item.key}_dicom_seg" if several else "dicom_seg"] = seg.name
         elif item.kind in ("heatmap", "volume"):
             outputs.write_volume(path, data)
         elif item.kind == "table":
             outputs.write_table(path, data)
         if item.result_key:
-            result[item.result_key] = item.file
+            result[item.result_key] = path.name
     if computed.overlay is not None:
         _write_overlay(output / OVERLAY_PNG, spec, computed, reference)
         result["overlay"] = OVERLAY_PNG
@@ -349,26 +362,22 @@ def write_outputs(spec: Sequence[OutputFile], computed: Computed, study: Study, 
 
 
 def write_dicom_seg(labels: np.ndarray, reference: Volume, item: OutputFile, source_files: Sequence[str],
-                    output: Path, model_name: str = "MedDL") -> Path | None:
+                    output: Path, model: LoadedModel | None = None, model_name: str = "MedDL") -> Path | None:
     """THE place where a segmentation output also becomes DICOM SEG, when the input came from DICOM.
 
-    Calls ``MedDLLib.dicomseg.write_dicom_seg(labels[k, j, i] uint8, geometry, segments, source_files, path)``
-    (the DICOM SEG module, when installed) for ``<name>.seg.dcm`` beside the ``.seg.nrrd``. Without DICOM
-    source files, or without that module, nothing is written and None is returned.
+    :func:`MedDLLib.dicomseg.write_dicom_seg` writes ``<name>.seg.dcm`` beside the ``.seg.nrrd``: the labels on
+    the reference grid, referencing the source series' instances, segments coded in SNOMED CT, the algorithm
+    named by ``model`` (name and version; else ``model_name``). Without DICOM source files (an NRRD/NIfTI
+    input) nothing is written and None is returned.
     """
     if not source_files:
         return None
-    try:
-        from . import dicomseg
-    except ImportError:
-        return None
-    writer = getattr(dicomseg, "write_dicom_seg", None)
-    if writer is None:
-        return None
+    from .dicomseg import write_dicom_seg as write
+
     path = output / (item.file[: -len(".seg.nrrd")] + ".seg.dcm")
-    writer(np.asarray(labels, dtype=np.uint8), reference.geometry, item.segments or {}, list(source_files), path,
-           model_name=model_name)
-    return path
+    return write(np.asarray(labels), reference.geometry, item.segments or {}, list(source_files), path,
+                 model_name=model.name if model is not None else model_name,
+                 model_version=str(model.metadata.get("version", "")) if model is not None else "")
 
 
 def _write_overlay(path: Path, spec: Sequence[OutputFile], computed: Computed, reference: Volume) -> Path:
