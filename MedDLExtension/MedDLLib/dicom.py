@@ -528,8 +528,11 @@ def _read_header(path: str | os.PathLike) -> DicomSlice:
 
 
 def _native_length_defect(path: Path, ds: pydicom.Dataset, keyword: str, length: int) -> str | None:
-    """Why the length of native (uncompressed) pixel data does not match Rows x Columns x frames x samples x
-    BitsAllocated (a sentence naming the file and tags), or None when it matches (one padding byte allowed)."""
+    """Why the length of native (uncompressed) greyscale pixel data does not match Rows x Columns x frames x
+    BitsAllocated (a sentence naming the file and tags), or None when it matches. Trailing padding of up to one row
+    is allowed (pydicom reads such files); more (BitsAllocated 8 or Rows 256 declared over 16-bit 512-row data), or
+    less, is not. Colour data (SamplesPerPixel > 1, e.g. YBR_FULL_422 with its subsampled chroma) is not checked:
+    MedDL does not read it."""
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         bits = int(ds.get("BitsAllocated") or 0)
@@ -537,13 +540,16 @@ def _native_length_defect(path: Path, ds: pydicom.Dataset, keyword: str, length:
         frames = _int(ds, "NumberOfFrames") or 1
     except (TypeError, ValueError, AttributeError):
         return f"{path}: Rows/Columns/BitsAllocated (0028,0010/0011/0100) are not whole numbers"
+    if samples != 1:
+        return None
     if keyword != "PixelData":
         bits = {"FloatPixelData": 32, "DoubleFloatPixelData": 64}[keyword]
     if bits not in (1, 8, 16, 32, 64) or rows <= 0 or cols <= 0:
         return (f"{path}: Rows {rows}, Columns {cols}, BitsAllocated {bits} (0028,0010/0011/0100) describe no image "
                 "(BitsAllocated must be 1, 8, 16, 32 or 64)")
     expected = (rows * cols * frames * samples * bits + 7) // 8
-    if length in (expected, expected + 1):
+    row_bytes = max(1, (cols * bits + 7) // 8)
+    if expected <= length <= expected + row_bytes:
         return None
     return (f"{path}: Pixel Data (7FE0,0010) holds {length} bytes but Rows x Columns x BitsAllocated "
             f"({rows} x {cols} x {bits} bits, {frames} frame(s), {samples} sample(s)) need {expected}: the header "
