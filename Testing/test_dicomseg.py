@@ -190,11 +190,16 @@ def test_every_task_segment_has_a_term():
     """The segment names the tasks write all have SNOMED terms (a new segment name fails here)."""
     from ICHDetectorLib.logic import SUSPECTED_SEGMENTS
     from LGGSegmenterLib.logic import SEGMENT
+    from LungSurvivalLib.lobes import LOBES
     from LungSurvivalLib.preprocess import LUNG_SEGMENTS
 
     for spec in (SUSPECTED_SEGMENTS, SEGMENT, LUNG_SEGMENTS):
         for name, _ in spec.values():
             assert terminology.term_for(name) is not None, name
+    for _, name, _ in LOBES.values():
+        assert terminology.term_for(name) is not None, name
+    assert terminology.term_for("Right middle lobe").type.value == "72481006"
+    assert terminology.term_for("Left upper lobe").type_modifier == terminology.LEFT
     assert terminology.term_for(" Right  LUNG ") == terminology.TERMS["right_lung"]
     assert terminology.term_for("spleen") is None
 
@@ -228,7 +233,11 @@ def test_seg_nrrd_terminology_read_back_by_slicer(tmp_path, headless_scene):
     segments = {**LUNGS, 3: ("spleen", (0.1, 0.1, 0.1))}
     labels[0, 0, 0] = 3
     seg = nodes.add_segmentation(headless_scene, labels, segments, reference, "lungs")
-    plain = io.save_node(seg, tmp_path / "plain.seg.nrrd")  # written without terminology
+    assert "39607008" in seg.GetSegmentation().GetSegment("Left lung").GetTerminology()  # set by add_segmentation
+    for index in range(seg.GetSegmentation().GetNumberOfSegments()):  # back to Slicer's default, as a plain file
+        seg.GetSegmentation().GetNthSegment(index).SetTerminology(
+            terminology.slicer_terminology_entry(terminology.TISSUE))
+    plain = io.save_node(seg, tmp_path / "plain.seg.nrrd")  # written without MedDL's terminology
     assert terminology.apply_to_segmentation(seg) == ["spleen"]
     tagged = io.save_node(seg, tmp_path / "tagged.seg.nrrd")
     assert "TerminologyEntry:Segmentation category and type" in tagged.read_bytes()[:8000].decode("latin-1")

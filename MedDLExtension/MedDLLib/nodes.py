@@ -283,6 +283,9 @@ def add_segmentation(
         if not ok:
             raise RuntimeError(f"{name}: could not import segment {seg_name!r}")
     segmentation.CollapseBinaryLabelmaps()
+    from .terminology import apply_to_segmentation
+
+    apply_to_segmentation(seg_node)  # SNOMED category/type of known segment names (Slicer's TerminologyEntry)
     return seg_node
 
 
