@@ -484,14 +484,17 @@ def run_bundle(model: "str | os.PathLike | models.ModelPackage", images: Volume 
     report(0.2, "running the network")
     with torch.no_grad():
         logits = inferer(torch.from_numpy(x[None]).to(device), network)[0].float().cpu()
-    if plan.activation == "softmax":
-        probs = torch.softmax(logits, dim=0)
-    elif plan.activation == "sigmoid":
-        probs = torch.sigmoid(logits)
-    else:
-        probs = logits
     report(0.85, "back to the input's grid")
-    out = probs.numpy().transpose(0, 3, 2, 1)  # [C, k, j, i] on the plan's grid
+    labels_only = "argmax" in plan.discretize and not plan.invert_before_discretize
+    if labels_only:  # softmax keeps the order of the logits: argmax them (no second [C, ...] array in memory)
+        out = logits.argmax(0).numpy().transpose(2, 1, 0)[None]  # [1, k, j, i] labels on the plan's grid
+    elif plan.activation == "softmax":
+        out = torch.softmax(logits, dim=0).numpy().transpose(0, 3, 2, 1)  # [C, k, j, i] on the plan's grid
+    elif plan.activation == "sigmoid":
+        out = torch.sigmoid(logits).numpy().transpose(0, 3, 2, 1)
+    else:
+        out = logits.numpy().transpose(0, 3, 2, 1)
+    del logits
     result = BundleOutput(labels=dict(plan.labels), geometry=reference.geometry, notes=list(plan.notes))
     target = reference.geometry
 
@@ -499,12 +502,11 @@ def run_bundle(model: "str | os.PathLike | models.ModelPackage", images: Volume 
         moved = resample_to_geometry(Volume(array, grid), target, reference.array.shape[::-1], is_label=is_label)
         return moved.array
 
-    if "argmax" in plan.discretize:
-        if plan.invert_before_discretize:
-            back_probs = np.stack([back(c.astype(np.float32), False) for c in out])
-            result.labelmap = back_probs.argmax(0).astype(np.int16)
-        else:
-            result.labelmap = back(out.argmax(0).astype(np.int16), True)
+    if labels_only:
+        result.labelmap = back(out[0].astype(np.int16), True)
+    elif "argmax" in plan.discretize:
+        back_probs = np.stack([back(c.astype(np.float32), False) for c in out])
+        result.labelmap = back_probs.argmax(0).astype(np.int16)
     else:
         threshold = plan.discretize["threshold"]
         for index, channel in enumerate(out):
