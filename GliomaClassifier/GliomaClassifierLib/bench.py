@@ -119,8 +119,9 @@ def measure(stride: int, what: str, size: int = 256, depth: int = 64, threads: i
     return message
 
 
-def run_bench(size: int = 256, depth: int = 64, threads: int = 2) -> dict[str, Any]:
-    """Both networks side by side (see the module docstring); JSON-ready.
+def run_bench(size: int = 256, depth: int = 64, threads: int = 2, runs: int = 3) -> dict[str, Any]:
+    """Both networks side by side (see the module docstring) and, with ``runs`` > 0, the cold end-to-end and
+    runtime rows of :func:`bench_cold_and_runtime`; JSON-ready.
 
     Raises:
         InputError: ``size`` or ``depth`` below 16 voxels, or ``threads`` below 1.
@@ -151,6 +152,8 @@ def run_bench(size: int = 256, depth: int = 64, threads: int = 2) -> dict[str, A
     result["speedup_gradcam"] = round(result["seed_gradcam_seconds"] / result["improved_gradcam_seconds"], 2)
     result["target"] = (f"improved (conv1_t_stride=2): forward < {TARGET_FORWARD_S:g} s and Grad-CAM < "
                         f"{TARGET_GRADCAM_S:g} s on 2 cores")
+    if runs > 0:
+        result["cold_and_runtime"] = bench_cold_and_runtime(size, depth, runs=runs)
     return result
 
 
@@ -169,4 +172,61 @@ def format_table(result: dict[str, Any]) -> str:
     if "improved_end_to_end_seconds" in result:
         lines.append(f"improved end to end (preprocess + reorient + network + Grad-CAM back to the input): "
                      f"{result['improved_end_to_end_seconds']:.2f} s, peak {result['improved_end_to_end_peak_rss_mb']:.0f} MB")
+    if "cold_and_runtime" in result:
+        from MedDLLib.bench import task_table
+
+        lines += ["", task_table(result["cold_and_runtime"])]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- cold runs, runtime
+def bench_cold_and_runtime(size: int = 256, depth: int = 64, *, runs: int = 3, repeats: int = 5) -> dict[str, Any]:
+    """What a study costs as a user runs it, and the improved network's forward, torch against the runtime.
+
+    1. Cold ``meddl infer glioma`` (fresh child each: start-up, imports, reading four DICOM series of a ``depth``
+       x ``size`` x ``size`` phantom, preprocessing, the network, Grad-CAM, every output) with the improved
+       recipe's :class:`~GliomaClassifierLib.model.EvidenceResNet10` (full width, four sequences as channels,
+       seeded random weights), torch eager and the chosen runtime alternately (:func:`MedDLLib.bench.end_to_end_rows`).
+    2. That network's forward on the study's prepared input ``(1, 4, depth, size, size)``, torch eager fp32 against
+       the runtime :mod:`MedDLLib.runtime` chooses, same weights and input, alternating
+       (:func:`MedDLLib.bench.runtime_rows`); agreement as the largest probability difference.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from MedDLLib import bench
+    from MedDLLib.models import load_package
+    from MedDLLib.runtime import probabilities_agree
+
+    from .dataset import SEQUENCES, read_case, scan_dataset
+    from .model import recipe, untrained_package
+    from .phantom import write_dataset
+    from .preprocess import prepare
+
+    result: dict[str, Any] = {"task": "glioma", "machine": bench.machine(), "caveat": bench.CAVEAT,
+                              "end_to_end_input": f"DICOM, 4 MR series of {depth} x {size} x {size}",
+                              "network": "improved recipe: evidence-resnet10 (stride-2 stem), 4 channels", "runtime": {}}
+    with tempfile.TemporaryDirectory(prefix="meddl-glioma-bench-") as tmp:
+        tmp_path = Path(tmp)
+        write_dataset(tmp_path / "data", 1, 0, size=size, n_slices=depth, include_flagged=False)
+        case = scan_dataset(tmp_path / "data").cases[0]
+        package = untrained_package(tmp_path / "model", "improved", size=size, depth=depth, sequences=SEQUENCES,
+                                    widen_factor=1.0)
+        case_folder = next(iter(case.folders.values())).parent
+        arguments = ["infer", "glioma", "--input", str(case_folder), "--model", str(package), "--output",
+                     str(tmp_path / "out"), "--force-cpu"]
+        result["end_to_end"] = bench.end_to_end_rows(arguments, tmp_path / "out", "GliomaClassifierLib.cli:TASK",
+                                                     Path(__file__).resolve().parents[1], runs=runs)
+        spec = recipe("improved", size=size, depth=depth, sequences=SEQUENCES).spec
+        x = np.ascontiguousarray(prepare(read_case(case, spec.sequences), spec).array[None], dtype=np.float32)
+        loaded = load_package(package)
+
+        def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
+            sig = lambda z: 1.0 / (1.0 + np.exp(-z.astype(np.float64)))  # noqa: E731
+            return {"max_probability_difference": float(np.abs(sig(reference) - sig(got)).max())}
+
+        result["runtime"]["evidence-resnet10"] = bench.runtime_rows(
+            loaded.network("cpu"), loaded, x, probabilities_agree("sigmoid"), repeats=repeats, compare=compare)
+    return result

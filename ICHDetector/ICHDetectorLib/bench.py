@@ -1,9 +1,9 @@
 """``meddl bench ich``: inference time and peak memory, and training throughput while streaming from disk.
 
-1. Inference, end to end on arrays (:func:`ICHDetectorLib.logic.compute`: checks, preprocessing, network,
-   Grad-CAM, suspected region) on a 40-slice 512 x 512 phantom head CT, with and without Grad-CAM. Each
-   measurement runs in a fresh child process so its peak resident memory (``ru_maxrss``) is its own.
-   The network is the improved recipe's, untrained (time and memory do not depend on the weights).
+1. Cold ``meddl infer ich`` on a 40-slice 512 x 512 phantom DICOM head CT, torch eager against the chosen runtime
+   (:mod:`MedDLLib.runtime`) in alternating fresh child processes (each its own peak resident memory,
+   ``ru_maxrss``), and the network's forward side by side (:func:`bench_cold_and_runtime`). The network is the
+   improved recipe's, untrained (time and memory do not depend on the weights).
 2. Training throughput: ``stream_slices`` phantom slices in the RSNA layout streamed through
    :class:`MedDLLib.datasets.FileDataset` (DICOM read per sample) with a forward/backward step per batch;
    slices per second and the resident memory after each tenth of the stream (flat = bounded memory).
@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import resource
 import tempfile
 import time
@@ -29,44 +28,6 @@ def _current_rss_mb() -> float:
             return int(f.read().split()[1]) * resource.getpagesize() / 2**20
     except OSError:  # pragma: no cover - not Linux
         return _rss_mb()
-
-
-def _infer_child(package: str, size: int, n_slices: int, gradcam: bool, queue: Any) -> None:
-    import numpy as np
-    import torch
-
-    torch.set_num_threads(2)
-    from .logic import ICHOptions, compute
-    from .phantom import head_ct
-
-    volume, _, _ = head_ct(np.random.default_rng(0), size, n_slices, ("subdural",))
-    compute(volume, package, ICHOptions(heatmap_label="any" if gradcam else None))  # warm-up (imports, allocator)
-    start = time.perf_counter()
-    result = compute(volume, package, ICHOptions(heatmap_label="any" if gradcam else None))
-    seconds = time.perf_counter() - start
-    queue.put({"seconds": round(seconds, 3), "peak_rss_mb": round(_rss_mb(), 1),
-               "any_probability": result.study["any_probability"]})
-
-
-def bench_inference(size: int = 512, n_slices: int = 40, net_size: int = 64) -> dict[str, Any]:
-    """Seconds and peak RSS (MB) of :func:`compute` (arrays in memory: preprocessing, network, optionally Grad-CAM
-    and the suspected region) on a ``n_slices x size x size`` head CT, with and without Grad-CAM, side by side."""
-    from .model import untrained_package
-
-    ctx = multiprocessing.get_context("spawn")
-    out: dict[str, Any] = {"input_shape": [n_slices, size, size], "network_input": net_size}
-    with tempfile.TemporaryDirectory() as tmp:
-        package = str(untrained_package(Path(tmp), net_size))
-        for gradcam in (False, True):
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_infer_child, args=(package, size, n_slices, gradcam, queue))
-            proc.start()
-            res = queue.get(timeout=600)
-            proc.join()
-            key = "with_gradcam" if gradcam else "without_gradcam"
-            out[f"infer_{key}_seconds"] = res["seconds"]
-            out[f"infer_{key}_peak_rss_mb"] = res["peak_rss_mb"]
-    return out
 
 
 def bench_end_to_end(size: int = 512, n_slices: int = 40, net_size: int = 64) -> dict[str, Any]:
@@ -138,14 +99,59 @@ def bench_streaming(n_slices: int = 20000, batch_size: int = 32, net_size: int =
             "stream_rss_mb_by_tenth": rss, "stream_rss_growth_mb": round(rss[-1] - rss[0], 1) if rss else None}
 
 
-def run_bench(stream_slices: int = 20000) -> dict[str, Any]:
-    """Both benchmarks (see the module docstring)."""
+def bench_cold_and_runtime(size: int = 512, n_slices: int = 40, net_size: int = 64, *, runs: int = 3,
+                           repeats: int = 5) -> dict[str, Any]:
+    """Cold ``meddl infer ich`` runs (fresh child each: start-up, imports, reading the ``n_slices`` x ``size``^2
+    DICOM head CT, the network, Grad-CAM, the suspected region, every output), torch eager and the chosen runtime
+    alternately (:func:`MedDLLib.bench.end_to_end_rows`), and the improved recipe's 2.5D ResNet forward on that
+    study's network input ``(n_slices, 9, net_size, net_size)``, torch eager fp32 against the runtime, same weights
+    and input, alternating (:func:`MedDLLib.bench.runtime_rows`)."""
+    import numpy as np
+
+    from MedDLLib import bench
+    from MedDLLib.dicomwrite import write_series
+    from MedDLLib.models import load_package
+    from MedDLLib.runtime import probabilities_agree
+
+    from .model import probabilities, untrained_package
+    from .phantom import head_ct
+    from .preprocess import InputSpec, volume_input
+
+    result: dict[str, Any] = {"task": "ich", "machine": bench.machine(), "caveat": bench.CAVEAT,
+                              "end_to_end_input": f"DICOM head CT of {n_slices} x {size} x {size}, Grad-CAM on",
+                              "network": f"improved recipe: 2.5D ResNet (9 channels) at {net_size} px", "runtime": {}}
+    with tempfile.TemporaryDirectory(prefix="meddl-ich-bench-") as tmp:
+        tmp_path = Path(tmp)
+        volume, _, _ = head_ct(np.random.default_rng(0), size, n_slices, ("subdural",))
+        write_series(tmp_path / "ct", volume, rescale_intercept=-1024.0, file_names="instance")
+        package = untrained_package(tmp_path, net_size)
+        arguments = ["infer", "ich", "--input", str(tmp_path / "ct"), "--model", str(package),
+                     "--output", str(tmp_path / "out"), "--force-cpu"]
+        result["end_to_end"] = bench.end_to_end_rows(arguments, tmp_path / "out", "ICHDetectorLib.cli:TASK",
+                                                     Path(__file__).resolve().parents[1], runs=runs)
+        loaded = load_package(package)
+        x, _ = volume_input(volume, InputSpec.from_metadata(loaded.metadata["input"]))
+
+        def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
+            diff = probabilities(reference, "sigmoid") - probabilities(got, "sigmoid")
+            return {"max_probability_difference": float(np.abs(diff).max())}
+
+        result["runtime"]["resnet2d-2.5d"] = bench.runtime_rows(
+            loaded.network("cpu"), loaded, np.ascontiguousarray(x, dtype=np.float32),
+            probabilities_agree("sigmoid"), repeats=repeats, compare=compare)
+    return result
+
+
+def run_bench(stream_slices: int = 20000, runs: int = 3) -> dict[str, Any]:
+    """The cold end-to-end and runtime rows (:func:`bench_cold_and_runtime`), then the training stream."""
     import torch
 
+    from MedDLLib.bench import task_table
+
     result: dict[str, Any] = {"cpu_threads": torch.get_num_threads()}
-    result.update(bench_inference())
-    result.update(bench_end_to_end())
-    result["target"] = "inference < 15 s and < 2048 MB on 2 cores; streaming memory flat"
+    result["cold_and_runtime"] = bench_cold_and_runtime(runs=runs)
+    print(task_table(result["cold_and_runtime"]))
+    result["target"] = "end to end < 5 s on 2 cores (issue 20); streaming memory flat"
     if stream_slices > 0:
         result.update(bench_streaming(stream_slices))
     return result

@@ -26,6 +26,8 @@ from MedDLLib.geometry import Geometry, Volume
 #: The issue's targets on 2 CPU cores.
 TARGET_SECONDS = 60.0
 TARGET_MB = 4096.0
+#: The improved recipe's network width (``LungSurvivalLib.model.train_model``).
+IMPROVED_WIDTH = 8
 #: z extent of the benchmark chest (mm).
 EXTENT_Z_MM = 300.0
 
@@ -60,7 +62,7 @@ def bench_inference(size: int = 512, n_slices: int = 300, *, force_cpu: bool = F
 
     from MedDLLib.dicomwrite import write_series
 
-    from .model import untrained_package
+    from .model import recipe, untrained_package
 
     if size < 32 or n_slices < 12:
         raise MedDLError(f"bench size {size} x {n_slices} slices is too small for a chest CT (>= 32 x 12)")
@@ -72,7 +74,8 @@ def bench_inference(size: int = 512, n_slices: int = 300, *, force_cpu: bool = F
         prepare_s = time.perf_counter() - start
         shape, spacing = list(volume.array.shape), [round(v, 4) for v in volume.geometry.spacing_mm]
         del volume
-        package = untrained_package(tmp_path)
+        # the network the improved recipe trains (width 8 on a 32^3 crop)
+        package = untrained_package(tmp_path, width=IMPROVED_WIDTH, size=recipe("improved").spec.size)
         arguments = ["infer", "lung", "--input", str(tmp_path / "ct"), "--model", str(package),
                      "--output", str(tmp_path / "out")]
         if force_cpu:
@@ -91,3 +94,39 @@ def bench_inference(size: int = 512, n_slices: int = 300, *, force_cpu: bool = F
             "total_lung_ml": result["total_lung_ml"], "seconds_phantom": round(prepare_s, 1),
             "within_target": bool(seconds < TARGET_SECONDS and peak_mb < TARGET_MB),
             "target": f"< {TARGET_SECONDS:.0f} s and < {TARGET_MB:.0f} MB on 2 CPU cores"}
+
+
+def bench_cold_and_runtime(size: int = 512, n_slices: int = 300, *, runs: int = 3, repeats: int = 5
+                           ) -> dict[str, Any]:
+    """Cold ``meddl infer lung`` on a ``n_slices x size x size`` DICOM chest CT (fresh child each: start-up,
+    imports, reading, lungs, network input, risk, Grad-CAM, every output), torch eager and the chosen runtime
+    alternately (:func:`MedDLLib.bench.end_to_end_rows`), and the improved recipe's network forward on a crop of
+    that study, torch eager fp32 against the runtime, same weights and input (:func:`MedDLLib.bench.runtime_rows`).
+    """
+    from MedDLLib import bench
+    from MedDLLib.dicomwrite import write_series
+    from MedDLLib.models import load_package
+    from MedDLLib.runtime import probabilities_agree
+
+    from .model import recipe, untrained_package
+    from .preprocess import InputSpec, network_input, segment_lungs
+
+    result: dict[str, Any] = {"task": "lung", "machine": bench.machine(), "caveat": bench.CAVEAT,
+                              "end_to_end_input": f"DICOM chest CT of {n_slices} x {size} x {size}, Grad-CAM on",
+                              "network": f"improved recipe: 3D CNN width {IMPROVED_WIDTH} on a 32^3 crop",
+                              "runtime": {}}
+    with tempfile.TemporaryDirectory(prefix="meddl-lung-bench-") as tmp:
+        tmp_path = Path(tmp)
+        volume = bench_volume(size, n_slices)
+        write_series(tmp_path / "ct", volume, file_names="instance")
+        package = untrained_package(tmp_path, width=IMPROVED_WIDTH, size=recipe("improved").spec.size)
+        arguments = ["infer", "lung", "--input", str(tmp_path / "ct"), "--model", str(package),
+                     "--output", str(tmp_path / "out"), "--force-cpu"]
+        result["end_to_end"] = bench.end_to_end_rows(arguments, tmp_path / "out", "LungSurvivalLib.cli:TASK",
+                                                     Path(__file__).resolve().parents[1], runs=runs)
+        loaded = load_package(package)
+        x, _, _ = network_input(volume, segment_lungs(volume).labels, InputSpec.from_metadata(loaded.metadata["input"]))
+        del volume
+        result["runtime"]["cnn3d"] = bench.runtime_rows(loaded.network("cpu"), loaded, x[None],
+                                                        probabilities_agree("identity"), repeats=repeats)
+    return result

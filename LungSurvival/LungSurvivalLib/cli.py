@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from MedDLLib.errors import InputError
+from MedDLLib.options import add_arguments as add_options
 from MedDLLib.pipeline import Computed, LoadedModel, PipelineTask, Study
 
-from . import dataset, model
+from . import dataset, model, options
 from .logic import OUTPUTS
 
 #: Output files of ``meddl infer lung`` (besides ``result.json``), declared in :data:`.logic.OUTPUTS`.
@@ -56,10 +57,14 @@ class LungTask(PipelineTask):
             parser.add_argument("--folds", type=int, default=None,
                                 help="also run patient-level K-fold cross-validation (seed recipe: 5) and store its "
                                      "accuracy with CI in the package's metrics; fold models in OUT-cv/fold-k")
+        if subcommand in ("infer", "batch"):
+            add_options(parser, options.INFER)
         if subcommand == "bench":
             parser.add_argument("--size", type=positive_int, default=512,
                                 help="in-plane size of the chest CT (default 512)")
             parser.add_argument("--slices", type=positive_int, default=300, help="slices (1 mm for 300; default 300)")
+            parser.add_argument("--runs", type=int, default=3,
+                                help="cold meddl infer runs of each mode (torch, runtime), alternating; 0: none")
 
     def phantom(self, out: Path, cases: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         from .phantom import write_dataset
@@ -134,10 +139,17 @@ class LungTask(PipelineTask):
     def bench(self, args: argparse.Namespace) -> dict[str, Any]:
         """End-to-end ``meddl infer lung`` (read DICOM, lungs, network, Grad-CAM, outputs) on a ``--slices`` x
         ``--size``^2 phantom chest CT, in a child process (its own peak memory); see :mod:`.bench`."""
-        from .bench import bench_inference
+        from .bench import bench_cold_and_runtime, bench_inference
 
-        return bench_inference(int(getattr(args, "size", 512)), int(getattr(args, "slices", 300)),
-                               force_cpu=getattr(args, "force_cpu", False), device=getattr(args, "device", None))
+        size, slices = int(getattr(args, "size", 512)), int(getattr(args, "slices", 300))
+        result = bench_inference(size, slices, force_cpu=getattr(args, "force_cpu", False),
+                                 device=getattr(args, "device", None))
+        if int(getattr(args, "runs", 3)) > 0:  # torch eager vs the chosen runtime, side by side
+            from MedDLLib.bench import task_table
+
+            result["cold_and_runtime"] = bench_cold_and_runtime(size, slices, runs=int(args.runs))
+            print(task_table(result["cold_and_runtime"]))
+        return result
 
     def demo(self, out: Path, args: argparse.Namespace) -> dict[str, Any]:
         """Phantoms -> both recipes (same data, same fixed epochs) -> held-out evaluation -> one inference.

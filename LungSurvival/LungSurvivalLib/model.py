@@ -272,16 +272,17 @@ def train_model(studies: Sequence[LungStudy], out: str | Path, recipe_name: str 
 
 
 # ---------------------------------------------------------------------------------------------- prediction
-def untrained_package(folder: str | Path, seed: int = 0) -> Path:
+def untrained_package(folder: str | Path, seed: int = 0, *, width: int = 4, size: int = 16) -> Path:
     """An improved-recipe package with seeded random weights at ``folder/lung-selftest`` (self-tests, benchmarks:
-    the output contract does not depend on the weights)."""
+    the output contract does not depend on the weights). ``width``/``size``: the network's first width and the
+    crop cube's side (the improved recipe trains width 8 on 32^3, :func:`recipe`)."""
     torch.manual_seed(seed)
-    args = {"in_channels": 1, "num_outputs": 1, "width": 4}
+    args = {"in_channels": 1, "num_outputs": 1, "width": int(width)}
     network = SmallCNN3D(**args)
     metadata = {
         "task": TASK, "version": "0.0.1", "recipe": "improved",
         "network": {"name": "lung.cnn3d", "args": args},
-        "input": InputSpec(mode="crop", size=16).to_metadata(),
+        "input": InputSpec(mode="crop", size=int(size)).to_metadata(),
         "output": {"labels": ["log_hazard_ratio"], "kind": "risk", "gradcam_layer": GRADCAM_LAYER,
                    "risk_threshold": 0.0, "caveat": CAVEAT},
         "training_data": {"kind": "synthetic", "n_studies": 0, "description": "seeded random self-test weights"},
