@@ -89,9 +89,9 @@ class AnatomyCheck:
         """The verdict in a sentence (for refusals and the result's note)."""
         if self.looks_like == "unknown":
             return f"no body (tissue above {TISSUE_HU:g} HU over {MIN_BODY_AREA_MM2:g} mm^2) in any slice"
-        return (f"{self.lung_slices} of {self.body_slices} slices hold large air-filled regions inside the body "
-                f"outline (lungs; {100 * self.air_fraction:.0f} % of the body outline is below {AIR_HU:g} HU) and "
-                f"{self.skull_slices} show a skull ring")
+        return (f"{self.lung_slices} of {self.body_slices} slices hold large air-filled regions of lung density "
+                f"inside the body outline (lungs; {100 * self.air_fraction:.0f} % of the body outline is below "
+                f"{AIR_HU:g} HU) and {self.skull_slices} show a skull ring")
 
 
 def head_or_chest(volume: Volume) -> AnatomyCheck:
