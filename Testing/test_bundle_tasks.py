@@ -8,7 +8,7 @@ import torch
 
 from MedDLLib import bundles, models
 from MedDLLib.geometry import Geometry, Volume
-from test_bundles import ZOO, needs_zoo, zoo_copy
+from test_bundles import needs_zoo, zoo_copy
 
 from GliomaClassifierLib import tumour
 from LungSurvivalLib import lobes

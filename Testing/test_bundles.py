@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from MedDLLib import bundles, models
-from MedDLLib.errors import InputError, ModelError
+from MedDLLib.errors import ModelError
 from MedDLLib.geometry import Geometry, Volume
 
 ZOO = Path(__file__).resolve().parents[2] / "shared" / "reference" / "monai-bundles"

@@ -163,7 +163,8 @@ def test_remove_that_cannot_delete_says_so_as_root(good, home, capsys, monkeypat
 
 
 @pytest.mark.parametrize("args, expected", [
-    ({"in_channels": 3, "n_classes": 6, "width": 10 ** 6}, r"first mismatching key 'conv.weight': shape \[4, 3, 3, 3\]"),
+    ({"in_channels": 3, "n_classes": 6, "width": 10 ** 6},
+     r"first mismatching key 'conv.weight': shape \[4, 3, 3, 3\]"),
     ({"in_channels": 3, "n_classes": 6, "width": -3}, "cannot build network"),
 ])
 def test_hostile_network_widths_are_refused_with_one_line(args, expected, good, home, capsys):
@@ -218,8 +219,8 @@ def test_raw_pickle_weights_get_meddl_sentence(good, tmp_path, home, capsys):
 
 
 def test_get_task_imports_only_that_task_library():
-    code = ("import sys; from MedDLLib.tasks import get_task; get_task('ich'); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0].endswith('Lib') and m.split('.')[0] != 'MedDLLib'))")
+    code = ("import sys; from MedDLLib.tasks import get_task; get_task('ich'); print(sorted(m for m in sys.modules "
+            "if m.split('.')[0].endswith('Lib') and m.split('.')[0] != 'MedDLLib'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded = {name.split(".")[0] for name in eval(out)}  # noqa: S307 - our own printed list
     assert loaded == {"ICHDetectorLib"}, out

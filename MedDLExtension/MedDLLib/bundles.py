@@ -36,7 +36,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -425,14 +424,16 @@ def package_metadata(bundle_meta: Mapping[str, Any], plan: InferencePlan, sha256
 
 
 def _read_bundle_weights(file: Path) -> dict[str, Any]:
-    """A bundle's state dict, weights-only (also inside a ``{"model": state_dict}`` checkpoint)."""
+    """A bundle's state dict, weights-only (also inside a ``{"model": state_dict}`` checkpoint); pickled objects
+    are refused with MedDL's sentence (:data:`MedDLLib.models.PICKLE_REFUSAL`)."""
     import torch
 
-    _package.check_weights_file(file.parent.parent) if file.name == "model.pt" else None
+    if file.is_symlink() or not file.is_file():
+        raise ModelError(f"{file} is not a regular file inside the bundle")
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickled objects and unreadable files: one line
-        return _package.read_state_dict(file)  # raises MedDL's refusal with the reason
+    except Exception:  # noqa: BLE001 - the weights-only reader refused: MedDL's reader says why, in one line
+        return models.read_state_dict(file)
     if isinstance(obj, dict) and set(obj) == {"model"} and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)

@@ -44,7 +44,8 @@ from ..errors import InputError, ModelError
 __all__ = [
     "FORMAT", "HOME_ENV", "INFERENCE_FILE", "METADATA_FILE", "MONAI_NETWORKS", "PICKLE_REFUSAL",
     "TRAINING_DATA_KINDS", "WEIGHTS_FILE", "InputError", "ModelError", "ModelPackage", "available_networks",
-    "build_network", "cache_dir", "check_state_fits", "copy_package_tree", "import_model", "library_versions", "list_models",
+    "build_network", "cache_dir", "check_state_fits", "copy_package_tree", "import_model", "library_versions",
+    "list_models",
     "load_package", "load_task_model", "network_factory", "read_metadata", "read_state_dict", "register_network",
     "remove_model", "resolve_model", "save_package", "validate_metadata",
     "verify_model", "write_json",
