@@ -6,9 +6,9 @@ A MedDL package is a MONAI bundle (https://docs.monai.io/en/stable/mb_specificat
 ``task``, ``description``, ``authors``, ``copyright``, ``network_data_format``) beside MedDL's own keys, and
 ``configs/inference.json`` holds a ``network_def`` whose ``_target_`` is the network's importable class
 (``monai.networks.nets.<Name>`` for MONAI's networks; for MedDL's own networks the dotted path of the task
-library's class or factory, e.g. ``ICHDetectorLib.model.SeedCNN``, importable wherever MedDL is installed). So ``monai.bundle.ConfigParser`` builds the network,
-``monai.bundle.verify_net_in_out`` runs it on a random input of ``network_data_format``'s shape and
-``monai.bundle.load`` returns it with the weights.
+library's class or factory, e.g. ``ICHDetectorLib.model.SeedCNN``, importable wherever MedDL is installed).
+So ``monai.bundle.ConfigParser`` builds the network, ``monai.bundle.verify_net_in_out`` runs it on a random input
+of ``network_data_format``'s shape and ``monai.bundle.load`` returns it with the weights.
 
 MedDL's own loader never reads ``inference.json``: it builds networks from ``metadata.json``'s ``network`` through
 its allow-list (:mod:`.registry`), so a ``_target_`` or ``$`` expression in a package is never evaluated by MedDL.
