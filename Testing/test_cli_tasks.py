@@ -133,7 +133,8 @@ def test_undefined_metrics_are_written_as_null(studies, tmp_path, monkeypatch):
     monkeypatch.setattr(dummy_task.DummyTask, "evaluate", lambda self, args: {"auroc": float("nan"), "n": 3})
     out = tmp_path / "metrics.json"
     assert main(["evaluate", "dummy", "--data", str(studies), "--model", "m", "--out", str(out)]) == 0
-    assert "NaN" not in out.read_text() and json.loads(out.read_text()) == {"auroc": None, "n": 3}
+    assert "NaN" not in out.read_text()
+    assert json.loads(out.read_text()) == {"auroc": None, "n": 3, "meddl_evaluate_task": "dummy"}
 
 
 def test_a_task_that_needs_a_model_checks_it_once_before_any_study(studies, tmp_path, monkeypatch, capsys):
@@ -155,7 +156,13 @@ def test_evaluate_writes_metrics_json(studies, tmp_path):
     assert main(["evaluate", "dummy", "--data", str(studies), "--model", "m7", "--out", str(out)]) == 0
     metrics = json.loads(out.read_text())
     expected_total = sum(sum(dummy_task.read_numbers(s)) for s in sorted(studies.iterdir()))
-    assert metrics == {"studies": 3, "total": expected_total, "model": "m7"}
+    assert metrics == {"studies": 3, "total": expected_total, "model": "m7", "meddl_evaluate_task": "dummy"}
+    # an earlier metrics JSON may be replaced; any other file --out names is refused and left as it was
+    assert main(["evaluate", "dummy", "--data", str(studies), "--model", "m7", "--out", str(out)]) == 0
+    other = studies / "case000" / "input.txt"
+    before = other.read_bytes()
+    assert main(["evaluate", "dummy", "--data", str(studies), "--model", "m7", "--out", str(other)]) == 1
+    assert other.read_bytes() == before
     assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]  # no temporary file left
 
 
