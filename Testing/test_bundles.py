@@ -256,3 +256,31 @@ def test_cli_imports_a_zoo_bundle_without_format_and_lists_it(tmp_path, home, ca
     assert main(["models", "list", "--json"]) == 0
     [entry] = json.loads(capsys.readouterr().out)
     assert entry["task"] == bundles.BUNDLE_TASK and entry["network"] == "monai.networks.nets.UNet"
+
+
+@needs_zoo
+def test_cli_runs_a_bundle_on_a_volume_file(tmp_path, home, capsys):
+    from MedDLLib.cli import main
+    import SimpleITK as sitk
+
+    from MedDLLib.outputs import write_volume
+
+    folder = zoo_copy("spleen_ct_segmentation", tmp_path)
+    assert main(["models", "import", str(folder)]) == 0
+    volume, _ = _phantom(ORIENTATIONS["permuted-feet-first"])
+    ct = write_volume(tmp_path / "ct.nrrd", volume)
+    out = tmp_path / "out"
+    assert main(["models", "run", "spleen_ct_segmentation", "-i", str(ct), "-o", str(out),
+                 "--roi-size", "32", "32", "32"]) == 0
+    labels = sitk.ReadImage(str(out / "labels.nrrd"))
+    assert labels.GetSize() == volume.array.shape[::-1]
+    assert np.allclose(labels.GetDirection(), np.asarray(volume.geometry.direction).ravel())
+    assert np.allclose(labels.GetOrigin(), volume.geometry.origin_lps_mm)
+    result = json.loads((out / "bundle_result.json").read_text())
+    assert result["labels"] == {"0": "background", "1": "spleen"} and "spleen" in result["volumes_ml"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    capsys.readouterr()
+    assert main(["models", "run", "spleen_ct_segmentation", "-i", str(ct), "-o", str(tmp_path / "mine")]) == 1
+    assert "is not an earlier `meddl models run` output" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"

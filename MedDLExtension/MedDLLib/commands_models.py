@@ -27,7 +27,8 @@ IMPORT_FORMATS: dict[str, tuple[str, str | None]] = {
 
 
 def add_parser(subparsers: Any) -> None:
-    """``meddl models list [--json] | import SRC [--format F] [--name N] [--overwrite] | verify NAME | remove NAME``."""
+    """``meddl models list | import SRC [--format F] [--name N] [--overwrite] | verify NAME | run NAME -i IN -o OUT |
+    remove NAME``."""
     parser = subparsers.add_parser(
         "models", help="list, import, verify or remove model packages in the local cache",
         description=f"Manage the model cache (${models.HOME_ENV}/models, default ~/.meddl/models). Works offline.")
@@ -52,6 +53,20 @@ def add_parser(subparsers: Any) -> None:
     p = actions.add_parser("verify", help="check metadata, SHA-256, weights and network of a model")
     p.add_argument("name", help="model name in the cache, or a package folder")
     p.set_defaults(func=_cmd_verify)
+
+    p = actions.add_parser("run", help="run an imported MONAI zoo bundle on a study; masks on the input's grid",
+                           description="Run an imported MONAI model-zoo bundle (meddl models import BUNDLE_FOLDER) "
+                                       "through MedDL's allow-list. Writes labels.nrrd (one label per voxel) or one "
+                                       "<region>.nrrd per output channel, volumes.csv (mL) and bundle_result.json.")
+    p.add_argument("name", help="the bundle's name in the cache, or its folder")
+    p.add_argument("--input", "-i", type=Path, action="append", required=True,
+                   help="a DICOM folder or NRRD/NIfTI file; repeat once per input channel, in the bundle's order "
+                        "(e.g. T1c, T1, T2, FLAIR for brats_mri_segmentation)")
+    p.add_argument("--output", "-o", type=Path, required=True, help="output folder (created; written atomically)")
+    p.add_argument("--roi-size", type=int, nargs=3, metavar=("I", "J", "K"),
+                   help="sliding-window size in voxels (default: the bundle's)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(func=_cmd_run)
 
     p = actions.add_parser("remove", help="delete a model from the cache")
     p.add_argument("name", help="model name in the cache")
@@ -119,6 +134,50 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     print(f"OK {result['name']} ({result['task']} {result['version']}): sha256 {result['sha256']} matches; "
           f"{result['n_tensors']} tensors, {result['n_values']} values; network: {result['network']}; "
           f"MONAI bundle: {result['monai_bundle']}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import bundles
+    from .dicom import read_dicom_folder
+    from .geometry import Volume
+    from .io import atomic_folder, atomic_write_json, read_volume_file
+    from .outputs import write_table, write_volume
+
+    if args.roi_size is not None and not all(8 <= v <= 1024 for v in args.roi_size):
+        raise InputError(f"--roi-size must be three sizes from 8 to 1024 voxels, got {args.roi_size}")
+    out = args.output
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "bundle_result.json").is_file())):
+        raise InputError(f"{out} exists and is not an earlier `meddl models run` output; choose another --output")
+    volumes = [read_dicom_folder(p) if p.is_dir() else read_volume_file(p) for p in args.input]
+    result = bundles.run_bundle(args.name, volumes, device=args.device, roi_size=args.roi_size)
+    voxel_ml = result.geometry.voxel_volume_ml()
+
+    with atomic_folder(out) as tmp:
+        files: dict[str, str] = {}
+        if result.labelmap is not None:
+            write_volume(tmp / "labels.nrrd", Volume(result.labelmap, result.geometry))
+            files["labels"] = "labels.nrrd"
+            counts = np.bincount(result.labelmap.ravel().clip(0), minlength=len(result.labels))
+            names = [result.labels[i] for i in sorted(result.labels) if i > 0]
+            volumes_ml = [round(float(counts[i]) * voxel_ml, 3) for i in sorted(result.labels) if i > 0]
+        else:
+            names, volumes_ml = [], []
+            for name, mask in result.masks.items():
+                file = "".join(c if c.isalnum() else "_" for c in name.lower()) + ".nrrd"
+                write_volume(tmp / file, Volume(mask, result.geometry))
+                files[name] = file
+                names.append(name)
+                volumes_ml.append(round(float(mask.sum()) * voxel_ml, 3))
+        write_table(tmp / "volumes.csv", {"structure": names, "volume_ml": volumes_ml})
+        atomic_write_json(tmp / "bundle_result.json", {
+            "model": str(args.name), "inputs": [str(p) for p in args.input], "files": files,
+            "labels": {str(k): v for k, v in result.labels.items()}, "notes": result.notes,
+            "volumes_ml": dict(zip(names, volumes_ml))})
+    print(f"wrote {out} ({', '.join(files.values())}, volumes.csv); "
+          + (f"notes: {'; '.join(result.notes)}" if result.notes else "no notes"))
     return 0
 
 
