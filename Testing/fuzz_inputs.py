@@ -250,16 +250,12 @@ def _lut(kind: str) -> Callable[[list[Path]], None]:
 
 
 def _outlier(value: str, which: str = "one") -> Callable[[list[Path]], None]:
+    """ImagePositionPatient z of the last file (or of ``which="all"`` files) set to ``value`` (mm)."""
     def mutate(files: list[Path]) -> None:
-        import pydicom
-
-        targets = files if which == "all" else files[-1:]
-
         def change(ds: Any) -> None:
             x, y, _ = (str(v) for v in ds.ImagePositionPatient)
             set_raw("ImagePositionPatient", [x, y, value])(ds)
-        edit(targets, change)
-        del pydicom
+        edit(files if which == "all" else files[-1:], change)
     return mutate
 
 

@@ -59,7 +59,8 @@ def format_summary(entry: dict[str, Any]) -> str:
         return "\n".join(lines)
     spacing = " x ".join(f"{v:.4g}" for v in entry.get("spacing_mm", [])) or "?"
     head = (f"{entry['uid']}\n  {entry['description'] or '(no description)'}: {entry['modality'] or '?'}, "
-            f"{entry['files']} file{'s' if entry['files'] != 1 else ''} of {entry['columns']}x{entry['rows']}, {entry.get('orientation', '?')}, "
+            f"{entry['files']} file{'s' if entry['files'] != 1 else ''} of {entry['columns']}x{entry['rows']}, "
+            f"{entry.get('orientation', '?')}, "
             f"spacing {spacing} mm, {entry['transfer_syntax']}")
     lines = [head]
     lines += [f"  problem: {text}" for text in entry["problems"]]
@@ -105,7 +106,8 @@ def convert_series(
         node = nodes.add_scalar_volume(hs.scene, volume, volume.metadata.get("series_description") or "volume")
         path = io.save_node(node, output)
         if png is not None:
-            png = render.render_slice_png(png, node, offset_mm=render.slice_offset_of(node, (volume.shape_kji[0] - 1) / 2))
+            middle = render.slice_offset_of(node, (volume.shape_kji[0] - 1) / 2)
+            png = render.render_slice_png(png, node, offset_mm=middle)
     finally:
         hs.scene.Clear(1)
     k, j, i = volume.shape_kji

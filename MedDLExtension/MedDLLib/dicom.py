@@ -893,8 +893,9 @@ def _drop_position_outliers(slices: list[DicomSlice]) -> tuple[list[DicomSlice],
     for s in slices:
         pos = s.position
         if pos is not None and np.max(np.abs(pos)) > MAX_POSITION_MM:
-            dropped.append((s.path, f"{_tag_name('ImagePositionPatient')} {_display(s.header.get('ImagePositionPatient'))}"
-                                    f" lies more than {MAX_POSITION_MM:g} mm from the scanner's origin"))
+            value = _display(s.header.get("ImagePositionPatient"))
+            dropped.append((s.path, f"{_tag_name('ImagePositionPatient')} {value} lies more than "
+                                    f"{MAX_POSITION_MM:g} mm from the scanner's origin"))
         else:
             kept.append(s)
     if not kept:
