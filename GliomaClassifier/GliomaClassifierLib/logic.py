@@ -207,38 +207,39 @@ class GliomaClassifierLogic:
         return self.write_outputs(sequence_nodes[result.sequences[0]], result)
 
     def write_outputs(self, reference_node: Any, result: GliomaResult) -> GliomaResult:
-        """Add the result table, heatmap and window ROI nodes; store the result as ``MedDL.*`` attributes."""
+        """New nodes: the declared :data:`OUTPUTS` (the heatmap, when the result has one) through
+        :func:`MedDLLib.results.add_output_nodes`, plus the result table and the markups ROI of the slice window
+        (built from the result's values, as the widget does after its child); all carry the result as ``MedDL.*``
+        attributes."""
+        from MedDLLib.results import add_output_nodes, attribute_values, place_beside
+
         scene = reference_node.GetScene()
         base = reference_node.GetName()
-        rows = [("probability", f"{result.probability:.6f}"), ("call", "methylated" if result.methylated
-                                                                else "unmethylated"),
-                ("threshold", f"{result.threshold:g}"), ("sequences", ", ".join(result.sequences)),
-                ("window first slice", str(result.window["first"])),
-                ("window last slice", str(result.window["last"])),
-                ("window centre slice", str(result.window["centre"])),
-                ("slices (oriented stack)", str(result.window["n_slices"])),
-                ("model", result.model_name), ("recipe", result.recipe), ("model card", result.model_card)]
-        table = nodes.add_table(scene, {"quantity": [r[0] for r in rows], "value": [r[1] for r in rows]},
-                                f"{base} MGMT result")
-        attributes = {"probability": round(result.probability, 6), "model_card": result.model_card,
-                      "model": result.model_name, "window_first_slice": result.window["first"],
-                      "window_last_slice": result.window["last"], "summary": result.summary}
-        nodes.set_attributes(table, attributes)
-        table.SetAttribute("MedDL.input", reference_node.GetID())
-        result.nodes = {"table": table}
-        roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName(f"{base} MGMT window"))
-        box_to_ras = np.eye(4)
-        box_to_ras[:3, :3] = np.asarray(result.window["axes_ras"], dtype=float).T
-        box_to_ras[:3, 3] = result.window["centre_ras_mm"]
-        roi.SetAndObserveObjectToNodeMatrix(nodes.vtk_matrix(box_to_ras))
-        roi.SetSize(*map(float, result.window["size_mm"]))
-        nodes.set_attributes(roi, {"window_first_slice": result.window["first"],
-                                   "window_last_slice": result.window["last"]})
-        result.nodes["window"] = roi
-        if result.heatmap is not None:
-            heat = nodes.add_heatmap(scene, result.heatmap.array, result.heatmap.geometry, f"{base} Grad-CAM MGMT")
-            nodes.set_attributes(heat, {**attributes, "input": reference_node.GetID()})
-            result.nodes["heatmap"] = heat
+        computed = to_computed(result)
+        with nodes.removed_on_error(scene):
+            added = add_output_nodes(reference_node, OUTPUTS, computed.data, computed.result)
+            rows = [("probability", f"{result.probability:.6f}"),
+                    ("call", "methylated" if result.methylated else "unmethylated"),
+                    ("threshold", f"{result.threshold:g}"), ("sequences", ", ".join(result.sequences)),
+                    ("window first slice", str(result.window["first"])),
+                    ("window last slice", str(result.window["last"])),
+                    ("window centre slice", str(result.window["centre"])),
+                    ("slices (oriented stack)", str(result.window["n_slices"])),
+                    ("model", result.model_name), ("recipe", result.recipe), ("model card", result.model_card)]
+            table = nodes.add_table(scene, {"quantity": [r[0] for r in rows], "value": [r[1] for r in rows]},
+                                    f"{base} MGMT result")
+            roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName(f"{base} MGMT window"))
+            box_to_ras = np.eye(4)
+            box_to_ras[:3, :3] = np.asarray(result.window["axes_ras"], dtype=float).T
+            box_to_ras[:3, 3] = result.window["centre_ras_mm"]
+            roi.SetAndObserveObjectToNodeMatrix(nodes.vtk_matrix(box_to_ras))
+            roi.SetSize(*map(float, result.window["size_mm"]))
+            for node in (table, roi):
+                for key, text in attribute_values(computed.result).items():
+                    node.SetAttribute(nodes.ATTRIBUTE_PREFIX + key, text)
+                node.SetAttribute(nodes.ATTRIBUTE_PREFIX + "input", reference_node.GetID())
+            place_beside(reference_node, [table, roi])
+        result.nodes = {**added, "table": table, "window": roi}
         return result
 
 

@@ -201,29 +201,22 @@ class ICHDetectorLogic:
         return self.write_outputs(volume_node, result)
 
     def write_outputs(self, volume_node: Any, result: ICHResult) -> ICHResult:
-        """Add the table, plot, heatmap and segmentation nodes; store the study result as attributes."""
-        scene = volume_node.GetScene()
-        base = volume_node.GetName()
-        columns: dict[str, Any] = {"slice": list(range(len(result.probabilities)))}
-        for j, label in enumerate(LABELS):
-            columns[label] = [float(v) for v in result.probabilities[:, j]]
-        table = nodes.add_table(scene, columns, f"{base} ICH probabilities",
-                                descriptions={label: f"probability of {label}" for label in LABELS})
-        attributes = result.as_dict()
-        nodes.set_attributes(table, attributes)
-        table.SetAttribute("MedDL.input", volume_node.GetID())
-        plot = nodes.add_plot(scene, table, "slice", list(LABELS), f"{base} {PLOT_NAME}",
-                              x_title="slice index (k)", y_title="probability")
-        result.nodes = {"table": table, "plot": plot}
-        if result.heatmap is not None:
-            label = result.heatmap_label
-            heat = nodes.add_heatmap(scene, result.heatmap.array, result.heatmap.geometry, f"{base} Grad-CAM {label}")
-            nodes.set_attributes(heat, {"input": volume_node.GetID(), "model": result.model_name})
-            seg = nodes.add_segmentation(scene, result.suspected, SUSPECTED_SEGMENTS, volume_node,
-                                         f"{base} suspected hemorrhage")
-            nodes.set_attributes(seg, {"volume_ml": round(result.suspected_volume_ml, 3)})
-            result.nodes.update(heatmap=heat, segmentation=seg)
+        """New nodes of the declared :data:`OUTPUTS` (:func:`MedDLLib.results.add_output_nodes`: table, heatmap,
+        segmentation, the ``result.json`` values as ``MedDL.*`` attributes) plus the per-slice plot chart."""
+        from MedDLLib.results import add_output_nodes
+
+        computed = to_computed(result)
+        with nodes.removed_on_error(volume_node.GetScene()):
+            added = add_output_nodes(volume_node, OUTPUTS, computed.data, computed.result)
+            added["plot"] = probability_plot(volume_node, added["table"])
+        result.nodes = added
         return result
+
+
+def probability_plot(reference_node: Any, table_node: Any) -> Any:
+    """The plot chart of the six probabilities of ``table_node`` against the slice index (a new node)."""
+    return nodes.add_plot(reference_node.GetScene(), table_node, "slice", list(LABELS),
+                          f"{reference_node.GetName()} {PLOT_NAME}", x_title="slice index (k)", y_title="probability")
 
 
 def to_computed(result: ICHResult, study_path: Any = None) -> Any:

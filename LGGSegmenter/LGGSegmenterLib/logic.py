@@ -186,29 +186,15 @@ class LGGSegmenterLogic:
         return outputs
 
     def write_outputs(self, reference_node: Any, result: LGGResult) -> LGGOutputs:
-        """New segmentation (reference geometry = ``reference_node``), labelmap, features table, heatmap nodes."""
-        from MedDLLib import nodes
+        """New nodes of the declared :data:`OUTPUTS` (:func:`MedDLLib.results.add_output_nodes`: segmentation with
+        reference geometry ``reference_node``, labelmap, features table, heatmap; the result values as
+        ``MedDL.*`` attributes)."""
+        from MedDLLib.results import add_output_nodes
 
-        scene = reference_node.GetScene()
-        base = reference_node.GetName()
-        labels = result.mask.astype(np.uint8)
-        seg = nodes.add_segmentation(scene, labels, SEGMENT, reference_node, f"{base} tumour")
-        lab = nodes.add_labelmap(scene, labels, result.geometry, f"{base} tumour label", SEGMENT)
-        table = nodes.add_table(scene, features_table(result.features), f"{base} tumour features",
-                                units={"area_mm2": "mm2", "volume_ml": "mL"})
-        f = result.features
-        summary = {"tumour_volume_ml": round(f.volume_ml, 4), "centroid_ras_mm": _fmt3(f.centroid_ras_mm),
-                   "spread_mm": _fmt3(f.spread_mm)}
-        for node in (seg, lab, table):
-            nodes.set_attributes(node, summary)
-        heat = None
-        if result.heatmap is not None:
-            heat = nodes.add_heatmap(scene, result.heatmap.array, result.heatmap.geometry, f"{base} Grad-CAM")
-        return LGGOutputs(seg, lab, table, heat, result)
-
-
-def _fmt3(values: Sequence[float]) -> str:
-    return " ".join(f"{v:.3f}" for v in values)
+        computed = to_computed(result)
+        added = add_output_nodes(reference_node, OUTPUTS, computed.data,
+                                 {k: v for k, v in computed.result.items() if k not in ("model", "recipe")})
+        return LGGOutputs(added["segmentation"], added["labelmap"], added["table"], added.get("heatmap"), result)
 
 
 def features_table(f: TumourFeatures) -> dict[str, list[Any]]:
@@ -292,7 +278,7 @@ def reference_channel(channels: Sequence[str]) -> str:
     return "FLAIR" if "FLAIR" in channels else list(channels)[0]
 
 
-def to_computed(result: LGGResult, metadata: Mapping[str, Any], model_name: str) -> Any:
+def to_computed(result: LGGResult, metadata: Mapping[str, Any] | None = None, model_name: str = "") -> Any:
     """The pipeline's view of a result: ``result.json`` values, the arrays of :data:`OUTPUTS` and the overlay
     (the slice of largest tumour area, else the middle one)."""
     import math
@@ -305,7 +291,7 @@ def to_computed(result: LGGResult, metadata: Mapping[str, Any], model_name: str)
         "tumour_volume_ml": f.volume_ml, "centroid_ras_mm": [clean(v) for v in f.centroid_ras_mm],
         "spread_mm": [clean(v) for v in f.spread_mm], "max_area_mm2": f.max_area_mm2,
         "ellipsoid_ratio": clean(f.ellipsoid_ratio), "margin_fluctuation_mm": clean(f.margin_fluctuation_mm),
-        "n_slices": len(f.area_mm2), "model": model_name, "recipe": metadata["recipe"],
+        "n_slices": len(f.area_mm2), "model": model_name, "recipe": (metadata or {}).get("recipe", ""),
     }
     labels = result.mask.astype(np.uint8)
     k = int(max(range(len(f.area_mm2)), key=lambda i: f.area_mm2[i])) if f.n_voxels else len(f.area_mm2) // 2

@@ -191,28 +191,14 @@ class LungSurvivalLogic:
         return self.write_outputs(volume_node, result)
 
     def write_outputs(self, reference_node: Any, result: LungResult) -> LungOutputs:
-        """New segmentation, labelmap, volumes table and heatmap nodes (the input node is not modified)."""
-        from MedDLLib import nodes
+        """New nodes of the declared :data:`OUTPUTS` (:func:`MedDLLib.results.add_output_nodes`: segmentation,
+        labelmap, volumes table, heatmap; the summary as ``MedDL.*`` attributes). The input is not modified."""
+        from MedDLLib.results import add_output_nodes
 
-        scene = reference_node.GetScene()
-        base = reference_node.GetName()
-        labels = result.segmentation.labels.astype(np.uint8)
-        seg = nodes.add_segmentation(scene, labels, LUNG_SEGMENTS, reference_node, f"{base} lungs")
-        lab = nodes.add_labelmap(scene, labels, result.geometry, f"{base} lungs label", LUNG_SEGMENTS)
-        columns = volumes_table(result.segmentation)
-        columns["risk_score"] = [result.risk_score] * 3
-        columns["risk_group"] = [result.risk_group] * 3
-        table = nodes.add_table(scene, columns, f"{base} lung volumes and risk", units={"volume_ml": "mL"})
-        summary = result.summary()
-        for node in (seg, lab, table):
-            nodes.set_attributes(node, summary)
-        heat = None
-        if result.heatmap is not None:
-            from MedDLLib.gradcam import add_heatmap_node
-
-            heat = add_heatmap_node(scene, result.heatmap, f"{base} Grad-CAM")
-            nodes.set_attributes(heat, {"risk_score": summary["risk_score"], "caveat": result.caveat})
-        return LungOutputs(seg, lab, table, heat, result)
+        computed = to_computed(result, "")
+        values = {k: v for k, v in computed.result.items() if k not in ("model", "seconds")}
+        added = add_output_nodes(reference_node, OUTPUTS, computed.data, values)
+        return LungOutputs(added["segmentation"], added["labelmap"], added["table"], added.get("heatmap"), result)
 
 
 def to_computed(result: LungResult, model_name: str) -> Any:

@@ -7,10 +7,12 @@ computation meet only through files:
    node(s) into it as NRRD (atomically, through :func:`MedDLLib.io.save_node`; the nodes are only read);
 2. the child writes its outputs and ``result.json`` into ``<run>/output`` (the task's output contract, README);
 3. :func:`load_outputs` reads ``result.json`` (:func:`read_result`), checks that every file the task promises
-   is there, and adds each file to the scene as a NEW node of the kind its :class:`OutputFile` names: scalar
-   volume, heatmap (inferno, 0..1), labelmap, segmentation (reference geometry = the input node) or table. The
-   values of ``result.json`` become ``MedDL.*`` attributes of every new node. Volume-like outputs must lie on
-   the input node's voxel grid, or loading stops with an error naming the file.
+   is there, reads each file into arrays (:func:`read_output_data`; volume-like outputs must lie on the input
+   node's voxel grid, or loading stops with an error naming the file) and hands them to
+   :func:`add_output_nodes`, THE one function that makes a NEW node of the kind each :class:`OutputFile` names
+   (scalar volume, heatmap (inferno, 0..1), labelmap, segmentation (reference geometry = the input node) or
+   table) -- the console logic (``<Task>Logic.process``) calls it from memory. The values of ``result.json``
+   become ``MedDL.*`` attributes of every new node.
 
 The nodes keep no storage node pointing into the run folder, so saving the scene writes them beside the scene
 (like nodes the logic creates in-process) and the run folder can be deleted at any time.
@@ -30,6 +32,8 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .errors import InputError, MedDLError
 from .nodes import SegmentSpec, check_volume_node, removed_on_error
@@ -167,12 +171,24 @@ def attribute_values(result: Mapping[str, Any]) -> dict[str, str]:
     return {str(key): text(value) for key, value in result.items()}
 
 
+def output_file(folder: Path, item: OutputFile, result: Mapping[str, Any]) -> Path:
+    """Where ``item`` lies in a run folder: the file ``result.json`` names under :attr:`OutputFile.result_key`
+    (e.g. ``heatmap.nii.gz`` of ``--output-format nifti``), else the declared :attr:`OutputFile.file`."""
+    named = result.get(item.result_key) if item.result_key else None
+    if isinstance(named, str) and named and Path(named).name == named and (folder / named).is_file():
+        return folder / named
+    return folder / item.file
+
+
 def load_outputs(scene: Any, folder: str | os.PathLike, reference_node: Any, spec: Sequence[OutputFile],
                  *, attributes: bool = True) -> LoadedOutputs:
     """Add the outputs of a finished ``meddl infer`` run in ``folder`` to ``scene`` as new nodes.
 
+    Each file is read into arrays (:func:`read_output_data`) and the nodes are made by
+    :func:`add_output_nodes`, the same function the console logic uses from memory.
+
     Args:
-        scene: the scene to add to (the reference node's scene, normally).
+        scene: the scene to add to (the reference node's scene).
         folder: the run's ``--output`` folder (holding ``result.json``).
         reference_node: the input volume node: names the new nodes, is the segmentations' reference geometry,
             and every volume-like output must lie on its voxel grid.
@@ -191,31 +207,112 @@ def load_outputs(scene: Any, folder: str | os.PathLike, reference_node: Any, spe
     folder = Path(folder)
     if reference_node is None or not reference_node.IsA("vtkMRMLScalarVolumeNode"):
         raise InputError("load_outputs needs the input volume node as reference")
+    if scene is not reference_node.GetScene():
+        raise InputError("load_outputs adds the outputs to the reference node's scene")
     result = read_result(folder)
     keys = [item.key for item in spec]
     if len(set(keys)) != len(keys):
         raise ValueError(f"output keys must be unique, got {keys}")
-    missing = [item.file for item in spec if item.required and not (folder / item.file).is_file()]
+    files = {item.key: output_file(folder, item, result) for item in spec}
+    missing = [item.file for item in spec if item.required and not files[item.key].is_file()]
     if missing:
         raise MedDLError(f"{folder}: the run did not write {', '.join(missing)}")
-    added: dict[str, Any] = {}
+    data = {item.key: read_output_data(files[item.key], item, reference_node)
+            for item in spec if files[item.key].is_file()}
+    added = add_output_nodes(reference_node, spec, data, result, attributes=attributes)
+    return LoadedOutputs(folder, result, added)
+
+
+def add_output_nodes(reference_node: Any, spec: Sequence[OutputFile], data: Mapping[str, Any],
+                     result: Mapping[str, Any] | None = None, *, attributes: bool = True) -> dict[str, Any]:
+    """THE one way from a task's declared outputs to scene nodes: a new node for every :class:`OutputFile` of
+    ``spec`` whose ``data`` is given, in the reference node's scene, beside it in the subject hierarchy.
+
+    Used by the widgets after the child ends (:func:`load_outputs`: files -> arrays -> nodes) and by the
+    console's ``<Task>Logic.process(node, ...)`` (from memory). The reference node is only read.
+
+    Args:
+        reference_node: the input volume node (names the nodes ``"<input> <OutputFile.name>"``; reference
+            geometry of segmentations and labelmaps).
+        spec: the task's outputs.
+        data: :attr:`OutputFile.key` -> a :class:`~MedDLLib.geometry.Volume` (``heatmap``: inferno, 0..1;
+            ``volume``), a label array ``[k, j, i]`` on the reference grid (``labelmap`` with its colour table,
+            ``segmentation`` with one segment per entry of :attr:`OutputFile.segments`) or ``{column: values}``
+            (``table``, with its units and descriptions). Missing or None entries are skipped.
+        result: the ``result.json`` values; with ``attributes`` they become ``MedDL.*`` attributes of every new
+            node, plus ``MedDL.input`` (the reference node's ID).
+
+    Returns:
+        the new nodes by :attr:`OutputFile.key`.
+
+    Raises:
+        InputError / MedDLError: data not on the reference grid or not what the kind needs; every node added
+        before the error is removed again.
+    """
+    from . import nodes
+
+    scene = reference_node.GetScene()
     base = reference_node.GetName()
+    added: dict[str, Any] = {}
     with removed_on_error(scene):
         for item in spec:
-            path = folder / item.file
-            if not path.is_file():
+            value = data.get(item.key)
+            if value is None:
                 continue
-            added[item.key] = _LOADERS[item.kind](scene, path, reference_node, item, f"{base} {item.name}")
+            name = f"{base} {item.name}"
+            if item.kind == "heatmap":
+                node = nodes.add_heatmap(scene, value.array, value.geometry, name)
+            elif item.kind == "volume":
+                node = nodes.add_scalar_volume(scene, value, name)
+            elif item.kind == "labelmap":
+                geometry = nodes.geometry_from_node(reference_node)
+                if item.segments:
+                    node = nodes.add_labelmap(scene, value, geometry, name, item.segments)
+                else:
+                    node = nodes.add_labelmap(scene, value, geometry, name,
+                                              {int(v): (str(v), (1.0, 1.0, 0.0)) for v in np.unique(value) if v})
+            elif item.kind == "segmentation":
+                node = nodes.add_segmentation(scene, value, item.segments or {}, reference_node, name)
+            else:
+                node = nodes.add_table(scene, value, name, units=item.units, descriptions=item.descriptions)
+            added[item.key] = node
         if attributes:
-            from .nodes import ATTRIBUTE_PREFIX
-
-            values = attribute_values(result)
+            values = attribute_values(result or {})
             for node in added.values():
-                for key, value in values.items():
-                    node.SetAttribute(ATTRIBUTE_PREFIX + key, value)
-                node.SetAttribute(ATTRIBUTE_PREFIX + "input", reference_node.GetID())
+                for key, text in values.items():
+                    node.SetAttribute(nodes.ATTRIBUTE_PREFIX + key, text)
+                node.SetAttribute(nodes.ATTRIBUTE_PREFIX + "input", reference_node.GetID())
         place_beside(reference_node, added.values())
-    return LoadedOutputs(folder, result, added)
+    return added
+
+
+def read_output_data(path: Path, item: OutputFile, reference_node: Any) -> Any:
+    """The data of one output file (see :func:`add_output_nodes`), checked to lie on the reference node's grid.
+
+    Raises:
+        MedDLError: the file cannot be read, or is not on the input's voxel grid.
+    """
+    if item.kind == "table":
+        return read_csv_columns(path)
+    from .outputs import read_segmentation_labels
+
+    try:
+        if item.kind == "segmentation":
+            volume, _ = read_segmentation_labels(path)
+        else:
+            from .io import read_volume_file
+
+            volume = read_volume_file(path)
+    except InputError as exc:
+        raise MedDLError(str(exc)) from None
+    _check_grid(volume, reference_node, path)
+    if item.kind in ("labelmap", "segmentation"):
+        return np.asarray(volume.array)
+    if item.kind == "heatmap":
+        array = np.asarray(volume.array, dtype=np.float32)
+        if not np.isfinite(array).all() or array.min(initial=0) < 0 or array.max(initial=0) > 1:
+            raise MedDLError(f"{path}: heatmap values must be finite and in [0, 1]")
+    return volume
 
 
 def place_beside(reference_node: Any, new_nodes: Iterable[Any]) -> None:
@@ -237,70 +334,17 @@ def place_beside(reference_node: Any, new_nodes: Iterable[Any]) -> None:
             hierarchy.CreateItem(parent, node)
 
 
-def _detach_storage(scene: Any, node: Any) -> None:
-    """Forget the file a node was read from (saving the scene then writes the node beside the scene)."""
-    storage = node.GetStorageNode()
-    node.SetAndObserveStorageNodeID(None)
-    if storage is not None:
-        scene.RemoveNode(storage)
-
-
-def _check_grid(node: Any, reference_node: Any, path: Path) -> None:
+def _check_grid(volume: Any, reference_node: Any, path: Path) -> None:
     from .nodes import geometry_from_node
 
-    dims, ref_dims = node.GetImageData().GetDimensions(), reference_node.GetImageData().GetDimensions()
-    if tuple(dims) != tuple(ref_dims):
+    dims = tuple(reversed(volume.array.shape))
+    ref_dims = tuple(reference_node.GetImageData().GetDimensions())
+    if dims != ref_dims:
         raise MedDLError(f"{path}: {dims[0]} x {dims[1]} x {dims[2]} voxels, but the input "
                          f"{reference_node.GetName()!r} has {ref_dims[0]} x {ref_dims[1]} x {ref_dims[2]}")
-    if not geometry_from_node(node).allclose(geometry_from_node(reference_node), GEOMETRY_TOLERANCE_MM):
+    if not volume.geometry.allclose(geometry_from_node(reference_node), GEOMETRY_TOLERANCE_MM):
         raise MedDLError(f"{path}: not on the voxel grid of the input {reference_node.GetName()!r} "
                          "(origin, spacing or directions differ)")
-
-
-def _load_volume(scene: Any, path: Path, reference_node: Any, item: OutputFile, name: str) -> Any:
-    from .io import load_volume
-
-    node = load_volume(scene, path, name=name, labelmap=item.kind == "labelmap")
-    _detach_storage(scene, node)
-    _check_grid(node, reference_node, path)
-    if item.kind == "labelmap" and item.segments:
-        from .nodes import add_color_table
-
-        colors = add_color_table(scene, f"{name}_colors", item.segments)
-        node.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
-    return node
-
-
-def _load_heatmap(scene: Any, path: Path, reference_node: Any, item: OutputFile, name: str) -> Any:
-    """A heatmap file through :func:`MedDLLib.nodes.add_heatmap` (inferno, 0..1, low values hidden)."""
-    import SimpleITK as sitk
-
-    from .nodes import add_heatmap
-    from .resample import from_sitk
-
-    try:
-        volume = from_sitk(sitk.ReadImage(str(path)), {})
-    except RuntimeError as exc:
-        raise MedDLError(f"{path}: cannot read the heatmap ({exc})") from exc
-    try:
-        node = add_heatmap(scene, volume.array, volume.geometry, name)
-    except InputError as exc:
-        raise MedDLError(f"{path}: {exc}") from exc
-    _check_grid(node, reference_node, path)
-    return node
-
-
-def _load_segmentation(scene: Any, path: Path, reference_node: Any, item: OutputFile, name: str) -> Any:
-    import slicer
-
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(str(path))
-    if not storage.ReadData(node):
-        raise MedDLError(f"{path}: Slicer could not read this segmentation")
-    node.CreateDefaultDisplayNodes()
-    node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
-    return node
 
 
 def _number(text: str) -> int | float | None:
@@ -345,13 +389,3 @@ def read_csv_columns(path: str | os.PathLike) -> dict[str, list[Any]]:
         else:
             columns[column] = cells
     return columns
-
-
-def _load_table(scene: Any, path: Path, reference_node: Any, item: OutputFile, name: str) -> Any:
-    from .nodes import add_table
-
-    return add_table(scene, read_csv_columns(path), name, units=item.units)
-
-
-_LOADERS = {"volume": _load_volume, "labelmap": _load_volume, "heatmap": _load_heatmap,
-            "segmentation": _load_segmentation, "table": _load_table}
