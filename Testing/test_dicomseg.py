@@ -348,3 +348,28 @@ def test_output_format_nifti_geometry_equals_nrrd(tmp_path, capsys, ich_model):
     assert not list((tmp_path / "fromnrrd").glob("*.seg.dcm"))
     with pytest.raises(InputError, match="output format 'mha'"):
         outputs.volume_file_name("heatmap.nrrd", "mha")
+
+
+def test_infer_lung_on_the_real_chest_ct_writes_a_valid_seg(tmp_path, capsys, real_data):
+    """meddl infer lung on the real TCIA chest CT: lungs.seg.dcm holds both lungs (Lung + Right/Left), equal to
+    lungs.seg.nrrd, every frame on a source image's position; dciodvfy finds no error."""
+    import json
+
+    from LungSurvivalLib.model import untrained_package
+    from MedDLLib import outputs
+
+    model = untrained_package(tmp_path / "model")
+    out = tmp_path / "out"
+    code, err = _meddl(capsys, "infer", "lung", "--input", real_data / REAL_CT, "--model", model, "--output", out)
+    assert code == 0, err
+    assert json.loads((out / "result.json").read_text())["dicom_seg"] == "lungs.seg.dcm"
+    labels, _ = outputs.read_segmentation_labels(out / "lungs.seg.nrrd")
+    back, info = dicomseg.read_dicom_seg(out / "lungs.seg.dcm", labels.geometry, labels.shape_kji)
+    assert np.array_equal(back, labels.array) and (back == 1).sum() > 10_000 and (back == 2).sum() > 10_000
+    assert [(i["label"], i["type"], i["modifier"]) for i in info.values()] == [
+        ("Right lung", "SCT^39607008", "SCT^24028007"), ("Left lung", "SCT^39607008", "SCT^7771000")]
+    files = sorted((real_data / REAL_CT).iterdir())
+    positions = {tuple(np.round([float(v) for v in pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient],
+                                3)) for f in files if f.suffix.lower() == ".dcm"}
+    assert {tuple(np.round(p, 3)) for p in _frame_positions(out / "lungs.seg.dcm")} <= positions
+    assert dciodvfy_errors(out / "lungs.seg.dcm") == []
