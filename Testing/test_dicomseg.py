@@ -168,6 +168,33 @@ def test_empty_segment_kept_and_region_coded(tmp_path):
     assert dciodvfy_errors(path) == []
 
 
+def test_overlapping_brats_regions_as_stacked_masks(tmp_path):
+    """Whole tumour > tumour core > enhancing tumour overlap: written as stacked masks, read back equal, each
+    region coded (Lesion / Neoplasm / NCIt Enhancing Lesion, region brain)."""
+    volume = _series(tmp_path / "mr", OBLIQUE, shape=(6, 16, 18), modality="MR", rescale_slope=None,
+                     rescale_intercept=None)
+    shape = volume.shape_kji
+    whole = np.zeros(shape, np.uint8)
+    whole[1:5, 2:14, 2:16] = 1
+    core = np.zeros(shape, np.uint8)
+    core[2:4, 4:10, 5:12] = 1
+    enhancing = np.zeros(shape, np.uint8)
+    enhancing[2:4, 4:6, 5:12] = 1
+    masks = np.stack([whole, core, enhancing], axis=-1)
+    segments = {1: ("whole tumour", (1.0, 0.8, 0.2)), 2: ("tumour core", (0.6, 0.9, 0.6)),
+                3: ("enhancing tumour", (0.9, 0.1, 0.1))}
+    path = dicomseg.write_dicom_seg(masks, volume.geometry, segments, volume.metadata["files"], tmp_path / "t.seg.dcm",
+                                    model_name="brats_mri_segmentation")
+    back, info = dicomseg.read_dicom_seg(path, volume.geometry, shape, stacked=True)
+    assert np.array_equal(back, masks)
+    assert [info[n]["type"] for n in (1, 2, 3)] == ["SCT^52988006", "SCT^108369006", "NCIt^C113842"]
+    assert all(info[n]["region"] == "SCT^12738006" for n in (1, 2, 3))
+    assert dciodvfy_errors(path) == []
+    with pytest.raises(InputError, match="stacked masks"):
+        dicomseg.write_dicom_seg(masks[..., :2], volume.geometry, segments, volume.metadata["files"],
+                                 tmp_path / "bad.seg.dcm")
+
+
 def test_bad_inputs_one_clear_line(tmp_path):
     volume = _series(tmp_path / "ct", Geometry((0.5, 0.5, 5.0)), shape=(3, 8, 8))
     files = volume.metadata["files"]

@@ -182,7 +182,8 @@ def write_dicom_seg(
 
     Args:
         labels: ``[k, j, i]`` integer label array (0 background; value v is segment ``segments[v]``) on
-            ``geometry`` (the grid of the volume read from the source series).
+            ``geometry`` (the grid of the volume read from the source series); or ``[k, j, i, n]`` 0/1 masks of
+            overlapping regions, channel c being the c-th segment in value order (BraTS regions).
         geometry: the labels' LPS geometry.
         segments: ``{value: (name, (r, g, b) 0-1)}`` (MedDL's segment spec); names are coded through
             :func:`MedDLLib.terminology.term_for` unless ``terms`` names them.
@@ -207,23 +208,29 @@ def write_dicom_seg(
     from .io import atomic_path
 
     labels = np.asarray(labels)
-    if labels.ndim != 3 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        raise InputError(f"DICOM SEG: labels must be a 3D integer array [k, j, i], got {labels.dtype} {labels.shape}")
-    present = set(np.unique(labels).tolist()) - {0}
-    unknown = sorted(present - set(segments))
-    if unknown:
-        raise InputError(f"DICOM SEG: label values {unknown} have no segment name")
     values = sorted(int(v) for v in segments)
     if not values or values[0] <= 0:
         raise InputError(f"DICOM SEG: segment values must be >= 1, got {values}")
+    if labels.ndim not in (3, 4) or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise InputError(f"DICOM SEG: labels must be an integer array [k, j, i] (or stacked masks [k, j, i, n]), "
+                         f"got {labels.dtype} {labels.shape}")
+    if labels.ndim == 4:  # overlapping regions (e.g. BraTS whole tumour > tumour core > enhancing tumour)
+        if labels.shape[3] != len(values) or not np.isin(labels, (0, 1)).all():
+            raise InputError(f"DICOM SEG: stacked masks [k, j, i, n] need n = {len(values)} segments of 0/1 "
+                             f"values, got shape {labels.shape}")
+    else:
+        unknown = sorted(set(np.unique(labels).tolist()) - {0} - set(values))
+        if unknown:
+            raise InputError(f"DICOM SEG: label values {unknown} have no segment name")
     source_files = [Path(p) for p in source_files]
     sources = _read_sources(source_files)
-    shape = tuple(int(s) for s in labels.shape)
+    shape = tuple(int(s) for s in labels.shape[:3])
     ordered, why = match_sources(sources, geometry, shape)  # type: ignore[arg-type]
     # Label values -> segment numbers 1..N (the "label-map style" array highdicom takes for several segments).
     lut = np.zeros(int(max(values)) + 1, dtype=np.uint8 if len(values) < 256 else np.uint16)
     lut[values] = np.arange(1, len(values) + 1)
-    numbers = lut[labels.astype(np.int64)]
+    # Stacked masks go to highdicom as they are (channel c = segment c + 1).
+    numbers = labels.astype(np.uint8) if labels.ndim == 4 else lut[labels.astype(np.int64)]
     extra: dict = {}
     if ordered is None:
         if aligned_only:
@@ -244,7 +251,8 @@ def write_dicom_seg(
     descriptions = _descriptions(values, segments, terms, model_name, model_version)
     # A segment with no voxel keeps one (empty) frame: omit_empty_frames would drop it and highdicom refuses
     # an object without frames.
-    empty_segment = any(not (numbers == n).any() for n in range(1, len(values) + 1))
+    empty_segment = any(not (numbers[..., n - 1] if numbers.ndim == 4 else numbers == n).any()
+                        for n in range(1, len(values) + 1))
     with warnings.catch_warnings():  # about the source's PatientName, nothing MedDL writes
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
         seg = _segmentation(ordered, numbers, descriptions, number, model_name, series_description, empty_segment,
@@ -281,12 +289,13 @@ def _segmentation(ordered, numbers, descriptions, number, model_name, series_des
     )
 
 
-def read_dicom_seg(path: str | Path, geometry: Geometry, shape_kji: tuple[int, int, int]
+def read_dicom_seg(path: str | Path, geometry: Geometry, shape_kji: tuple[int, int, int], *, stacked: bool = False
                    ) -> tuple[np.ndarray, dict[int, dict[str, str]]]:
     """Read a BINARY SEG (highdicom) onto the grid ``geometry``/``shape_kji``.
 
     Returns:
-        (``labels[k, j, i]`` uint8 with value = segment number, ``{segment number: {"label", "category",
+        (``labels[k, j, i]`` uint8 with value = segment number (a later segment wins where they overlap), or
+        with ``stacked`` ``[k, j, i, n]`` 0/1 masks of segments 1..n; ``{segment number: {"label", "category",
         "type", "modifier", "region"}}`` as ``scheme^value`` codes).
 
     Raises:
@@ -309,7 +318,8 @@ def read_dicom_seg(path: str | Path, geometry: Geometry, shape_kji: tuple[int, i
         raise InputError(f"{path}: frames of {seg.Columns}x{seg.Rows} differ from the grid's "
                          f"{shape_kji[2]}x{shape_kji[1]}")
     pixels = seg.pixel_array.reshape(-1, shape_kji[1], shape_kji[2])
-    labels = np.zeros(shape_kji, dtype=np.uint8)
+    count = int(len(seg.SegmentSequence))
+    labels = np.zeros((*shape_kji, count) if stacked else shape_kji, dtype=np.uint8)
     to_ijk = np.linalg.inv(geometry.ijk_to_lps())
     for frame, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
         position = item.PlanePositionSequence if "PlanePositionSequence" in item else shared.PlanePositionSequence
@@ -321,7 +331,10 @@ def read_dicom_seg(path: str | Path, geometry: Geometry, shape_kji: tuple[int, i
             raise InputError(f"{path}: frame {frame + 1} at LPS {ipp} is not on a slice of the grid")
         ident = item if "SegmentIdentificationSequence" in item else shared  # shared with a single segment
         number = int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        labels[k][pixels[frame] > 0] = number
+        if stacked:
+            labels[k, ..., number - 1] |= (pixels[frame] > 0).astype(np.uint8)
+        else:
+            labels[k][pixels[frame] > 0] = number
     info: dict[int, dict[str, str]] = {}
     for desc in seg.SegmentSequence:
         category = desc.SegmentedPropertyCategoryCodeSequence[0]
