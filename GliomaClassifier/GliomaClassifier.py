@@ -16,20 +16,21 @@ the Qt calls lives in Qt-free, tested code: ``MedDLLib.results`` (files <-> node
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import slicer
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
 )
 
+from GliomaClassifierLib import options
 from MedDLWidgets import TaskWidget
+from MedDLWidgets.parameters import optionValues, withOptions
 
 #: Sequence name (``GliomaClassifierLib.dataset.SEQUENCES``) -> parameter node field of its volume.
 SEQUENCE_PARAMETERS = {"FLAIR": "flairVolume", "T1w": "t1wVolume", "T1wCE": "t1wceVolume", "T2w": "t2wVolume"}
@@ -69,14 +70,15 @@ class GliomaClassifier(ScriptedLoadableModule):
 
 
 @parameterNodeWrapper
+@withOptions(options.INFER)
 class GliomaClassifierParameterNode:
     """The parameters of the module, saved with the scene.
 
     flairVolume, t1wVolume, t1wceVolume, t2wVolume - The brain MRI series of one study (any plane); only those
         the selected model needs must be set.
     modelName - The selected model package (set by the model selector, not bound to a widget).
-    threshold - Probability at or above which the result reads "methylated".
-    forceCpu - Run the network on the CPU even when a GPU is available.
+    threshold, forceCpu - The run's options, declared once in GliomaClassifierLib.options.INFER (the probability at
+        or above which the result reads "methylated") plus Force CPU.
     """
 
     flairVolume: vtkMRMLScalarVolumeNode
@@ -84,8 +86,6 @@ class GliomaClassifierParameterNode:
     t1wceVolume: vtkMRMLScalarVolumeNode
     t2wVolume: vtkMRMLScalarVolumeNode
     modelName: str = ""
-    threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5  # the .ui slider's range
-    forceCpu: bool = False
 
 
 #
@@ -125,7 +125,8 @@ class GliomaClassifierWidget(TaskWidget):
         self.ui.modelCaveatLabel.text = widgetlogic.model_caveat(modelName or None)
 
     def prepareRun(self, p: GliomaClassifierParameterNode, runRoot: str):
-        return self.logic.prepareRun(self.logic.selectedSequences(p), p.modelName, p.threshold, p.forceCpu, runRoot)
+        values = optionValues(p, options.INFER)
+        return self.logic.prepareRun(self.logic.selectedSequences(p), p.modelName, values, runRoot)
 
     def showResults(self, referenceVolume, nodes: dict) -> None:
         """As every task, plus the window ROI the network saw (locked: moving it changes nothing)."""
@@ -194,8 +195,7 @@ class GliomaClassifierLogic(ScriptedLoadableModuleLogic):
         self,
         sequenceVolumes: dict,
         modelName: str,
-        threshold: float = 0.5,
-        forceCpu: bool = False,
+        values: dict | None = None,
         runRoot: str | None = None,
     ) -> tuple[list[str], Path, object]:
         """Write the sequence volumes the model needs to a new run folder (``<sequence>.nrrd``); return the
@@ -212,7 +212,7 @@ class GliomaClassifierLogic(ScriptedLoadableModuleLogic):
         dicomDatabase = getattr(slicer, "dicomDatabase", None)
         voiDicom = nodes.dicom_source_files(dict(chosen), dicomDatabase.fileForInstance if dicomDatabase else None)
         arguments = widgetlogic.infer_arguments(
-            runFolder / "input", modelName, outputFolder, threshold=threshold, force_cpu=forceCpu, voi_dicom=voiDicom
+            runFolder / "input", modelName, outputFolder, voi_dicom=voiDicom, **(values or {})
         )
         return arguments, outputFolder, chosen[0][1]
 

@@ -14,20 +14,21 @@ loads the outputs as new nodes. Everything but the Qt calls lives in Qt-free, te
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import slicer
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
 )
 
+from ICHDetectorLib import options
 from MedDLWidgets import TaskWidget
+from MedDLWidgets.parameters import optionValues, withOptions
 
 #
 # ICHDetector
@@ -65,23 +66,18 @@ class ICHDetector(ScriptedLoadableModule):
 
 
 @parameterNodeWrapper
+@withOptions(options.INFER)
 class ICHDetectorParameterNode:
     """The parameters of the module, saved with the scene.
 
     inputVolume - A non-contrast head CT series (Hounsfield units).
     modelName - The selected model package (set by the model selector, not bound to a widget).
-    heatmapLabel - The label Grad-CAM explains (ICHDetectorLib.dataset.LABELS).
-    threshold - Decision threshold on the study-level 'any' probability (ICHDetectorLib.logic.ICHOptions).
-    forceCpu - Run the network on the CPU even when a GPU is available.
+    heatmapLabel, threshold, forceCpu - The run's options, declared once in ICHDetectorLib.options.INFER (the
+        label Grad-CAM explains; the decision threshold on the study-level 'any' probability) plus Force CPU.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     modelName: str = ""
-    heatmapLabel: Annotated[
-        str, Choice(["any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural"])
-    ] = "any"
-    threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5
-    forceCpu: bool = False
 
 
 #
@@ -103,9 +99,8 @@ class ICHDetectorWidget(TaskWidget):
         return ICHDetectorLogic()
 
     def prepareRun(self, p: ICHDetectorParameterNode, runRoot: str):
-        arguments, outputFolder = self.logic.prepareRun(
-            p.inputVolume, p.modelName, p.heatmapLabel, p.threshold, p.forceCpu, runRoot
-        )
+        values = optionValues(p, options.INFER)
+        arguments, outputFolder = self.logic.prepareRun(p.inputVolume, p.modelName, values, runRoot)
         return arguments, outputFolder, p.inputVolume
 
 
@@ -133,9 +128,7 @@ class ICHDetectorLogic(ScriptedLoadableModuleLogic):
         self,
         inputVolume,
         modelName: str,
-        heatmapLabel: str = "any",
-        threshold: float = 0.5,
-        forceCpu: bool = False,
+        values: dict | None = None,
         runRoot: str | None = None,
     ) -> tuple[list[str], Path]:
         """Write ``inputVolume`` to a new run folder; return the ``meddl`` arguments and the output folder."""
@@ -145,9 +138,7 @@ class ICHDetectorLogic(ScriptedLoadableModuleLogic):
         runFolder = results.new_run_folder(widgetlogic.TASK, runRoot)
         (inputFile,) = results.prepare_input([inputVolume], runFolder / "input", names=["head_ct"])
         outputFolder = runFolder / "output"
-        arguments = widgetlogic.infer_arguments(
-            inputFile, modelName, outputFolder, heatmap_label=heatmapLabel, threshold=threshold, force_cpu=forceCpu
-        )
+        arguments = widgetlogic.infer_arguments(inputFile, modelName, outputFolder, **(values or {}))
         return arguments, outputFolder
 
     def loadResults(self, outputFolder: Path, inputVolume):

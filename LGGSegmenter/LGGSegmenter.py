@@ -25,7 +25,9 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
 )
 
+from LGGSegmenterLib import options
 from MedDLWidgets import TaskWidget
+from MedDLWidgets.parameters import optionValues, withOptions
 
 #
 # LGGSegmenter
@@ -63,6 +65,7 @@ class LGGSegmenter(ScriptedLoadableModule):
 
 
 @parameterNodeWrapper
+@withOptions(options.INFER)
 class LGGSegmenterParameterNode:
     """The parameters of the module, saved with the scene.
 
@@ -70,16 +73,14 @@ class LGGSegmenterParameterNode:
     preContrastVolume - Optional pre-contrast T1 on the FLAIR's grid (three-channel models, with postContrastVolume).
     postContrastVolume - Optional post-contrast T1 on the FLAIR's grid.
     modelName - The selected model package (set by the model selector, not bound to a widget).
-    gradcam - Also compute a Grad-CAM heatmap of the tumour prediction.
-    forceCpu - Run the network on the CPU even when a GPU is available.
+    gradcam, forceCpu - The run's options, declared once in LGGSegmenterLib.options.INFER (also compute a Grad-CAM
+        heatmap of the tumour prediction) plus Force CPU.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     preContrastVolume: vtkMRMLScalarVolumeNode
     postContrastVolume: vtkMRMLScalarVolumeNode
     modelName: str = ""
-    gradcam: bool = False
-    forceCpu: bool = False
 
 
 #
@@ -101,9 +102,9 @@ class LGGSegmenterWidget(TaskWidget):
         return LGGSegmenterLogic()
 
     def prepareRun(self, p: LGGSegmenterParameterNode, runRoot: str):
-        arguments, outputFolder = self.logic.prepareRun(
-            p.inputVolume, p.modelName, p.preContrastVolume, p.postContrastVolume, p.gradcam, p.forceCpu, runRoot
-        )
+        volumes = (p.inputVolume, p.preContrastVolume, p.postContrastVolume)
+        values = optionValues(p, options.INFER)
+        arguments, outputFolder = self.logic.prepareRun(*volumes, p.modelName, values, runRoot)
         return arguments, outputFolder, p.inputVolume
 
 
@@ -130,11 +131,10 @@ class LGGSegmenterLogic(ScriptedLoadableModuleLogic):
     def prepareRun(
         self,
         flairVolume,
-        modelName: str,
         preContrastVolume=None,
         postContrastVolume=None,
-        gradcam: bool = False,
-        forceCpu: bool = False,
+        modelName: str = "",
+        values: dict | None = None,
         runRoot: str | None = None,
     ) -> tuple[list[str], Path]:
         """Write the input volume(s) to a new run folder; return the ``meddl`` arguments and the output folder."""
@@ -145,9 +145,8 @@ class LGGSegmenterLogic(ScriptedLoadableModuleLogic):
         runFolder = results.new_run_folder(widgetlogic.TASK, runRoot)
         files = results.prepare_input(volumes, runFolder / "input", names=widgetlogic.input_names(len(volumes)))
         outputFolder = runFolder / "output"
-        arguments = widgetlogic.infer_arguments(
-            widgetlogic.study_input(files), modelName, outputFolder, gradcam=gradcam, force_cpu=forceCpu
-        )
+        arguments = widgetlogic.infer_arguments(widgetlogic.study_input(files), modelName, outputFolder,
+                                                **(values or {}))
         return arguments, outputFolder
 
     def loadResults(self, outputFolder: Path, flairVolume):

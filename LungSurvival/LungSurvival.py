@@ -24,7 +24,9 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
 )
 
+from LungSurvivalLib import options
 from MedDLWidgets import TaskWidget
+from MedDLWidgets.parameters import optionValues, withOptions
 
 #
 # LungSurvival
@@ -60,17 +62,18 @@ class LungSurvival(ScriptedLoadableModule):
 
 
 @parameterNodeWrapper
+@withOptions(options.INFER)
 class LungSurvivalParameterNode:
     """The parameters of the module, saved with the scene.
 
     inputVolume - An axial chest CT (Hounsfield units).
     modelName - The selected model package (set by the model selector, not bound to a widget).
-    forceCpu - Run the network on the CPU even when a GPU is available.
+    forceCpu - Run the network on the CPU even when a GPU is available (LungSurvivalLib.options.INFER: no option
+        of its own).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     modelName: str = ""
-    forceCpu: bool = False
 
 
 #
@@ -92,7 +95,8 @@ class LungSurvivalWidget(TaskWidget):
         return LungSurvivalLogic()
 
     def prepareRun(self, p: LungSurvivalParameterNode, runRoot: str):
-        arguments, outputFolder = self.logic.prepareRun(p.inputVolume, p.modelName, p.forceCpu, runRoot)
+        values = optionValues(p, options.INFER)
+        arguments, outputFolder = self.logic.prepareRun(p.inputVolume, p.modelName, values, runRoot)
         return arguments, outputFolder, p.inputVolume
 
 
@@ -120,7 +124,7 @@ class LungSurvivalLogic(ScriptedLoadableModuleLogic):
         self,
         inputVolume,
         modelName: str,
-        forceCpu: bool = False,
+        values: dict | None = None,
         runRoot: str | None = None,
     ) -> tuple[list[str], Path]:
         """Write ``inputVolume`` to a new run folder; return the ``meddl`` arguments and the output folder."""
@@ -130,7 +134,7 @@ class LungSurvivalLogic(ScriptedLoadableModuleLogic):
         runFolder = results.new_run_folder(widgetlogic.TASK, runRoot)
         (inputFile,) = results.prepare_input([inputVolume], runFolder / "input", names=["chest_ct"])
         outputFolder = runFolder / "output"
-        arguments = widgetlogic.infer_arguments(inputFile, modelName, outputFolder, force_cpu=forceCpu)
+        arguments = widgetlogic.infer_arguments(inputFile, modelName, outputFolder, **(values or {}))
         return arguments, outputFolder
 
     def loadResults(self, outputFolder: Path, inputVolume):

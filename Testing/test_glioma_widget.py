@@ -221,9 +221,9 @@ def test_arguments_parse_with_the_task_parser(tmp_path):
     assert default.force_cpu is False and default.threshold == 0.5 and default.voi_dicom is None
     voi = infer_arguments("in", "m", "out", voi_dicom={"T1wCE": tmp_path / "a.dcm", "FLAIR": "b.dcm"})
     assert task_parser(infer, TASK).parse_args(voi[2:]).voi_dicom == [f"T1wCE={tmp_path / 'a.dcm'}", "FLAIR=b.dcm"]
-    with pytest.raises(ValueError, match="no glioma model selected"):
+    with pytest.raises(InputError, match="no glioma model selected"):
         infer_arguments("in", "", "out")
-    with pytest.raises(ValueError, match="threshold"):
+    with pytest.raises(InputError, match="--threshold: 1.0 is outside"):
         infer_arguments("in", "m", "out", threshold=1.0)
 
 
@@ -256,7 +256,12 @@ def test_ui_binds_every_parameter_and_names_the_widgets_the_module_uses():
     widgets = {w.get("name"): w.get("class") for w in tree.iter("widget")}
     bound = {p.findtext("string") for p in tree.iter("property") if p.get("name") == "SlicerParameterName"}
     module, cls = _parameter_class()
+    assert [ast.unparse(d) for d in cls.decorator_list] == ["parameterNodeWrapper", "withOptions(options.INFER)"]
+    from GliomaClassifierLib import options
+    from MedDLLib.options import widget_options
+
     fields = {s.target.id for s in cls.body if isinstance(s, ast.AnnAssign)}
+    fields |= {o.field for o in widget_options(options.INFER)}
     sequence_fields = next(ast.literal_eval(n.value) for n in module.body if isinstance(n, ast.Assign)
                            and n.targets[0].id == "SEQUENCE_PARAMETERS")
     assert tuple(sequence_fields) == SEQUENCES
@@ -284,12 +289,13 @@ def test_ui_binds_every_parameter_and_names_the_widgets_the_module_uses():
 
 
 def test_parameter_defaults_agree_with_the_logic():
+    """The option declares the threshold once; the logic accepts its range, the .ui does not restate it (the
+    parameter node sets the slider's range and value from the option when the GUI connects)."""
+    from GliomaClassifierLib import options
     from GliomaClassifierLib.logic import GliomaOptions
 
-    _, cls = _parameter_class()
-    defaults = {s.target.id: ast.literal_eval(s.value) for s in cls.body if isinstance(s, ast.AnnAssign) and s.value}
-    assert defaults["threshold"] == GliomaOptions().threshold and defaults["forceCpu"] is False
+    assert options.THRESHOLD.default == GliomaOptions().threshold
+    GliomaOptions(threshold=options.THRESHOLD.range[0]), GliomaOptions(threshold=options.THRESHOLD.range[1])
     tree = ET.parse(MODULE / "Resources" / "UI" / "GliomaClassifier.ui")
     slider = next(w for w in tree.iter("widget") if w.get("name") == "thresholdSliderWidget")
-    value = next(p for p in slider.iter("property") if p.get("name") == "value")
-    assert float(value.findtext("double")) == GliomaOptions().threshold
+    assert not {p.get("name") for p in slider.iter("property")} & {"value", "minimum", "maximum"}

@@ -127,7 +127,7 @@ def test_arguments_parse_with_the_task_parser(tmp_path):
     assert (args.input, args.model, args.output, args.force_cpu) == (tmp_path / "ct.nrrd", "lung-model",
                                                                      tmp_path / "out", True)
     assert task_parser(infer, TASK).parse_args(infer_arguments("ct.nrrd", "m", "out")[2:]).force_cpu is False
-    with pytest.raises(ValueError, match="no lung survival model selected"):
+    with pytest.raises(MedDLError, match="no lung model selected"):
         infer_arguments("ct.nrrd", "", "out")
 
 
@@ -151,7 +151,8 @@ def test_ui_binds_every_parameter_and_names_the_widgets_the_module_uses():
     bound = {p.findtext("string") for p in tree.iter("property") if p.get("name") == "SlicerParameterName"}
     module = ast.parse((MODULE / "LungSurvival.py").read_text())
     cls = next(n for n in module.body if isinstance(n, ast.ClassDef) and n.name == "LungSurvivalParameterNode")
-    fields = {s.target.id for s in cls.body if isinstance(s, ast.AnnAssign)}
+    assert [ast.unparse(d) for d in cls.decorator_list] == ["parameterNodeWrapper", "withOptions(options.INFER)"]
+    fields = {s.target.id for s in cls.body if isinstance(s, ast.AnnAssign)} | {"forceCpu"}  # every task's option
     assert fields == {"inputVolume", "modelName", "forceCpu"}
     assert bound == fields - {"modelName"}  # the model is owned by the ModelSelector
     used = {n.attr for n in ast.walk(module) if isinstance(n, ast.Attribute)
@@ -167,9 +168,8 @@ def test_ui_binds_every_parameter_and_names_the_widgets_the_module_uses():
 
 
 def test_parameter_defaults_agree_with_the_logic():
-    from LungSurvivalLib.logic import LungOptions
+    """Lung declares no option of its own; the widget adds only the shared Force CPU (off by default)."""
+    from LungSurvivalLib import options
+    from MedDLLib.options import FORCE_CPU, widget_options
 
-    module = ast.parse((MODULE / "LungSurvival.py").read_text())
-    cls = next(n for n in module.body if isinstance(n, ast.ClassDef) and n.name == "LungSurvivalParameterNode")
-    defaults = {s.target.id: ast.literal_eval(s.value) for s in cls.body if isinstance(s, ast.AnnAssign) and s.value}
-    assert defaults["forceCpu"] == LungOptions().force_cpu
+    assert options.INFER == () and widget_options(options.INFER) == [FORCE_CPU] and FORCE_CPU.default is False

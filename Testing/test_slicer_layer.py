@@ -1,8 +1,9 @@
 """MedDL's module files against Slicer's own Python layer (``../shared/reference/slicer/``), not imitations.
 
-- every parameter-node field bound in a module's .ui connects through Slicer's real ``guiConnectors`` (Slicer
-  5.12 and 5.10): a ``float`` on a ``ctkSliderWidget`` needs ``WithinRange``, a ``str`` on a ``QComboBox`` needs
-  ``Choice`` (Glioma's unbounded threshold made ``setup()`` and every ``enter()`` raise, so Apply never enabled);
+- every parameter-node field bound in a module's .ui connects through Slicer 5.12's real ``guiConnectors`` when
+  the widget harness runs ``setup()``: a ``float`` on a ``ctkSliderWidget`` needs ``WithinRange``, a ``str`` on a
+  ``QComboBox`` needs ``Choice`` (Glioma's unbounded threshold made ``setup()`` and every ``enter()`` raise, so
+  Apply never enabled); on Slicer 5.10 each module shows the one line saying it needs 5.12;
 - the module files and ``MedDLWidgets`` import in Python 3.9 (Slicer 5.8's), where ``str | None`` in an
   annotation raises at import unless the file postpones annotations, and on Slicer 5.8 each module says in one
   line that MedDL needs Slicer 5.12 (its widget builds nothing else, installs nothing);
@@ -15,7 +16,6 @@ Slicer nor slicer-core exists for 3.9 here); the parameterNodeWrapper code is Sl
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -25,44 +25,46 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "slicer"
-CHECKS = Path(__file__).resolve().parent / "slicer_layer"
+CHECKS = Path(__file__).resolve().parent / "slicer_layer"  # py39_import_check.py
 MODULES = ("GliomaClassifier", "ICHDetector", "LGGSegmenter", "LungSurvival")
 
 
-def _reference(version: str) -> Path:
-    base = REFERENCE / version / "Base" / "Python"
-    if not (base / "slicer" / "parameterNodeWrapper").is_dir():
-        pytest.skip(f"Slicer's Python layer not found at {base}")
-    return base
+def _setup(version: str, root: Path, module: str, work: Path) -> dict:
+    """The widget harness (``slicer_layer/harness.py``) up to ``setup()``/``enter()`` of one module."""
+    from test_widget_harness import run_harness
+
+    return run_harness(module, work, root, "setup-only", version=version)
 
 
-def _connect(version: str, root: Path, modules=MODULES) -> dict:
-    done = subprocess.run([sys.executable, str(CHECKS / "connect_gui_check.py"), str(_reference(version)),
-                           str(root), *modules], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def test_every_bound_field_connects_with_slicers_gui_connectors(tmp_path):
+    """Slicer 5.12's ``setup()`` connects every ``SlicerParameterName`` widget through the real guiConnectors."""
+    for module in MODULES:
+        report = _setup("v5.12.0", ROOT, module, tmp_path / module)
+        assert not report["failed"] and {"setup", "enter"} <= set(report["done"]), (module, report["failed"])
 
 
-@pytest.mark.parametrize("version", ["v5.12.0", "v5.10.0"])
-def test_every_bound_field_connects_with_slicers_gui_connectors(version):
-    report = _connect(version, ROOT)
-    assert set(report) == set(MODULES)
-    assert all(report[m] for m in MODULES), report  # each module binds widgets
-    failures = {f"{m}.{field}": error for m in MODULES for field, error in report[m].items() if error}
-    assert not failures, failures
+def test_on_slicer_5_10_each_module_says_which_slicer_it_needs(tmp_path):
+    for module in MODULES:
+        report = _setup("v5.10.0", ROOT, module, tmp_path / module)
+        assert not report["failed"], (module, report["failed"])
+        said = [d for d in report["done"] if d.startswith("unsupported: ")]
+        assert said == ["unsupported: MedDL needs 3D Slicer 5.12 or later; this is Slicer 5.10.0. Install a current "
+                        "Slicer from https://download.slicer.org."], report["done"]
 
 
-def test_the_connector_check_catches_an_unbounded_slider(tmp_path):
-    """The check fails where Slicer fails: the Glioma threshold without its WithinRange (as on the old main)."""
-    module = tmp_path / "GliomaClassifier"
-    shutil.copytree(ROOT / "GliomaClassifier" / "Resources", module / "Resources")
-    source = (ROOT / "GliomaClassifier" / "GliomaClassifier.py").read_text()
-    bounded = "threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5"
-    assert bounded in source
-    (module / "GliomaClassifier.py").write_text(source.replace(bounded, "threshold: float = 0.5"))
-    report = _connect("v5.12.0", tmp_path, ["GliomaClassifier"])
-    assert "where the float types is unbounded" in report["GliomaClassifier"]["threshold"]
-    assert report["GliomaClassifier"]["forceCpu"] is None
+def test_the_harness_catches_an_unbounded_slider(tmp_path):
+    """Setup fails where Slicer fails: the Glioma threshold option without its range (a plain ``float`` field on
+    a ctkSliderWidget, as on the old main)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "MedDLExtension").symlink_to(ROOT / "MedDLExtension")
+    shutil.copytree(ROOT / "GliomaClassifier", root / "GliomaClassifier", ignore=shutil.ignore_patterns("__pycache__"))
+    options = root / "GliomaClassifier" / "GliomaClassifierLib" / "options.py"
+    text = options.read_text()
+    assert text.count("range=(0.01, 0.99)") == 1
+    options.write_text(text.replace("range=(0.01, 0.99)", "range=None"))
+    report = _setup("v5.12.0", root, "GliomaClassifier", tmp_path / "work")
+    assert "where the float types is unbounded" in report["failed"].get("setup", ""), report
 
 
 def _python39() -> str:

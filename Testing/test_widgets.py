@@ -3,7 +3,8 @@
 - the command line each widget builds (``widgetlogic.infer_arguments``) is accepted by the task's own
   ``meddl infer <task>`` parser and parses to the widget's choices;
 - the module scripts build it through that function (so this test covers what the widget runs);
-- the parameter nodes' choices and defaults agree with the Qt-free logic (labels, threshold range, defaults);
+- the options each parameter node derives its fields from (``<Task>Lib/options.py``, declared once) agree with the
+  Qt-free logic (labels, threshold range, defaults), and the module derives them (``@withOptions``);
 - every parameter a user sets is bound to a widget in the .ui (the model is owned by the ModelSelector);
 - the LGG input rules and the result summaries.
 """
@@ -17,6 +18,7 @@ import pytest
 
 from MedDLLib.commands_tasks import TASK_COMMANDS, task_parser
 from MedDLLib.errors import InputError
+from MedDLLib.options import widget_options
 
 ROOT = Path(__file__).resolve().parents[1]
 INFER = next(c for c in TASK_COMMANDS if c.name == "infer")
@@ -28,10 +30,13 @@ def _parse(arguments: list[str], task):
     return task_parser(INFER, task).parse_args(arguments[2:])
 
 
-def _parameter_fields(module: str) -> dict[str, ast.AnnAssign]:
+def _parameter_fields(module: str, options) -> set[str]:
+    """The parameter node's fields: those written in the class plus those ``@withOptions(options.INFER)`` adds."""
     tree = ast.parse((ROOT / module / f"{module}.py").read_text())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}ParameterNode")
-    return {s.target.id: s for s in cls.body if isinstance(s, ast.AnnAssign)}
+    assert [ast.unparse(d) for d in cls.decorator_list] == ["parameterNodeWrapper", "withOptions(options.INFER)"]
+    return {s.target.id for s in cls.body if isinstance(s, ast.AnnAssign)} | {
+        o.field for o in widget_options(options.INFER)}
 
 
 def _bound_parameters(module: str) -> set[str]:
@@ -53,6 +58,7 @@ def test_ich_arguments_parse_with_the_task_parser(tmp_path):
 
     args = _parse(infer_arguments(tmp_path / "ct.nrrd", "ich-model", tmp_path / "out", heatmap_label="subdural",
                                   threshold=0.35, force_cpu=True), TASK)
+    assert args.accept_non_head is False  # a command-line option the widget does not show
     assert (args.input, args.model, args.output) == (tmp_path / "ct.nrrd", "ich-model", tmp_path / "out")
     assert (args.heatmap_label, args.threshold, args.force_cpu) == ("subdural", 0.35, True)
     defaults = _parse(infer_arguments("ct.nrrd", "m", "out"), TASK)
@@ -62,34 +68,37 @@ def test_ich_arguments_parse_with_the_task_parser(tmp_path):
 def test_ich_arguments_refuse_missing_model_and_unknown_label():
     from ICHDetectorLib.widgetlogic import infer_arguments
 
-    with pytest.raises(ValueError, match="no ICH model selected"):
+    with pytest.raises(InputError, match="no ich model selected"):
         infer_arguments("ct.nrrd", "", "out")
-    with pytest.raises(ValueError, match="heatmap label 'chronic' is not one of any, epidural"):
+    with pytest.raises(InputError, match="--heatmap-label: 'chronic' is not one of any, epidural"):
         infer_arguments("ct.nrrd", "m", "out", heatmap_label="chronic")
+    with pytest.raises(InputError, match=r"--threshold: 1.0 is outside \[0.01, 0.99\]"):
+        infer_arguments("ct.nrrd", "m", "out", threshold=1.0)
+    with pytest.raises(InputError, match="unknown option.* heatmap"):
+        infer_arguments("ct.nrrd", "m", "out", heatmap="any")
 
 
 def test_ich_parameter_node_agrees_with_the_logic():
+    from ICHDetectorLib import options
     from ICHDetectorLib.dataset import LABELS
     from ICHDetectorLib.logic import ICHOptions
 
-    fields = _parameter_fields("ICHDetector")
-    label = fields["heatmapLabel"]
-    choice = next(a for a in label.annotation.slice.elts[1:] if getattr(a.func, "id", "") == "Choice")
-    assert ast.literal_eval(choice.args[0]) == list(LABELS)
-    assert ast.literal_eval(label.value) == ICHOptions().heatmap_label
-    threshold = fields["threshold"]
-    assert ast.literal_eval(threshold.value) == ICHOptions().threshold
-    within = next(a for a in threshold.annotation.slice.elts[1:] if getattr(a.func, "id", "") == "WithinRange")
-    low, high = (ast.literal_eval(a) for a in within.args)
+    fields = _parameter_fields("ICHDetector", options)
+    assert options.HEATMAP_LABEL.choices == tuple(LABELS) and options.HEATMAP_LABEL.field == "heatmapLabel"
+    assert options.HEATMAP_LABEL.default == ICHOptions().heatmap_label
+    assert options.THRESHOLD.default == ICHOptions().threshold
+    low, high = options.THRESHOLD.range
     ICHOptions(threshold=low), ICHOptions(threshold=high)  # both ends of the slider are accepted by the logic
     with pytest.raises(InputError):
         ICHOptions(threshold=1.0)  # which is why the slider stops short of 0 and 1
-    assert _bound_parameters("ICHDetector") == set(fields) - {"modelName"}
+    assert _bound_parameters("ICHDetector") == fields - {"modelName"}
+    assert "acceptNonHead" not in fields  # command line only
 
 
 def test_ich_widget_builds_its_command_with_widgetlogic():
     (call,) = _calls("ICHDetector", "infer_arguments")
-    assert {k.arg for k in call.keywords} == {"heatmap_label", "threshold", "force_cpu"}
+    assert [k.arg for k in call.keywords] == [None]  # **values: the parameter node's options (optionValues)
+    assert "optionValues(p, options.INFER)" in (ROOT / "ICHDetector" / "ICHDetector.py").read_text()
     assert _calls("ICHDetector", "prepare_input") and _calls("ICHDetector", "load_results")
 
 
@@ -113,19 +122,19 @@ def test_lgg_arguments_parse_with_the_task_parser(tmp_path):
         tmp_path / "FLAIR.nrrd", "lgg-model", tmp_path / "out", True, True)
     defaults = _parse(infer_arguments("FLAIR.nrrd", "m", "out"), TASK)
     assert (defaults.gradcam, defaults.force_cpu) == (False, False)
-    with pytest.raises(ValueError, match="no LGG model selected"):
+    with pytest.raises(InputError, match="no lgg model selected"):
         infer_arguments("FLAIR.nrrd", None, "out")
 
 
 def test_lgg_parameter_node_agrees_with_the_logic():
+    from LGGSegmenterLib import options
     from LGGSegmenterLib.logic import LGGOptions
 
-    fields = _parameter_fields("LGGSegmenter")
-    assert ast.literal_eval(fields["gradcam"].value) == LGGOptions().gradcam
-    assert ast.literal_eval(fields["forceCpu"].value) == LGGOptions().force_cpu
-    assert _bound_parameters("LGGSegmenter") == set(fields) - {"modelName"}
+    fields = _parameter_fields("LGGSegmenter", options)
+    assert options.GRADCAM.default == LGGOptions().gradcam
+    assert _bound_parameters("LGGSegmenter") == fields - {"modelName"}
     (call,) = _calls("LGGSegmenter", "infer_arguments")
-    assert {k.arg for k in call.keywords} == {"gradcam", "force_cpu"}
+    assert [k.arg for k in call.keywords] == [None]  # **values
 
 
 def test_lgg_inputs_are_flair_or_all_three_channels(tmp_path):

@@ -27,9 +27,10 @@ from typing import Any
 
 from MedDLLib.errors import InputError, MedDLError
 from MedDLLib.nodes import removed_on_error
-from MedDLLib.results import LoadedOutputs, OutputFile, attribute_values, load_outputs, place_beside
+from MedDLLib.options import infer_command
+from MedDLLib.results import LoadedOutputs, attribute_values, load_outputs, place_beside
 
-from .cli import HEATMAP_NRRD
+from . import logic, options
 from .dataset import SEQUENCES
 
 #: The task name of ``meddl infer``.
@@ -37,7 +38,7 @@ TASK = "glioma"
 #: ``module:attribute`` of the task object the child process registers (Slicer has no entry points).
 TASK_ENTRY = "GliomaClassifierLib.cli:TASK"
 #: Output file -> node of a finished ``meddl infer glioma`` run (the table and window ROI come from result.json).
-OUTPUTS = (OutputFile("heatmap", HEATMAP_NRRD, "heatmap", "Grad-CAM MGMT"),)
+OUTPUTS = logic.OUTPUTS  # declared once, with the task (MedDLLib.pipeline)
 #: ``result.json`` keys :func:`load_results` needs.
 RESULT_KEYS = ("probability", "methylated", "threshold", "model", "recipe", "sequences", "model_card",
                "window_first_slice", "window_last_slice", "window_centre_slice", "window_depth",
@@ -79,27 +80,21 @@ def input_nodes(sequences: Sequence[str], selected: Mapping[str, Any]) -> list[t
 
 
 def infer_arguments(input_folder: str | os.PathLike, model: str, output: str | os.PathLike, *,
-                    threshold: float = 0.5, force_cpu: bool = False,
-                    voi_dicom: Mapping[str, str | os.PathLike] | None = None) -> list[str]:
-    """The ``meddl`` arguments of one run: ``infer glioma --input DIR --model M --output D --threshold T
-    [--voi-dicom SEQUENCE=FILE ...] [--force-cpu]``; ``DIR`` holds one ``<sequence>.nrrd`` per sequence the model
-    needs; ``voi_dicom`` names, per sequence, a DICOM file of the series its node was loaded from
+                    voi_dicom: Mapping[str, str | os.PathLike] | None = None, **values: Any) -> list[str]:
+    """The ``meddl`` arguments of one run: ``infer glioma --input DIR --model M --output D`` and the options of
+    :data:`GliomaClassifierLib.options.INFER` given in ``values`` (``threshold``, ``force_cpu``), then
+    ``--voi-dicom SEQUENCE=FILE ...``; ``DIR`` holds one ``<sequence>.nrrd`` per sequence the model needs;
+    ``voi_dicom`` names, per sequence, a DICOM file of the series its node was loaded from
     (:func:`MedDLLib.nodes.dicom_source_files`), so the child applies the VOI LUT as when reading the files.
 
     Raises:
-        ValueError: no model selected, or a threshold outside (0, 1).
+        InputError: no model selected, or a threshold outside the option's range.
     """
-    if not model:
-        raise ValueError("no glioma model selected: train one with 'meddl train glioma' or import a model package")
-    if not 0.0 < float(threshold) < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    arguments = ["infer", TASK, "--input", os.fspath(input_folder), "--model", str(model),
-                 "--output", os.fspath(output), "--threshold", repr(float(threshold))]
+    arguments = infer_command(TASK, input_folder, model, output, options.INFER, values)
     for sequence, file in (voi_dicom or {}).items():
         arguments += ["--voi-dicom", f"{sequence}={os.fspath(file)}"]
-    if force_cpu:
-        arguments.append("--force-cpu")
     return arguments
+
 
 
 def result_from_json(result: Mapping[str, Any]) -> Any:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from MedDLLib.errors import MedDLError
-from MedDLLib.results import LoadedOutputs, OutputFile, load_outputs
+from MedDLLib.options import infer_command
+from MedDLLib.results import LoadedOutputs, load_outputs
 
-from .cli import HEATMAP_NRRD, PROBABILITIES_CSV, SUSPECTED_SEG
+from . import logic, options
 from .dataset import LABELS
 from .logic import PLOT_NAME
 
@@ -24,33 +25,22 @@ from .logic import PLOT_NAME
 TASK = "ich"
 #: ``module:attribute`` of the task object the child process registers (Slicer has no entry points).
 TASK_ENTRY = "ICHDetectorLib.cli:TASK"
-#: Labels Grad-CAM can explain (the widget's heatmap label choices), "any" first.
-HEATMAP_LABELS = tuple(LABELS)
+#: Labels Grad-CAM can explain (the widget's heatmap label choices), "any" first: the option's choices.
+HEATMAP_LABELS = options.HEATMAP_LABELS
 #: Output file -> node of a finished ``meddl infer ich`` run.
-OUTPUTS = (
-    OutputFile("heatmap", HEATMAP_NRRD, "heatmap", "ICH Grad-CAM"),
-    OutputFile("segmentation", SUSPECTED_SEG, "segmentation", "suspected hemorrhage"),
-    OutputFile("table", PROBABILITIES_CSV, "table", "ICH probabilities"),
-)
+OUTPUTS = logic.OUTPUTS  # declared once, with the task (MedDLLib.pipeline)
 
 
-def infer_arguments(input_file: str | os.PathLike, model: str, output: str | os.PathLike, *,
-                    heatmap_label: str = "any", threshold: float = 0.5, force_cpu: bool = False) -> list[str]:
-    """The ``meddl`` arguments of one run: ``infer ich --input F --model M --output D --heatmap-label L
-    --threshold T [--force-cpu]``.
+def infer_arguments(input_file: str | os.PathLike, model: str, output: str | os.PathLike, **values: Any) -> list[str]:
+    """The ``meddl`` arguments of one run: ``infer ich --input F --model M --output D`` and the options of
+    :data:`ICHDetectorLib.options.INFER` given in ``values`` (``heatmap_label``, ``threshold``, ``force_cpu``).
 
     Raises:
-        ValueError: no model, or a heatmap label that is not one of :data:`HEATMAP_LABELS`.
+        InputError: no model, or a value the option does not allow (e.g. a heatmap label not in
+            :data:`HEATMAP_LABELS`).
     """
-    if not model:
-        raise ValueError("no ICH model selected: train one with 'meddl train ich' or import a model package")
-    if heatmap_label not in HEATMAP_LABELS:
-        raise ValueError(f"heatmap label {heatmap_label!r} is not one of {', '.join(HEATMAP_LABELS)}")
-    arguments = ["infer", TASK, "--input", os.fspath(input_file), "--model", str(model),
-                 "--output", os.fspath(output), "--heatmap-label", heatmap_label, "--threshold", repr(float(threshold))]
-    if force_cpu:
-        arguments.append("--force-cpu")
-    return arguments
+    return infer_command(TASK, input_file, model, output, options.INFER, values)
+
 
 
 def load_results(folder: str | os.PathLike, input_node: Any) -> LoadedOutputs:
@@ -60,9 +50,7 @@ def load_results(folder: str | os.PathLike, input_node: Any) -> LoadedOutputs:
 
     with nodes.removed_on_error(input_node.GetScene()) as scene:
         loaded = load_outputs(scene, Path(folder), input_node, OUTPUTS)
-        loaded.nodes["plot"] = nodes.add_plot(scene, loaded.nodes["table"], "slice", list(LABELS),
-                                              f"{input_node.GetName()} {PLOT_NAME}", x_title="slice index (k)",
-                                              y_title="probability")
+        loaded.nodes["plot"] = logic.probability_plot(input_node, loaded.nodes["table"])
         loaded.summary = summary_text(loaded.result)
     return loaded
 

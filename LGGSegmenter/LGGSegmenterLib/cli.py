@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from MedDLLib.errors import InputError
+from MedDLLib.options import add_arguments as add_options
 from MedDLLib.pipeline import Computed, LoadedModel, PipelineTask, Study
 
-from . import dataset, model
+from . import dataset, model, options
 from .logic import OUTPUTS
 
 
@@ -53,7 +54,7 @@ class LGGTask(PipelineTask):
             parser.add_argument("--batch-size", type=positive_int, default=None)
             parser.add_argument("--lr", type=float, default=None)
         if subcommand in ("infer", "batch"):
-            parser.add_argument("--gradcam", action="store_true", help="also write a Grad-CAM heatmap")
+            add_options(parser, options.INFER)
         if subcommand == "bench":
             parser.add_argument("--networks", nargs="+", choices=sorted(model.NETWORKS), default=[model.DEFAULT_NETWORK],
                                 help="networks whose forward is timed (default: the improved recipe's)")

@@ -18,22 +18,18 @@ from typing import Any
 
 from MedDLLib.errors import InputError
 from MedDLLib.nodes import removed_on_error
-from MedDLLib.results import LoadedOutputs, OutputFile, load_outputs
+from MedDLLib.options import infer_command
+from MedDLLib.results import LoadedOutputs, load_outputs
 
+from . import logic, options
 from .dataset import CHANNELS
-from .logic import SEGMENT
 
 #: The task name of ``meddl infer``.
 TASK = "lgg"
 #: ``module:attribute`` of the task object the child process registers (Slicer has no entry points).
 TASK_ENTRY = "LGGSegmenterLib.cli:TASK"
 #: Output file -> node of a finished ``meddl infer lgg`` run (Grad-CAM only when asked for).
-OUTPUTS = (
-    OutputFile("segmentation", "tumour.seg.nrrd", "segmentation", "tumour"),
-    OutputFile("labelmap", "tumour_label.nrrd", "labelmap", "tumour label", segments=SEGMENT),
-    OutputFile("table", "features.csv", "table", "tumour features", units={"area_mm2": "mm2", "volume_ml": "mL"}),
-    OutputFile("heatmap", "gradcam.nrrd", "heatmap", "tumour Grad-CAM", required=False),
-)
+OUTPUTS = logic.OUTPUTS  # declared once, with the task (MedDLLib.pipeline)
 
 
 def input_nodes(flair: Any, pre_contrast: Any = None, post_contrast: Any = None) -> list[Any]:
@@ -68,22 +64,15 @@ def study_input(files: Sequence[str | os.PathLike]) -> Path:
     return paths[0].parent
 
 
-def infer_arguments(input_path: str | os.PathLike, model: str, output: str | os.PathLike, *,
-                    gradcam: bool = False, force_cpu: bool = False) -> list[str]:
-    """The ``meddl`` arguments of one run: ``infer lgg --input P --model M --output D [--gradcam] [--force-cpu]``.
+def infer_arguments(input_path: str | os.PathLike, model: str, output: str | os.PathLike, **values: Any) -> list[str]:
+    """The ``meddl`` arguments of one run: ``infer lgg --input P --model M --output D`` and the options of
+    :data:`LGGSegmenterLib.options.INFER` given in ``values`` (``gradcam``, ``force_cpu``).
 
     Raises:
-        ValueError: no model selected.
+        InputError: no model selected.
     """
-    if not model:
-        raise ValueError("no LGG model selected: train one with 'meddl train lgg' or import a model package")
-    arguments = ["infer", TASK, "--input", os.fspath(input_path), "--model", str(model),
-                 "--output", os.fspath(output)]
-    if gradcam:
-        arguments.append("--gradcam")
-    if force_cpu:
-        arguments.append("--force-cpu")
-    return arguments
+    return infer_command(TASK, input_path, model, output, options.INFER, values)
+
 
 
 def load_results(folder: str | os.PathLike, reference_node: Any) -> LoadedOutputs:

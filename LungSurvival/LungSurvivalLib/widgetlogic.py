@@ -16,38 +16,27 @@ from typing import Any
 
 from MedDLLib.errors import MedDLError
 from MedDLLib.nodes import removed_on_error
-from MedDLLib.results import LoadedOutputs, OutputFile, load_outputs
+from MedDLLib.options import infer_command
+from MedDLLib.results import LoadedOutputs, load_outputs
 
-from .cli import HEATMAP_NRRD, LUNGS_LABEL, LUNGS_SEG, VOLUMES_CSV
-from .preprocess import LUNG_SEGMENTS
+from . import logic, options
 
 #: The task name of ``meddl infer``.
 TASK = "lung"
 #: ``module:attribute`` of the task object the child process registers (Slicer has no entry points).
 TASK_ENTRY = "LungSurvivalLib.cli:TASK"
 #: Output file -> node of a finished ``meddl infer lung`` run.
-OUTPUTS = (
-    OutputFile("segmentation", LUNGS_SEG, "segmentation", "lungs"),
-    OutputFile("labelmap", LUNGS_LABEL, "labelmap", "lungs label", segments=LUNG_SEGMENTS),
-    OutputFile("heatmap", HEATMAP_NRRD, "heatmap", "lung Grad-CAM"),
-    OutputFile("table", VOLUMES_CSV, "table", "lung volumes and risk", units={"volume_ml": "mL"}),
-)
+OUTPUTS = logic.OUTPUTS  # declared once, with the task (MedDLLib.pipeline)
 
 
-def infer_arguments(input_file: str | os.PathLike, model: str, output: str | os.PathLike, *,
-                    force_cpu: bool = False) -> list[str]:
+def infer_arguments(input_file: str | os.PathLike, model: str, output: str | os.PathLike, **values: Any) -> list[str]:
     """The ``meddl`` arguments of one run: ``infer lung --input F --model M --output D [--force-cpu]``.
 
     Raises:
-        ValueError: no model selected.
+        InputError: no model selected.
     """
-    if not model:
-        raise ValueError("no lung survival model selected: train one with 'meddl train lung' or import a model "
-                         "package")
-    arguments = ["infer", TASK, "--input", os.fspath(input_file), "--model", str(model), "--output", os.fspath(output)]
-    if force_cpu:
-        arguments.append("--force-cpu")
-    return arguments
+    return infer_command(TASK, input_file, model, output, options.INFER, values)
+
 
 
 def load_results(folder: str | os.PathLike, input_node: Any) -> LoadedOutputs:

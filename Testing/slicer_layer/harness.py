@@ -398,7 +398,11 @@ def scenario(slicer, root: Path, name: str, work: Path, checks: Checks, errors: 
     module, widget, panel, parent = checks.run("module and widget load", load_module, slicer, root, name)
     assert parent.title and parent.categories == ["MedDL"] and parent.dependencies is not None
     checks.run("setup", widget.setup)
-    ui_widget = next(c for c in panel.findChildren() if c.objectName == name)
+    ui_widget = next((c for c in panel.findChildren() if c.objectName == name), None)
+    if ui_widget is None:  # an older Slicer: the panel holds the one line saying which Slicer MedDL needs
+        checks.done.append("unsupported: " + " | ".join(c.text for c in panel.findChildren() if c.className() ==
+                                                         "QLabel"))
+        return
     checks.run("enter", enter, widget, panel)
     if setup_only:
         return
