@@ -400,3 +400,33 @@ def test_infer_lung_on_the_real_chest_ct_writes_a_valid_seg(tmp_path, capsys, re
                                 3)) for f in files if f.suffix.lower() == ".dcm"}
     assert {tuple(np.round(p, 3)) for p in _frame_positions(out / "lungs.seg.dcm")} <= positions
     assert dciodvfy_errors(out / "lungs.seg.dcm") == []
+
+
+def test_nrrd_input_with_dicom_source_gets_a_seg(tmp_path, capsys, ich_model):
+    """The widget's child runs on an NRRD saved from a DICOM-loaded node: --dicom-source (one file of the
+    series) makes it write the DICOM SEG of that series, equal to the .seg.nrrd; a bad source is one line."""
+    import json
+
+    from MedDLLib import outputs
+
+    volume = _ich_study(tmp_path / "study")
+    read = dicom.read_dicom_folder(tmp_path / "study", fix_bad_intercept=True)
+    outputs.write_volume(tmp_path / "ct.nrrd", read)
+    one_file = sorted((tmp_path / "study").iterdir())[3]
+    out = tmp_path / "out"
+    code, err = _meddl(capsys, "infer", "ich", "--input", tmp_path / "ct.nrrd", "--model", ich_model,
+                       "--output", out, "--dicom-source", one_file)
+    assert code == 0, err
+    assert json.loads((out / "result.json").read_text())["dicom_seg"] == "suspected.seg.dcm"
+    labels, _ = outputs.read_segmentation_labels(out / "suspected.seg.nrrd")
+    assert labels.geometry.allclose(volume.geometry, 1e-3)
+    back, _ = dicomseg.read_dicom_seg(out / "suspected.seg.dcm", labels.geometry, labels.shape_kji)
+    assert np.array_equal(back, labels.array)
+    referenced = {i.ReferencedSOPInstanceUID
+                  for i in pydicom.dcmread(out / "suspected.seg.dcm").ReferencedSeriesSequence[0]
+                  .ReferencedInstanceSequence}
+    assert referenced == {pydicom.dcmread(f).SOPInstanceUID for f in read.metadata["files"]}
+    code, err = _meddl(capsys, "infer", "ich", "--input", tmp_path / "ct.nrrd", "--model", ich_model,
+                       "--output", tmp_path / "bad", "--dicom-source", tmp_path / "ct.nrrd")
+    assert code != 0 and "ct.nrrd" in err and "--dicom-source" in err and "Traceback" not in err
+    assert not (tmp_path / "bad" / "result.json").exists()

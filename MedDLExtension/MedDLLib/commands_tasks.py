@@ -83,6 +83,9 @@ def _infer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model package (folder or cached name; default: the task's)")
     parser.add_argument("--output", type=Path, required=True, help="folder for the Slicer-loadable outputs")
     _add_output_format_option(parser)
+    parser.add_argument("--dicom-source", type=Path, default=None, metavar="FILE",
+                        help="a DICOM file (or folder) of the series an NRRD/NIfTI input was saved from: "
+                        "segmentations then also go out as DICOM SEG referencing that series")
     _add_device_options(parser)
 
 

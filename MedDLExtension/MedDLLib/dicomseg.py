@@ -55,6 +55,31 @@ SPACING_TOLERANCE = 1e-4
 SegmentSpec = Mapping[int, tuple[str, tuple[float, float, float]]]
 
 
+def series_files(path: str | Path) -> list[Path]:
+    """The slice-ordered files of the DICOM series that ``path`` belongs to: ``path`` is one of its files (its
+    folder is searched, e.g. Slicer's DICOM database keeps a series per folder) or a folder holding one series.
+
+    What ``meddl infer --dicom-source`` takes, so a run on an NRRD saved from a DICOM-loaded node (the widget's
+    child) still writes a DICOM SEG referencing the original series.
+
+    Raises:
+        InputError: no such file/folder, not a DICOM image, or a folder holding several series.
+    """
+    from .dicom import find_series, select_series
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such DICOM file or folder (--dicom-source)")
+    if path.is_dir():
+        return list(select_series(find_series(path)).files)
+    found = find_series(path.parent)
+    target = path.resolve()
+    for series in found:
+        if any(Path(f).resolve() == target for f in series.files):
+            return list(series.files)
+    raise InputError(f"{path}: not a DICOM image of a series in {path.parent} (--dicom-source)")
+
+
 def _read_sources(source_files: Sequence[Path]) -> list:
     import pydicom
 

@@ -251,9 +251,14 @@ class PipelineTask(Task):
         if self.needs_model and model is None:
             super().check_model(model)
         device = select_device(getattr(args, "device", None), getattr(args, "force_cpu", False))
+        source = getattr(args, "dicom_source", None)
+        if source is not None:
+            from .dicomseg import series_files
+
+            source = series_files(source)
         return run_study(self, Path(input_path), model, Path(output), self.options(args, device),
                          device=device, progress=getattr(args, "progress", None),
-                         output_format=getattr(args, "output_format", None) or "nrrd")
+                         output_format=getattr(args, "output_format", None) or "nrrd", source_files=source)
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -267,10 +272,12 @@ def _scaled(progress: Progress | None, start: float, end: float) -> Progress:
 
 def run_study(task: PipelineTask, input_path: Path, model: Any, output: Path, options: Any, *,
               device: Any = "cpu", progress: Progress | None = None, cancel: Cancel | None = None,
-              output_format: str = "nrrd") -> dict[str, Any]:
+              output_format: str = "nrrd", source_files: Sequence[str | Path] | None = None) -> dict[str, Any]:
     """Read one study, compute, write the task's output files into ``output``; return the ``result.json`` values.
 
     ``output_format``: "nrrd" or "nifti" for the volume outputs (heatmaps, labelmaps; see :func:`write_outputs`).
+    ``source_files``: the DICOM series an NRRD/NIfTI input was saved from (``--dicom-source``): its
+    segmentations then also go out as DICOM SEG referencing that series.
 
     ``progress(fraction 0..1, message)``: reading 0-0.05, the model 0.05, computing 0.1-0.9, writing 0.9-1.
     Errors from reading or computing that name no file name the study.
@@ -287,6 +294,8 @@ def run_study(task: PipelineTask, input_path: Path, model: Any, output: Path, op
     except InputError as exc:
         raise _naming(exc, input_path) from None
     read_s = time.perf_counter() - start
+    if source_files:
+        study.reference_volume.metadata["files"] = [str(f) for f in source_files]
     report(0.1, "computing")
     try:
         computed = task.compute(study, loaded, options, _scaled(progress, 0.1, 0.9), cancel)
