@@ -200,3 +200,36 @@ def test_overlay_is_rendered_from_arrays_in_radiological_view(tmp_path):
     assert image[100, 10].mean() > 200 and image[100, 290].mean() < 30  # bright column on the left
     red = image[..., 0] - image[..., 1]
     assert red[10, 150] > 100 and red[190, 150] < 10  # label at the top
+
+
+def test_console_nodes_equal_the_child_files(cases, headless_scene, tmp_path):
+    """The console path (ICHDetectorLogic.process on a node, nodes from memory) and the child's files (loaded
+    back through the widgets' load_outputs) give the same voxels, grid and numbers; the input node is unchanged."""
+    from ICHDetectorLib import widgetlogic
+    from ICHDetectorLib.logic import ICHDetectorLogic, ICHOptions
+    from MedDLLib import io, nodes
+
+    case = cases["ich_nrrd"]
+    node = io.load_volume(headless_scene, case["input"], name="head CT")
+    before = nodes.volume_from_node(node).array.copy()
+    console = ICHDetectorLogic().process(node, case["model"], ICHOptions(heatmap_label="intraparenchymal",
+                                                                           threshold=0.3)).nodes
+    proc = pc.infer(case, tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    files = widgetlogic.load_results(tmp_path / "out", node).nodes
+    assert set(console) == set(files) == {"heatmap", "segmentation", "table", "plot"}
+    for key in ("heatmap",):
+        a, b = nodes.volume_from_node(console[key]), nodes.volume_from_node(files[key])
+        np.testing.assert_allclose(a.array, b.array, atol=1e-6)  # two processes: float rounding may differ
+        np.testing.assert_allclose(a.geometry.ijk_to_ras(), b.geometry.ijk_to_ras(), atol=1e-9)
+    name = "suspected hemorrhage"
+    np.testing.assert_array_equal(nodes.segment_array(console["segmentation"], name, node),
+                                  nodes.segment_array(files["segmentation"], name, node))
+    console_table, file_table = nodes.table_columns(console["table"]), nodes.table_columns(files["table"])
+    assert console_table.keys() == file_table.keys()
+    for column in console_table:
+        # network outputs: the runtime may run ONNX Runtime where it agrees with torch within 1e-3
+        np.testing.assert_allclose(console_table[column], file_table[column], atol=pc.FLOAT_ABS_TOL)
+    for key in ("MedDL.n_slices", "MedDL.heatmap_label", "MedDL.input", "MedDL.model"):
+        assert console["table"].GetAttribute(key) == files["table"].GetAttribute(key), key
+    np.testing.assert_array_equal(nodes.volume_from_node(node).array, before)
