@@ -20,16 +20,11 @@ from pathlib import Path
 import slicer
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
-from slicer.i18n import translate
 from slicer.parameterNodeWrapper import parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-)
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
 from GliomaClassifierLib import options
-from MedDLWidgets import TaskWidget
+from MedDLWidgets import TaskLogic, TaskModuleTest, TaskWidget, describeTaskModule
 from MedDLWidgets.parameters import optionValues, withOptions
 
 #: Sequence name (``GliomaClassifierLib.dataset.SEQUENCES``) -> parameter node field of its volume.
@@ -49,19 +44,18 @@ class GliomaClassifier(ScriptedLoadableModule):
         from MedDLLib.tasks import register_task_entry
 
         register_task_entry("glioma", "GliomaClassifierLib.cli:TASK")
-        self.parent.title = _("Glioma Classifier")
-        self.parent.categories = [translate("qSlicerAbstractCoreModule", "MedDL")]
-        self.parent.dependencies = ["MedDLExtension"]
-        self.parent.contributors = ["MedDL developers"]
-        self.parent.helpText = _(
-            "Predicts the MGMT promoter methylation status of a glioma from brain MRI series (FLAIR, T1w, T1wCE, "
-            "T2w; the selected model says which it needs), as in the RSNA-MICCAI 2021 radiogenomic classification "
-            "task, with a Grad-CAM heatmap showing which voxels drove the prediction and the 64-slice window the "
-            "network saw. Select the series and a model (train one with 'meddl train glioma' or import a model "
-            "package), then Apply; the computation runs in the background and can be cancelled. "
-            "Research use only, not for diagnosis: MGMT status from MRI is close to chance on external data."
+        describeTaskModule(
+            self.parent,
+            _("Glioma Classifier"),
+            _(
+                "Predicts the MGMT promoter methylation status of a glioma from brain MRI series (FLAIR, T1w, T1wCE, "
+                "T2w; the selected model says which it needs), as in the RSNA-MICCAI 2021 radiogenomic classification "
+                "task, with a Grad-CAM heatmap showing which voxels drove the prediction and the 64-slice window the "
+                "network saw. Select the series and a model (train one with 'meddl train glioma' or import a model "
+                "package), then Apply; the computation runs in the background and can be cancelled. "
+                "Research use only, not for diagnosis: MGMT status from MRI is close to chance on external data."
+            ),
         )
-        self.parent.acknowledgementText = _("MedDL is built on 3D Slicer, PyTorch and MONAI. Research use only.")
 
 
 #
@@ -99,6 +93,7 @@ class GliomaClassifierWidget(TaskWidget):
 
     task = "glioma"
     taskEntry = "GliomaClassifierLib.cli:TASK"
+    options = options.INFER
     inputHint = _("Select the brain MRI series")
     applyHint = _("Estimate the MGMT methylation probability of the selected study")
 
@@ -142,7 +137,7 @@ class GliomaClassifierWidget(TaskWidget):
 #
 
 
-class GliomaClassifierLogic(ScriptedLoadableModuleLogic):
+class GliomaClassifierLogic(TaskLogic):
     """Parameter node access and the scene-side steps of a widget run (Qt-free).
 
     The computation is ``GliomaClassifierLib.logic.GliomaClassifierLogic``; from the Python console call it
@@ -152,8 +147,7 @@ class GliomaClassifierLogic(ScriptedLoadableModuleLogic):
         result = GliomaClassifierLogic().process({"T1wCE": t1ceNode, "FLAIR": flairNode}, "my-glioma-model")
     """
 
-    def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
+    widgetlogic = "GliomaClassifierLib.widgetlogic"
 
     def getParameterNode(self) -> GliomaClassifierParameterNode:
         return GliomaClassifierParameterNode(super().getParameterNode())
@@ -216,46 +210,19 @@ class GliomaClassifierLogic(ScriptedLoadableModuleLogic):
         )
         return arguments, outputFolder, chosen[0][1]
 
-    def loadResults(self, outputFolder: Path, referenceVolume):
-        """Add the run's outputs to the scene as new nodes; returns ``MedDLLib.results.LoadedOutputs``
-        (``nodes``: heatmap, table, window ROI, with the ``result.json`` values as ``MedDL.*`` attributes;
-        ``summary``: probability, call and the model card with its caveat)."""
-        from GliomaClassifierLib import widgetlogic
-
-        return widgetlogic.load_results(outputFolder, referenceVolume)
-
 
 #
 # GliomaClassifierTest
 #
 
 
-class GliomaClassifierTest(ScriptedLoadableModuleTest):
-    """Runs the shared self-test bodies of ``GliomaClassifierLib.selftests`` (the same ones pytest runs headless)."""
+class GliomaClassifierTest(TaskModuleTest):
+    """The parameter node's defaults, then the shared self-test bodies of ``GliomaClassifierLib.selftests``
+    (the same ones pytest runs headless)."""
 
-    def setUp(self):
-        slicer.mrmlScene.Clear()
+    selftests = "GliomaClassifierLib.selftests"
+    options = options.INFER
+    inputField = "t1wceVolume"
 
-    def runTest(self):
-        self.setUp()
-        self.test_ParameterNode()
-        import GliomaClassifierLib.selftests
-
-        for test in GliomaClassifierLib.selftests.ALL:
-            self.setUp()
-            self.delayDisplay(f"Running {test.__name__}")
-            test(slicer.mrmlScene)
-        self.delayDisplay("Test passed")
-
-    def test_ParameterNode(self):
-        """The parameter node starts with the logic's defaults and keeps the selected sequence volumes."""
-        from GliomaClassifierLib.logic import GliomaOptions
-
-        parameterNode = GliomaClassifierLogic().getParameterNode()
-        for field in SEQUENCE_PARAMETERS.values():
-            self.assertIsNone(getattr(parameterNode, field))
-        self.assertEqual(parameterNode.threshold, GliomaOptions().threshold)
-        self.assertFalse(parameterNode.forceCpu)
-        volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-        parameterNode.t1wceVolume = volumeNode
-        self.assertEqual(GliomaClassifierLogic().getParameterNode().t1wceVolume.GetID(), volumeNode.GetID())
+    def createLogic(self) -> GliomaClassifierLogic:
+        return GliomaClassifierLogic()

@@ -13,22 +13,14 @@ loads the outputs as new nodes. Everything but the Qt calls lives in Qt-free, te
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import slicer
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
-from slicer.i18n import translate
 from slicer.parameterNodeWrapper import parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-)
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
 from ICHDetectorLib import options
-from MedDLWidgets import TaskWidget
-from MedDLWidgets.parameters import optionValues, withOptions
+from MedDLWidgets import TaskLogic, TaskModuleTest, TaskWidget, describeTaskModule
+from MedDLWidgets.parameters import withOptions
 
 #
 # ICHDetector
@@ -44,20 +36,19 @@ class ICHDetector(ScriptedLoadableModule):
         from MedDLLib.tasks import register_task_entry
 
         register_task_entry("ich", "ICHDetectorLib.cli:TASK")
-        self.parent.title = _("ICH Detector")
-        self.parent.categories = [translate("qSlicerAbstractCoreModule", "MedDL")]
-        self.parent.dependencies = ["MedDLExtension"]
-        self.parent.contributors = ["MedDL developers"]
-        self.parent.helpText = _(
-            "Detects intracranial hemorrhage and its subtype (epidural, intraparenchymal, intraventricular, "
-            "subarachnoid, subdural) on a non-contrast head CT, slice by slice and for the whole study. "
-            "Outputs: a table and a plot of the per-slice probabilities, the study-level result, a Grad-CAM "
-            "heatmap of the chosen label and a suspected-region segmentation. "
-            "Select the head CT and a model (train one with 'meddl train ich' or import a model package), then "
-            "Apply; the computation runs in the background and can be cancelled. "
-            "Research use only, not for diagnosis."
+        describeTaskModule(
+            self.parent,
+            _("ICH Detector"),
+            _(
+                "Detects intracranial hemorrhage and its subtype (epidural, intraparenchymal, intraventricular, "
+                "subarachnoid, subdural) on a non-contrast head CT, slice by slice and for the whole study. "
+                "Outputs: a table and a plot of the per-slice probabilities, the study-level result, a Grad-CAM "
+                "heatmap of the chosen label and a suspected-region segmentation. "
+                "Select the head CT and a model (train one with 'meddl train ich' or import a model package), then "
+                "Apply; the computation runs in the background and can be cancelled. "
+                "Research use only, not for diagnosis."
+            ),
         )
-        self.parent.acknowledgementText = _("MedDL is built on 3D Slicer, PyTorch and MONAI. Research use only.")
 
 
 #
@@ -91,6 +82,7 @@ class ICHDetectorWidget(TaskWidget):
 
     task = "ich"
     taskEntry = "ICHDetectorLib.cli:TASK"
+    options = options.INFER
     inputHint = _("Select the head CT volume")
     modelHint = _("Select or import an ICH model")
     applyHint = _("Detect hemorrhage on the selected head CT")
@@ -98,18 +90,13 @@ class ICHDetectorWidget(TaskWidget):
     def createLogic(self) -> ICHDetectorLogic:
         return ICHDetectorLogic()
 
-    def prepareRun(self, p: ICHDetectorParameterNode, runRoot: str):
-        values = optionValues(p, options.INFER)
-        arguments, outputFolder = self.logic.prepareRun(p.inputVolume, p.modelName, values, runRoot)
-        return arguments, outputFolder, p.inputVolume
-
 
 #
 # ICHDetectorLogic
 #
 
 
-class ICHDetectorLogic(ScriptedLoadableModuleLogic):
+class ICHDetectorLogic(TaskLogic):
     """Parameter node access and the two scene-side steps of a widget run (Qt-free).
 
     The computation is ``ICHDetectorLib.logic.ICHDetectorLogic``; from the Python console call it directly::
@@ -118,36 +105,11 @@ class ICHDetectorLogic(ScriptedLoadableModuleLogic):
         result = ICHDetectorLogic().process(volumeNode, "my-ich-model", ICHOptions(heatmap_label="subdural"))
     """
 
-    def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
+    widgetlogic = "ICHDetectorLib.widgetlogic"
+    inputName = "head_ct"
 
     def getParameterNode(self) -> ICHDetectorParameterNode:
         return ICHDetectorParameterNode(super().getParameterNode())
-
-    def prepareRun(
-        self,
-        inputVolume,
-        modelName: str,
-        values: dict | None = None,
-        runRoot: str | None = None,
-    ) -> tuple[list[str], Path]:
-        """Write ``inputVolume`` to a new run folder; return the ``meddl`` arguments and the output folder."""
-        from ICHDetectorLib import widgetlogic
-        from MedDLLib import results
-
-        runFolder = results.new_run_folder(widgetlogic.TASK, runRoot)
-        (inputFile,) = results.prepare_input([inputVolume], runFolder / "input", names=["head_ct"])
-        outputFolder = runFolder / "output"
-        arguments = widgetlogic.infer_arguments(inputFile, modelName, outputFolder, **(values or {}))
-        return arguments, outputFolder
-
-    def loadResults(self, outputFolder: Path, inputVolume):
-        """Add the run's outputs to the input's scene as new nodes; returns ``MedDLLib.results.LoadedOutputs``
-        (``nodes``: heatmap, segmentation, table, plot, with the ``result.json`` values as ``MedDL.*``
-        attributes; ``summary``: the line to show)."""
-        from ICHDetectorLib import widgetlogic
-
-        return widgetlogic.load_results(outputFolder, inputVolume)
 
 
 #
@@ -155,33 +117,13 @@ class ICHDetectorLogic(ScriptedLoadableModuleLogic):
 #
 
 
-class ICHDetectorTest(ScriptedLoadableModuleTest):
-    """Runs the shared self-test bodies of ``ICHDetectorLib.selftests`` (the same ones pytest runs headless)."""
+class ICHDetectorTest(TaskModuleTest):
+    """The parameter node's defaults, then the shared self-test bodies of ``ICHDetectorLib.selftests``
+    (the same ones pytest runs headless)."""
 
-    def setUp(self):
-        slicer.mrmlScene.Clear()
+    selftests = "ICHDetectorLib.selftests"
+    options = options.INFER
+    inputField = "inputVolume"
 
-    def runTest(self):
-        self.setUp()
-        self.test_ParameterNode()
-        import ICHDetectorLib.selftests
-
-        for test in ICHDetectorLib.selftests.ALL:
-            self.setUp()
-            self.delayDisplay(f"Running {test.__name__}")
-            test(slicer.mrmlScene)
-        self.delayDisplay("Test passed")
-
-    def test_ParameterNode(self):
-        """The parameter node starts with the logic's defaults and keeps a selected input volume."""
-        from ICHDetectorLib.logic import ICHOptions
-        from ICHDetectorLib.widgetlogic import HEATMAP_LABELS
-
-        parameterNode = ICHDetectorLogic().getParameterNode()
-        self.assertIsNone(parameterNode.inputVolume)
-        self.assertEqual(parameterNode.heatmapLabel, ICHOptions().heatmap_label)
-        self.assertAlmostEqual(parameterNode.threshold, ICHOptions().threshold)
-        self.assertIn(parameterNode.heatmapLabel, HEATMAP_LABELS)
-        volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-        parameterNode.inputVolume = volumeNode
-        self.assertEqual(ICHDetectorLogic().getParameterNode().inputVolume.GetID(), volumeNode.GetID())
+    def createLogic(self) -> ICHDetectorLogic:
+        return ICHDetectorLogic()

@@ -14,19 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import slicer
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
-from slicer.i18n import translate
 from slicer.parameterNodeWrapper import parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-)
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
 from LGGSegmenterLib import options
-from MedDLWidgets import TaskWidget
+from MedDLWidgets import TaskLogic, TaskModuleTest, TaskWidget, describeTaskModule
 from MedDLWidgets.parameters import optionValues, withOptions
 
 #
@@ -43,20 +37,19 @@ class LGGSegmenter(ScriptedLoadableModule):
         from MedDLLib.tasks import register_task_entry
 
         register_task_entry("lgg", "LGGSegmenterLib.cli:TASK")
-        self.parent.title = _("LGG Segmenter")
-        self.parent.categories = [translate("qSlicerAbstractCoreModule", "MedDL")]
-        self.parent.dependencies = ["MedDLExtension"]
-        self.parent.contributors = ["MedDL developers"]
-        self.parent.helpText = _(
-            "Segments a lower-grade glioma on brain MRI (FLAIR, or the pre-contrast/FLAIR/post-contrast stack of "
-            "TCGA-LGG) and reports its size, location and spread: a tumour segmentation (reference geometry = the "
-            "FLAIR), a labelmap, a features table (per-slice area, volume in mL, centroid and spread in mm) and, "
-            "optionally, a Grad-CAM heatmap. "
-            "Select the FLAIR (and, for a three-channel model, the pre- and post-contrast volumes on the same voxel "
-            "grid) and a model, then Apply; the computation runs in the background and can be cancelled. "
-            "Research use only, not for diagnosis."
+        describeTaskModule(
+            self.parent,
+            _("LGG Segmenter"),
+            _(
+                "Segments a lower-grade glioma on brain MRI (FLAIR, or the pre-contrast/FLAIR/post-contrast stack of "
+                "TCGA-LGG) and reports its size, location and spread: a tumour segmentation (reference geometry = the "
+                "FLAIR), a labelmap, a features table (per-slice area, volume in mL, centroid and spread in mm) and, "
+                "optionally, a Grad-CAM heatmap. "
+                "Select the FLAIR (and, for a three-channel model, the pre- and post-contrast volumes on the same "
+                "voxel grid) and a model, then Apply; the computation runs in the background and can be cancelled. "
+                "Research use only, not for diagnosis."
+            ),
         )
-        self.parent.acknowledgementText = _("MedDL is built on 3D Slicer, PyTorch and MONAI. Research use only.")
 
 
 #
@@ -94,6 +87,7 @@ class LGGSegmenterWidget(TaskWidget):
 
     task = "lgg"
     taskEntry = "LGGSegmenterLib.cli:TASK"
+    options = options.INFER
     inputHint = _("Select the FLAIR volume")
     modelHint = _("Select or import an LGG model")
     applyHint = _("Segment the tumour on the selected volume(s)")
@@ -113,7 +107,7 @@ class LGGSegmenterWidget(TaskWidget):
 #
 
 
-class LGGSegmenterLogic(ScriptedLoadableModuleLogic):
+class LGGSegmenterLogic(TaskLogic):
     """Parameter node access and the two scene-side steps of a widget run (Qt-free).
 
     The computation is ``LGGSegmenterLib.logic.LGGSegmenterLogic``; from the Python console call it directly::
@@ -122,8 +116,7 @@ class LGGSegmenterLogic(ScriptedLoadableModuleLogic):
         outputs = LGGSegmenterLogic().process(flairNode, "my-lgg-model", LGGOptions(gradcam=True))
     """
 
-    def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
+    widgetlogic = "LGGSegmenterLib.widgetlogic"
 
     def getParameterNode(self) -> LGGSegmenterParameterNode:
         return LGGSegmenterParameterNode(super().getParameterNode())
@@ -149,46 +142,19 @@ class LGGSegmenterLogic(ScriptedLoadableModuleLogic):
                                                 **(values or {}))
         return arguments, outputFolder
 
-    def loadResults(self, outputFolder: Path, flairVolume):
-        """Add the run's outputs to the FLAIR's scene as new nodes; returns ``MedDLLib.results.LoadedOutputs``
-        (``nodes``: segmentation, labelmap, table and, with Grad-CAM, heatmap, with the ``result.json`` values as
-        ``MedDL.*`` attributes; ``summary``: volume, centroid and spread)."""
-        from LGGSegmenterLib import widgetlogic
-
-        return widgetlogic.load_results(outputFolder, flairVolume)
-
 
 #
 # LGGSegmenterTest
 #
 
 
-class LGGSegmenterTest(ScriptedLoadableModuleTest):
-    """Runs the shared self-test bodies of ``LGGSegmenterLib.selftests`` (the same ones pytest runs headless)."""
+class LGGSegmenterTest(TaskModuleTest):
+    """The parameter node's defaults, then the shared self-test bodies of ``LGGSegmenterLib.selftests``
+    (the same ones pytest runs headless)."""
 
-    def setUp(self):
-        slicer.mrmlScene.Clear()
+    selftests = "LGGSegmenterLib.selftests"
+    options = options.INFER
+    inputField = "inputVolume"
 
-    def runTest(self):
-        self.setUp()
-        self.test_ParameterNode()
-        import LGGSegmenterLib.selftests
-
-        for test in LGGSegmenterLib.selftests.ALL:
-            self.setUp()
-            self.delayDisplay(f"Running {test.__name__}")
-            test(slicer.mrmlScene)
-        self.delayDisplay("Test passed")
-
-    def test_ParameterNode(self):
-        """The parameter node starts empty with the logic's defaults and keeps selected input volumes."""
-        from LGGSegmenterLib.logic import LGGOptions
-
-        parameterNode = LGGSegmenterLogic().getParameterNode()
-        self.assertIsNone(parameterNode.inputVolume)
-        self.assertIsNone(parameterNode.preContrastVolume)
-        self.assertEqual(parameterNode.gradcam, LGGOptions().gradcam)
-        self.assertEqual(parameterNode.forceCpu, LGGOptions().force_cpu)
-        volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-        parameterNode.inputVolume = volumeNode
-        self.assertEqual(LGGSegmenterLogic().getParameterNode().inputVolume.GetID(), volumeNode.GetID())
+    def createLogic(self) -> LGGSegmenterLogic:
+        return LGGSegmenterLogic()

@@ -280,12 +280,13 @@ def test_ui_binds_every_parameter_and_names_the_widgets_the_module_uses():
                  "applyButton", "progressBar", "logView", "statusLabel", "summaryLabel"):
         assert name in widgets, name
     calls = {n.func.attr for n in ast.walk(module) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") in
-             ("infer_arguments", "prepare_input", "load_results", "input_nodes", "model_sequences", "model_caveat",
+             ("infer_arguments", "prepare_input", "input_nodes", "model_sequences", "model_caveat",
               "dicom_source_files")}
-    assert calls == {"infer_arguments", "prepare_input", "load_results", "input_nodes", "model_sequences",
+    assert calls == {"infer_arguments", "prepare_input", "input_nodes", "model_sequences",
                      "model_caveat", "dicom_source_files"}  # the VOI of DICOM-loaded nodes reaches the child
+    assert "widgetlogic = 'GliomaClassifierLib.widgetlogic'" in ast.unparse(module)  # TaskLogic loads results
     test_class = next(n for n in module.body if isinstance(n, ast.ClassDef) and n.name == "GliomaClassifierTest")
-    assert "GliomaClassifierLib.selftests.ALL" in ast.unparse(test_class)
+    assert "selftests = 'GliomaClassifierLib.selftests'" in ast.unparse(test_class)
 
 
 def test_parameter_defaults_agree_with_the_logic():

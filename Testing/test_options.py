@@ -55,7 +55,8 @@ def test_command_line_errors_are_one_usage_line(capsys):
     assert "margin in mm (default 2.0 mm, 0.0..10.0 mm)" in " ".join(parser.format_help().split())
     with pytest.raises(SystemExit):
         parser.parse_args(["--margin", "12"])
-    assert capsys.readouterr().err.splitlines()[-1] == "meddl infer x: error: argument --margin: 12.0 is outside [0.0, 10.0] mm"
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == "meddl infer x: error: argument --margin: 12.0 is outside [0.0, 10.0] mm"
 
 
 @pytest.mark.parametrize("subcommand", ["infer", "batch"])

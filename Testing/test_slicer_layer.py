@@ -92,7 +92,8 @@ def test_supported_slicer_versions():
 
     assert MINIMUM_SLICER == (5, 12)
     assert slicer_version_problem(5, 12, "5.12.0") is None and slicer_version_problem(6, 0) is None
-    assert slicer_version_problem(5, 10, "5.10.0").startswith("MedDL needs 3D Slicer 5.12 or later; this is Slicer 5.10.0")
+    assert slicer_version_problem(5, 10, "5.10.0").startswith(
+        "MedDL needs 3D Slicer 5.12 or later; this is Slicer 5.10.0")
     readme = (ROOT / "README.md").read_text()
     assert "Slicer 5.12 or later" in readme
 
@@ -104,7 +105,8 @@ def test_an_upgrade_under_a_loaded_package_asks_for_a_restart(tmp_path):
 
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("pydicom>=3.0\nscikit-image>=0.22\n")
-    old = {"pydicom": types.SimpleNamespace(__version__="2.4.4"), "skimage": types.SimpleNamespace(__version__="0.25.0")}
+    old = {"pydicom": types.SimpleNamespace(__version__="2.4.4"),
+           "skimage": types.SimpleNamespace(__version__="0.25.0")}
     assert stale_imports(requirements, old) == ["pydicom 2.4.4 (needs >=3.0)"]
     assert stale_imports(requirements, {"pydicom": types.SimpleNamespace(__version__="3.0.2")}) == []
     assert stale_imports(requirements, {}) == []  # nothing imported yet: the new version is what will load

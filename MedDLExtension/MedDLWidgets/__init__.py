@@ -54,15 +54,16 @@ from .dependencies import ensureDependencies
 from .modelselector import ModelSelector
 from .runner import BackgroundRunner, libraryPaths
 
-__all__ = ["BackgroundRunner", "ModelSelector", "TaskWidget", "ensureDependencies", "libraryPaths",
-           "showUnsupportedSlicer"]
+__all__ = ["BackgroundRunner", "ModelSelector", "TaskLogic", "TaskModuleTest", "TaskWidget", "describeTaskModule",
+           "ensureDependencies", "libraryPaths", "showUnsupportedSlicer"]
 
 
 def __getattr__(name: str):
-    if name == "TaskWidget":  # imports slicer.ScriptedLoadableModule: only when a module file asks for it
-        from .taskwidget import TaskWidget
+    # these import slicer.ScriptedLoadableModule: only when a module file asks for them
+    if name in ("TaskWidget", "TaskLogic", "TaskModuleTest", "describeTaskModule"):
+        from . import taskwidget
 
-        return TaskWidget
+        return getattr(taskwidget, name)
     raise AttributeError(f"module 'MedDLWidgets' has no attribute {name!r}")
 
 

@@ -1,4 +1,5 @@
-"""The widget every MedDL task module shares: parameter node, model selector, Apply/Cancel, progress, results.
+"""What every MedDL task module shares: the widget (parameter node, model selector, Apply/Cancel, progress,
+results), the module description (:func:`describeTaskModule`) and the Slicer self-test (:class:`TaskModuleTest`).
 
 A task module's widget is a short subclass of :class:`TaskWidget`. It names its task and gives a few hooks; the
 base does the rest as Slicer's scripted-module template does it (parameter node observed and bound to the
@@ -12,16 +13,20 @@ base does the rest as Slicer's scripted-module template does it (parameter node 
 - when the child ends: a failure reaches ``slicer.util.errorDisplay``; on success the outputs load as new nodes
   and show in the views (hook).
 
-Hooks (all optional but :meth:`TaskWidget.createLogic` and :meth:`TaskWidget.prepareRun`)::
+Hooks (all optional but :meth:`TaskWidget.createLogic`)::
 
     class ICHDetectorWidget(TaskWidget):
         task = "ich"
         taskEntry = "ICHDetectorLib.cli:TASK"
+        options = options.INFER
         inputHint = _("Select the head CT volume")
         applyHint = _("Detect hemorrhage on the selected head CT")
 
         def createLogic(self): return ICHDetectorLogic()
-        def prepareRun(self, p, runRoot): return self.logic.prepareRun(p.inputVolume, p.modelName, ..., runRoot)
+
+    class ICHDetectorLogic(TaskLogic):
+        widgetlogic = "ICHDetectorLib.widgetlogic"
+        inputName = "head_ct"
 """
 
 from __future__ import annotations
@@ -33,7 +38,11 @@ from typing import Any
 import slicer
 import vtk
 from slicer.i18n import tr as _
-from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
 #: Opacity of a Grad-CAM heatmap over its volume in the slice views.
@@ -53,6 +62,8 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     modelHint = ""
     #: Apply's tool tip when it can run.
     applyHint = ""
+    #: The task's declared options (``<Task>Lib.options.INFER``): parameter node fields -> child command.
+    options: tuple = ()
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -89,8 +100,14 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def prepareRun(self, parameterNode, runRoot: str) -> tuple[list[str], Path, Any]:
         """Write the inputs to a new run folder under ``runRoot``; return the ``meddl`` arguments, the output
-        folder and the reference volume (results are placed beside it)."""
-        raise NotImplementedError
+        folder and the reference volume (results are placed beside it). Default: the one ``inputVolume`` and the
+        parameter node's option values (:class:`TaskLogic`)."""
+        from MedDLWidgets.parameters import optionValues
+
+        values = optionValues(parameterNode, self.options)
+        arguments, outputFolder = self.logic.prepareRun(parameterNode.inputVolume, parameterNode.modelName, values,
+                                                        runRoot)
+        return arguments, outputFolder, parameterNode.inputVolume
 
     def modelSelected(self, modelName: str) -> None:
         """Called when the model selection changes (after the parameter node took it)."""
@@ -237,3 +254,87 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             loaded = self.logic.loadResults(outputFolder, referenceVolume)
             self.ui.summaryLabel.text = loaded.summary
             self.showResults(referenceVolume, loaded.nodes)
+
+
+def describeTaskModule(parent, title: str, helpText: str) -> None:
+    """Fill what every MedDL task module tells Slicer besides its title and help: the MedDL category, the
+    dependency on the shared library module, contributors and acknowledgement."""
+    from slicer.i18n import translate
+
+    parent.title = title
+    parent.categories = [translate("qSlicerAbstractCoreModule", "MedDL")]
+    parent.dependencies = ["MedDLExtension"]
+    parent.contributors = ["MedDL developers"]
+    parent.helpText = helpText
+    parent.acknowledgementText = _("MedDL is built on 3D Slicer, PyTorch and MONAI. Research use only.")
+
+
+class TaskModuleTest(ScriptedLoadableModuleTest):
+    """A task module's Slicer self-test: the parameter node's defaults, then the shared self-test bodies of
+    ``<Task>Lib.selftests`` (the same ones pytest runs headless) on ``slicer.mrmlScene``.
+
+    A module's ``<Module>Test`` names ``selftests`` (the module path), ``options`` (its declared options),
+    ``inputField`` (a volume field of its parameter node) and :meth:`createLogic`.
+    """
+
+    selftests = ""
+    options: tuple = ()
+    inputField = "inputVolume"
+
+    def createLogic(self):
+        raise NotImplementedError
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_ParameterNode()
+        for test in importlib.import_module(self.selftests).ALL:
+            self.setUp()
+            self.delayDisplay(f"Running {test.__name__}")
+            test(slicer.mrmlScene)
+        self.delayDisplay("Test passed")
+
+    def test_ParameterNode(self):
+        """The parameter node starts with the declared options' defaults and keeps a selected input volume."""
+        from MedDLLib.options import widget_options
+
+        parameterNode = self.createLogic().getParameterNode()
+        for option in widget_options(self.options):
+            self.assertEqual(getattr(parameterNode, option.field), option.default, option.name)
+        self.assertIsNone(getattr(parameterNode, self.inputField))
+        volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        setattr(parameterNode, self.inputField, volumeNode)
+        self.assertEqual(getattr(self.createLogic().getParameterNode(), self.inputField).GetID(), volumeNode.GetID())
+
+
+class TaskLogic(ScriptedLoadableModuleLogic):
+    """A task module's logic: parameter node access (the module's ``getParameterNode``) and the two scene-side
+    steps of a widget run, through the task's Qt-free ``<Task>Lib.widgetlogic`` (``TASK``, ``infer_arguments``,
+    ``load_results``). The computation itself is ``<Task>Lib.logic`` (also usable from the Python console).
+
+    A module names ``widgetlogic`` (the module path) and, for a one-volume task, ``inputName`` (the input file's
+    stem); a task with several inputs overrides :meth:`prepareRun`.
+    """
+
+    widgetlogic = ""
+    inputName = ""
+
+    def prepareRun(self, inputVolume, modelName: str, values: dict | None = None, runRoot: str | None = None
+                   ) -> tuple[list[str], Path]:
+        """Write ``inputVolume`` to a new run folder; return the ``meddl`` arguments (``values``: the run's
+        options by name, see ``MedDLWidgets.parameters.optionValues``) and the output folder."""
+        from MedDLLib import results
+
+        taskLogic = importlib.import_module(self.widgetlogic)
+        runFolder = results.new_run_folder(taskLogic.TASK, runRoot)
+        (inputFile,) = results.prepare_input([inputVolume], runFolder / "input", names=[self.inputName])
+        outputFolder = runFolder / "output"
+        return taskLogic.infer_arguments(inputFile, modelName, outputFolder, **(values or {})), outputFolder
+
+    def loadResults(self, outputFolder: Path, referenceVolume):
+        """Add the run's outputs to the reference volume's scene as new nodes; returns
+        ``MedDLLib.results.LoadedOutputs`` (``nodes`` with the ``result.json`` values as ``MedDL.*`` attributes,
+        ``summary``: the line to show)."""
+        return importlib.import_module(self.widgetlogic).load_results(outputFolder, referenceVolume)

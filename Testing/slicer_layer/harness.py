@@ -519,6 +519,13 @@ def scenario(slicer, root: Path, name: str, work: Path, checks: Checks, errors: 
     checks.run("scene close and reopen with a missing model", close_and_reopen)
     checks.run("cleanup", widget.cleanup)
 
+    def module_test():
+        test = getattr(module, f"{name}Test")()
+        test.setUp()
+        test.test_ParameterNode()
+
+    checks.run("the module's test_ParameterNode", module_test)
+
 
 def main(argv: list[str]) -> int:
     base_python, headers, root, name, work = (Path(argv[0]), Path(argv[1]), Path(argv[2]), argv[3],

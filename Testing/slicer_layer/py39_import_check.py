@@ -48,7 +48,8 @@ class _StubModule(types.ModuleType):
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
-        value = type(name, (_Anything,), {}) if name[:1].isupper() or name.startswith(("vtk", "q", "ctk")) else _Anything()
+        classy = name[:1].isupper() or name.startswith(("vtk", "q", "ctk"))
+        value = type(name, (_Anything,), {}) if classy else _Anything()
         setattr(self, name, value)
         return value
 
@@ -99,7 +100,8 @@ def main(root: Path) -> int:
     slicer.app = types.SimpleNamespace(majorVersion=5, minorVersion=8, applicationVersion="5.8.1")
     messages = _Messages()
     logging.getLogger().addHandler(messages)
-    sys.path[:0] = [str(root / "MedDLExtension")] + [str(p) for p in sorted(root.iterdir()) if (p / f"{p.name}.py").is_file()]
+    modules = [str(p) for p in sorted(root.iterdir()) if (p / f"{p.name}.py").is_file()]
+    sys.path[:0] = [str(root / "MedDLExtension")] + modules
     files = [root / "MedDLExtension" / "MedDLWidgets" / "__init__.py"]
     files += sorted(p / f"{p.name}.py" for p in root.iterdir() if (p / f"{p.name}.py").is_file())
     failed = 0
