@@ -9,41 +9,29 @@ helper is a thin layer over Qt-free, tested code in :mod:`MedDLLib.guisupport`:
   progress bar, a log view and the Apply button turned into Cancel; a blocking mode for scripts.
 - :class:`~MedDLWidgets.modelselector.ModelSelector`: a model combo box with the selected model's card, an
   Import button (folder or .zip, offline) and an Open-cache-folder button.
+- :class:`~MedDLWidgets.taskwidget.TaskWidget`, :class:`~MedDLWidgets.taskwidget.TaskLogic`,
+  :class:`~MedDLWidgets.taskwidget.TaskModuleTest`, :func:`~MedDLWidgets.taskwidget.describeTaskModule`: what the
+  four task modules share (parameter node plumbing, model selector, Apply/Cancel, progress, scene close, results,
+  the self-test); each ``<Module>.py`` is a short subclass naming its task and a few hooks;
+- :func:`~MedDLWidgets.parameters.withOptions`: the parameter node fields of a task's declared options
+  (:mod:`MedDLLib.options`).
 
-A module widget uses them like this (ICH Detector as the example)::
+A module's widget (ICH Detector as the example; see :mod:`MedDLWidgets.taskwidget` for the hooks)::
 
-    from MedDLWidgets import BackgroundRunner, ModelSelector, ensureDependencies, libraryPaths
+    @parameterNodeWrapper
+    @withOptions(options.INFER)          # heatmapLabel, threshold, forceCpu
+    class ICHDetectorParameterNode:
+        inputVolume: vtkMRMLScalarVolumeNode
+        modelName: str = ""
 
-    def setup(self):
-        ...
-        self.models = ModelSelector("ich", self.ui.modelComboBox, self.ui.modelCardView,
-                                    self.ui.importModelButton, self.ui.openModelCacheButton)
-        self.runner = BackgroundRunner(self.ui.applyButton, self.ui.progressBar, self.ui.logView,
-                                       self.ui.statusLabel)
+    class ICHDetectorWidget(TaskWidget):
+        task = "ich"
+        taskEntry = "ICHDetectorLib.cli:TASK"
+        options = options.INFER
+        inputHint = _("Select the head CT volume")
 
-    def onApplyButton(self):
-        if self.runner.isRunning():
-            self.runner.cancel()
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to start ICH detection."), waitCursor=True):
-            if not ensureDependencies(requester=_("ICH Detector")):
-                return
-            inputFile, self._outputFolder = self.logic.prepareRun(self._parameterNode.inputVolume)  # main thread
-            import ICHDetectorLib, MedDLLib
-            self.runner.start(
-                ["infer", "ich", "--input", inputFile, "--model", self.models.currentModel(),
-                 "--output", self._outputFolder],
-                onFinished=self.onRunFinished,
-                tasks=["ICHDetectorLib.cli:TASK"],
-                pythonPaths=libraryPaths(MedDLLib, ICHDetectorLib),
-            )
-
-    def onRunFinished(self, outcome):  # called on the main thread
-        if outcome.succeeded:
-            with slicer.util.tryWithErrorDisplay(_("Failed to load the results.")):
-                self.logic.loadResults(self._outputFolder, self._parameterNode.inputVolume)  # new nodes only
-        elif outcome.status == "failed":
-            slicer.util.errorDisplay(outcome.message)
+        def createLogic(self):
+            return ICHDetectorLogic()
 """
 
 from __future__ import annotations
