@@ -49,13 +49,10 @@ def _normalise_signature(name: str, arguments: str) -> str:
     """``currentNodeIDChanged(const QString& id)`` -> ``currentNodeIDChanged(QString)`` (Qt's normalised form)."""
     types_ = []
     for argument in filter(None, (a.strip() for a in arguments.split(","))):
-        argument = argument.split("=")[0].strip()
-        argument = re.sub(r"\bconst\b", "", argument).replace("&", " ").strip()
-        pointer = argument.endswith("*") or re.search(r"\*\s*\w+$", argument) is not None
+        argument = re.sub(r"\bconst\b", "", argument.split("=")[0]).replace("&", " ")
+        pointer = "*" in argument
         words = argument.replace("*", " ").split()
-        type_ = words[0] if len(words) == 1 or words[0] in ("unsigned",) and len(words) == 2 else " ".join(words[:-1])
-        if len(words) == 1:
-            type_ = words[0]
+        type_ = words[0] if len(words) == 1 else " ".join(words[:-1])  # drop the parameter's name
         types_.append(type_ + ("*" if pointer else ""))
     return f"{name}({','.join(types_)})"
 
