@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from LGGSegmenterLib import dataset, preprocess
-from LGGSegmenterLib.phantom import LGGPhantomGenerator, write_lgg_phantoms
+from LGGSegmenterLib.phantom import LGGPhantomGenerator, write_dataset
 from MedDLLib.errors import InputError
 from MedDLLib.geometry import Geometry, Volume
 
@@ -24,7 +24,7 @@ def _write_case(root, case_id, n_slices, with_masks=True):
 
 def test_slices_are_ordered_numerically_and_patient_id_strips_the_date(tmp_path):
     _write_case(tmp_path, "TCGA_CS_4941_19960909", 12)
-    (case,) = dataset.find_cases(tmp_path)
+    (case,) = dataset.scan_dataset(tmp_path)
     assert case.patient_id == "TCGA_CS_4941"
     image = dataset.read_slices(case)
     assert image.shape == (12, 3, 8, 8)
@@ -46,8 +46,8 @@ def test_clear_errors_for_bad_inputs(tmp_path):
 
 
 def test_phantom_layout_masks_and_clinical_table(tmp_path):
-    manifest = write_lgg_phantoms(tmp_path, 6, seed=3, size_px=48, n_slices=10, dicom=True)
-    cases = dataset.find_cases(tmp_path)
+    manifest = write_dataset(tmp_path, 6, seed=3, size=48, n_slices=10, dicom=True)
+    cases = dataset.scan_dataset(tmp_path)
     assert len(cases) == 6 and (tmp_path / "kaggle_3m").is_dir()
     clinical = dataset.read_clinical(tmp_path)
     assert set(clinical.index) == {c.patient_id for c in cases}
@@ -85,7 +85,7 @@ def test_improved_preprocessing_crops_brain_and_normalises():
     crop = prepared.crop
     assert prepared.x.shape == (8, 3, 32, 32)
     assert crop.box_hw[0] == crop.box_hw[1] < 64  # square box, smaller than the slice
-    brain = preprocess.brain_mask(image.astype(np.float32))
+    brain = preprocess.head_mask(image.astype(np.float32))
     assert brain[:, crop.j0:crop.j1, crop.i0:crop.i1].sum() == brain.sum()  # no brain voxel lost
     assert prepared.x.min() >= 0.0 and prepared.x.max() <= 1.0
     seed = preprocess.prepare(image, "seed", 64)

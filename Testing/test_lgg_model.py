@@ -49,7 +49,7 @@ def test_improved_recipe_learns_the_tumour_on_held_out_patients(trained, capsys)
 def test_infer_writes_the_output_contract_from_tif_and_dicom(trained, capsys):
     from LGGSegmenterLib import dataset
 
-    case = dataset.find_cases(trained / "test")[0]
+    case = dataset.scan_dataset(trained / "test")[0]
     truth = dataset.read_masks(case)
     results = {}
     for kind, study in (("tif", case.folder), ("dicom", trained / "test" / "dicom" / case.case_id)):

@@ -24,7 +24,7 @@ def cohort(tmp_path_factory):
 
 def test_phantom_layout_clinical_table_and_survival_signal(cohort):
     root, manifest = cohort
-    found = dataset.scan_cohort(root)
+    found = dataset.scan_dataset(root)
     assert len(found.studies) == 6 and not found.unusable
     truth = {t["patient_id"]: t for t in manifest["truth"]}
     for study in found.studies:
@@ -48,7 +48,7 @@ def test_phantom_layout_clinical_table_and_survival_signal(cohort):
 
 def test_phantom_lungs_segmented_with_tumour_on_the_right_side(cohort):
     root, manifest = cohort
-    for study, truth in zip(dataset.scan_cohort(root).studies, manifest["truth"]):
+    for study, truth in zip(dataset.scan_dataset(root).studies, manifest["truth"]):
         volume = study.read()
         seg = preprocess.segment_lungs(volume)
         assert 500 < seg.right_ml < 3000 and 500 < seg.left_ml < 3000
@@ -74,7 +74,7 @@ def test_reader_reports_unusable_studies_and_clinical_problems(cohort, tmp_path)
     write_series(tmp_path / "short" / "1.000000-scout-2", Volume(volume.array[:5], volume.geometry),
                  patient_id="LUNGPH-500", pixel_representation=1)
     write_series(tmp_path / "noclin" / "1.000000-ct-3", volume, patient_id="LUNGPH-501", pixel_representation=1)
-    found = dataset.scan_cohort(tmp_path)
+    found = dataset.scan_dataset(tmp_path)
     assert len(found.studies) == 5
     assert "several CT series" in found.unusable[study["patient_id"]]
     assert "only 5 slices" in found.unusable["LUNGPH-500"]
@@ -82,7 +82,7 @@ def test_reader_reports_unusable_studies_and_clinical_problems(cohort, tmp_path)
     text = "\n".join(found.problems)
     assert "LUNGPH-999" in text and "survival time" in text and "LUNGPH-998" in text and "LUNGPH-997" in text
     # min_slices is the caller's choice (the seed recipe used 50)
-    assert len(dataset.scan_cohort(tmp_path, min_slices=50).studies) == 0
+    assert len(dataset.scan_dataset(tmp_path, min_slices=50).studies) == 0
 
 
 def test_clinical_columns_by_usual_names(tmp_path):

@@ -58,8 +58,8 @@ def test_improved_recipe_learns_survival_and_beats_the_seed(tmp_path):
     """
     phantom.write_dataset(tmp_path / "train", 32, seed=10)
     phantom.write_dataset(tmp_path / "test", 24, seed=11)
-    train = dataset.scan_cohort(tmp_path / "train").studies
-    test = dataset.scan_cohort(tmp_path / "test").studies
+    train = dataset.scan_dataset(tmp_path / "train").studies
+    test = dataset.scan_dataset(tmp_path / "test").studies
     results = {}
     for name, size in (("improved", 16), ("seed", 24)):
         model.train_model(train, tmp_path / name, name, epochs=10, size=size, seed=0)

@@ -56,7 +56,7 @@ def test_lgg_masks_agree_with_torch_on_held_out_patients(lgg, monkeypatch):
     from LGGSegmenterLib import dataset
     from LGGSegmenterLib.model import case_image, channel_names, segment_study
 
-    cases = dataset.find_cases(lgg / "test")
+    cases = dataset.scan_dataset(lgg / "test")
     network, package = _fresh(lgg / "model")
     images = [case_image(c, channel_names(package.metadata)) for c in cases]
     monkeypatch.setenv(runtime.ENV, "torch")
@@ -133,13 +133,13 @@ def lung(tmp_path_factory):
 
 
 def test_lung_outputs_agree_with_torch(lung, monkeypatch):
-    from LungSurvivalLib.dataset import scan_cohort
+    from LungSurvivalLib.dataset import scan_dataset
     from LungSurvivalLib.model import predict_inputs, prepare_study
     from LungSurvivalLib.preprocess import InputSpec
 
     package = load_package(lung / "model")
     spec = InputSpec.from_metadata(package.metadata["input"])
-    xs = [prepare_study(s, spec)[None] for s in scan_cohort(lung / "data").studies]
+    xs = [prepare_study(s, spec)[None] for s in scan_dataset(lung / "data").studies]
     monkeypatch.setenv(runtime.ENV, "torch")
     network, package = _fresh(lung / "model")
     reference = [predict_inputs(network, x, package=package) for x in xs]

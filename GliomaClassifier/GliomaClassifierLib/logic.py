@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from MedDLLib import models, nodes
-from MedDLLib.errors import Cancelled, InputError
+from MedDLLib.errors import InputError
 from MedDLLib.geometry import LPS_TO_RAS, Volume
 from MedDLLib.results import OutputFile
 
@@ -126,7 +126,7 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
         model: a glioma model package (folder, cached name, or a loaded :class:`MedDLLib.models.ModelPackage`).
         options: :class:`GliomaOptions`.
         progress: ``(fraction 0..1, message)`` callback.
-        cancel: returns True to stop (raises :class:`Cancelled`).
+        cancel: returns True to stop (raises :class:`MedDLLib.errors.Cancelled`).
     Raises:
         InputError: a sequence the model needs is missing, or a volume is not a usable MR series.
     """
@@ -137,16 +137,10 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
     from .model import TASK, model_card, predict_arrays
     from .preprocess import InputSpec, prepare, voi_source
 
+    from MedDLLib.pipeline import checkpoints, ensure_loaded
+
     options = options or GliomaOptions()
-    report = progress or (lambda fraction, message: None)
-
-    def checkpoint(fraction: float, message: str) -> None:
-        if cancel is not None and cancel():
-            raise Cancelled("cancelled by the user")
-        report(fraction, message)
-
-    from MedDLLib.pipeline import ensure_loaded
-
+    checkpoint = checkpoints(progress, cancel)
     checkpoint(0.02, "loading the model")
     loaded = ensure_loaded(model, options.device, lambda m, device: models.load_task_model(m, TASK, device))
     network, package = loaded.network, loaded.package

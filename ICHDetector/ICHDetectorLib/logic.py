@@ -18,12 +18,12 @@ from typing import Any, Callable
 import numpy as np
 
 from MedDLLib import nodes
-from MedDLLib.errors import Cancelled, InputError
+from MedDLLib.errors import InputError
 from MedDLLib.geometry import Volume
 from MedDLLib.results import OutputFile
 
 from .dataset import LABELS
-from .preprocess import InputSpec, check_head_ct, volume_input
+from .preprocess import InputSpec, check_head_ct, intracranial_mask, volume_input
 
 #: Name (after the input node's name) of the plot chart of the per-slice probabilities.
 PLOT_NAME = "ICH probabilities plot"
@@ -113,18 +113,6 @@ class ICHResult:
         return out
 
 
-def brain_mask(hu: np.ndarray) -> np.ndarray:
-    """Intracranial voxels ``[k, j, i]``: inside the skull ring (bone > 300 HU), soft-tissue density, per slice."""
-    from scipy import ndimage
-
-    bone = hu > 300.0
-    inside = np.zeros_like(bone)
-    for k in range(hu.shape[0]):
-        filled = ndimage.binary_fill_holes(bone[k])
-        inside[k] = filled & ~ndimage.binary_dilation(bone[k], iterations=1)
-    return inside & (hu > -20.0) & (hu < 120.0)
-
-
 def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
             progress: Callable[[float, str], None] | None = None,
             cancel: Callable[[], bool] | None = None) -> ICHResult:
@@ -136,25 +124,19 @@ def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
             :class:`MedDLLib.pipeline.LoadedModel`).
         options: :class:`ICHOptions`.
         progress: ``(fraction 0..1, message)`` callback.
-        cancel: returns True to stop (raises :class:`Cancelled`).
+        cancel: returns True to stop (raises :class:`MedDLLib.errors.Cancelled`).
     Raises:
         InputError: not a head CT in HU (see :func:`~ICHDetectorLib.preprocess.check_head_ct`), bad options.
     """
     import torch
 
     from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
-
-    from MedDLLib.pipeline import ensure_loaded
+    from MedDLLib.pipeline import checkpoints, ensure_loaded
 
     from .model import load_model, predict_inputs
 
     options = options or ICHOptions()
-    report = progress or (lambda fraction, message: None)
-
-    def checkpoint(fraction: float, message: str) -> None:
-        if cancel is not None and cancel():
-            raise Cancelled("cancelled by the user")
-        report(fraction, message)
+    checkpoint = checkpoints(progress, cancel)
 
     override = check_head_ct(volume, accept_non_head=options.accept_non_head)
     checkpoint(0.05, "loading the model")
@@ -182,7 +164,7 @@ def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
         checkpoint(0.85, "suspected hemorrhage region")
         hu = np.asarray(volume.array, dtype=np.float32)
         blood = (hu >= BLOOD_HU[0]) & (hu <= BLOOD_HU[1])
-        suspected = (blood & brain_mask(hu) & (heat_volume.array >= options.heatmap_threshold)).astype(np.uint8)
+        suspected = (blood & intracranial_mask(hu) & (heat_volume.array >= options.heatmap_threshold)).astype(np.uint8)
         volume_ml = float(suspected.sum()) * volume.geometry.voxel_volume_ml()
     checkpoint(1.0, "done")
     return ICHResult(probs, study, bool(positive), options.threshold, heat_volume, suspected, volume_ml,

@@ -30,6 +30,7 @@ from MedDLLib import dicom
 from MedDLLib.errors import DicomError, InputError
 from MedDLLib.geometry import Geometry, Volume
 from MedDLLib.intensity import normalize_max_abs, window_channels
+from MedDLLib.resample import resize_slices
 
 #: The three windows of the improved recipe (names of :data:`MedDLLib.intensity.WINDOWS`).
 WINDOWS: tuple[str, ...] = ("brain", "subdural", "bone")
@@ -237,22 +238,21 @@ class InputSpec:
 
 
 # ---------------------------------------------------------------------------------------------- array pieces
-def resize_slices(slices: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of ``(N, H, W)`` slices to ``(N, size, size)`` over the same field of view (float32)."""
-    import torch
-    import torch.nn.functional as F
+def intracranial_mask(hu: np.ndarray) -> np.ndarray:
+    """Intracranial voxels ``[k, j, i]`` of a head CT in HU: inside the skull ring (bone > 300 HU), soft-tissue
+    density (-20..120 HU), per slice."""
+    from scipy import ndimage
 
-    arr = np.asarray(slices, dtype=np.float32)
-    if arr.shape[1:] == (size, size):
-        return arr.copy()
-    with torch.no_grad():
-        out = F.interpolate(torch.from_numpy(np.ascontiguousarray(arr))[:, None], size=(size, size),
-                            mode="bilinear", align_corners=False)
-    return out[:, 0].numpy()
+    bone = hu > 300.0
+    inside = np.zeros_like(bone)
+    for k in range(hu.shape[0]):
+        filled = ndimage.binary_fill_holes(bone[k])
+        inside[k] = filled & ~ndimage.binary_dilation(bone[k], iterations=1)
+    return inside & (hu > -20.0) & (hu < 120.0)
 
 
 def network_grid(geometry: Geometry, shape_kji: Sequence[int], size: int) -> Geometry:
-    """Geometry of the ``size x size`` grid :func:`resize_slices` makes from slices of ``geometry``/``shape_kji``.
+    """Geometry of the ``size x size`` grid :func:`MedDLLib.resample.resize_slices` makes from slices of ``geometry``/``shape_kji``.
 
     Same field of view and centre, same slices (k unchanged); pixel centres as ``align_corners=False``.
     """

@@ -63,15 +63,15 @@ def run_bench(*, size: int = 256, n_slices: int = 88, width: int = model.DEFAULT
     from MedDLLib.models import load_package
 
     from . import dataset
-    from .phantom import write_lgg_phantoms
+    from .phantom import write_dataset
 
     result: dict[str, Any] = {"task": "lgg", "machine": bench.machine(), "caveat": bench.CAVEAT,
                               "end_to_end_input": f"DICOM, 3 MR series of {n_slices} x {size} x {size}",
                               "network": f"improved recipe: {model.DEFAULT_NETWORK} width {width}", "runtime": {}}
     with tempfile.TemporaryDirectory(prefix="meddl-lgg-bench-") as tmp:
         tmp_path = Path(tmp)
-        write_lgg_phantoms(tmp_path / "data", 1, 0, size_px=size, n_slices=n_slices, dicom=True)
-        case = dataset.find_cases(tmp_path / "data")[0]
+        write_dataset(tmp_path / "data", 1, 0, size=size, n_slices=n_slices, dicom=True)
+        case = dataset.scan_dataset(tmp_path / "data")[0]
         packages = {kind: improved_package(tmp_path, network=kind, width=width, size=size) for kind in networks}
         first = packages[networks[0]]
         arguments = ["infer", "lgg", "--input", str(tmp_path / "data" / "dicom" / case.case_id), "--model",

@@ -65,9 +65,9 @@ class LGGTask(PipelineTask):
             parser.add_argument("--width", type=positive_int, default=model.DEFAULT_WIDTH)
 
     def phantom(self, out: Path, cases: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-        from .phantom import write_lgg_phantoms
+        from .phantom import write_dataset
 
-        manifest = write_lgg_phantoms(out, cases, seed, size_px=getattr(args, "size", 64),
+        manifest = write_dataset(out, cases, seed, size=getattr(args, "size", 64),
                                       n_slices=getattr(args, "slices", 16),
                                       dicom=not getattr(args, "no_dicom", False))
         return {"cases": cases, "dataset": str(Path(out) / "kaggle_3m"),
@@ -76,7 +76,7 @@ class LGGTask(PipelineTask):
 
     def train(self, args: argparse.Namespace) -> dict[str, Any]:
         channels = dataset.CHANNELS if getattr(args, "channels", "all") == "all" else ("FLAIR",)
-        result = model.train_lgg(args.data, args.out, recipe=args.recipe, network=getattr(args, "network", "unet"),
+        result = model.train_model(args.data, args.out, recipe=args.recipe, network=getattr(args, "network", "unet"),
                                  width=getattr(args, "width", model.DEFAULT_WIDTH), size=getattr(args, "size", None),
                                  channels=channels, epochs=args.epochs, max_minutes=args.max_minutes,
                                  seed=args.seed, device=args.device, force_cpu=args.force_cpu,
@@ -88,7 +88,7 @@ class LGGTask(PipelineTask):
     def evaluate(self, args: argparse.Namespace) -> dict[str, Any]:
         from MedDLLib.device import select_device
 
-        return model.evaluate_lgg(args.data, args.model, select_device(args.device, args.force_cpu))
+        return model.evaluate_model(args.data, args.model, select_device(args.device, args.force_cpu))
 
     def find_studies(self, root: Path) -> list[Path]:
         """Every entry of ``root`` (or of its ``kaggle_3m`` folder, the real dataset's layout) that ``meddl infer
@@ -139,20 +139,20 @@ class LGGTask(PipelineTask):
         from MedDLLib.demo import figure, headline
         from MedDLLib.io import atomic_write_json
 
-        from .phantom import write_lgg_phantoms
+        from .phantom import write_dataset
 
         seed = int(getattr(args, "seed", 0))
         quick = bool(getattr(args, "quick", False))
         n_train, n_test, epochs = (6, 4, 3) if quick else (16, 8, 30)
-        write_lgg_phantoms(out / "train", n_train, seed, n_slices=16)
-        write_lgg_phantoms(out / "test", n_test, seed + 1000, n_slices=16)
+        write_dataset(out / "train", n_train, seed, n_slices=16)
+        write_dataset(out / "test", n_test, seed + 1000, n_slices=16)
         package = out / "lgg-improved"
-        trained = model.train_lgg(out / "train", package, recipe="improved", width=8, epochs=epochs, seed=seed,
+        trained = model.train_model(out / "train", package, recipe="improved", width=8, epochs=epochs, seed=seed,
                                   device=getattr(args, "device", None), force_cpu=getattr(args, "force_cpu", False),
                                   progress=False)
-        metrics = model.evaluate_lgg(out / "test", package, seed=seed)
+        metrics = model.evaluate_model(out / "test", package, seed=seed)
         atomic_write_json(out / "metrics.json", metrics)
-        case = dataset.find_cases(out / "test")[0]
+        case = dataset.scan_dataset(out / "test")[0]
         ns = argparse.Namespace(device=getattr(args, "device", None), force_cpu=getattr(args, "force_cpu", False),
                                 gradcam=True)
         result = self.infer(case.folder, str(package), out / "infer", ns)
@@ -173,7 +173,8 @@ class LGGTask(PipelineTask):
                         "are harder."),
             "figures": [figure(out / "infer" / "overlay.png",
                                f"A held-out phantom, FLAIR slice of largest predicted tumour: the segmentation "
-                               f"outline and the Grad-CAM heatmap; tumour volume {result['tumour_volume_ml']:.1f} ml.")],
+                               f"outline and the Grad-CAM heatmap; tumour volume "
+                               f"{result['tumour_volume_ml']:.1f} ml.")],
             "metrics": "metrics.json", "tumour_volume_ml": result["tumour_volume_ml"],
         }
 

@@ -108,7 +108,7 @@ def dataset_root(root: str | Path) -> Path:
     return root
 
 
-def find_cases(root: str | Path) -> list[LGGCase]:
+def scan_dataset(root: str | Path) -> list[LGGCase]:
     """All study folders below ``root`` (or ``root/kaggle_3m``), sorted by case id.
 
     Raises:

@@ -255,7 +255,7 @@ def split_items(case_index: np.ndarray, patients: np.ndarray, split: str, seed: 
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def train_lgg(data: str | Path, out: str | Path, *, recipe: str = "improved", network: str = DEFAULT_NETWORK,
+def train_model(data: str | Path, out: str | Path, *, recipe: str = "improved", network: str = DEFAULT_NETWORK,
               width: int = DEFAULT_WIDTH, size: int | None = None, channels: Sequence[str] = dataset.CHANNELS,
               epochs: int | None = None, max_minutes: float | None = None, seed: int = 0,
               device: str | None = None, force_cpu: bool = False, batch_size: int | None = None,
@@ -285,7 +285,7 @@ def train_lgg(data: str | Path, out: str | Path, *, recipe: str = "improved", ne
     for c in channels:
         if c not in dataset.CHANNELS:
             raise InputError(f"unknown channel {c!r}; expected some of {dataset.CHANNELS}")
-    cases = [c for c in dataset.find_cases(data)]
+    cases = [c for c in dataset.scan_dataset(data)]
     missing = [c.case_id for c in cases if not c.has_masks]
     if missing:
         raise InputError(f"cases without _mask.tif files cannot be used for training: {', '.join(missing[:5])}")
@@ -403,7 +403,7 @@ def summarize(rows: Sequence[CaseResult], metadata: dict[str, Any] | None = None
     return metrics
 
 
-def evaluate_lgg(data: str | Path, model: str | Path, device: Any = "cpu", seed: int = 0) -> dict[str, Any]:
+def evaluate_model(data: str | Path, model: str | Path, device: Any = "cpu", seed: int = 0) -> dict[str, Any]:
     """Evaluate a model package on every case of a kaggle_3m dataset; adds the death01 model when data.csv allows.
 
     Returns:
@@ -418,7 +418,7 @@ def evaluate_lgg(data: str | Path, model: str | Path, device: Any = "cpu", seed:
 
     package = load_package(model)
     network = package.network(device)
-    cases = dataset.find_cases(data)
+    cases = dataset.scan_dataset(data)
     unlabeled = [c.case_id for c in cases if not c.has_masks]
     if unlabeled:
         raise InputError(f"cases without _mask.tif files cannot be evaluated: {', '.join(unlabeled[:5])}")

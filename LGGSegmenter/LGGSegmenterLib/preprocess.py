@@ -23,6 +23,7 @@ import numpy as np
 from MedDLLib.errors import InputError
 from MedDLLib.geometry import Geometry, Volume
 from MedDLLib.intensity import CT_AIR_FRACTION, CT_AIR_HU, ct_air_fraction, normalize_percentile, normalize_zscore
+from MedDLLib.resample import resize_slices
 
 RECIPE_NORMALISATION = {"seed": "scale255", "improved": "p10p99", "buda-unet": "p10p99-zscore"}
 
@@ -69,7 +70,7 @@ class Prepared:
     input_hw: tuple[int, int]
 
 
-def brain_mask(image: np.ndarray) -> np.ndarray:
+def head_mask(image: np.ndarray) -> np.ndarray:
     """Head/brain foreground ``(K, H, W)`` bool: channel mean above 10 % of its 99th percentile.
 
     Args:
@@ -105,19 +106,6 @@ def brain_crop(mask: np.ndarray, size: int, margin_px: int = 2) -> Crop:
     return Crop(j0, j1, i0, i1, size)
 
 
-def resize_slices(x: np.ndarray, size_hw: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
-    """Resize ``(K, C, H, W)`` to ``(K, C, *size_hw)`` (``mode`` bilinear or nearest); float32."""
-    import torch
-    import torch.nn.functional as F
-
-    x = np.asarray(x, dtype=np.float32)
-    if x.shape[-2:] == tuple(size_hw):
-        return x.copy()
-    t = torch.from_numpy(np.ascontiguousarray(x))
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
-    return F.interpolate(t, size=tuple(size_hw), mode=mode, **kwargs).numpy()
-
-
 def prepare(image: np.ndarray, recipe: str, size: int) -> Prepared:
     """Network input of a study (see the module docstring).
 
@@ -147,7 +135,7 @@ def prepare(image: np.ndarray, recipe: str, size: int) -> Prepared:
         for ch in range(c):
             x[:, ch] = normalize_zscore(normalize_percentile(x[:, ch], 10.0, 99.0))
     else:
-        mask = brain_mask(x)
+        mask = head_mask(x)
         crop = brain_crop(mask, size)
         x = x[:, :, crop.j0:crop.j1, crop.i0:crop.i1]
         m = mask[:, crop.j0:crop.j1, crop.i0:crop.i1]

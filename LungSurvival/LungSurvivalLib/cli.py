@@ -76,7 +76,7 @@ class LungTask(PipelineTask):
     def _cohort(self, data: Path, args: argparse.Namespace) -> dataset.LungCohort:
         import sys
 
-        cohort = dataset.scan_cohort(data, min_slices=getattr(args, "min_slices", dataset.MIN_SLICES))
+        cohort = dataset.scan_dataset(data, min_slices=getattr(args, "min_slices", dataset.MIN_SLICES))
         for pid, why in cohort.unusable.items():
             print(f"unusable study {pid}: {why}", file=sys.stderr)
         if not cohort.studies:
@@ -170,8 +170,8 @@ class LungTask(PipelineTask):
         device, force_cpu = getattr(args, "device", None), getattr(args, "force_cpu", False)
         write_dataset(out / "train", n_train, seed + 10)
         write_dataset(out / "test", n_test, seed + 11)
-        train = dataset.scan_cohort(out / "train").studies
-        test = dataset.scan_cohort(out / "test").studies
+        train = dataset.scan_dataset(out / "train").studies
+        test = dataset.scan_dataset(out / "test").studies
         results = {}
         for recipe_name, size in (("improved", 16), ("seed", 24)):
             package = out / f"lung-{recipe_name}"

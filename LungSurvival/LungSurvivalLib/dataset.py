@@ -5,7 +5,7 @@ On disk (what the NBIA Data Retriever writes, e.g. NSCLC-Radiomics)::
     ROOT/<Collection>/<PatientID>/<MM-DD-YYYY>-NA-<study description>-<nnnnn>/<n>.000000-<series description>-<nnnnn>/1-001.dcm
     ROOT/<any name>.csv      clinical table: patient id, survival time (days), event (death = 1, censored = 0)
 
-Folder names (dates, spaces, series numbers) are never parsed: :func:`scan_cohort` reads the DICOM headers
+Folder names (dates, spaces, series numbers) are never parsed: :func:`scan_dataset` reads the DICOM headers
 (:func:`MedDLLib.dicom.find_series`) and groups the CT series by PatientID, so any folder layout works. Clinical
 columns are found by their usual names (:data:`ID_COLUMNS`, :data:`TIME_COLUMNS`, :data:`EVENT_COLUMNS`; e.g.
 NSCLC-Radiomics ``PatientID, Survival.time, deadstatus.event`` or ``patient_id, survival_days, event``); an event
@@ -155,7 +155,7 @@ def read_clinical(path: str | os.PathLike) -> tuple[dict[str, tuple[float, int]]
     return out, problems
 
 
-def scan_cohort(root: str | os.PathLike, *, min_slices: int = MIN_SLICES, workers: int | None = None) -> LungCohort:
+def scan_dataset(root: str | os.PathLike, *, min_slices: int = MIN_SLICES, workers: int | None = None) -> LungCohort:
     """Find the usable CT studies below ``root`` and attach survival from the clinical CSV.
 
     Raises:

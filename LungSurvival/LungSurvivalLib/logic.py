@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from MedDLLib.errors import Cancelled, InputError
+from MedDLLib.errors import InputError
 from MedDLLib.geometry import Volume
 from MedDLLib.results import OutputFile
 
@@ -129,14 +129,12 @@ def compute(volume: Volume, network: Any, metadata: dict[str, Any], options: Lun
 
     import torch
 
+    from MedDLLib.pipeline import checkpoints
+
     options = options or LungOptions()
     start = time.perf_counter()
 
-    def step(fraction: float, message: str) -> None:
-        if cancel is not None and cancel():
-            raise Cancelled("cancelled by the user")
-        if progress is not None:
-            progress(fraction, message)
+    step = checkpoints(progress, cancel)
 
     step(0.0, "segmenting the lungs")
     seg = segment_chest(volume)

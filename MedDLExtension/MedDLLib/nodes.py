@@ -232,15 +232,9 @@ def add_color_table(scene: Any, name: str, segments: SegmentSpec) -> Any:
 
 
 def _check_labels(labels: np.ndarray, segments: SegmentSpec, name: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.dtype == bool:
-        labels = labels.astype(np.uint8)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(f"{name}: label array must be integer or bool, got {labels.dtype}")
-    unknown = sorted(set(np.unique(labels).tolist()) - {0} - set(segments))
-    if unknown:
-        raise InputError(f"{name}: label values {unknown} have no segment name/colour")
-    return labels.astype(np.uint8 if max(segments, default=0) < 256 else np.uint16)
+    from .outputs import check_labels
+
+    return check_labels(labels, segments, name)
 
 
 def add_labelmap(scene: Any, labels: np.ndarray, geometry: Geometry, name: str, segments: SegmentSpec) -> Any:

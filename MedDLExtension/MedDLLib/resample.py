@@ -135,3 +135,24 @@ def crop_volume(volume: Volume, box: tuple[tuple[int, int], tuple[int, int], tup
     origin = volume.geometry.ijk_to_lps() @ np.array([i0, j0, k0, 1.0])
     geometry = Geometry(volume.geometry.spacing_mm, tuple(float(v) for v in origin[:3]), volume.geometry.direction_lps)
     return Volume(volume.array[k0:k1, j0:j1, i0:i1], geometry, dict(volume.metadata))
+
+
+def resize_slices(slices: np.ndarray, size: int | tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+    """Resize the last two axes ``(..., H, W)`` to ``size`` (an int for a square) over the same field of view,
+    each slice on its own (float32): ``bilinear`` (pixel centres as ``align_corners=False``) or ``nearest``.
+
+    The in-plane resize of the 2D networks' inputs (ICH slices ``(N, H, W)``, LGG channels ``(K, C, H, W)``).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    size_hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+    arr = np.asarray(slices, dtype=np.float32)
+    if arr.shape[-2:] == size_hw:
+        return arr.copy()
+    lead = arr.shape[:-2]
+    flat = torch.from_numpy(np.ascontiguousarray(arr.reshape(-1, 1, *arr.shape[-2:])))
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    with torch.no_grad():
+        out = F.interpolate(flat, size=size_hw, mode=mode, **kwargs)
+    return out.numpy().reshape(*lead, *size_hw)

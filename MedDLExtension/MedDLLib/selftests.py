@@ -16,6 +16,21 @@ from pathlib import Path
 import numpy as np
 
 
+def assert_cancel_adds_nothing(scene, run: Callable[[], object]) -> None:
+    """``run()``, a logic call whose ``cancel()`` returns True, raises :class:`~MedDLLib.errors.Cancelled` and
+    leaves ``scene`` with the nodes it had (the task self-tests' cancel check)."""
+    from .errors import Cancelled
+
+    count = scene.GetNumberOfNodes()
+    try:
+        run()
+    except Cancelled:
+        pass
+    else:
+        raise AssertionError("cancel() returned True but the run went on")
+    assert scene.GetNumberOfNodes() == count, "a cancelled run added nodes"
+
+
 def _oblique_volume():
     from .geometry import Geometry, Volume
 
