@@ -83,3 +83,32 @@ def test_heatmap_over_the_crop_box_equals_the_whole_volume_resample(case):
     assert np.abs(fast.array - expected).max() < 1e-6
     assert (fast.array > 0).any() == (case != "outside")
     assert fast.geometry.allclose(reference.geometry)
+
+
+def test_bf16_grad_cam_only_where_measured_to_agree(tmp_path, monkeypatch):
+    """bf16=None: a network attached to its package measures fp32 against bf16 once per layer and shape (the first
+    call returns the fp32 maps), records the choice beside the runtime export, and later calls stay within the
+    tolerance of fp32; without bf16 dot products (or a package) it is fp32 and nothing is recorded."""
+    import json
+
+    from ICHDetectorLib.model import load_model, untrained_package
+
+    from MedDLLib import gradcam, runtime
+
+    package_folder = untrained_package(tmp_path, 32)
+    x = torch.rand(4, 9, 32, 32, generator=torch.Generator().manual_seed(3))
+    network, _ = load_model(package_folder)
+    fp32 = compute_gradcam(network, x, "layer3", class_index=0, bf16=False)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    assert np.array_equal(compute_gradcam(network, x, "layer3", class_index=0), fp32)
+    record = package_folder / "runtime" / runtime.RECORD
+    assert not record.exists() or "gradcam" not in json.loads(record.read_text())
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    first = compute_gradcam(network, x, "layer3", class_index=0)
+    assert np.array_equal(first, fp32)  # the measuring call answers with the fp32 maps
+    choice = json.loads(record.read_text())["gradcam"]["layer3:gradcam:0:9x32x32"]
+    assert set(choice) == {"bf16", "max_map_difference", "seconds"}
+    assert choice["bf16"] is False or choice["max_map_difference"] <= gradcam.BF16_MAP_TOLERANCE
+    network, _ = load_model(package_folder)  # a later run reads the choice
+    later = compute_gradcam(network, x, "layer3", class_index=0)
+    assert np.abs(later - fp32).max() <= gradcam.BF16_MAP_TOLERANCE

@@ -23,6 +23,10 @@ from .resample import covering_box, resample_to_geometry
 Method = Literal["gradcam", "gradcam++"]
 
 
+#: Largest difference of a bf16 Grad-CAM map from the fp32 one (maps in [0, 1]) for bf16 to be used.
+BF16_MAP_TOLERANCE = 0.02
+
+
 def compute_gradcam(
     network: Any,
     inputs: Any,
@@ -30,10 +34,10 @@ def compute_gradcam(
     *,
     class_index: int | None = None,
     method: Method = "gradcam",
-    bf16: bool = False,
+    bf16: bool | None = None,
     return_logits: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM of ``network`` for ``inputs`` (forward and backward hooks on ``target_layer``; no MONAI import).
+    """Grad-CAM of ``network`` for ``inputs`` (a forward hook on ``target_layer``; no MONAI import).
 
     Args:
         network: a torch module returning logits ``(B, n_classes)``; put in eval mode here (restored after).
@@ -41,38 +45,89 @@ def compute_gradcam(
         target_layer: name of the convolutional layer to explain (as in ``network.named_modules()``).
         class_index: output to explain (default: the arg-max logit of each sample; for one-output networks 0).
         method: ``"gradcam"`` (channel weight = mean gradient) or ``"gradcam++"`` (Chattopadhay et al. 2018).
-        bf16: run the forward under bf16 autocast on the CPU (only where its maps were shown to agree).
+        bf16: run under bf16 autocast on the CPU. None (default): only where it was measured to agree, for a
+            network attached to its package (:func:`MedDLLib.runtime.attach`) on a CPU with bf16 dot products:
+            the first call for a layer and input shape computes both maps, keeps bf16 when its map is within
+            :data:`BF16_MAP_TOLERANCE` of the fp32 one and faster, and records the choice beside the package's
+            runtime export; elsewhere fp32.
         return_logits: also return the forward's logits ``(B, n_classes)`` float32 (the prediction, so a caller
-            that needs both runs one forward).
+            that needs both runs one forward; under bf16 they carry bf16's rounding).
     Returns:
         float32 array ``(B, *spatial)`` in [0, 1], upsampled (linear) to the input size, normalised over the whole
         batch (all zeros when the network shows no positive evidence anywhere); with ``return_logits`` the pair
         ``(maps, logits)``.
     """
-    import contextlib
-
-    import torch
-    import torch.nn.functional as F
-
     modules = dict(network.named_modules())
     if target_layer not in modules:
         raise ValueError(f"target layer {target_layer!r} is not in the network; some layers: {sorted(modules)[-8:]}")
     if method not in ("gradcam", "gradcam++"):
         raise ValueError(f"unknown Grad-CAM method {method!r}; expected 'gradcam' or 'gradcam++'")
+    if bf16 is None:
+        maps, logits, bf16 = _choose_precision(network, inputs, modules[target_layer], target_layer, class_index,
+                                               method)
+        if maps is not None:
+            return (maps, logits) if return_logits else maps
+    maps, logits = _gradcam(network, inputs, modules[target_layer], class_index, method, bool(bf16))
+    return (maps, logits) if return_logits else maps
+
+
+def _choose_precision(network: Any, inputs: Any, layer: Any, target_layer: str, class_index: int | None,
+                      method: str) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
+    """``(maps, logits, bf16)``: the recorded choice (maps None), or both precisions measured now (fp32 maps)."""
+    import time
+
+    from . import runtime
+
+    if getattr(inputs, "device", None) is None or inputs.device.type != "cpu" or not runtime.cpu_has_bf16():
+        return None, None, False
+    runner = runtime.runner_for(network)
+    if runner.folder is None:
+        return None, None, False
+    key = f"{target_layer}:{method}:{class_index}:{'x'.join(str(int(n)) for n in inputs.shape[1:])}"
+    choice = runner.gradcam_choice(key)
+    if choice is not None:
+        return None, None, bool(choice.get("bf16"))
+    start = time.perf_counter()
+    maps, logits = _gradcam(network, inputs, layer, class_index, method, False)
+    fp32_s = time.perf_counter() - start
+    start = time.perf_counter()
+    maps_bf16, _ = _gradcam(network, inputs, layer, class_index, method, True)
+    bf16_s = time.perf_counter() - start
+    difference = float(np.abs(maps - maps_bf16).max(initial=0.0))
+    use = difference <= BF16_MAP_TOLERANCE and bf16_s < fp32_s
+    runner.record_gradcam_choice(key, {"bf16": use, "max_map_difference": difference,
+                                       "seconds": {"fp32": fp32_s, "bf16": bf16_s}})
+    return maps, logits, use
+
+
+def _gradcam(network: Any, inputs: Any, layer: Any, class_index: int | None, method: str,
+             bf16: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Maps ``(B, *spatial)`` and logits of one Grad-CAM pass (see :func:`compute_gradcam`)."""
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
     spatial = tuple(inputs.shape[2:])
     # Not channels-last: 2x faster here, but torch 2.13's CPU backward crashes (SIGSEGV) on some small networks.
     saved: dict[str, Any] = {}
 
-    def keep_activation(module: Any, args: Any, output: Any) -> None:
-        saved["activation"] = output
+    def keep_activation(module: Any, args: Any, output: Any) -> Any:
+        # The layers before this one ran without recording a graph (their gradients are never needed); from here
+        # on the graph is recorded, starting at the activation (a clone goes on, so in-place layers are safe).
+        torch.set_grad_enabled(True)
+        saved["activation"] = output.detach().requires_grad_(True)
+        return saved["activation"].clone()
 
     was_training = network.training
     network.eval()
-    handle = modules[target_layer].register_forward_hook(keep_activation)
+    handle = layer.register_forward_hook(keep_activation)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     try:
-        with torch.enable_grad(), autocast:
+        with torch.no_grad(), autocast:  # grad mode turns on at the target layer (keep_activation)
             logits = network(inputs)
+            if "activation" not in saved:
+                raise ValueError("the target layer was not run by the network's forward")
             index = logits.argmax(dim=1) if class_index is None else torch.full(
                 (logits.shape[0],), int(class_index), dtype=torch.long, device=logits.device)
             score = logits.gather(1, index[:, None])[:, 0]
@@ -93,12 +148,10 @@ def compute_gradcam(
         weights = (alpha * positive).sum(dim=reduce, keepdim=True)
     cam = F.relu((weights * acti).sum(dim=1, keepdim=True))
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
-    maps = F.interpolate(cam, size=spatial, mode=mode, align_corners=False)[:, 0].contiguous().numpy()
+    maps = F.interpolate(cam, size=spatial, mode=mode, align_corners=False)[:, 0].contiguous().cpu().numpy()
     peak = float(maps.max(initial=0.0))
     maps = (maps / peak).astype(np.float32) if peak > 0 else np.zeros_like(maps, dtype=np.float32)
-    if return_logits:
-        return maps, logits.detach().float().cpu().numpy()
-    return maps
+    return maps, logits.detach().float().cpu().numpy()
 
 
 def heatmap_to_reference(heatmap: np.ndarray, network_grid: Geometry, reference: Volume) -> Volume:

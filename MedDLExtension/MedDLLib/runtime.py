@@ -115,6 +115,15 @@ def available_backends() -> list[str]:
     return found
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 dot products (AVX512-BF16 or AMX-BF16; read from /proc/cpuinfo on Linux)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
 def _threads() -> int:
     import torch
 
@@ -273,6 +282,23 @@ class Runner:
             atomic_write_json(self.folder / RECORD, record)
         except OSError as exc:
             log.info("could not record the runtime choice in %s (%s)", self.folder, exc)
+
+    def gradcam_choice(self, key: str) -> dict[str, Any] | None:
+        """The recorded Grad-CAM precision choice for ``key`` (None: not measured for these weights)."""
+        return self._read_record().get("gradcam", {}).get(key) if self.folder is not None else None
+
+    def record_gradcam_choice(self, key: str, choice: dict[str, Any]) -> None:
+        """Keep a Grad-CAM precision choice beside the export (for these weights)."""
+        from .io import atomic_write_json
+
+        if self.folder is None:
+            return
+        record = self._read_record() or {"weights_sha256": self.weights_sha256, "format": "meddl-runtime/1"}
+        record.setdefault("gradcam", {})[key] = choice
+        try:
+            atomic_write_json(self.folder / RECORD, record)
+        except OSError as exc:
+            log.info("could not record the Grad-CAM choice in %s (%s)", self.folder, exc)
 
     def _export(self, shape: tuple[int, ...]) -> Path | None:
         """The verified ONNX export for inputs of ``shape`` (any batch), exported now if missing or stale."""
