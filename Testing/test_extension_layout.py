@@ -59,8 +59,14 @@ FORBIDDEN_IN_LIBRARIES = {
     "slicer.parameterNodeWrapper",
     *QT_SIDE_PACKAGES,
 }
-#: Top-level modules a <Module>.py may import at file scope besides the standard library.
+#: Top-level modules a <Module>.py may import at file scope besides the standard library (and its own light
+#: ``<Module>Lib.options``, the declared options its parameter node is made of).
 ALLOWED_FILE_SCOPE_IMPORTS = {"slicer", "vtk", "qt", "ctk", "__future__"}
+#: Qt-side packages a <Module>.py may import at file scope (the task modules' shared base classes).
+MODULE_FILE_SCOPE_PACKAGES = {"MedDLWidgets"}
+#: Template class -> the MedDLWidgets base a task module's class may derive from instead.
+TASK_BASES = {"ScriptedLoadableModuleWidget": "TaskWidget", "ScriptedLoadableModuleLogic": "TaskLogic",
+              "ScriptedLoadableModuleTest": "TaskModuleTest"}
 #: Dependencies of pyproject.toml that Slicer (or its PyTorch extension) provides, so not in requirements.txt.
 PROVIDED_IN_SLICER = {"torch", "numpy", "simpleitk", "slicer-core", "vtk", "packaging"}
 
@@ -115,9 +121,29 @@ def _base_names(cls: ast.ClassDef) -> list[str]:
     return [b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "") for b in cls.bases]
 
 
+def option_annotations(library: str) -> dict[str, ast.expr]:
+    """The fields ``@withOptions(options.INFER)`` adds (``MedDLWidgets.parameters``), as annotations."""
+    import importlib
+
+    from MedDLLib.options import widget_options
+
+    fields = {}
+    for option in widget_options(importlib.import_module(f"{library}.options").INFER):
+        text = option.type.__name__
+        if option.range is not None:
+            text = f"Annotated[{text}, WithinRange{option.range!r}]"
+        elif option.choices is not None:
+            text = f"Annotated[{text}, Choice({list(option.choices)!r})]"
+        fields[option.field] = ast.parse(text, mode="eval").body
+    return fields
+
+
 def parameter_node_fields(tree: ast.Module) -> dict[str, ast.expr]:
-    """Fields (name -> annotation) of the ``@parameterNodeWrapper`` classes of a module script."""
+    """Fields (name -> annotation) of the ``@parameterNodeWrapper`` classes of a module script (with those its
+    ``@withOptions(options.INFER)`` decorator adds from the module's ``<Module>Lib.options``)."""
     fields: dict[str, ast.expr] = {}
+    libraries = {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module
+                 and n.module.endswith("Lib") and [a.name for a in n.names] == ["options"]}
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and any(
             _decorator_name(d) == "parameterNodeWrapper" for d in node.decorator_list
@@ -125,6 +151,8 @@ def parameter_node_fields(tree: ast.Module) -> dict[str, ast.expr]:
             for stmt in node.body:
                 if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
                     fields[stmt.target.id] = stmt.annotation
+            if any(_decorator_name(d) == "withOptions" for d in node.decorator_list) and len(libraries) == 1:
+                fields.update(option_annotations(libraries.pop()))
     return fields
 
 
@@ -291,7 +319,7 @@ def check_module_script(script: Path, module: str) -> list[str]:
     for name, base in expected_bases.items():
         if name not in classes:
             problems.append(f"{script.name}: class {name} is missing")
-        elif base not in _base_names(classes[name]):
+        elif base not in _base_names(classes[name]) and TASK_BASES.get(base) not in _base_names(classes[name]):
             problems.append(f"{script.name}: class {name} does not derive from {base}")
     pnode = classes.get(f"{module}ParameterNode")
     if pnode is None or not any(_decorator_name(d) == "parameterNodeWrapper" for d in pnode.decorator_list):
@@ -308,6 +336,12 @@ def check_module_script(script: Path, module: str) -> list[str]:
                     and target.value.attr == "parent"
                 ):
                     parent_sets[target.attr] = node.value
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "describeTaskModule":
+            # MedDLWidgets.describeTaskModule(self.parent, title, helpText) sets the six for a task module
+            title, help_text = (node.args[1:] + [None, None])[:2]
+            parent_sets.update(title=title, helpText=help_text, categories=node, dependencies=node,
+                               contributors=node, acknowledgementText=ast.Call(func=ast.Name(id="_"), args=[],
+                                                                               keywords=[]))
     for attr in ("title", "categories", "dependencies", "contributors", "helpText", "acknowledgementText"):
         if attr not in parent_sets:
             problems.append(f"{script.name}: self.parent.{attr} is not set")
@@ -329,8 +363,12 @@ def check_module_script(script: Path, module: str) -> list[str]:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             for name in names:
                 top = name.split(".")[0]
+                own_options = (isinstance(node, ast.ImportFrom) and name == LIBRARIES[module]
+                               and [a.name for a in node.names] == ["options"])
                 if node.__class__ is ast.ImportFrom and node.level:
                     problems.append(f"{script.name}:{node.lineno}: relative import at file scope")
+                elif own_options or (top in MODULE_FILE_SCOPE_PACKAGES and module != "MedDLExtension"):
+                    continue
                 elif top not in ALLOWED_FILE_SCOPE_IMPORTS and top not in stdlib:
                     problems.append(
                         f"{script.name}:{node.lineno}: imports {name} at file scope (import it inside a function, "
@@ -352,10 +390,11 @@ def check_module_script(script: Path, module: str) -> list[str]:
             problems.append(f"{script.name}:{node.lineno}: statement with possible side effects at file scope")
 
     text = script.read_text()
-    if f'"UI/{module}.ui"' not in text:
+    task_widget = f"{module}Widget" in classes and "TaskWidget" in _base_names(classes[f"{module}Widget"])
+    if f'"UI/{module}.ui"' not in text and not task_widget:  # TaskWidget loads UI/<moduleName>.ui
         problems.append(f"{script.name}: the widget does not load Resources/UI/{module}.ui")
     library = LIBRARIES[module]
-    if f"{library}.selftests.ALL" not in text:
+    if f"{library}.selftests.ALL" not in text and f'selftests = "{library}.selftests"' not in text:
         problems.append(f"{script.name}: {module}Test does not run {library}.selftests.ALL")
     return problems
 
@@ -603,7 +642,9 @@ def test_ui_check_detects_unknown_widget_and_parameter(module_copy):
     script = module_copy / "ICHDetector.py"
     ui = module_copy / "Resources" / "UI" / "ICHDetector.ui"
     assert check_ui_bindings(script, ui) == []
-    script.write_text(script.read_text().replace("self.ui.applyButton.enabled", "self.ui.runButton.enabled"))
+    script.write_text(script.read_text().replace("        return ICHDetectorLogic()\n",
+                                                 "        self.ui.runButton.enabled = False\n"
+                                                 "        return ICHDetectorLogic()\n", 1))
     ui.write_text(ui.read_text().replace("<string>inputVolume</string>", "<string>inputVolumeNode</string>"))
     problems = check_ui_bindings(script, ui)
     assert any("self.ui.runButton" in p for p in problems)
@@ -626,8 +667,8 @@ def test_script_check_detects_template_violations(module_copy):
     assert check_module_script(script, "ICHDetector") == []
     broken = (
         good.replace("class ICHDetectorLogic(", "class ICHDetectorLogik(")
-        .replace('self.parent.title = _("ICH Detector")', 'self.parent.title = "ICH Detector"')
-        .replace("import slicer\n", "import slicer\nimport torch\n", 1)
+        .replace('_("ICH Detector"),', '"ICH Detector",')
+        .replace("from slicer import", "import torch\nfrom slicer import", 1)
         + "\nslicer.app.processEvents()\n"
     )
     script.write_text(broken)
@@ -637,7 +678,7 @@ def test_script_check_detects_template_violations(module_copy):
     assert any("imports torch at file scope" in p for p in problems)
     assert any("side effects at file scope" in p for p in problems)
     script.write_text(
-        good.replace("self.parent.contributors", "self.parent.hidden = True\n        self.parent.contributors")
+        good.replace("        describeTaskModule(", "        self.parent.hidden = True\n        describeTaskModule(")
     )
     assert any("must not be hidden" in p for p in check_module_script(script, "ICHDetector"))
 
@@ -709,6 +750,6 @@ def test_qt_side_helpers_import_nothing_heavy_at_file_scope():
     assert heavy == []
     # and the MedDLLib modules it imports at file scope are light (no numpy/torch/slicer at their file scope)
     lib = ROOT / "MedDLExtension" / "MedDLLib"
-    for name in ("guisupport.py", "errors.py"):
+    for name in ("guisupport.py", "errors.py", "options.py"):
         imports = {n for _, n in file_scope_imports(lib / name)}
         assert imports <= set(sys.stdlib_module_names) | {".", "__future__"}, (name, imports)
