@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from MedDLLib.errors import InputError
 from MedDLLib.options import add_arguments as add_options
@@ -32,7 +32,7 @@ from MedDLLib.pipeline import Computed, LoadedModel, PipelineTask, Study
 
 from . import options
 from .dataset import SEQUENCES
-from .logic import HEATMAP_NRRD, OUTPUTS  # noqa: F401  (the output contract)
+from .logic import GliomaOptions, HEATMAP_NRRD, OUTPUTS  # noqa: F401  (HEATMAP_NRRD: the output contract)
 
 OVERLAY_PNG = "overlay.png"
 
@@ -100,20 +100,13 @@ def parse_voi_dicom(items: list[str] | None) -> dict[str, str]:
     return voi
 
 
-def infer_study(input_path: str | Path, model: str | Path, output: str | Path, *, threshold: float = 0.5,
-                device: str = "cpu", progress: Callable[[float, str], None] | None = None,
-                voi_dicom: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run one study through the shared pipeline (:func:`MedDLLib.pipeline.run_study`): ``heatmap.nrrd`` and
-    ``overlay.png`` in ``output``; return the ``result.json`` values (the caller writes the file).
-
-    ``voi_dicom``: sequence -> a DICOM file whose VOI LUT applies to that sequence's volume (volume-file input).
-    """
-    from MedDLLib.pipeline import run_study
-
-    from .logic import GliomaOptions
-
-    options = GliomaOptions(gradcam=True, threshold=threshold, device=str(device), voi_dicom=dict(voi_dicom or {}))
-    return run_study(TASK, Path(input_path), model, Path(output), options, device=device, progress=progress)
+def infer_study(input_path: str | Path, model: str | Path, output: str | Path, *,
+                voi_dicom: dict[str, str] | None = None, **values: Any) -> dict[str, Any]:
+    """One study into ``output`` through the shared pipeline (:meth:`MedDLLib.pipeline.PipelineTask.run`; options
+    ``threshold``, ``device``, ``progress``); ``voi_dicom``: sequence -> a DICOM file whose VOI LUT applies to that
+    sequence's volume (volume-file input). Returns the ``result.json`` values."""
+    voi = [f"{sequence}={file}" for sequence, file in (voi_dicom or {}).items()]
+    return TASK.run(input_path, model, output, voi_dicom=voi, **values)
 
 
 class GliomaTask(PipelineTask):
@@ -121,8 +114,9 @@ class GliomaTask(PipelineTask):
 
     name = "glioma"
     title = "Glioma Classifier: MGMT promoter methylation from brain MRI (research use only)"
-    needs_model = True  # no default model ships: infer and batch check --model once, first
     outputs = OUTPUTS
+    infer_options = options.INFER
+    options_type = GliomaOptions
     networks = {"glioma.evidence_resnet10": "GliomaClassifierLib.model:EvidenceResNet10"}
 
     def add_arguments(self, subcommand: str, parser: argparse.ArgumentParser) -> None:
@@ -247,10 +241,9 @@ class GliomaTask(PipelineTask):
 
     # ------------------------------------------------------------------------------------------------ pipeline
     def options(self, args: argparse.Namespace, device: Any) -> Any:
-        from .logic import GliomaOptions
-
-        return GliomaOptions(gradcam=True, threshold=getattr(args, "threshold", 0.5), device=str(device),
-                             voi_dicom=parse_voi_dicom(getattr(args, "voi_dicom", None)))
+        chosen = super().options(args, device)
+        chosen.voi_dicom = parse_voi_dicom(getattr(args, "voi_dicom", None))
+        return chosen
 
     def read_study(self, path: Path, package: LoadedModel | None, options: Any) -> Study:
         from .preprocess import InputSpec, with_voi_sources
@@ -309,7 +302,8 @@ class GliomaTask(PipelineTask):
         inferred = infer_study(case.folders["T1wCE"].parent, str(out / "model"), out / "infer")
         atomic_write_json(out / "infer" / "result.json", inferred)
         what = (f"{n_train} synthetic brain MRI studies (T1wCE, 48 x 48 x 24 voxels; the tumour rim enhances more "
-                f"in the 'methylated' ones, with noise, so even a perfect reader reaches AUROC 0.97) trained the improved recipe (EvidenceResNet10 at 1/4 width) "
+                f"in the 'methylated' ones, with noise, so the best achievable AUROC is 0.97) trained the "
+                f"improved recipe (EvidenceResNet10 at 1/4 width) "
                 f"for {epochs} epochs (best epoch {result.best_epoch}); {n_test} held-out studies were scored.")
         return {
             "what": what,

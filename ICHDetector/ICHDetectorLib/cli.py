@@ -25,6 +25,7 @@ from MedDLLib.pipeline import Computed, LoadedModel, PipelineTask, Study
 
 from . import options
 from .logic import HEATMAP_NRRD, OUTPUTS, PROBABILITIES_CSV, SUSPECTED_SEG  # noqa: F401  (the output contract)
+from .logic import ICHOptions
 
 OVERLAY_PNG = "overlay.png"
 
@@ -48,16 +49,10 @@ def read_study_volume(path: Path) -> Any:
     return mio.read_volume_file(path)
 
 
-def infer_study(input_path: Path, model: str, output: Path, *, heatmap_label: str = "any", threshold: float = 0.5,
-                device: str = "cpu", progress: Any = None) -> dict[str, Any]:
-    """Run one study through the shared pipeline (:func:`MedDLLib.pipeline.run_study`) into ``output``; return
-    the ``result.json`` values (the caller writes the file)."""
-    from MedDLLib.pipeline import run_study
-
-    from .logic import ICHOptions
-
-    options = ICHOptions(heatmap_label=heatmap_label, threshold=threshold, device=str(device))
-    return run_study(TASK, Path(input_path), model, Path(output), options, device=device, progress=progress)
+def infer_study(input_path: Path, model: str, output: Path, **values: Any) -> dict[str, Any]:
+    """One study into ``output`` through the shared pipeline (:meth:`MedDLLib.pipeline.PipelineTask.run`; options
+    ``heatmap_label``, ``threshold``, ``device``, ``progress``); returns the ``result.json`` values."""
+    return TASK.run(input_path, model, output, **values)
 
 
 class ICHTask(PipelineTask):
@@ -65,16 +60,11 @@ class ICHTask(PipelineTask):
 
     name = "ich"
     title = "ICH Detector: intracranial hemorrhage on head CT"
-    needs_model = True  # no default model ships: infer and batch check --model once, first
     outputs = OUTPUTS
+    infer_options = options.INFER
+    options_type = ICHOptions
 
     # ------------------------------------------------------------------------------------------------ pipeline
-    def options(self, args: argparse.Namespace, device: Any) -> Any:
-        from .logic import ICHOptions
-
-        return ICHOptions(heatmap_label=getattr(args, "heatmap_label", "any"),
-                          threshold=getattr(args, "threshold", 0.5), device=str(device),
-                          accept_non_head=bool(getattr(args, "accept_non_head", False)))
 
     def load_network(self, model: Any, device: Any) -> tuple[Any, Any]:
         from .model import load_model
@@ -212,7 +202,8 @@ class ICHTask(PipelineTask):
                         "brighter, simpler shapes than real ones."),
             "figures": [
                 figure(out / "infer" / OVERLAY_PNG, f"A held-out study: Grad-CAM for 'any' and the suspected "
-                       f"region over the slice of highest probability; study probability {inferred['any_probability']:.2f}."),
+                       f"region over the slice of highest probability; study probability "
+                       f"{inferred['any_probability']:.2f}."),
                 figure(metrics["any_roc_png"], "ROC curve for 'any', per slice, with its 95 % bootstrap band "
                        "(whole studies resampled); the dashed line is chance."),
                 figure(metrics["any_reliability_png"], f"Reliability diagram for 'any': predicted probability "

@@ -22,7 +22,7 @@ from MedDLLib.options import add_arguments as add_options
 from MedDLLib.pipeline import Computed, LoadedModel, PipelineTask, Study
 
 from . import dataset, model, options
-from .logic import OUTPUTS
+from .logic import LGGOptions, OUTPUTS
 
 
 class LGGTask(PipelineTask):
@@ -30,8 +30,9 @@ class LGGTask(PipelineTask):
 
     name = "lgg"
     title = "LGG Segmenter: lower-grade glioma segmentation and tumour features"
-    needs_model = True  # no default model ships: infer and batch check --model once, first
     outputs = OUTPUTS
+    infer_options = options.INFER
+    options_type = LGGOptions
     networks = {"LGGSegmenter.BasicUNetPlusPlus": "LGGSegmenterLib.model:_unetpp_factory",
                 "lgg.buda_unet": "LGGSegmenterLib.model:BudaUNet"}
     importers = {"buda-unet": "LGGSegmenterLib.model:import_buda_unet"}
@@ -98,11 +99,6 @@ class LGGTask(PipelineTask):
         return super().find_studies(dataset.dataset_root(root))
 
     # ------------------------------------------------------------------------------------------------ pipeline
-    def options(self, args: argparse.Namespace, device: Any) -> Any:
-        from .logic import LGGOptions
-
-        return LGGOptions(gradcam=bool(getattr(args, "gradcam", False)), device=device)
-
     def read_study(self, path: Path, package: LoadedModel | None, options: Any) -> Study:
         from .logic import read_study, reference_channel
 
