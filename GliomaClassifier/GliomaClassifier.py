@@ -92,13 +92,9 @@ class GliomaClassifierWidget(TaskWidget):
     (Grad-CAM over the reference series, the 64-slice window ROI, the result table in the layout)."""
 
     task = "glioma"
-    taskEntry = "GliomaClassifierLib.cli:TASK"
-    options = options.INFER
     inputHint = _("Select the brain MRI series")
     applyHint = _("Estimate the MGMT methylation probability of the selected study")
 
-    def createLogic(self) -> GliomaClassifierLogic:
-        return GliomaClassifierLogic()
 
     def initializeInputs(self, p: GliomaClassifierParameterNode) -> None:
         """Fill empty sequence fields with the one volume named after each sequence (e.g. "T1wCE"), if any."""
@@ -147,7 +143,6 @@ class GliomaClassifierLogic(TaskLogic):
         result = GliomaClassifierLogic().process({"T1wCE": t1ceNode, "FLAIR": flairNode}, "my-glioma-model")
     """
 
-    widgetlogic = "GliomaClassifierLib.widgetlogic"
 
     def getParameterNode(self) -> GliomaClassifierParameterNode:
         return GliomaClassifierParameterNode(super().getParameterNode())
@@ -220,9 +215,4 @@ class GliomaClassifierTest(TaskModuleTest):
     """The parameter node's defaults, then the shared self-test bodies of ``GliomaClassifierLib.selftests``
     (the same ones pytest runs headless)."""
 
-    selftests = "GliomaClassifierLib.selftests"
-    options = options.INFER
     inputField = "t1wceVolume"
-
-    def createLogic(self) -> GliomaClassifierLogic:
-        return GliomaClassifierLogic()

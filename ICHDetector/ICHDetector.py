@@ -81,14 +81,9 @@ class ICHDetectorWidget(TaskWidget):
     table and the per-slice plot in the layout, the heatmap over the CT, the suspected region outlined)."""
 
     task = "ich"
-    taskEntry = "ICHDetectorLib.cli:TASK"
-    options = options.INFER
     inputHint = _("Select the head CT volume")
     modelHint = _("Select or import an ICH model")
     applyHint = _("Detect hemorrhage on the selected head CT")
-
-    def createLogic(self) -> ICHDetectorLogic:
-        return ICHDetectorLogic()
 
 
 #
@@ -105,7 +100,6 @@ class ICHDetectorLogic(TaskLogic):
         result = ICHDetectorLogic().process(volumeNode, "my-ich-model", ICHOptions(heatmap_label="subdural"))
     """
 
-    widgetlogic = "ICHDetectorLib.widgetlogic"
     inputName = "head_ct"
 
     def getParameterNode(self) -> ICHDetectorParameterNode:
@@ -120,10 +114,3 @@ class ICHDetectorLogic(TaskLogic):
 class ICHDetectorTest(TaskModuleTest):
     """The parameter node's defaults, then the shared self-test bodies of ``ICHDetectorLib.selftests``
     (the same ones pytest runs headless)."""
-
-    selftests = "ICHDetectorLib.selftests"
-    options = options.INFER
-    inputField = "inputVolume"
-
-    def createLogic(self) -> ICHDetectorLogic:
-        return ICHDetectorLogic()

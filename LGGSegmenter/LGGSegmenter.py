@@ -86,14 +86,10 @@ class LGGSegmenterWidget(TaskWidget):
     and shows the results (the features table in the layout, the tumour segmentation, Grad-CAM when asked)."""
 
     task = "lgg"
-    taskEntry = "LGGSegmenterLib.cli:TASK"
-    options = options.INFER
     inputHint = _("Select the FLAIR volume")
     modelHint = _("Select or import an LGG model")
     applyHint = _("Segment the tumour on the selected volume(s)")
 
-    def createLogic(self) -> LGGSegmenterLogic:
-        return LGGSegmenterLogic()
 
     def prepareRun(self, p: LGGSegmenterParameterNode, runRoot: str):
         volumes = (p.inputVolume, p.preContrastVolume, p.postContrastVolume)
@@ -116,7 +112,6 @@ class LGGSegmenterLogic(TaskLogic):
         outputs = LGGSegmenterLogic().process(flairNode, "my-lgg-model", LGGOptions(gradcam=True))
     """
 
-    widgetlogic = "LGGSegmenterLib.widgetlogic"
 
     def getParameterNode(self) -> LGGSegmenterParameterNode:
         return LGGSegmenterParameterNode(super().getParameterNode())
@@ -151,10 +146,3 @@ class LGGSegmenterLogic(TaskLogic):
 class LGGSegmenterTest(TaskModuleTest):
     """The parameter node's defaults, then the shared self-test bodies of ``LGGSegmenterLib.selftests``
     (the same ones pytest runs headless)."""
-
-    selftests = "LGGSegmenterLib.selftests"
-    options = options.INFER
-    inputField = "inputVolume"
-
-    def createLogic(self) -> LGGSegmenterLogic:
-        return LGGSegmenterLogic()

@@ -78,14 +78,9 @@ class LungSurvivalWidget(TaskWidget):
     volumes table in the layout, Grad-CAM over the CT, the lung segments outlined)."""
 
     task = "lung"
-    taskEntry = "LungSurvivalLib.cli:TASK"
-    options = options.INFER
     inputHint = _("Select the chest CT volume")
     modelHint = _("Select or import a lung survival model")
     applyHint = _("Segment the lungs and estimate the survival risk on the selected chest CT")
-
-    def createLogic(self) -> LungSurvivalLogic:
-        return LungSurvivalLogic()
 
 
 #
@@ -102,7 +97,6 @@ class LungSurvivalLogic(TaskLogic):
         outputs = LungSurvivalLogic().process(chestCtNode, "my-lung-model", LungOptions())
     """
 
-    widgetlogic = "LungSurvivalLib.widgetlogic"
     inputName = "chest_ct"
 
     def getParameterNode(self) -> LungSurvivalParameterNode:
@@ -117,10 +111,3 @@ class LungSurvivalLogic(TaskLogic):
 class LungSurvivalTest(TaskModuleTest):
     """The parameter node's defaults, then the shared self-test bodies of ``LungSurvivalLib.selftests``
     (the same ones pytest runs headless)."""
-
-    selftests = "LungSurvivalLib.selftests"
-    options = options.INFER
-    inputField = "inputVolume"
-
-    def createLogic(self) -> LungSurvivalLogic:
-        return LungSurvivalLogic()

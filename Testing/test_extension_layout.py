@@ -394,7 +394,8 @@ def check_module_script(script: Path, module: str) -> list[str]:
     if f'"UI/{module}.ui"' not in text and not task_widget:  # TaskWidget loads UI/<moduleName>.ui
         problems.append(f"{script.name}: the widget does not load Resources/UI/{module}.ui")
     library = LIBRARIES[module]
-    if f"{library}.selftests.ALL" not in text and f'selftests = "{library}.selftests"' not in text:
+    task_test = f"{module}Test" in classes and "TaskModuleTest" in _base_names(classes[f"{module}Test"])
+    if f"{library}.selftests.ALL" not in text and not task_test:  # TaskModuleTest runs <Module>Lib.selftests.ALL
         problems.append(f"{script.name}: {module}Test does not run {library}.selftests.ALL")
     return problems
 
@@ -642,9 +643,9 @@ def test_ui_check_detects_unknown_widget_and_parameter(module_copy):
     script = module_copy / "ICHDetector.py"
     ui = module_copy / "Resources" / "UI" / "ICHDetector.ui"
     assert check_ui_bindings(script, ui) == []
-    script.write_text(script.read_text().replace("        return ICHDetectorLogic()\n",
-                                                 "        self.ui.runButton.enabled = False\n"
-                                                 "        return ICHDetectorLogic()\n", 1))
+    hint = '    applyHint = _("Detect hemorrhage on the selected head CT")\n'
+    script.write_text(script.read_text().replace(hint, hint + "\n    def modelSelected(self, modelName):\n"
+                                                 "        self.ui.runButton.enabled = False\n", 1))
     ui.write_text(ui.read_text().replace("<string>inputVolume</string>", "<string>inputVolumeNode</string>"))
     problems = check_ui_bindings(script, ui)
     assert any("self.ui.runButton" in p for p in problems)

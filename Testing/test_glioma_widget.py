@@ -284,9 +284,9 @@ def test_ui_binds_every_parameter_and_names_the_widgets_the_module_uses():
               "dicom_source_files")}
     assert calls == {"infer_arguments", "prepare_input", "input_nodes", "model_sequences",
                      "model_caveat", "dicom_source_files"}  # the VOI of DICOM-loaded nodes reaches the child
-    assert "widgetlogic = 'GliomaClassifierLib.widgetlogic'" in ast.unparse(module)  # TaskLogic loads results
+    assert "class GliomaClassifierLogic(TaskLogic)" in ast.unparse(module)  # TaskLogic loads the results
     test_class = next(n for n in module.body if isinstance(n, ast.ClassDef) and n.name == "GliomaClassifierTest")
-    assert "selftests = 'GliomaClassifierLib.selftests'" in ast.unparse(test_class)
+    assert [ast.unparse(b) for b in test_class.bases] == ["TaskModuleTest"]  # runs <Module>Lib.selftests.ALL
 
 
 def test_parameter_defaults_agree_with_the_logic():

@@ -163,7 +163,7 @@ def test_ui_binds_every_parameter_and_names_the_widgets_the_module_uses():
                  "progressBar", "logView", "statusLabel", "summaryLabel"):
         assert name in widgets, name
     source = (MODULE / "LungSurvival.py").read_text()  # the shared TaskLogic runs LungSurvivalLib.widgetlogic
-    assert 'widgetlogic = "LungSurvivalLib.widgetlogic"' in source and "class LungSurvivalLogic(TaskLogic)" in source
+    assert "class LungSurvivalLogic(TaskLogic)" in source and 'inputName = "chest_ct"' in source
 
 
 def test_parameter_defaults_agree_with_the_logic():

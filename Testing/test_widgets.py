@@ -96,12 +96,13 @@ def test_ich_parameter_node_agrees_with_the_logic():
 
 
 def test_ich_widget_builds_its_command_with_widgetlogic():
-    """The module's logic names its widgetlogic; the shared TaskLogic/TaskWidget build the run through it."""
+    """The shared TaskLogic/TaskWidget build the run through ICHDetectorLib.widgetlogic (by Slicer-style naming:
+    ``<Module>Lib.widgetlogic``) with the parameter node's option values."""
     source = (ROOT / "ICHDetector" / "ICHDetector.py").read_text()
-    assert 'widgetlogic = "ICHDetectorLib.widgetlogic"' in source and "class ICHDetectorLogic(TaskLogic)" in source
-    assert "options = options.INFER" in source
+    assert "class ICHDetectorLogic(TaskLogic)" in source and 'inputName = "head_ct"' in source
     base = (ROOT / "MedDLExtension" / "MedDLWidgets" / "taskwidget.py").read_text()
-    for call in ("taskLogic.infer_arguments(", "results.prepare_input(", ".load_results(", "optionValues("):
+    for call in ("taskLogic.infer_arguments(", "results.prepare_input(", ".load_results(", "optionValues(",
+                 'f"{self.moduleName}Lib.widgetlogic"', 'f"{self.moduleName}Lib.options"'):
         assert call in base, call
 
 

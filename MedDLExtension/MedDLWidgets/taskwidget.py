@@ -13,20 +13,21 @@ base does the rest as Slicer's scripted-module template does it (parameter node 
 - when the child ends: a failure reaches ``slicer.util.errorDisplay``; on success the outputs load as new nodes
   and show in the views (hook).
 
-Hooks (all optional but :meth:`TaskWidget.createLogic`)::
+Names follow Slicer's own conventions (module ``ICHDetector``: ``ICHDetectorLogic`` in the same file, the task
+library ``ICHDetectorLib`` with ``cli.TASK``, ``options.INFER``, ``widgetlogic`` and ``selftests``), so a module
+gives only its task name, its messages and the hooks where it differs::
 
     class ICHDetectorWidget(TaskWidget):
         task = "ich"
-        taskEntry = "ICHDetectorLib.cli:TASK"
-        options = options.INFER
         inputHint = _("Select the head CT volume")
+        modelHint = _("Select or import an ICH model")
         applyHint = _("Detect hemorrhage on the selected head CT")
 
-        def createLogic(self): return ICHDetectorLogic()
-
     class ICHDetectorLogic(TaskLogic):
-        widgetlogic = "ICHDetectorLib.widgetlogic"
         inputName = "head_ct"
+
+    class ICHDetectorTest(TaskModuleTest):
+        pass
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     #: ``meddl`` task name ("ich", "glioma", "lgg", "lung").
     task = ""
-    #: ``module:attribute`` of the task object the child registers (Slicer has no entry points).
+    #: ``module:attribute`` of the task object the child registers (Slicer has no entry points); default
+    #: ``<Module>Lib.cli:TASK``.
     taskEntry = ""
     #: Apply's tool tip while the input is missing (used by the default :meth:`missingInput`).
     inputHint = ""
@@ -62,8 +64,8 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     modelHint = ""
     #: Apply's tool tip when it can run.
     applyHint = ""
-    #: The task's declared options (``<Task>Lib.options.INFER``): parameter node fields -> child command.
-    options: tuple = ()
+    #: The task's declared options (parameter node fields -> child command); default ``<Module>Lib.options.INFER``.
+    options: tuple | None = None
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -78,8 +80,9 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---------------------------------------------------------------------------------------------- hooks
     def createLogic(self):
-        """The module's ``ScriptedLoadableModuleLogic`` (parameter node access, prepareRun, loadResults)."""
-        raise NotImplementedError
+        """The module's logic (parameter node access, prepareRun, loadResults); default ``<Module>Logic()`` of the
+        module's file."""
+        return getattr(importlib.import_module(type(self).__module__), f"{self.moduleName}Logic")()
 
     def initializeInputs(self, parameterNode) -> None:
         """Fill empty input fields when the parameter node is (re)initialised; default: ``inputVolume`` gets
@@ -145,6 +148,10 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = self.createLogic()
+        if not self.taskEntry:
+            self.taskEntry = f"{self.moduleName}Lib.cli:TASK"
+        if self.options is None:
+            self.options = importlib.import_module(f"{self.moduleName}Lib.options").INFER
         self.models = ModelSelector(self.task, self.ui.modelComboBox, self.ui.modelCardView,
                                     self.ui.importModelButton, self.ui.openModelCacheButton,
                                     onChanged=self.onModelChanged)
@@ -270,19 +277,19 @@ def describeTaskModule(parent, title: str, helpText: str) -> None:
 
 
 class TaskModuleTest(ScriptedLoadableModuleTest):
-    """A task module's Slicer self-test: the parameter node's defaults, then the shared self-test bodies of
-    ``<Task>Lib.selftests`` (the same ones pytest runs headless) on ``slicer.mrmlScene``.
-
-    A module's ``<Module>Test`` names ``selftests`` (the module path), ``options`` (its declared options),
-    ``inputField`` (a volume field of its parameter node) and :meth:`createLogic`.
+    """A task module's Slicer self-test: the parameter node's defaults (``<Module>Lib.options.INFER``), then the
+    shared self-test bodies of ``<Module>Lib.selftests`` (the same ones pytest runs headless) on
+    ``slicer.mrmlScene``. A module's ``<Module>Test`` may name ``inputField`` (a volume field of its parameter node).
     """
 
-    selftests = ""
-    options: tuple = ()
     inputField = "inputVolume"
 
+    @property
+    def moduleName(self) -> str:
+        return type(self).__name__[: -len("Test")]
+
     def createLogic(self):
-        raise NotImplementedError
+        return getattr(importlib.import_module(type(self).__module__), f"{self.moduleName}Logic")()
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -290,7 +297,7 @@ class TaskModuleTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_ParameterNode()
-        for test in importlib.import_module(self.selftests).ALL:
+        for test in importlib.import_module(f"{self.moduleName}Lib.selftests").ALL:
             self.setUp()
             self.delayDisplay(f"Running {test.__name__}")
             test(slicer.mrmlScene)
@@ -301,7 +308,7 @@ class TaskModuleTest(ScriptedLoadableModuleTest):
         from MedDLLib.options import widget_options
 
         parameterNode = self.createLogic().getParameterNode()
-        for option in widget_options(self.options):
+        for option in widget_options(importlib.import_module(f"{self.moduleName}Lib.options").INFER):
             self.assertEqual(getattr(parameterNode, option.field), option.default, option.name)
         self.assertIsNone(getattr(parameterNode, self.inputField))
         volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
@@ -314,12 +321,16 @@ class TaskLogic(ScriptedLoadableModuleLogic):
     steps of a widget run, through the task's Qt-free ``<Task>Lib.widgetlogic`` (``TASK``, ``infer_arguments``,
     ``load_results``). The computation itself is ``<Task>Lib.logic`` (also usable from the Python console).
 
-    A module names ``widgetlogic`` (the module path) and, for a one-volume task, ``inputName`` (the input file's
-    stem); a task with several inputs overrides :meth:`prepareRun`.
+    A module names, for a one-volume task, ``inputName`` (the input file's stem); a task with several inputs
+    overrides :meth:`prepareRun`. ``widgetlogic`` defaults to ``<Module>Lib.widgetlogic``.
     """
 
     widgetlogic = ""
     inputName = ""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)  # sets moduleName from the class name
+        self.widgetlogic = self.widgetlogic or f"{self.moduleName}Lib.widgetlogic"
 
     def prepareRun(self, inputVolume, modelName: str, values: dict | None = None, runRoot: str | None = None
                    ) -> tuple[list[str], Path]:
