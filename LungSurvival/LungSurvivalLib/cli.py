@@ -21,7 +21,7 @@ from MedDLLib.options import add_arguments as add_options
 from MedDLLib.pipeline import Computed, LoadedModel, PipelineTask, Study
 
 from . import dataset, model, options
-from .logic import OUTPUTS
+from .logic import LungOptions, OUTPUTS
 
 #: Output files of ``meddl infer lung`` (besides ``result.json``), declared in :data:`.logic.OUTPUTS`.
 LUNGS_SEG = "lungs.seg.nrrd"
@@ -36,8 +36,9 @@ class LungTask(PipelineTask):
 
     name = "lung"
     title = "Lung Survival: lung segmentation and survival risk from chest CT"
-    needs_model = True  # no default model ships: infer and batch check --model once, first
     outputs = OUTPUTS
+    infer_options = options.INFER
+    options_type = LungOptions
     networks = {"lung.cnn3d": "LungSurvivalLib.model:SmallCNN3D"}
 
     def add_arguments(self, subcommand: str, parser: argparse.ArgumentParser) -> None:
@@ -115,11 +116,6 @@ class LungTask(PipelineTask):
         return metrics
 
     # ------------------------------------------------------------------------------------------------ pipeline
-    def options(self, args: argparse.Namespace, device: Any) -> Any:
-        from .logic import LungOptions
-
-        return LungOptions(gradcam=True, device=device)
-
     def read_study(self, path: Path, package: LoadedModel | None, options: Any) -> Study:
         """A DICOM folder holding one CT series, or an NRRD/NIfTI file."""
         from MedDLLib.dicom import read_dicom_folder

@@ -203,12 +203,22 @@ class PipelineTask(Task):
 
     #: The output files (``result.json`` excepted), in the order they are written and loaded as nodes.
     outputs: tuple[OutputFile, ...] = ()
-    #: Whether :meth:`compute` uses a model package.
+    #: Whether :meth:`compute` uses a model package (no default model ships with any MedDL task: ``infer`` and
+    #: ``batch`` check ``--model`` once, first).
     needs_model = True
 
+    #: The options of ``meddl infer``/``batch`` (:class:`MedDLLib.options.Option`, declared in ``<Task>Lib/options.py``)
+    #: and the dataclass of the task's logic they fill (its fields: those options' names and ``device``).
+    infer_options: tuple[Any, ...] = ()
+    options_type: type | None = None
+
     def options(self, args: argparse.Namespace, device: Any) -> Any:
-        """The task's options object from ``meddl infer|batch`` arguments; ``device`` is already chosen."""
-        raise NotImplementedError
+        """The task's options object from ``meddl infer|batch`` arguments (each of :attr:`infer_options`, its
+        default where ``args`` lacks it); ``device`` is already chosen."""
+        if self.options_type is None:
+            raise NotImplementedError(f"task {self.name!r} declares no options_type")
+        values = {option.name: getattr(args, option.name, option.default) for option in self.infer_options}
+        return self.options_type(**values, device=device)
 
     def load_network(self, model: Any, device: Any) -> tuple[Any, Any]:
         """``(network in eval mode on device, package)`` of ``model`` (folder, cached name or package)."""
@@ -243,6 +253,17 @@ class PipelineTask(Task):
                 "version": loaded.metadata["version"], "sha256": loaded.metadata["sha256"],
                 "n_tensors": len(state), "n_values": int(sum(t.numel() for t in state.values())),
                 "network": f"{loaded.metadata['network']['name']} built and loaded (strict)"}
+
+    def run(self, input_path: str | Path, model: Any, output: str | Path, *, device: Any = None,
+            progress: Progress | None = None, **values: Any) -> dict[str, Any]:
+        """One study into ``output`` (:func:`run_study`) from Python, e.g. the demo's inference; ``values`` are the
+        task's options by their command-line names (``threshold=0.3``); ``device`` as
+        :func:`MedDLLib.device.select_device` takes it. Returns the ``result.json`` values (not written)."""
+        from .device import select_device
+
+        chosen = select_device(device)
+        return run_study(self, Path(input_path), model, Path(output),
+                         self.options(argparse.Namespace(**values), chosen), device=chosen, progress=progress)
 
     def infer(self, input_path: Path, model: str | None, output: Path, args: argparse.Namespace) -> dict[str, Any]:
         """``meddl infer`` / ``meddl batch`` of one study: :func:`run_study` with the options from ``args``."""
