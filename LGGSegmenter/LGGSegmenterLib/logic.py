@@ -16,6 +16,7 @@ import numpy as np
 
 from MedDLLib.errors import InputError
 from MedDLLib.geometry import Geometry, Volume
+from MedDLLib.pipeline import TaskOptions
 from MedDLLib.results import OutputFile
 
 from . import model as lggmodel
@@ -38,12 +39,10 @@ GRADCAM_LAYERS = {"monai.networks.nets.BasicUNet": "net.upcat_2", lggmodel.UNETP
 
 
 @dataclasses.dataclass
-class LGGOptions:
-    """Options of one run: Grad-CAM heatmap, compute device (None: :func:`MedDLLib.device.select_device`'s
-    choice)."""
+class LGGOptions(TaskOptions):
+    """Options of one run: Grad-CAM heatmap, and the device (:class:`MedDLLib.pipeline.TaskOptions`)."""
 
     gradcam: bool = False
-    device: Any = None
 
 
 @dataclasses.dataclass

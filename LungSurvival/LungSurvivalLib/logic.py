@@ -24,6 +24,7 @@ import numpy as np
 
 from MedDLLib.errors import InputError
 from MedDLLib.geometry import Volume
+from MedDLLib.pipeline import TaskOptions
 from MedDLLib.results import OutputFile
 
 from . import model as lungmodel
@@ -47,12 +48,10 @@ OUTPUTS = (
 
 
 @dataclasses.dataclass
-class LungOptions:
-    """Options of one run: Grad-CAM heatmap, compute device (None: :func:`MedDLLib.device.select_device`'s
-    choice)."""
+class LungOptions(TaskOptions):
+    """Options of one run: Grad-CAM heatmap, and the device (:class:`MedDLLib.pipeline.TaskOptions`)."""
 
     gradcam: bool = True
-    device: Any = None
 
 
 @dataclasses.dataclass

@@ -75,6 +75,14 @@ class Study:
 
 
 @dataclasses.dataclass
+class TaskOptions:
+    """What every task's options hold: the compute device (None: :func:`MedDLLib.device.select_device`'s
+    choice). A task's options dataclass adds its own fields (keyword arguments)."""
+
+    device: Any = None
+
+
+@dataclasses.dataclass
 class LoadedModel:
     """A verified model package and its network (built once, eval mode) on ``device``."""
 
