@@ -11,8 +11,9 @@ model package in a :class:`Runner`, a callable ``inputs (B, C, *spatial) float32
    nothing is computed twice), then every available candidate runs the same input: ONNX Runtime fp32, OpenVINO
    fp32, and OpenVINO bf16 where the CPU has bf16 dot products (OpenVINO reports ``BF16``). A candidate counts
    only when its output agrees with torch fp32 (``agree``: :func:`probabilities_agree` or
-   :func:`masks_agree`); the fastest agreeing one (torch included) is kept in ``runtime.json`` for that shape,
-   so later runs and later processes go straight to it.
+   :func:`masks_agree`); the fastest agreeing one (torch included), counting once what a process pays to load and
+   compile it (so a tiny network stays in torch), is kept in ``runtime.json`` for that shape, so later runs and
+   later processes go straight to it.
 3. **Fall back to torch** when no package is given, when neither runtime package is installed, when the export
    fails, or when ``$MEDDL_RUNTIME=torch``. ``$MEDDL_RUNTIME`` may also force ``onnxruntime``, ``openvino`` or
    ``openvino-bf16`` (benchmarks; a forced candidate that does not agree still falls back to torch).
@@ -97,22 +98,21 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------- capabilities
 def available_backends() -> list[str]:
     """The candidates whose runtime package imports here (bf16 only where OpenVINO sees bf16 on this CPU)."""
-    found = []
-    try:
-        import onnxruntime  # noqa: F401
+    return [name for name in CANDIDATES if backend_available(name)]
 
-        found.append("onnxruntime")
-    except ImportError:
-        pass
+
+def backend_available(name: str) -> bool:
+    """Whether candidate ``name`` can run here (imports only the package it needs)."""
     try:
+        if name == "onnxruntime":
+            import onnxruntime  # noqa: F401
+
+            return True
         import openvino
 
-        found.append("openvino")
-        if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-            found.append("openvino-bf16")
-    except Exception:  # ImportError, or a CPU plugin that cannot start: no OpenVINO
-        pass
-    return found
+        return name == "openvino" or "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # ImportError, or a CPU plugin that cannot start
+        return False
 
 
 def cpu_has_bf16() -> bool:
@@ -222,25 +222,32 @@ class Runner:
         start = time.perf_counter()
         reference = self.torch_forward(x)
         times = {"torch": time.perf_counter() - start}
+        setups: dict[str, float] = {}
         onnx_file = self._export(x.shape)
         names = [n for n in available_backends() if only in (None, n)] if onnx_file is not None else []
         for name in names:
             try:
+                start = time.perf_counter()
                 session = self._session(name, x.shape)
                 out = session.run(x)  # warm-up and the agreement check
+                # what a later process pays once: loading and compiling the export, and its first run
+                setup = time.perf_counter() - start
                 if not self.agree(reference, out):
                     log.info("%s does not agree with torch fp32 on %s; not used", name, key)
                     continue
                 start = time.perf_counter()
                 session.run(x)
                 times[name] = time.perf_counter() - start
+                setups[name] = setup
             except Exception as exc:
                 log.warning("%s could not run the network (%s); not used", name, exc)
         if len(times) > 1:  # time torch again, once warm, as the candidates were
             start = time.perf_counter()
             self.torch_forward(x)
             times["torch"] = min(times["torch"], time.perf_counter() - start)
-        best = min(times, key=times.get)
+        # a runtime must win over one forward including its own start-up (tiny networks stay in torch)
+        best = only if only in times else min(times, key=lambda n: times[n] + setups.get(n, 0.0))
+        times.update({f"{n}_setup": s for n, s in setups.items()})
         self.chosen[key], self.timings[key] = best, times
         self._record(key, best, times)
         return reference
@@ -264,7 +271,10 @@ class Runner:
 
     def _recorded(self, key: str) -> str | None:
         backend = self._read_record().get("choices", {}).get(key, {}).get("backend")
-        if backend is None or (backend != "torch" and backend not in available_backends()):
+        if backend == "torch":  # nothing to import or load
+            self.chosen[key] = backend
+            return backend
+        if backend is None or not backend_available(backend):
             return None
         if backend != "torch" and self._export(_shape_from_key(key)) is None:
             return None
