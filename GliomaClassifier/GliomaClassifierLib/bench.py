@@ -207,7 +207,8 @@ def bench_cold_and_runtime(size: int = 256, depth: int = 64, *, runs: int = 3, r
 
     result: dict[str, Any] = {"task": "glioma", "machine": bench.machine(), "caveat": bench.CAVEAT,
                               "end_to_end_input": f"DICOM, 4 MR series of {depth} x {size} x {size}",
-                              "network": "improved recipe: evidence-resnet10 (stride-2 stem), 4 channels", "runtime": {}}
+                              "network": "improved recipe: evidence-resnet10 (stride-2 stem), 4 channels",
+                              "runtime": {}}
     with tempfile.TemporaryDirectory(prefix="meddl-glioma-bench-") as tmp:
         tmp_path = Path(tmp)
         write_dataset(tmp_path / "data", 1, 0, size=size, n_slices=depth, include_flagged=False)

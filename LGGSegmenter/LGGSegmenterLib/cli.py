@@ -57,7 +57,8 @@ class LGGTask(PipelineTask):
         if subcommand in ("infer", "batch"):
             add_options(parser, options.INFER)
         if subcommand == "bench":
-            parser.add_argument("--networks", nargs="+", choices=sorted(model.NETWORKS), default=[model.DEFAULT_NETWORK],
+            parser.add_argument("--networks", nargs="+", choices=sorted(model.NETWORKS),
+                                default=[model.DEFAULT_NETWORK],
                                 help="networks whose forward is timed (default: the improved recipe's)")
             parser.add_argument("--runs", type=positive_int, default=3,
                                 help="cold end-to-end runs of each mode (torch, runtime), alternating")

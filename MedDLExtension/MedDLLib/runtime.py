@@ -105,9 +105,9 @@ def backend_available(name: str) -> bool:
     """Whether candidate ``name`` can run here (imports only the package it needs)."""
     try:
         if name == "onnxruntime":
-            import onnxruntime  # noqa: F401
+            import onnxruntime
 
-            return True
+            return bool(onnxruntime.__version__)
         import openvino
 
         return name == "openvino" or "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
