@@ -64,7 +64,8 @@ def test_stubs_are_what_the_child_sees(tmp_path):
     assert "test stub: this child has no Slicer" in _python(missing, "import slicer")
     base = _stub_env(tmp_path, "base")
     out = _python(base, "import slicer; print(hasattr(slicer, 'vtkMRMLScene'), hasattr(slicer, 'vtkSlicerColorLogic'),"
-                        " hasattr(slicer, 'vtkSlicerSegmentationsModuleLogic'), hasattr(slicer.util, 'arrayFromVolume'))")
+                        " hasattr(slicer, 'vtkSlicerSegmentationsModuleLogic'),"
+                        " hasattr(slicer.util, 'arrayFromVolume'))")
     assert out.splitlines()[-1] == "True False False True", out
     # what the child before the pipeline needed: a scene with the module logics
     out = _python(base, "from MedDLLib.headless import create_scene; create_scene()")

@@ -252,7 +252,8 @@ def intracranial_mask(hu: np.ndarray) -> np.ndarray:
 
 
 def network_grid(geometry: Geometry, shape_kji: Sequence[int], size: int) -> Geometry:
-    """Geometry of the ``size x size`` grid :func:`MedDLLib.resample.resize_slices` makes from slices of ``geometry``/``shape_kji``.
+    """Geometry of the ``size x size`` grid :func:`MedDLLib.resample.resize_slices` makes from slices of
+    ``geometry``/``shape_kji``.
 
     Same field of view and centre, same slices (k unchanged); pixel centres as ``align_corners=False``.
     """

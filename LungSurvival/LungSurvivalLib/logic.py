@@ -214,5 +214,6 @@ def to_computed(result: LungResult, model_name: str) -> Any:
     return Computed(values, data, Overlay(k, heatmap="heatmap", labels="labelmap"), result)
 
 
-__all__ = ["OUTPUTS", "to_computed", "LungOptions", "LungResult", "LungOutputs", "LungSurvivalLogic", "check_chest_ct", "segment_chest",
+__all__ = ["OUTPUTS", "to_computed",
+           "LungOptions", "LungResult", "LungOutputs", "LungSurvivalLogic", "check_chest_ct", "segment_chest",
            "compute", "volumes_table", "RIGHT_LUNG", "LEFT_LUNG"]

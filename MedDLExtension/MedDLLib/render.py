@@ -1,9 +1,9 @@
 """Slice images written to PNG without OpenGL: from arrays (:func:`render_overlay`, what ``meddl infer`` writes;
 no MRML) or from scene nodes as a Slicer slice view shows them (:func:`render_slice_png`).
 
-:func:`render_slice_png` uses ``vtkMRMLSliceLogic``: the same background / foreground / label layer blending, window/level, colour
-tables, thresholds and opacities as a Slicer slice view. Segmentation nodes are not slice-logic layers; pass
-a labelmap (e.g. the one :func:`MedDLLib.nodes.add_labelmap` made) as ``label``.
+:func:`render_slice_png` uses ``vtkMRMLSliceLogic``: the same background / foreground / label layer blending,
+window/level, colour tables, thresholds and opacities as a Slicer slice view. Segmentation nodes are not
+slice-logic layers; pass a labelmap (e.g. the one :func:`MedDLLib.nodes.add_labelmap` made) as ``label``.
 
 The temporary nodes it adds to the scene (slice, composite, slice model) are removed before returning.
 """
