@@ -309,7 +309,8 @@ def run_study(task: PipelineTask, input_path: Path, model: Any, output: Path, op
     segmentations then also go out as DICOM SEG referencing that series.
 
     ``progress(fraction 0..1, message)``: reading 0-0.05, the model 0.05, computing 0.1-0.9, writing 0.9-1.
-    Errors from reading or computing that name no file name the study.
+    Errors from reading or computing that name no file name the study. What reading warned about (each input
+    volume's ``metadata["warnings"]``) joins the task's own under ``warnings`` (:func:`input_warnings`).
 
     Raises:
         InputError / DicomError / ModelError: the study or the model is refused (one line each).
@@ -333,11 +334,30 @@ def run_study(task: PipelineTask, input_path: Path, model: Any, output: Path, op
     report(0.9, "writing the outputs")
     write_start = time.perf_counter()
     result = write_outputs(task.outputs, computed, study, Path(output), model=loaded, output_format=output_format)
+    warnings = merged_warnings(result.get("warnings"), input_warnings(study))
+    if warnings:
+        result["warnings"] = warnings
     if isinstance(result.get("seconds"), dict):  # a task that reports its steps' times gets read and write too
         result["seconds"] = {"read": round(read_s, 3), **result["seconds"],
                              "write": round(time.perf_counter() - write_start, 3)}
     report(1.0, "done")
     return result
+
+
+def input_warnings(study: Study) -> list[str]:
+    """What reading the study warned about (``metadata["warnings"]`` of each input volume: an outlier slice set
+    aside, a gantry tilt resampled, 1 mm pixels assumed, ...), reference volume first; each line names its volume
+    when the study has several."""
+    names = [study.reference] + [name for name in study.volumes if name != study.reference]
+    several = len(names) > 1
+    return [f"{name}: {text}" if several else str(text)
+            for name in names for text in study.volumes[name].metadata.get("warnings") or []]
+
+
+def merged_warnings(*lists: Sequence[str] | None) -> list[str]:
+    """The warnings of ``lists`` in order, each once (``result.json``'s ``warnings``: the task's own and the
+    input's)."""
+    return list(dict.fromkeys(str(text) for texts in lists for text in texts or []))
 
 
 def _naming(exc: InputError, path: Path) -> InputError:
