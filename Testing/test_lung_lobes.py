@@ -80,3 +80,121 @@ def test_wholebody_segresnet_random_weights_whole_path(tmp_path, home):
     assert result.lobes.shape == ct.array.shape and result.lungs.labels.shape == ct.array.shape
     total = sum(result.lobe_ml.values())
     assert total == pytest.approx(result.lungs.left_ml + result.lungs.right_ml)
+
+
+# ------------------------------------------------------------------------------------------------ meddl infer lung
+def _lowres_bundle(tmp_path, final_bias_class: int | None = None):
+    """The wholeBody bundle at its low resolution (3 mm, ``model_lowres.pt``: the config's own switch) with random
+    weights from its network_def, a 64^3 window (a small machine's override). ``final_bias_class``: the last
+    layer's bias made to favour that class, so the random network still labels some voxels a lobe."""
+    import json
+
+    folder = zoo_copy("wholeBody_ct_segmentation", tmp_path)
+    config_file = folder / "configs" / "inference.json"
+    config = json.loads(config_file.read_text())
+    config["displayable_configs"]["highres"] = False
+    config["inferer"]["roi_size"] = [64, 64, 64]
+    config_file.write_text(json.dumps(config))
+    state = torch.load(folder / "models" / "model.pt", weights_only=True)
+    if final_bias_class is not None:
+        bias = [k for k in state if k.startswith("conv_final") and k.endswith("bias")][-1]
+        weight = bias[: -len("bias")] + "weight"
+        state[weight] = state[weight] * 0.0
+        state[bias] = torch.full_like(state[bias], -10.0)
+        state[bias][final_bias_class] = 10.0
+    torch.save(state, folder / "models" / "model_lowres.pt")
+    (folder / "models" / "model.pt").unlink()
+    return bundles.import_bundle(folder, name="wholebody-test").name
+
+
+def _chest_dicom(tmp_path, direction=((1, 0, 0), (0, 1, 0), (0, 0, 1))):
+    """A 96 x 144 x 144 mm chest (6 mm voxels, ~260 mL of lungs) as a DICOM CT series."""
+    from MedDLLib.dicomwrite import write_series
+
+    ct = _chest(direction, spacing=(6.0, 6.0, 6.0))
+    folder = tmp_path / "ct"
+    write_series(folder, ct, modality="CT")
+    return ct, folder
+
+
+def _infer(tmp_path, ct_folder, lobe_model, out_name="out"):
+    import json
+
+    from MedDLLib import cli
+    from LungSurvivalLib.model import untrained_package
+
+    model = untrained_package(tmp_path / "lung-model")
+    out = tmp_path / out_name
+    code = cli.main(["infer", "lung", "--input", str(ct_folder), "--model", str(model), "--output", str(out),
+                     "--lobe-model", lobe_model])
+    assert code == 0
+    return out, json.loads((out / "result.json").read_text())
+
+
+@needs_zoo
+@pytest.mark.parametrize("direction", [((1, 0, 0), (0, 1, 0), (0, 0, 1)), ((-1, 0, 0), (0, 1, 0), (0, 0, -1))])
+def test_infer_lung_lobe_model_outputs_on_the_input_grid(direction, tmp_path, home, monkeypatch):
+    """``meddl infer lung --lobe-model``: the lobes (the side probe: right upper / left upper lobe in the air of
+    each side) as lobes.seg.nrrd and DICOM SEG on the CT's grid, their mL in result.json and the volumes table,
+    the lungs of the pipeline the bundle's."""
+    import csv
+
+    from MedDLLib.dicomseg import read_dicom_seg
+    from MedDLLib.outputs import read_segmentation_labels
+
+    name = _lowres_bundle(tmp_path)
+    real_network = models.ModelPackage.network
+    monkeypatch.setattr(models.ModelPackage, "network", lambda self, device=None: (
+        _SideProbe() if self.task == bundles.BUNDLE_TASK else real_network(self, device)))
+    ct, folder = _chest_dicom(tmp_path, direction)
+    out, result = _infer(tmp_path, folder, name)
+    assert {"lobes", "segmentation", "labelmap", "heatmap", "volumes"} <= set(result)
+    lobe_ml = result["lobe_volumes_ml"]
+    names = [n for _, n, _ in lobes.LOBES.values()]
+    assert sorted(lobe_ml) == sorted(names)
+    assert lobe_ml["Right upper lobe"] > 50 and lobe_ml["Left upper lobe"] > 50 and lobe_ml["Right lower lobe"] == 0
+    assert result["right_lung_ml"] == pytest.approx(lobe_ml["Right upper lobe"], abs=1e-2)
+    assert result["left_lung_ml"] == pytest.approx(lobe_ml["Left upper lobe"], abs=1e-2)
+    # lobes.seg.nrrd on the CT's grid; the left upper lobe at the patient's left (+x in LPS)
+    labels, segments = read_segmentation_labels(out / result["lobes"])
+    assert labels.array.shape == ct.array.shape and labels.geometry.allclose(ct.geometry, 1e-3)
+    assert [n for n, _ in segments.values()] == [n for _, n, _ in lobes.LOBES.values()]
+    k, j, i = np.nonzero(labels.array)
+    x = (ct.geometry.ijk_to_lps() @ np.stack([i, j, k, np.ones_like(i)]))[0]
+    assert x[labels.array[k, j, i] == 4].min() > x[labels.array[k, j, i] == 1].max()
+    assert (labels.array == 4).sum() * 0.216 == pytest.approx(lobe_ml["Left upper lobe"], abs=1e-2)
+    # the DICOM SEG of the lobes references the CT series and holds the same voxels
+    seg, described = read_dicom_seg(out / result["lobes_dicom_seg"], ct.geometry, ct.array.shape)
+    assert (seg > 0).sum() == (labels.array > 0).sum()
+    assert {d["label"] for d in described.values()} >= {"Right upper lobe", "Left upper lobe"}
+    assert any("45653009" in d["type"] for d in described.values())
+    # the volumes table: left/right, then the five lobes, then both lungs
+    with open(out / result["volumes"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["lung"] for r in rows] == ["Right lung", "Left lung", *names, "Both lungs"]
+    assert float(rows[5]["volume_ml"]) == pytest.approx(lobe_ml["Left upper lobe"], abs=1e-2)
+
+
+@needs_zoo
+def test_infer_lung_lobe_model_real_segresnet(tmp_path, home):
+    """The bundle's own SegResNet (random weights; its last bias favouring the right upper lobe) through
+    ``meddl infer lung --lobe-model``: every output on the input grid, the lungs all right upper lobe."""
+    from MedDLLib.io import read_volume_file
+
+    name = _lowres_bundle(tmp_path, final_bias_class=15)  # TotalSegmentator class 15: lung_upper_lobe_right
+    assert bundles.read_plan(models.resolve_model(name)).labels[15] == "lung_upper_lobe_right"
+    ct, folder = _chest_dicom(tmp_path, ((0, 1, 0), (1, 0, 0), (0, 0, -1)))
+    out, result = _infer(tmp_path, folder, name)
+    lobe_ml = result["lobe_volumes_ml"]
+    assert lobe_ml["Right upper lobe"] == pytest.approx(result["total_lung_ml"]) and result["left_lung_ml"] == 0
+    for key in ("lobes", "labelmap", "heatmap"):
+        volume = read_volume_file(out / result[key])
+        assert volume.array.shape == ct.array.shape and volume.geometry.allclose(ct.geometry, 1e-3), key
+
+
+def test_infer_lung_lobe_model_refuses_another_bundle(tmp_path, home):
+    from MedDLLib import cli
+
+    code = cli.main(["infer", "lung", "--input", str(tmp_path / "none"), "--model", "nothing", "--output",
+                     str(tmp_path / "o"), "--lobe-model", "not-imported"])
+    assert code != 0

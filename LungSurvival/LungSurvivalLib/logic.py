@@ -5,7 +5,10 @@
 
 * a segmentation node with the segments "Right lung" and "Left lung" (reference geometry = the input) and the
   same as a labelmap node (1 = right, 2 = left);
-* a table node of the lung volumes in mL (right, left, total);
+* with a lobe model (``LungOptions.lobe_model``, an imported ``wholeBody_ct_segmentation`` bundle): the lungs come
+  from the bundle's five lobes (:func:`LungSurvivalLib.lobes.segment_lobes`) and a second segmentation holds the
+  lobes (:data:`LOBE_SEGMENTS`, ``lobes.seg.nrrd``; DICOM SEG too for a DICOM input);
+* a table node of the lung volumes in mL (right, left, total; each lobe with a lobe model);
 * the risk score and risk group (low/high against the training cohort's median) with the model card's caveat,
   as attributes ``MedDL.risk_score``, ``MedDL.risk_group``, ``MedDL.caveat`` of the segmentation and table nodes
   (and columns of the table);
@@ -28,11 +31,31 @@ from MedDLLib.pipeline import TaskOptions
 from MedDLLib.results import OutputFile
 
 from . import model as lungmodel
+from . import options as lungoptions
+from .lobes import LOBES, LobeSegmentation
 from .preprocess import LEFT_LUNG, LUNG_SEGMENTS, RIGHT_LUNG, InputSpec, LungSegmentation, network_input, segment_lungs
 
 #: A chest CT holds at least this much lung (mL) in view; less means no chest (or a scan of the abdomen).
 MIN_TOTAL_LUNG_ML = 150.0
 MAX_TOTAL_LUNG_ML = 12000.0
+#: Segments of the lobe segmentation (label value = :data:`LungSurvivalLib.lobes.LOBES`' key; colours from the
+#: SNOMED terms of :mod:`MedDLLib.terminology`).
+LOBE_SEGMENTS: dict[int, tuple[str, tuple[float, float, float]]] = {}
+
+
+def _lobe_segments() -> dict[int, tuple[str, tuple[float, float, float]]]:
+    from MedDLLib.terminology import term_for
+
+    out = {}
+    for label, (_, name, _) in LOBES.items():
+        term = term_for(name)
+        if term is None or term.rgb is None:
+            raise RuntimeError(f"MedDLLib.terminology has no coded term with a colour for {name!r}")
+        out[label] = (name, tuple(round(c / 255.0, 4) for c in term.rgb))
+    return out
+
+
+LOBE_SEGMENTS.update(_lobe_segments())
 
 
 #: The outputs of ``meddl infer lung`` (besides ``overlay.png`` and ``result.json``) and the nodes they become.
@@ -42,6 +65,8 @@ OUTPUTS = (
     OutputFile("labelmap", "lungs_label.nrrd", "labelmap", "lungs label", segments=LUNG_SEGMENTS,
                result_key="labelmap"),
     OutputFile("heatmap", "heatmap.nrrd", "heatmap", "lung Grad-CAM", result_key="heatmap"),
+    OutputFile("lobes", "lobes.seg.nrrd", "segmentation", "lung lobes", required=False, segments=LOBE_SEGMENTS,
+               result_key="lobes"),
     OutputFile("table", "lung_volumes.csv", "table", "lung volumes and risk", units={"volume_ml": "mL"},
                result_key="volumes"),
 )
@@ -49,9 +74,12 @@ OUTPUTS = (
 
 @dataclasses.dataclass
 class LungOptions(TaskOptions):
-    """Options of one run: Grad-CAM heatmap, and the device (:class:`MedDLLib.pipeline.TaskOptions`)."""
+    """Options of one run (defaults from :mod:`LungSurvivalLib.options`): Grad-CAM heatmap, the lobe model (an
+    imported ``wholeBody_ct_segmentation`` bundle's name, "" for MedDL's own lungs), and the device
+    (:class:`MedDLLib.pipeline.TaskOptions`)."""
 
     gradcam: bool = True
+    lobe_model: str = lungoptions.LOBE_MODEL.default
 
 
 @dataclasses.dataclass
@@ -66,6 +94,8 @@ class LungResult:
     caveat: str
     centre: str
     heatmap: Volume | None = None
+    #: the lobes, when a lobe model segmented the lungs
+    lobes: LobeSegmentation | None = None
     #: seconds spent per step: ``segmentation`` (checks + lungs), ``network`` (input, risk, Grad-CAM)
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -74,7 +104,15 @@ class LungResult:
         return {"right_lung_ml": round(s.right_ml, 3), "left_lung_ml": round(s.left_ml, 3),
                 "total_lung_ml": round(s.total_ml, 3), "risk_score": round(self.risk_score, 6),
                 "risk_group": self.risk_group, "recipe": self.recipe, "input_centred_on": self.centre,
-                "caveat": self.caveat}
+                "caveat": self.caveat, **self.lobe_summary()}
+
+    def lobe_summary(self) -> dict[str, Any]:
+        """``lobe_volumes_ml`` (lobe name -> mL, :data:`LungSurvivalLib.lobes.LOBES` order) and the lobe model's
+        name, or nothing without a lobe model."""
+        if self.lobes is None:
+            return {}
+        return {"lung_segmentation": "lobe model",
+                "lobe_volumes_ml": {name: round(ml, 3) for name, ml in self.lobes.lobe_ml.items()}}
 
 
 @dataclasses.dataclass
@@ -110,10 +148,27 @@ def segment_chest(volume: Volume) -> LungSegmentation:
     """:func:`~LungSurvivalLib.preprocess.segment_lungs` after :func:`check_chest_ct`, refusing non-chest input."""
     check_chest_ct(volume)
     seg = segment_lungs(volume)
+    check_lung_volume(seg)
+    return seg
+
+
+def segment_chest_lobes(volume: Volume, lobe_model: Any, device: Any = "cpu",
+                        progress: Callable[[float, str], None] | None = None) -> LobeSegmentation:
+    """:func:`~LungSurvivalLib.lobes.segment_lobes` (the wholeBody bundle ``lobe_model``) after
+    :func:`check_chest_ct`, refusing non-chest input like :func:`segment_chest`."""
+    from .lobes import segment_lobes
+
+    check_chest_ct(volume)
+    lobes = segment_lobes(volume, lobe_model, device=device, progress=progress)
+    check_lung_volume(lobes.lungs)
+    return lobes
+
+
+def check_lung_volume(seg: LungSegmentation) -> None:
+    """Refuse lungs whose total volume no chest CT has (:data:`MIN_TOTAL_LUNG_ML`-:data:`MAX_TOTAL_LUNG_ML`)."""
     if not (MIN_TOTAL_LUNG_ML <= seg.total_ml <= MAX_TOTAL_LUNG_ML):
         raise InputError(f"this does not look like a chest CT: the lungs found hold {seg.total_ml:.0f} mL "
                          f"(expected {MIN_TOTAL_LUNG_ML:.0f}-{MAX_TOTAL_LUNG_ML:.0f} mL in view)")
-    return seg
 
 
 def compute(volume: Volume, network: Any, metadata: dict[str, Any], options: LungOptions | None = None,
@@ -135,8 +190,15 @@ def compute(volume: Volume, network: Any, metadata: dict[str, Any], options: Lun
 
     step = checkpoints(progress, cancel)
 
-    step(0.0, "segmenting the lungs")
-    seg = segment_chest(volume)
+    lobes = None
+    if options.lobe_model:
+        step(0.0, f"segmenting the lungs and lobes ({options.lobe_model})")
+        lobes = segment_chest_lobes(volume, options.lobe_model, device,
+                                    lambda f, m="": step(0.35 * float(f), f"lobes: {m}"))
+        seg = lobes.lungs
+    else:
+        step(0.0, "segmenting the lungs")
+        seg = segment_chest(volume)
     seconds = {"segmentation": time.perf_counter() - start}
     step(0.4, "predicting the risk")
     spec = InputSpec.from_metadata(metadata["input"])
@@ -160,13 +222,17 @@ def compute(volume: Volume, network: Any, metadata: dict[str, Any], options: Lun
     seconds["network"] = time.perf_counter() - start - seconds["segmentation"]
     step(1.0, "done")
     caveat = str(metadata["output"].get("caveat", lungmodel.CAVEAT))
-    return LungResult(seg, volume.geometry, risk, group, recipe, caveat, info["centre"], heat, seconds)
+    return LungResult(seg, volume.geometry, risk, group, recipe, caveat, info["centre"], heat, lobes, seconds)
 
 
-def volumes_table(seg: LungSegmentation) -> dict[str, list[Any]]:
-    """Table columns: one row per lung plus the total, volume in mL."""
-    return {"lung": ["Right lung", "Left lung", "Both lungs"],
-            "volume_ml": [round(seg.right_ml, 3), round(seg.left_ml, 3), round(seg.total_ml, 3)]}
+def volumes_table(seg: LungSegmentation, lobes: LobeSegmentation | None = None) -> dict[str, list[Any]]:
+    """Table columns: one row per lung, then (with ``lobes``) one per lobe, then the total; volume in mL."""
+    names = ["Right lung", "Left lung"]
+    ml = [seg.right_ml, seg.left_ml]
+    if lobes is not None:
+        names += list(lobes.lobe_ml)
+        ml += list(lobes.lobe_ml.values())
+    return {"lung": names + ["Both lungs"], "volume_ml": [round(v, 3) for v in ml + [seg.total_ml]]}
 
 
 class LungSurvivalLogic:
@@ -204,16 +270,17 @@ def to_computed(result: LungResult, model_name: str) -> Any:
     from MedDLLib.pipeline import Computed, Overlay
 
     labels = result.segmentation.labels.astype(np.uint8)
-    columns = volumes_table(result.segmentation)
+    columns = volumes_table(result.segmentation, result.lobes)
     columns["risk_score"] = [round(result.risk_score, 6)] * len(columns["lung"])
     columns["risk_group"] = [result.risk_group] * len(columns["lung"])
     values = {**result.summary(), "model": model_name,
               "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
     k = int(np.argmax((labels > 0).reshape(labels.shape[0], -1).sum(axis=1)))
-    data = {"segmentation": labels, "labelmap": labels, "heatmap": result.heatmap, "table": columns}
+    data = {"segmentation": labels, "labelmap": labels, "heatmap": result.heatmap, "table": columns,
+            "lobes": None if result.lobes is None else result.lobes.lobes.astype(np.uint8)}
     return Computed(values, data, Overlay(k, heatmap="heatmap", labels="labelmap"), result)
 
 
 __all__ = ["OUTPUTS", "to_computed",
            "LungOptions", "LungResult", "LungOutputs", "LungSurvivalLogic", "check_chest_ct", "segment_chest",
-           "compute", "volumes_table", "RIGHT_LUNG", "LEFT_LUNG"]
+           "compute", "volumes_table", "RIGHT_LUNG", "LEFT_LUNG", "LOBE_SEGMENTS", "segment_chest_lobes"]

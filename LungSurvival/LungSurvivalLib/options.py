@@ -1,10 +1,18 @@
 """The options of ``meddl infer lung``/``batch`` and of the Lung Survival widget, declared once (light).
 
-Lung has no task option of its own (the Grad-CAM heatmap is always written); the widget binds only the shared
-``--force-cpu`` (:data:`MedDLLib.options.FORCE_CPU`). See :mod:`MedDLLib.options`.
+The command line, the widget's parameter node and its child command are derived from :data:`INFER`; see
+:mod:`MedDLLib.options`. The Grad-CAM heatmap is always written.
 """
 
 from __future__ import annotations
 
+from MedDLLib.options import Option
+
+#: An imported MONAI ``wholeBody_ct_segmentation`` bundle for the lungs and their five lobes (empty: MedDL's own
+#: HU-threshold lung segmentation, no lobes); see :mod:`LungSurvivalLib.lobes`.
+LOBE_MODEL = Option("lobe_model", str, "", "name of an imported wholeBody_ct_segmentation bundle (meddl models "
+                    "import --format monai-bundle) that segments the lungs and their five lobes; empty: MedDL's "
+                    "own lung segmentation, no lobes")
+
 #: The options of ``meddl infer lung`` and ``meddl batch lung``.
-INFER = ()
+INFER = (LOBE_MODEL,)
