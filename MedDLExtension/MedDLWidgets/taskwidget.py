@@ -8,8 +8,9 @@ base does the rest as Slicer's scripted-module template does it (parameter node 
 - the :class:`~MedDLWidgets.modelselector.ModelSelector` (the saved choice is kept, shown missing, when its
   package is not in the cache; it follows the parameter node when a scene is loaded);
 - Apply: :func:`~MedDLWidgets.dependencies.ensureDependencies`, the device the run will use (shown in the status
-  line and the log), the task's run folder and ``meddl`` arguments (hook), the child process through
-  :class:`~MedDLWidgets.runner.BackgroundRunner` (progress, log, the button reads Cancel meanwhile);
+  line and the log), the task's run folder and ``meddl`` arguments (hook; ``--dicom-source`` added when the
+  reference volume came from Slicer's DICOM module, so segmentations also go out as DICOM SEG), the child process
+  through :class:`~MedDLWidgets.runner.BackgroundRunner` (progress, log, the button reads Cancel meanwhile);
 - when the child ends: a failure reaches ``slicer.util.errorDisplay``; on success the outputs load as new nodes
   and show in the views (hook).
 
@@ -241,6 +242,7 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.device = describe_device(select_device(force_cpu=bool(getattr(p, "forceCpu", False))))
             self.ui.summaryLabel.text = ""
             arguments, outputFolder, referenceVolume = self.prepareRun(p, slicer.app.temporaryPath)
+            arguments = [*arguments, *self.logic.dicomSourceArguments(referenceVolume)]
             self._run = (referenceVolume, outputFolder)
             taskLibrary = importlib.import_module(self.taskEntry.split(".")[0])
             self.runner.start(arguments, onFinished=self.onRunFinished, tasks=[self.taskEntry],
@@ -343,6 +345,16 @@ class TaskLogic(ScriptedLoadableModuleLogic):
         (inputFile,) = results.prepare_input([inputVolume], runFolder / "input", names=[self.inputName])
         outputFolder = runFolder / "output"
         return taskLogic.infer_arguments(inputFile, modelName, outputFolder, **(values or {})), outputFolder
+
+    def dicomSourceArguments(self, referenceVolume) -> list[str]:
+        """``["--dicom-source", FILE]`` when ``referenceVolume`` was loaded through Slicer's DICOM module (its
+        ``DICOM.instanceUIDs``, found in ``slicer.dicomDatabase``), else ``[]``: the child then also writes each
+        segmentation as DICOM SEG referencing that series (:func:`MedDLLib.pipeline.write_dicom_seg`)."""
+        from MedDLLib.nodes import dicom_source_file
+
+        database = getattr(slicer, "dicomDatabase", None)
+        source = dicom_source_file(referenceVolume, database.fileForInstance if database is not None else None)
+        return ["--dicom-source", source] if source else []
 
     def loadResults(self, outputFolder: Path, referenceVolume):
         """Add the run's outputs to the reference volume's scene as new nodes; returns

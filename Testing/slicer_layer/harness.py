@@ -270,7 +270,35 @@ def _ich(scene, work: Path):
     from MedDLLib import nodes
 
     volume, _, _ = head_ct(np.random.default_rng(7), 48, 6, ("subdural",))
-    return untrained_package(work / "ich", 48), {"inputVolume": nodes.add_scalar_volume(scene, volume, "head CT")}
+    node = nodes.add_scalar_volume(scene, volume, "head CT")
+    _as_if_loaded_from_dicom(node, volume, work / "ich_dicom")
+    return untrained_package(work / "ich", 48), {"inputVolume": node}
+
+
+class DicomDatabase:
+    """``slicer.dicomDatabase`` as far as MedDL uses it: SOP Instance UID -> file."""
+
+    def __init__(self, files: dict):
+        self.files = files
+
+    def fileForInstance(self, uid: str) -> str:
+        return self.files.get(uid, "")
+
+
+def _as_if_loaded_from_dicom(node, volume, folder: Path) -> None:
+    """Write ``volume`` as a DICOM series, put it in ``slicer.dicomDatabase`` and mark ``node`` the way Slicer's
+    DICOM module marks a loaded series (``DICOM.instanceUIDs``): a widget run then writes a DICOM SEG."""
+    import pydicom
+    import slicer
+
+    from MedDLLib.dicomwrite import write_series
+
+    files = {}
+    for path in write_series(folder, volume.with_array(np.round(volume.array)), rescale_intercept=0.0,
+                             file_names="instance"):
+        files[str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = str(path)
+    slicer.dicomDatabase = DicomDatabase(files)
+    node.SetAttribute("DICOM.instanceUIDs", " ".join(files))
 
 
 def _lung(scene, work: Path):
@@ -443,6 +471,9 @@ def scenario(slicer, root: Path, name: str, work: Path, checks: Checks, errors: 
         foreground = composite.GetForegroundVolumeID()
         if foreground:
             assert foreground in added, "the heatmap is not shown"
+        if any(n.GetAttribute("DICOM.instanceUIDs") for n in inputs.values()):  # loaded "from DICOM"
+            seg = {scene.GetNodeByID(i).GetAttribute("MedDL.dicom_seg") for i in added} - {None}
+            assert seg == {"suspected.seg.dcm"}, f"--dicom-source not passed: DICOM SEG {seg}"
         checks.done.append(f"outputs: {sorted(scene.GetNodeByID(i).GetName() for i in added)}")
 
     checks.run("Apply runs the child and loads its outputs", apply_loads_outputs)
