@@ -249,6 +249,10 @@ class GliomaTask(PipelineTask):
         from .preprocess import InputSpec, with_voi_sources
 
         sequences = list(InputSpec.from_metadata(package.metadata["input"]).sequences)
+        if options.tumour_model:  # the BraTS bundle reads all four sequences
+            from .tumour import SEQUENCES as TUMOUR_SEQUENCES
+
+            sequences += [s for s in TUMOUR_SEQUENCES.values() if s not in sequences]
         volumes = with_voi_sources(read_study(path, sequences), options.voi_dicom)
         return Study(dict(volumes), sequences[0], path)
 

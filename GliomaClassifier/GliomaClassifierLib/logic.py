@@ -13,6 +13,11 @@ Three steps (the GUI may run :func:`compute` in a worker; batch and console call
    ``MedDL.*`` attributes (``MedDL.probability``, ``MedDL.model_card``...) on the table and heatmap nodes, the
    heatmap volume, and a markups ROI node showing the window.
 
+With a tumour model (``GliomaOptions.tumour_model``, an imported ``brats_mri_segmentation`` bundle; the study
+needs T1wCE, T1w, T2w and FLAIR) the tumour regions (whole tumour, tumour core, enhancing tumour: they overlap)
+are a segmentation output (``tumour.seg.nrrd``, a DICOM SEG of the three whole regions for a DICOM input) and the
+classifier's window is centred on the segmented tumour (:func:`GliomaClassifierLib.tumour.window_centre_slice`).
+
 Every result carries the model card (:func:`GliomaClassifierLib.model.model_card`): the task is research-grade
 and near chance on real external data.
 """
@@ -28,33 +33,45 @@ from MedDLLib import models, nodes
 from MedDLLib.errors import InputError
 from MedDLLib.geometry import LPS_TO_RAS, Volume
 from MedDLLib.results import OutputFile
+from MedDLLib.terminology import segment_spec
+
+from . import options as gliomaoptions
 
 HEATMAP_NRRD = "heatmap.nrrd"
+TUMOUR_SEG = "tumour.seg.nrrd"
+#: Segments of the tumour segmentation, outermost first (a voxel of the .seg.nrrd labelmap takes the innermost
+#: region it lies in; the DICOM SEG holds each region whole). Colours from the SNOMED terms of
+#: :mod:`MedDLLib.terminology`.
+TUMOUR_SEGMENTS = segment_spec(("whole tumour", "tumour core", "enhancing tumour"),
+                               colours={"enhancing tumour": (230, 60, 60)})  # the NCIt term has no colour
 #: The outputs of ``meddl infer glioma`` (besides ``overlay.png`` and ``result.json``); the result table and the
 #: window ROI are built from ``result.json`` (:meth:`GliomaClassifierLogic.write_outputs`).
-OUTPUTS = (OutputFile("heatmap", HEATMAP_NRRD, "heatmap", "Grad-CAM MGMT", result_key="heatmap"),)
+OUTPUTS = (OutputFile("heatmap", HEATMAP_NRRD, "heatmap", "Grad-CAM MGMT", result_key="heatmap"),
+           OutputFile("tumour", TUMOUR_SEG, "segmentation", "tumour regions", required=False,
+                      segments=TUMOUR_SEGMENTS, result_key="tumour"))
 
 
 
 @dataclasses.dataclass
 class GliomaOptions:
-    """Options of one run.
+    """Options of one run (defaults from :mod:`GliomaClassifierLib.options`).
 
     Attributes:
         gradcam: compute the Grad-CAM heatmap (of the methylated output, whatever the call).
         threshold: probability at or above which the result reads "methylated".
+        tumour_model: an imported brats_mri_segmentation bundle's name ("": no tumour segmentation).
         device: torch device for the network.
     """
 
     gradcam: bool = True
-    threshold: float = 0.5
+    threshold: float = gliomaoptions.THRESHOLD.default
+    tumour_model: str = gliomaoptions.TUMOUR_MODEL.default
     device: str = "cpu"
     #: sequence -> a DICOM file whose VOI LUT applies to that sequence's volume (volume-file input, ``--voi-dicom``)
     voi_dicom: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise InputError(f"threshold must be in (0, 1), got {self.threshold}")
+        self.threshold = gliomaoptions.THRESHOLD.check(self.threshold)
 
 
 @dataclasses.dataclass
@@ -70,6 +87,8 @@ class GliomaResult:
     window: dict[str, Any]  # first, last, centre, depth, n_slices (oriented stack) + the box of window_box()
     heatmap: Volume | None  # [k, j, i] in [0, 1], reference input geometry
     warnings: list[str] = dataclasses.field(default_factory=list)
+    #: the tumour regions on the reference input's grid, when a tumour model segmented them
+    tumour: Any = None  # GliomaClassifierLib.tumour.TumourRegions
     nodes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -91,7 +110,23 @@ class GliomaResult:
                 "window_depth": int(self.window["depth"]), "n_slices_oriented": int(self.window["n_slices"]),
                 **{f"window_{key}": np.round(np.asarray(self.window[key], dtype=float), 6).tolist()
                    for key in WINDOW_BOX_KEYS},
+                "window_centred_on": self.window.get("centred_on", "brain"),
+                **self.tumour_summary(),
                 "summary": self.summary, "model_card": self.model_card, "warnings": list(self.warnings)}
+
+    def tumour_summary(self) -> dict[str, Any]:
+        """``tumour_volumes_ml`` (region -> mL) and ``tumour_centre_lps_mm`` with a tumour model, else nothing."""
+        if self.tumour is None:
+            return {}
+        centre = self.tumour.centre_lps_mm
+        return {"tumour_volumes_ml": {k: round(v, 3) for k, v in self.tumour.volumes_ml.items()},
+                "tumour_centre_lps_mm": None if centre is None else [round(c, 3) for c in centre]}
+
+    def tumour_masks(self) -> np.ndarray | None:
+        """The regions as stacked 0/1 masks ``[k, j, i, 3]`` in :data:`TUMOUR_SEGMENTS` order, or None."""
+        if self.tumour is None:
+            return None
+        return np.stack([self.tumour.masks[name] for name, _ in TUMOUR_SEGMENTS.values()], axis=-1).astype(np.uint8)
 
 
 #: Keys of the oriented box of the slice window (in :attr:`GliomaResult.window`; ``window_<key>`` in result.json).
@@ -154,8 +189,17 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
                         "stored; load the series through Slicer's DICOM module or name its DICOM file)")
     if spec.slice_order == "filename":
         warnings.append("seed recipe: slices taken in file-name order when read from DICOM files, not reoriented")
+    regions, centre = None, None
+    if options.tumour_model:
+        from .tumour import segment_tumour, window_centre_slice
+
+        checkpoint(0.05, f"segmenting the tumour ({options.tumour_model})")
+        regions = on_reference(segment_tumour(volumes, options.tumour_model, device=options.device),
+                               volumes[spec.sequences[0]])
+        centre = ("segmented tumour", lambda grid, n: window_centre_slice(regions, grid, n))
+        warnings += [f"tumour model: {note}" for note in regions.notes]
     checkpoint(0.1, "preprocessing")
-    prepared = prepare(volumes, spec)
+    prepared = prepare(volumes, spec, centre)
     checkpoint(0.4, "classifying")
     probability = float(predict_arrays(network, prepared.array[None], options.device)[0])
     heat = None
@@ -166,10 +210,27 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
         maps = compute_gradcam(network, x, layer, class_index=0)  # the methylated logit, whatever the call
         heat = heatmap_to_reference(maps[0], prepared.grid, prepared.reference)
     window = {"first": prepared.first, "last": prepared.last, "centre": prepared.centre,
-              "depth": spec.depth, "n_slices": prepared.n_slices, **window_box(prepared)}
+              "depth": spec.depth, "n_slices": prepared.n_slices, "centred_on": prepared.centred_on,
+              **window_box(prepared)}
     checkpoint(1.0, "done")
     return GliomaResult(probability, options.threshold, package.name, str(package.metadata.get("recipe", "")),
-                        list(spec.sequences), model_card(package.metadata), window, heat, warnings)
+                        list(spec.sequences), model_card(package.metadata), window, heat, warnings, regions)
+
+
+def on_reference(regions: Any, reference: Volume) -> Any:
+    """``regions`` (:class:`~GliomaClassifierLib.tumour.TumourRegions`, on the T1wCE grid) on the grid of
+    ``reference`` (the classifier's first sequence): the same object when the grids agree, else each mask
+    resampled (nearest) in patient space and the volumes counted again."""
+    from MedDLLib.resample import resample_to_reference
+
+    if regions.geometry.allclose(reference.geometry, 1e-3) and \
+            next(iter(regions.masks.values())).shape == reference.array.shape:
+        return regions
+    masks = {name: resample_to_reference(Volume(mask, regions.geometry), reference, is_label=True).array
+             .astype(np.uint8) for name, mask in regions.masks.items()}
+    voxel_ml = reference.geometry.voxel_volume_ml()
+    return dataclasses.replace(regions, masks=masks, geometry=reference.geometry,
+                               volumes_ml={name: float(m.sum() * voxel_ml) for name, m in masks.items()})
 
 
 class GliomaClassifierLogic:
@@ -251,4 +312,4 @@ def to_computed(result: GliomaResult, study_path: Any = None) -> Any:
         weights = heat.array.sum(axis=(1, 2))
         k = int(round(float((np.arange(len(weights)) * weights).sum() / weights.sum()))) if weights.sum() > 0 \
             else heat.array.shape[0] // 2
-    return Computed(values, {"heatmap": heat}, Overlay(k, heatmap="heatmap"), result)
+    return Computed(values, {"heatmap": heat, "tumour": result.tumour_masks()}, Overlay(k, heatmap="heatmap"), result)

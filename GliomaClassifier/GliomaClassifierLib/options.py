@@ -12,5 +12,11 @@ from MedDLLib.options import Option
 THRESHOLD = Option("threshold", float, 0.5, "probability at or above which the result reads 'methylated'",
                    range=(0.01, 0.99))
 
+#: An imported MONAI ``brats_mri_segmentation`` bundle (empty: none): the tumour regions become a segmentation
+#: output and the classifier's window is centred on the tumour; see :mod:`GliomaClassifierLib.tumour`.
+TUMOUR_MODEL = Option("tumour_model", str, "", "name of an imported brats_mri_segmentation bundle (meddl models "
+                      "import --format monai-bundle; needs T1wCE, T1w, T2w and FLAIR): segments the tumour regions "
+                      "and centres the classifier's window on the tumour; empty: none")
+
 #: The options of ``meddl infer glioma`` and ``meddl batch glioma``.
-INFER = (THRESHOLD,)
+INFER = (THRESHOLD, TUMOUR_MODEL)

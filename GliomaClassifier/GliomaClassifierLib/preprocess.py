@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -103,7 +103,8 @@ class Prepared:
         array: float32 ``(C, depth, size, size)`` in [0, 1] (zeros in padded slices).
         grid: :class:`Geometry` of the ``[depth, size, size]`` network grid (LPS).
         reference: the reference sequence as given (input geometry: where heatmaps go back to).
-        centre: index of the largest-brain-area slice in the oriented reference stack.
+        centre: index of the slice the window is centred on in the oriented reference stack: the one
+            ``prepare``'s ``centre`` chose (e.g. the segmented tumour's), else the largest-brain-area slice.
         first, last: window of slice indices of the oriented stack (may extend past ``[0, n_slices)``: padding).
         n_slices: slices of the oriented reference stack.
         brain_area: pixels above the brain threshold, per oriented slice (at the network size).
@@ -117,6 +118,8 @@ class Prepared:
     last: int
     n_slices: int
     brain_area: np.ndarray
+    #: what the window is centred on: "brain" (largest brain area) or what ``prepare``'s ``centre`` names
+    centred_on: str = "brain"
 
 
 # -------------------------------------------------------------------------------------------------- pieces
@@ -271,12 +274,17 @@ def network_grid(resized: Geometry, first: int) -> Geometry:
     return Geometry(resized.spacing_mm, tuple(origin), resized.direction_lps)
 
 
-def prepare(volumes: Mapping[str, Volume], spec: InputSpec) -> Prepared:
+def prepare(volumes: Mapping[str, Volume], spec: InputSpec,
+            centre: tuple[str, Callable[[Geometry, int], int | None]] | None = None) -> Prepared:
     """The network input of one study (see the module docstring).
 
     Args:
         volumes: sequence name -> volume (as read: any plane); must hold every sequence of ``spec``.
         spec: the input spec.
+        centre: ``(what, slice_of)``: ``slice_of(stack grid, n_slices)`` is the slice of the oriented reference
+            stack to centre the window on (e.g. :func:`GliomaClassifierLib.tumour.window_centre_slice` of the
+            segmented tumour), or None to keep the largest-brain-area slice; ``what`` names it
+            (:attr:`Prepared.centred_on`). None: the largest-brain-area slice.
     Raises:
         InputError: a sequence missing, or a volume that is not a usable MR series (:func:`check_mri`,
             :func:`check_slices`).
@@ -293,12 +301,17 @@ def prepare(volumes: Mapping[str, Volume], spec: InputSpec) -> Prepared:
     resized = resize_inplane(ref, spec.size)
     stacks = [normalize_minmax(resized.array, axis=(1, 2))]
     area = (stacks[0] > spec.brain_threshold).sum(axis=(1, 2))
-    centre = int(np.argmax(area))
-    first, last = window_of(centre, spec.depth)
+    middle = int(np.argmax(area))
+    centred_on = "brain"
+    if centre is not None:
+        chosen = centre[1](resized.geometry, int(resized.array.shape[0]))
+        if chosen is not None:
+            middle, centred_on = int(chosen), centre[0]
+    first, last = window_of(middle, spec.depth)
     for name in spec.sequences[1:]:
         other = _to_network_stack(volumes[name], spec, name)
         on_grid = resample_to_reference(other, resized)
         stacks.append(normalize_minmax(on_grid.array, axis=(1, 2)))
     array = np.stack([take_window(s, first, spec.depth) for s in stacks]).astype(np.float32)
-    return Prepared(array, network_grid(resized.geometry, first), reference, centre, first, last,
-                    int(resized.array.shape[0]), area)
+    return Prepared(array, network_grid(resized.geometry, first), reference, middle, first, last,
+                    int(resized.array.shape[0]), area, centred_on)

@@ -29,6 +29,7 @@ from MedDLLib.errors import InputError
 from MedDLLib.geometry import Volume
 from MedDLLib.pipeline import TaskOptions
 from MedDLLib.results import OutputFile
+from MedDLLib.terminology import segment_spec
 
 from . import model as lungmodel
 from . import options as lungoptions
@@ -40,22 +41,7 @@ MIN_TOTAL_LUNG_ML = 150.0
 MAX_TOTAL_LUNG_ML = 12000.0
 #: Segments of the lobe segmentation (label value = :data:`LungSurvivalLib.lobes.LOBES`' key; colours from the
 #: SNOMED terms of :mod:`MedDLLib.terminology`).
-LOBE_SEGMENTS: dict[int, tuple[str, tuple[float, float, float]]] = {}
-
-
-def _lobe_segments() -> dict[int, tuple[str, tuple[float, float, float]]]:
-    from MedDLLib.terminology import term_for
-
-    out = {}
-    for label, (_, name, _) in LOBES.items():
-        term = term_for(name)
-        if term is None or term.rgb is None:
-            raise RuntimeError(f"MedDLLib.terminology has no coded term with a colour for {name!r}")
-        out[label] = (name, tuple(round(c / 255.0, 4) for c in term.rgb))
-    return out
-
-
-LOBE_SEGMENTS.update(_lobe_segments())
+LOBE_SEGMENTS = segment_spec([name for _, name, _ in LOBES.values()])
 
 
 #: The outputs of ``meddl infer lung`` (besides ``overlay.png`` and ``result.json``) and the nodes they become.

@@ -394,14 +394,25 @@ def write_outputs(spec: Sequence[OutputFile], computed: Computed, study: Study, 
                           if item.kind in outputs.VOLUME_KINDS else item.file)
         if item.kind in ("labelmap", "segmentation"):
             labels = np.asarray(data)
-            if labels.shape != reference.shape_kji:
+            # a segmentation of overlapping regions comes as stacked 0/1 masks [k, j, i, n] (channel c: the c-th
+            # segment in value order): the .seg.nrrd gets one label per voxel (a later segment wins), the DICOM
+            # SEG every region whole
+            stacked = item.kind == "segmentation" and labels.ndim == 4
+            if labels.shape[:3] != reference.shape_kji or labels.ndim != (4 if stacked else 3) or (
+                    stacked and labels.shape[3] != len(item.segments or {})):
                 raise InputError(f"{item.file}: labels of shape {labels.shape}, the input grid is "
-                                 f"{reference.shape_kji}")
+                                 f"{reference.shape_kji}" + (f" x {len(item.segments or {})} segments" if stacked
+                                                             else ""))
             if item.kind == "labelmap":
                 outputs.write_volume(path, Volume(outputs.check_labels(labels, item.segments or {}, item.file),
                                                   reference.geometry))
             else:
-                outputs.write_segmentation(path, labels, reference.geometry, item.segments or {})
+                flat = labels
+                if stacked:
+                    flat = np.zeros(reference.shape_kji, dtype=np.uint8)
+                    for channel, value in enumerate(sorted(item.segments or {})):
+                        flat[labels[..., channel] > 0] = value
+                outputs.write_segmentation(path, flat, reference.geometry, item.segments or {})
                 seg = write_dicom_seg(labels, reference, item, study.source_files, output, model=model,
                                       model_name=str(result.get("model") or "MedDL"))
                 if seg is not None:

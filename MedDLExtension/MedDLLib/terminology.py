@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .errors import InputError
 
@@ -156,6 +156,24 @@ def term_for(name: str) -> SegmentTerm | None:
     """The term of a segment called ``name`` (case and surrounding blanks ignored), None if it has none."""
     key = NAMES.get(" ".join(name.lower().split()))
     return TERMS[key] if key else None
+
+
+def segment_spec(names: Sequence[str], colours: Mapping[str, tuple[int, int, int]] | None = None
+                 ) -> dict[int, tuple[str, tuple[float, float, float]]]:
+    """MedDL's segment spec ``{value: (name, (r, g, b) 0-1)}`` for ``names`` (values 1..n in order), colours from
+    their terms (``colours``: name -> 0-255 colour for a term that recommends none).
+
+    Raises:
+        KeyError: a name without a term, or without a colour (a task declares only coded segments).
+    """
+    out = {}
+    for value, name in enumerate(names, start=1):
+        term = term_for(name)
+        rgb = term.rgb if term is not None and term.rgb is not None else (colours or {}).get(name)
+        if term is None or rgb is None:
+            raise KeyError(f"no coded term with a colour for segment {name!r} in MedDLLib.terminology")
+        out[value] = (name, tuple(round(c / 255.0, 4) for c in rgb))
+    return out
 
 
 def slicer_terminology_entry(term: SegmentTerm) -> str:
