@@ -110,6 +110,27 @@ def test_the_ich_threshold_is_declared_once():
     source = (ROOT / "ICHDetector" / "ICHDetectorLib" / "cli.py").read_text()
     assert '"--threshold", type=float, default=0.5' not in source
     assert not [p for p in places if p.suffix in (".ui",) or p.name in ("ICHDetector.py", "widgetlogic.py")], places
+    # no threshold defaults to its own 0.5 anywhere in the task (logic's ICHOptions, model's evaluate_model, ...)
+    import re
+
+    written = [f"{p.name}:{n}" for p in sorted((ROOT / "ICHDetector").rglob("*.py"))
+               for n, line in enumerate(p.read_text().splitlines(), 1)
+               if re.search(r"threshold\b[^=\n]*=\s*0\.5\b|\"threshold\", float, 0\.5\b", line)]
+    assert written == ["options.py:16"], written
+
+
+@pytest.mark.parametrize("module", ["ICHDetectorLib", "LGGSegmenterLib"])
+def test_logic_options_take_the_declared_defaults(module):
+    """The logic's options dataclass (console, pipeline) starts from the declared defaults, and the task's
+    cli.py reads what its parser always sets directly (no second default in a getattr)."""
+    import importlib
+
+    declared = importlib.import_module(f"{module}.options").INFER
+    logic = importlib.import_module(f"{module}.logic")
+    made = (logic.ICHOptions if module == "ICHDetectorLib" else logic.LGGOptions)()
+    assert {o.name: getattr(made, o.name) for o in declared} == {o.name: o.default for o in declared}
+    cli = (ROOT / module.replace("Lib", "") / module / "cli.py").read_text()
+    assert "getattr(args" not in cli
 
 
 def test_option_files_are_light():

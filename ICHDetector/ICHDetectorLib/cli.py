@@ -106,7 +106,7 @@ class ICHTask(PipelineTask):
     def phantom(self, out: Path, cases: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         from .phantom import write_dataset
 
-        manifest = write_dataset(out, cases, seed, size=getattr(args, "size", 64), n_slices=getattr(args, "slices", 12))
+        manifest = write_dataset(out, cases, seed, size=args.size, n_slices=args.slices)
         truth = manifest["truth"]
         return {"out": str(out), "studies": cases, "slices": sum(len(t["slice_ids"]) for t in truth),
                 "positive_studies": sum(bool(t["subtypes"]) for t in truth),
@@ -121,9 +121,9 @@ class ICHTask(PipelineTask):
         for problem in data.problems[:20]:
             print(f"warning: {problem}")
         result = train_model(data.studies, args.out, args.recipe, epochs=args.epochs, max_minutes=args.max_minutes,
-                             batch_size=getattr(args, "batch_size", None), size=getattr(args, "size", 64),
+                             batch_size=args.batch_size, size=args.size,
                              seed=args.seed, device=args.device, force_cpu=args.force_cpu,
-                             num_workers=getattr(args, "num_workers", 0),
+                             num_workers=args.num_workers,
                              description=f"meddl train ich --data {args.data} --recipe {args.recipe}")
         return {"package": str(result.package), "recipe": args.recipe, "best_epoch": result.best_epoch,
                 "epochs_run": result.epochs_run, "seconds": round(result.seconds, 1),
@@ -138,9 +138,9 @@ class ICHTask(PipelineTask):
 
         data = scan_dataset(args.data)
         device = select_device(args.device, args.force_cpu)
-        out = getattr(args, "out", None)  # the figures go beside metrics.json (absolute paths: it may move)
-        metrics = evaluate_model(args.model, data.studies, threshold=getattr(args, "threshold", 0.5), device=device,
-                                 figures_dir=Path(out).resolve().parent if out else None)
+        # the figures go beside metrics.json (absolute paths: it may move)
+        metrics = evaluate_model(args.model, data.studies, threshold=args.threshold, device=device,
+                                 figures_dir=Path(args.out).resolve().parent)
         metrics["data_problems"] = len(data.problems)
         return metrics
 
@@ -148,7 +148,7 @@ class ICHTask(PipelineTask):
     def bench(self, args: argparse.Namespace) -> dict[str, Any]:
         from .bench import run_bench
 
-        return run_bench(stream_slices=getattr(args, "stream_slices", 20000), runs=getattr(args, "runs", 3))
+        return run_bench(stream_slices=args.stream_slices, runs=args.runs)
 
     # ------------------------------------------------------------------------------------------------ demo
     def demo(self, out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -167,14 +167,13 @@ class ICHTask(PipelineTask):
         from .phantom import write_dataset
 
         out = Path(out)
-        seed = int(getattr(args, "seed", 0))
-        quick = bool(getattr(args, "quick", False))
+        seed, quick = int(args.seed), bool(args.quick)
         n_train, n_test, epochs = (24, 12, 2) if quick else (96, 16, 10)
         write_dataset(out / "train", n_train, seed)
         write_dataset(out / "test", n_test, seed + 1000)
         train_data, test_data = scan_dataset(out / "train"), scan_dataset(out / "test")
         result = train_model(train_data.studies, out / "model", "improved", epochs=epochs, seed=seed,
-                             device=getattr(args, "device", None), force_cpu=getattr(args, "force_cpu", False),
+                             device=args.device, force_cpu=args.force_cpu,
                              description="meddl demo ich phantoms")
         metrics = evaluate_model(out / "model", test_data.studies, figures_dir=out)
         atomic_write_json(out / "metrics.json", metrics)
@@ -190,7 +189,7 @@ class ICHTask(PipelineTask):
         what = (f"{n_train} synthetic head CT studies (64 x 64 pixels, 12 slices; half with a planted bleed of one "
                 f"of the five subtypes, a quarter with a wrong rescale intercept) trained the improved recipe "
                 f"(six sigmoid outputs) for {epochs} epochs (best epoch {result.best_epoch}); {n_test} held-out "
-                f"studies ({metrics['n_slices']} slices) were scored. Per study, at probability 0.5: "
+                f"studies ({metrics['n_slices']} slices) were scored. Per study, at probability {metrics['study_threshold']:g}: "
                 f"sensitivity {sens:.2f}, specificity {spec:.2f}.")
         return {
             "what": what,

@@ -22,6 +22,7 @@ from MedDLLib.errors import InputError
 from MedDLLib.geometry import Volume
 from MedDLLib.results import OutputFile
 
+from . import options as declared
 from .dataset import LABELS
 from .preprocess import InputSpec, check_head_ct, intracranial_mask, volume_input
 
@@ -60,11 +61,11 @@ class ICHOptions:
             result records it (``accepted_non_head``). The user's explicit choice (``--accept-non-head``).
     """
 
-    heatmap_label: str | None = "any"
-    threshold: float = 0.5
+    heatmap_label: str | None = declared.HEATMAP_LABEL.default
+    threshold: float = declared.THRESHOLD.default
     heatmap_threshold: float = 0.4
     device: str = "cpu"
-    accept_non_head: bool = False
+    accept_non_head: bool = declared.ACCEPT_NON_HEAD.default
 
     def __post_init__(self) -> None:
         if self.heatmap_label is not None and self.heatmap_label not in LABELS:

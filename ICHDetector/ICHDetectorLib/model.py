@@ -31,6 +31,7 @@ from MedDLLib.errors import InputError
 from MedDLLib.evaluation import RSNA2019_WEIGHTS, auroc_with_ci, weighted_log_loss
 
 from .dataset import LABELS, Study, hflip, load_sample, split_studies, training_items
+from .options import THRESHOLD
 from .preprocess import InputSpec
 
 TASK = "ich"
@@ -154,7 +155,8 @@ def slice_metrics(y_true: np.ndarray, y_prob: np.ndarray, groups: Sequence[Any] 
     return out
 
 
-def study_metrics(study_true: np.ndarray, study_prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def study_metrics(study_true: np.ndarray, study_prob: np.ndarray,
+                  threshold: float = THRESHOLD.default) -> dict[str, float]:
     """Study-level 'any': sensitivity and specificity at ``threshold`` (study probability = max over slices)."""
     t = np.asarray(study_true, dtype=bool)
     p = np.asarray(study_prob, dtype=float) >= threshold
@@ -276,7 +278,8 @@ def predict_studies(network: nn.Module, package: models.ModelPackage, studies: S
     return result
 
 
-def evaluate_model(model: str | Path | models.ModelPackage, studies: Sequence[Study], *, threshold: float = 0.5,
+def evaluate_model(model: str | Path | models.ModelPackage, studies: Sequence[Study], *,
+                   threshold: float = THRESHOLD.default,
                    n_boot: int = 200, device: Any = "cpu", figures_dir: str | Path | None = None) -> dict[str, Any]:
     """Flat metrics of a model on labelled studies (slice-level, CIs by study; study-level 'any').
 

@@ -69,20 +69,18 @@ class LGGTask(PipelineTask):
     def phantom(self, out: Path, cases: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         from .phantom import write_dataset
 
-        manifest = write_dataset(out, cases, seed, size=getattr(args, "size", 64),
-                                      n_slices=getattr(args, "slices", 16),
-                                      dicom=not getattr(args, "no_dicom", False))
+        manifest = write_dataset(out, cases, seed, size=args.size, n_slices=args.slices, dicom=not args.no_dicom)
         return {"cases": cases, "dataset": str(Path(out) / "kaggle_3m"),
-                "dicom": str(Path(out) / "dicom") if not getattr(args, "no_dicom", False) else None,
+                "dicom": str(Path(out) / "dicom") if not args.no_dicom else None,
                 "tumour_volume_ml": [t["tumour_volume_ml"] for t in manifest["truth"]]}
 
     def train(self, args: argparse.Namespace) -> dict[str, Any]:
-        channels = dataset.CHANNELS if getattr(args, "channels", "all") == "all" else ("FLAIR",)
-        result = model.train_model(args.data, args.out, recipe=args.recipe, network=getattr(args, "network", "unet"),
-                                 width=getattr(args, "width", model.DEFAULT_WIDTH), size=getattr(args, "size", None),
+        channels = dataset.CHANNELS if args.channels == "all" else ("FLAIR",)
+        result = model.train_model(args.data, args.out, recipe=args.recipe, network=args.network,
+                                 width=args.width, size=args.size,
                                  channels=channels, epochs=args.epochs, max_minutes=args.max_minutes,
                                  seed=args.seed, device=args.device, force_cpu=args.force_cpu,
-                                 batch_size=getattr(args, "batch_size", None), lr=getattr(args, "lr", None))
+                                 batch_size=args.batch_size, lr=args.lr)
         return {"package": str(result.package), "best_epoch": result.best_epoch,
                 "best_metrics": result.best_metrics, "epochs_run": result.epochs_run,
                 "seconds": round(result.seconds, 1)}
@@ -123,7 +121,7 @@ class LGGTask(PipelineTask):
         from .bench import run_bench
 
         result = run_bench(size=args.size, n_slices=args.slices, width=args.width, networks=args.networks,
-                           runs=getattr(args, "runs", 3))
+                           runs=args.runs)
         print(task_table(result))
         return result
 
@@ -138,20 +136,17 @@ class LGGTask(PipelineTask):
 
         from .phantom import write_dataset
 
-        seed = int(getattr(args, "seed", 0))
-        quick = bool(getattr(args, "quick", False))
+        seed, quick = int(args.seed), bool(args.quick)
         n_train, n_test, epochs = (6, 4, 3) if quick else (16, 8, 30)
         write_dataset(out / "train", n_train, seed, n_slices=16)
         write_dataset(out / "test", n_test, seed + 1000, n_slices=16)
         package = out / "lgg-improved"
         trained = model.train_model(out / "train", package, recipe="improved", width=8, epochs=epochs, seed=seed,
-                                  device=getattr(args, "device", None), force_cpu=getattr(args, "force_cpu", False),
-                                  progress=False)
+                                  device=args.device, force_cpu=args.force_cpu, progress=False)
         metrics = model.evaluate_model(out / "test", package, seed=seed)
         atomic_write_json(out / "metrics.json", metrics)
         case = dataset.scan_dataset(out / "test")[0]
-        ns = argparse.Namespace(device=getattr(args, "device", None), force_cpu=getattr(args, "force_cpu", False),
-                                gradcam=True)
+        ns = argparse.Namespace(device=args.device, force_cpu=args.force_cpu, gradcam=True)
         result = self.infer(case.folder, str(package), out / "infer", ns)
         slice_all = metrics.get("dice_per_slice_all")
         what = (f"{n_train} synthetic brain MRI studies in the kaggle_3m layout (pre-contrast, FLAIR, post-contrast "

@@ -20,6 +20,7 @@ from MedDLLib.pipeline import TaskOptions
 from MedDLLib.results import OutputFile
 
 from . import model as lggmodel
+from . import options as declared
 from .features import TumourFeatures, tumour_features
 
 SEGMENT = {1: ("tumour", (0.95, 0.35, 0.1))}
@@ -42,7 +43,7 @@ GRADCAM_LAYERS = {"monai.networks.nets.BasicUNet": "net.upcat_2", lggmodel.UNETP
 class LGGOptions(TaskOptions):
     """Options of one run: Grad-CAM heatmap, and the device (:class:`MedDLLib.pipeline.TaskOptions`)."""
 
-    gradcam: bool = False
+    gradcam: bool = declared.GRADCAM.default
 
 
 @dataclasses.dataclass
