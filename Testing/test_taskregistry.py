@@ -28,6 +28,19 @@ def test_verify_of_a_task_network_loads_only_that_task(tmp_path):
     assert "built and loaded (strict)" in out.stdout and "['ICHDetectorLib', 'MedDLLib']" in out.stdout, out
 
 
+def test_help_and_bench_dicom_load_no_task_library(tmp_path):
+    """``meddl <subcommand> -h`` lists the tasks and ``meddl bench dicom`` runs without importing a task library
+    (the registry's names, not the task objects)."""
+    code = ("import contextlib, io, sys; from MedDLLib.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    assert main(['bench', '-h']) == 0 and main(['train', '-h']) == 0\n"
+            "    main(['bench', 'dicom', '--input', sys.argv[1]])\n"
+            "assert 'ich' in out.getvalue(), out.getvalue()\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0].endswith('Lib')}))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing")], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "['MedDLLib']", done.stdout + done.stderr[-2000:]
+
+
 def test_no_import_cycle_in_the_shared_library_and_no_task_library_import():
     """No import in MedDLLib (module level or inside a function) names a task library, and no import cycle runs
     through the model packages, the task registry or the Task base (issue 17: models <-> tasks)."""
@@ -67,7 +80,7 @@ def test_no_import_cycle_in_the_shared_library_and_no_task_library_import():
     assert not task_imports, task_imports
     cycles = [sorted(c) for c in _strongly_connected(graph) if len(c) > 1]
     ours = ("MedDLLib.models", "MedDLLib.tasks", "MedDLLib.taskregistry", "MedDLLib.commands_models",
-            "MedDLLib.bundles")
+            "MedDLLib.bundles", "MedDLLib.commands_tasks", "MedDLLib.demo")
     mine = [c for c in cycles if any(m == o or m.startswith(o + ".") for m in c for o in ours)]
     assert not mine, mine
 

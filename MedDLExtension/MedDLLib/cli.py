@@ -21,7 +21,8 @@ from .errors import MedDLError
 #: Modules (relative to MedDLLib) that provide ``add_parser(subparsers)``, in the order of ``meddl --help``.
 COMMAND_MODULES: tuple[str, ...] = (
     "commands_dicom",  # inspect, convert
-    "commands_tasks",  # phantom, train, evaluate, infer, batch, bench, demo
+    "commands_tasks",  # phantom, train, evaluate, infer, batch, bench
+    "demo",  # demo
     "commands_models",  # models list|import|verify|remove
 )
 

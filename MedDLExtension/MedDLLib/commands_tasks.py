@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import InputError
-from .tasks import Task, available_tasks, get_task
+from .tasks import Task, get_task, task_names
 
 #: ``meddl bench dicom --input DIR``: the DICOM reading benchmark (not a task).
 BENCH_DICOM = "dicom"
@@ -373,7 +373,8 @@ def task_parser(command: TaskCommand, task: Task | None) -> argparse.ArgumentPar
 
 
 def _task_names() -> str:
-    return ", ".join(available_tasks()) or "none installed yet"
+    """The known task names for help and usage lines (no task library imported)."""
+    return ", ".join(task_names()) or "none installed yet"
 
 
 def _dispatch(command: TaskCommand, args: argparse.Namespace) -> int:
@@ -387,7 +388,7 @@ def _dispatch(command: TaskCommand, args: argparse.Namespace) -> int:
                 print("`meddl bench dicom --input DIR [--out F.json]` times the reading of a DICOM series")
             return 0
         parser.error(f"give a task: one of {_task_names()}")
-    if command.name == "bench" and args.task == BENCH_DICOM and BENCH_DICOM not in available_tasks():
+    if command.name == "bench" and args.task == BENCH_DICOM and BENCH_DICOM not in task_names():
         parser = argparse.ArgumentParser(prog="meddl bench dicom", description="time DICOM series reading")
         _bench_dicom_options(parser)
         return _run_bench_dicom(_merge(parser.parse_args(args.task_argv), args))
@@ -410,7 +411,8 @@ def _merge(options: argparse.Namespace, outer: argparse.Namespace) -> argparse.N
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register phantom, train, evaluate, infer, batch, bench and demo on the ``meddl`` parser."""
+    """Register phantom, train, evaluate, infer, batch and bench on the ``meddl`` parser (``demo``:
+    :mod:`MedDLLib.demo`, which imports this module, not the other way round)."""
     for command in TASK_COMMANDS:
         parser = subparsers.add_parser(
             command.name, help=command.help, description=command.help, add_help=False,
@@ -420,6 +422,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("task", metavar="<task>", nargs="?", default=None, help="task name (see -h)")
         parser.add_argument("task_argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         parser.set_defaults(func=functools.partial(_dispatch, command))
-    from .demo import add_demo_parser
-
-    add_demo_parser(subparsers)

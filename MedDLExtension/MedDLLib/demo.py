@@ -129,6 +129,11 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_demo)
 
 
+#: What :mod:`MedDLLib.cli` calls to register this module's subcommand (``commands_tasks`` does not import
+#: this module: ``demo -> commands_tasks`` only, no cycle).
+add_parser = add_demo_parser
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """``meddl demo``: run each selected task's ``demo(<output>/<task>, args)``; write index.html and index.json.
 
