@@ -30,25 +30,34 @@ def _current_rss_mb() -> float:
         return _rss_mb()
 
 
-def bench_end_to_end(size: int = 512, n_slices: int = 40, net_size: int = 64) -> dict[str, Any]:
-    """Seconds and peak RSS (MB) of ``meddl infer ich`` (with Grad-CAM) in a fresh child on a DICOM head CT:
-    reading the series, HU, the network, Grad-CAM, the suspected region and writing every output file."""
+def _bench_study(tmp_path: Path, size: int, n_slices: int, net_size: int) -> tuple[Any, Path, list[str]]:
+    """The benchmark's study in ``tmp_path``: a ``n_slices`` x ``size``^2 phantom head CT with a subdural bleed
+    (DICOM series ``ct``), an untrained improved-recipe package at ``net_size`` px, and the ``meddl infer ich``
+    arguments of a CPU run into ``out``. Returns ``(volume, package folder, arguments)``."""
     import numpy as np
 
-    from MedDLLib.bench import run_meddl_child
     from MedDLLib.dicomwrite import write_series
-    from MedDLLib.errors import MedDLError
 
     from .model import untrained_package
     from .phantom import head_ct
 
+    volume, _, _ = head_ct(np.random.default_rng(0), size, n_slices, ("subdural",))
+    write_series(tmp_path / "ct", volume, rescale_intercept=-1024.0, file_names="instance")
+    package = untrained_package(tmp_path, net_size)
+    arguments = ["infer", "ich", "--input", str(tmp_path / "ct"), "--model", str(package),
+                 "--output", str(tmp_path / "out"), "--force-cpu"]
+    return volume, package, arguments
+
+
+def bench_end_to_end(size: int = 512, n_slices: int = 40, net_size: int = 64) -> dict[str, Any]:
+    """Seconds and peak RSS (MB) of ``meddl infer ich`` (with Grad-CAM) in a fresh child on a DICOM head CT:
+    reading the series, HU, the network, Grad-CAM, the suspected region and writing every output file."""
+    from MedDLLib.bench import run_meddl_child
+    from MedDLLib.errors import MedDLError
+
     with tempfile.TemporaryDirectory(prefix="meddl-ich-bench-") as tmp:
         tmp_path = Path(tmp)
-        volume, _, _ = head_ct(np.random.default_rng(0), size, n_slices, ("subdural",))
-        write_series(tmp_path / "ct", volume, rescale_intercept=-1024.0, file_names="instance")
-        package = untrained_package(tmp_path, net_size)
-        arguments = ["infer", "ich", "--input", str(tmp_path / "ct"), "--model", str(package),
-                     "--output", str(tmp_path / "out"), "--force-cpu"]
+        _, _, arguments = _bench_study(tmp_path, size, n_slices, net_size)
         code, seconds, peak_mb = run_meddl_child(arguments, tmp_path / "log.txt", "ICHDetectorLib.cli:TASK",
                                                  Path(__file__).resolve().parents[1])
         if code != 0:
@@ -109,12 +118,10 @@ def bench_cold_and_runtime(size: int = 512, n_slices: int = 40, net_size: int = 
     import numpy as np
 
     from MedDLLib import bench
-    from MedDLLib.dicomwrite import write_series
     from MedDLLib.models import load_package
     from MedDLLib.runtime import probabilities_agree
 
-    from .model import probabilities, untrained_package
-    from .phantom import head_ct
+    from .model import probabilities
     from .preprocess import InputSpec, volume_input
 
     result: dict[str, Any] = {"task": "ich", "machine": bench.machine(), "caveat": bench.CAVEAT,
@@ -122,11 +129,7 @@ def bench_cold_and_runtime(size: int = 512, n_slices: int = 40, net_size: int = 
                               "network": f"improved recipe: 2.5D ResNet (9 channels) at {net_size} px", "runtime": {}}
     with tempfile.TemporaryDirectory(prefix="meddl-ich-bench-") as tmp:
         tmp_path = Path(tmp)
-        volume, _, _ = head_ct(np.random.default_rng(0), size, n_slices, ("subdural",))
-        write_series(tmp_path / "ct", volume, rescale_intercept=-1024.0, file_names="instance")
-        package = untrained_package(tmp_path, net_size)
-        arguments = ["infer", "ich", "--input", str(tmp_path / "ct"), "--model", str(package),
-                     "--output", str(tmp_path / "out"), "--force-cpu"]
+        volume, package, arguments = _bench_study(tmp_path, size, n_slices, net_size)
         result["end_to_end"] = bench.end_to_end_rows(arguments, tmp_path / "out", "ICHDetectorLib.cli:TASK",
                                                      Path(__file__).resolve().parents[1], runs=runs)
         loaded = load_package(package)

@@ -15,7 +15,6 @@ and returns the dict the shared command writes as ``result.json``: ``any_probabi
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
@@ -189,8 +188,8 @@ class ICHTask(PipelineTask):
         what = (f"{n_train} synthetic head CT studies (64 x 64 pixels, 12 slices; half with a planted bleed of one "
                 f"of the five subtypes, a quarter with a wrong rescale intercept) trained the improved recipe "
                 f"(six sigmoid outputs) for {epochs} epochs (best epoch {result.best_epoch}); {n_test} held-out "
-                f"studies ({metrics['n_slices']} slices) were scored. Per study, at probability {metrics['study_threshold']:g}: "
-                f"sensitivity {sens:.2f}, specificity {spec:.2f}.")
+                f"studies ({metrics['n_slices']} slices) were scored. Per study, at probability "
+                f"{metrics['study_threshold']:g}: sensitivity {sens:.2f}, specificity {spec:.2f}.")
         return {
             "what": what,
             "headline": headline(
