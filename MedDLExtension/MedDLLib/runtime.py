@@ -207,7 +207,7 @@ class Runner:
         """The torch fp32 forward (the reference)."""
         import torch
 
-        device = next(self.network.parameters()).device
+        device = _device(self.network)
         self.network.eval()
         with torch.no_grad():
             return self.network(torch.from_numpy(x).to(device)).float().cpu().numpy()
@@ -339,12 +339,21 @@ class Runner:
 
         onnx_file.parent.mkdir(parents=True, exist_ok=True)
         example = torch.zeros((1,) + tuple(shape[1:]), dtype=torch.float32,
-                              device=next(self.network.parameters()).device)
+                              device=_device(self.network))
         with atomic_path(onnx_file, ".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(self.network, (example,), str(tmp), input_names=["x"], output_names=["y"],
                               dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=OPSET,
                               dynamo=False)
+
+
+def _device(network: Any) -> Any:
+    """The device of the network's first parameter or buffer (CPU for a network without any)."""
+    import torch
+
+    for tensor in (*network.parameters(), *network.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def _shape_key(shape: tuple[int, ...]) -> str:
@@ -399,7 +408,7 @@ def runner_for(network: "torch.nn.Module | Runner", package: "ModelPackage | Non
     """
     if isinstance(network, Runner):
         return network
-    if next(network.parameters()).device.type != "cpu":
+    if _device(network).type != "cpu":
         package = None  # the runtimes here are CPU ones: a GPU network stays in torch
     runner = network.__dict__.get(_RUNNER_ATTRIBUTE)
     package = package if package is not None else _PACKAGES.get(network)
