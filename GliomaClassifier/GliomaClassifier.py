@@ -71,8 +71,9 @@ class GliomaClassifierParameterNode:
     flairVolume, t1wVolume, t1wceVolume, t2wVolume - The brain MRI series of one study (any plane); only those
         the selected model needs must be set.
     modelName - The selected model package (set by the model selector, not bound to a widget).
-    threshold, forceCpu - The run's options, declared once in GliomaClassifierLib.options.INFER (the probability at
-        or above which the result reads "methylated") plus Force CPU.
+    threshold, tumourModel, forceCpu - The run's options, declared once in GliomaClassifierLib.options.INFER (the
+        probability at or above which the result reads "methylated"; the imported brats_mri_segmentation bundle,
+        set by the tumour model selector, "" for none) plus Force CPU.
     """
 
     flairVolume: vtkMRMLScalarVolumeNode
@@ -94,7 +95,8 @@ class GliomaClassifierWidget(TaskWidget):
     task = "glioma"
     inputHint = _("Select the brain MRI series")
     applyHint = _("Estimate the MGMT methylation probability of the selected study")
-
+    helperModel = ("tumourModel", "tumourModelComboBox", options.TUMOUR_MODEL_OUTPUTS,
+                   _("None (no tumour segmentation)"))
 
     def initializeInputs(self, p: GliomaClassifierParameterNode) -> None:
         """Fill empty sequence fields with the one volume named after each sequence (e.g. "T1wCE"), if any."""

@@ -60,8 +60,8 @@ class LungSurvivalParameterNode:
 
     inputVolume - An axial chest CT (Hounsfield units).
     modelName - The selected model package (set by the model selector, not bound to a widget).
-    forceCpu - Run the network on the CPU even when a GPU is available (LungSurvivalLib.options.INFER: no option
-        of its own).
+    lobeModel, forceCpu - The run's options (LungSurvivalLib.options.INFER plus Force CPU): the imported
+        wholeBody_ct_segmentation bundle for the lungs and lobes (set by the lobe model selector, "" for none).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -81,6 +81,8 @@ class LungSurvivalWidget(TaskWidget):
     inputHint = _("Select the chest CT volume")
     modelHint = _("Select or import a lung survival model")
     applyHint = _("Segment the lungs and estimate the survival risk on the selected chest CT")
+    helperModel = ("lobeModel", "lobeModelComboBox", options.LOBE_CLASSES,
+                   _("None (MedDL's own lung segmentation)"))
 
 
 #

@@ -265,8 +265,14 @@ def test_ui_binds_every_parameter_and_names_the_widgets_the_module_uses():
     sequence_fields = next(ast.literal_eval(n.value) for n in module.body if isinstance(n, ast.Assign)
                            and n.targets[0].id == "SEQUENCE_PARAMETERS")
     assert tuple(sequence_fields) == SEQUENCES
-    assert fields == set(sequence_fields.values()) | {"modelName", "threshold", "forceCpu"}
-    assert bound == fields - {"modelName"}  # the model is owned by the ModelSelector
+    assert fields == set(sequence_fields.values()) | {"modelName", "threshold", "tumourModel", "forceCpu"}
+    # the model is owned by the ModelSelector, the tumour model by the BundleSelector named in helperModel
+    assert bound == fields - {"modelName", "tumourModel"}
+    helper = next(n for n in ast.walk(module) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "")
+                  == "helperModel")
+    assert [ast.unparse(e) for e in helper.value.elts[:3]] == ["'tumourModel'", "'tumourModelComboBox'",
+                                                                "options.TUMOUR_MODEL_OUTPUTS"]
+    assert widgets["tumourModelComboBox"] == "QComboBox"
     used = {n.attr for n in ast.walk(module) if isinstance(n, ast.Attribute)
             and isinstance(n.value, ast.Attribute) and n.value.attr == "ui"}
     assert used <= set(widgets), used - set(widgets)

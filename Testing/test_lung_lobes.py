@@ -198,3 +198,28 @@ def test_infer_lung_lobe_model_refuses_another_bundle(tmp_path, home):
     code = cli.main(["infer", "lung", "--input", str(tmp_path / "none"), "--model", "nothing", "--output",
                      str(tmp_path / "o"), "--lobe-model", "not-imported"])
     assert code != 0
+
+
+@needs_zoo
+def test_widgets_offer_the_bundles_of_the_right_kind(tmp_path, home):
+    """The lobe / tumour model selectors (MedDLWidgets.modelselector.BundleSelector) list the imported bundles whose
+    outputs fit, whatever their names; the child command carries the choice as the option the parser reads."""
+    import argparse
+
+    from MedDLLib import guisupport
+    from MedDLLib.models import list_models
+    from LungSurvivalLib import options, widgetlogic
+    from LungSurvivalLib.cli import TASK
+    from GliomaClassifierLib import options as glioma_options
+
+    bundles.import_bundle(zoo_copy("wholeBody_ct_segmentation", tmp_path), name="my-lobes")
+    bundles.import_bundle(zoo_copy("brats_mri_segmentation", tmp_path), name="my-tumours")
+    lobe = guisupport.bundle_choices(list_models(), options.LOBE_CLASSES, keep="gone")
+    tumour = guisupport.bundle_choices(list_models(), glioma_options.TUMOUR_MODEL_OUTPUTS)
+    assert [c.name for c in lobe] == ["my-lobes", "gone"] and lobe[1].problem == guisupport.MISSING_MODEL
+    assert [c.name for c in tumour] == ["my-tumours"]
+    arguments = widgetlogic.infer_arguments(tmp_path / "ct.nrrd", "m", tmp_path / "o", lobe_model="my-lobes")
+    parser = argparse.ArgumentParser()
+    TASK.add_arguments("infer", parser)
+    known, _ = parser.parse_known_args(arguments[2:])
+    assert known.lobe_model == "my-lobes"

@@ -152,9 +152,19 @@ def test_ui_binds_every_parameter_and_names_the_widgets_the_module_uses():
     module = ast.parse((MODULE / "LungSurvival.py").read_text())
     cls = next(n for n in module.body if isinstance(n, ast.ClassDef) and n.name == "LungSurvivalParameterNode")
     assert [ast.unparse(d) for d in cls.decorator_list] == ["parameterNodeWrapper", "withOptions(options.INFER)"]
-    fields = {s.target.id for s in cls.body if isinstance(s, ast.AnnAssign)} | {"forceCpu"}  # every task's option
-    assert fields == {"inputVolume", "modelName", "forceCpu"}
-    assert bound == fields - {"modelName"}  # the model is owned by the ModelSelector
+    from LungSurvivalLib import options
+    from MedDLLib.options import widget_options
+
+    fields = {s.target.id for s in cls.body if isinstance(s, ast.AnnAssign)}
+    fields |= {o.field for o in widget_options(options.INFER)}
+    assert fields == {"inputVolume", "modelName", "lobeModel", "forceCpu"}
+    # the model is owned by the ModelSelector, the lobe model by the BundleSelector named in helperModel
+    assert bound == fields - {"modelName", "lobeModel"}
+    helper = next(n for n in ast.walk(module) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "")
+                  == "helperModel")
+    assert [ast.unparse(e) for e in helper.value.elts[:3]] == ["'lobeModel'", "'lobeModelComboBox'",
+                                                                "options.LOBE_CLASSES"]
+    assert widgets["lobeModelComboBox"] == "QComboBox"
     used = {n.attr for n in ast.walk(module) if isinstance(n, ast.Attribute)
             and isinstance(n.value, ast.Attribute) and n.value.attr == "ui"}
     assert used <= set(widgets), used - set(widgets)
@@ -167,8 +177,11 @@ def test_ui_binds_every_parameter_and_names_the_widgets_the_module_uses():
 
 
 def test_parameter_defaults_agree_with_the_logic():
-    """Lung declares no option of its own; the widget adds only the shared Force CPU (off by default)."""
+    """Lung declares the lobe model (default none); the widget adds the shared Force CPU (off by default); the
+    logic's options take the same defaults."""
     from LungSurvivalLib import options
+    from LungSurvivalLib.logic import LungOptions
     from MedDLLib.options import FORCE_CPU, widget_options
 
-    assert options.INFER == () and widget_options(options.INFER) == [FORCE_CPU] and FORCE_CPU.default is False
+    assert options.INFER == (options.LOBE_MODEL,) and widget_options(options.INFER) == [options.LOBE_MODEL, FORCE_CPU]
+    assert options.LOBE_MODEL.default == LungOptions().lobe_model == "" and FORCE_CPU.default is False

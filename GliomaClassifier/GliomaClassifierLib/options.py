@@ -18,5 +18,9 @@ TUMOUR_MODEL = Option("tumour_model", str, "", "name of an imported brats_mri_se
                       "import --format monai-bundle; needs T1wCE, T1w, T2w and FLAIR): segments the tumour regions "
                       "and centres the classifier's window on the tumour; empty: none")
 
+#: The BraTS bundle's output channels: a bundle with all three is offered as a tumour model
+#: (:data:`GliomaClassifierLib.tumour.REGIONS` maps them to MedDL's region names).
+TUMOUR_MODEL_OUTPUTS = ("Tumor core", "Whole tumor", "Enhancing tumor")
+
 #: The options of ``meddl infer glioma`` and ``meddl batch glioma``.
 INFER = (THRESHOLD, TUMOUR_MODEL)

@@ -19,13 +19,14 @@ import numpy as np
 from MedDLLib.errors import InputError
 from MedDLLib.geometry import Geometry, Volume
 
+from .options import TUMOUR_MODEL_OUTPUTS
+
 #: The bundle's default name in the model cache.
 BUNDLE = "brats_mri_segmentation"
 #: RSNA-MICCAI sequence for each bundle input channel, in the bundle's order (T1c, T1, T2, FLAIR).
 SEQUENCES: dict[str, str] = {"T1c": "T1wCE", "T1": "T1w", "T2": "T2w", "FLAIR": "FLAIR"}
 #: Bundle output channel -> region name MedDL shows.
-REGIONS: dict[str, str] = {"Tumor core": "tumour core", "Whole tumor": "whole tumour",
-                           "Enhancing tumor": "enhancing tumour"}
+REGIONS: dict[str, str] = dict(zip(TUMOUR_MODEL_OUTPUTS, ("tumour core", "whole tumour", "enhancing tumour")))
 
 
 @dataclasses.dataclass

@@ -23,17 +23,16 @@ import numpy as np
 from MedDLLib.errors import InputError
 from MedDLLib.geometry import Volume
 
+from .options import LOBE_CLASSES
 from .preprocess import LEFT_LUNG, RIGHT_LUNG, LungSegmentation, body_mask, clean_hu
 
 #: The bundle's default name in the model cache (``meddl models import --format monai-bundle`` keeps the folder name).
 BUNDLE = "wholeBody_ct_segmentation"
 #: Lobe label (1..5) -> (TotalSegmentator class name in the bundle, display name, lung).
 LOBES: dict[int, tuple[str, str, int]] = {
-    1: ("lung_upper_lobe_right", "Right upper lobe", RIGHT_LUNG),
-    2: ("lung_middle_lobe_right", "Right middle lobe", RIGHT_LUNG),
-    3: ("lung_lower_lobe_right", "Right lower lobe", RIGHT_LUNG),
-    4: ("lung_upper_lobe_left", "Left upper lobe", LEFT_LUNG),
-    5: ("lung_lower_lobe_left", "Left lower lobe", LEFT_LUNG),
+    label: (cls, name, side) for label, cls, (name, side) in zip(range(1, 6), LOBE_CLASSES, (
+        ("Right upper lobe", RIGHT_LUNG), ("Right middle lobe", RIGHT_LUNG), ("Right lower lobe", RIGHT_LUNG),
+        ("Left upper lobe", LEFT_LUNG), ("Left lower lobe", LEFT_LUNG)))
 }
 AIRWAY_CLASS = "trachea"
 

@@ -14,5 +14,10 @@ LOBE_MODEL = Option("lobe_model", str, "", "name of an imported wholeBody_ct_seg
                     "import --format monai-bundle) that segments the lungs and their five lobes; empty: MedDL's "
                     "own lung segmentation, no lobes")
 
+#: The wholeBody bundle's lobe classes (TotalSegmentator names), right upper/middle/lower then left upper/lower:
+#: a bundle with all five is offered as a lobe model (:data:`LungSurvivalLib.lobes.LOBES` is built from them).
+LOBE_CLASSES = ("lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right", "lung_upper_lobe_left",
+                "lung_lower_lobe_left")
+
 #: The options of ``meddl infer lung`` and ``meddl batch lung``.
 INFER = (LOBE_MODEL,)

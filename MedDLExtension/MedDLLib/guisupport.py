@@ -536,6 +536,32 @@ def model_choices(entries: Iterable[Mapping[str, Any]], task: str | None = None,
     return choices
 
 
+def bundle_choices(entries: Iterable[Mapping[str, Any]], outputs: Iterable[str],
+                   keep: str | None = None) -> list[ModelChoice]:
+    """Selector entries of the imported MONAI bundles (``task`` "monai-bundle" in the cache listing,
+    :func:`MedDLLib.models.list_models`) whose outputs include every name of ``outputs``: the bundles of one kind
+    (the wholeBody lobes, the BraTS tumour regions) whatever the user named them. ``keep``: a saved choice not
+    among them comes last as ``"<name> (missing)"`` (:data:`MISSING_MODEL`), as in :func:`model_choices`."""
+    from . import models
+
+    wanted = set(outputs)
+    choices = []
+    for entry in entries:
+        if entry.get("error") or entry.get("task") != "monai-bundle":
+            continue
+        name = str(entry["name"])
+        try:
+            labels = set(models.read_metadata(name).get("output", {}).get("labels") or [])
+        except models.ModelError:
+            continue
+        if wanted <= labels:
+            choices.append(ModelChoice(name, model_title(entry, name)))
+    choices.sort(key=lambda c: c.name)
+    if keep and keep not in {c.name for c in choices}:
+        choices.append(ModelChoice(keep, f"{keep} (missing)", MISSING_MODEL))
+    return choices
+
+
 #: File-dialog filter of :func:`import_source`: a zipped package, or the metadata file inside a package folder.
 IMPORT_FILE_FILTER = "Model package (*.zip metadata.json)"
 

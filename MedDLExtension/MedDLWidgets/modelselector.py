@@ -147,3 +147,52 @@ class ModelSelector:
             # a missing saved model keeps its name in the parameter node (the scene is saved as it was opened)
             missing = choice is not None and choice.problem == guisupport.MISSING_MODEL
             self.onChanged(choice.name if missing else self.currentModel())
+
+
+class BundleSelector:
+    """An optional helper-model combo box (e.g. the lung module's "Lobe model"): "None" first, then the imported
+    MONAI bundles whose outputs include ``outputs`` (:func:`MedDLLib.guisupport.bundle_choices`), bound to the
+    str option field ``field`` of the widget's parameter node (the child command gets it as that option).
+
+    Args:
+        comboBox: a ``QComboBox``; item data is the bundle's cache name ("" for none).
+        outputs: output labels a bundle must have to be offered.
+        field: the parameter node field (e.g. ``"lobeModel"``).
+        noneText: the text of the "no bundle" entry.
+    """
+
+    def __init__(self, comboBox, outputs, field: str, noneText: str):
+        self.comboBox = comboBox
+        self.outputs = tuple(outputs)
+        self.field = field
+        self.noneText = noneText
+        self.parameterNode = None
+        comboBox.connect("currentIndexChanged(int)", self._onIndexChanged)
+        self.refresh()
+
+    def refresh(self, select: str | None = None) -> None:
+        """Re-read the cache; select ``select`` (else keep the current choice)."""
+        from MedDLLib import models
+
+        keep = select if select is not None else self.comboBox.currentData
+        choices = guisupport.bundle_choices(models.list_models(), self.outputs, keep=keep or None)
+        wasBlocked = self.comboBox.blockSignals(True)
+        try:
+            self.comboBox.clear()
+            self.comboBox.addItem(self.noneText, "")
+            for choice in choices:
+                self.comboBox.addItem(choice.title, choice.name)
+            names = [""] + [c.name for c in choices]
+            self.comboBox.setCurrentIndex(names.index(keep) if keep in names else 0)
+        finally:
+            self.comboBox.blockSignals(wasBlocked)
+
+    def follow(self, parameterNode) -> None:
+        """Bind to ``parameterNode`` (None: unbind) and show its choice."""
+        self.parameterNode = parameterNode
+        if parameterNode is not None and getattr(parameterNode, self.field) != self.comboBox.currentData:
+            self.refresh(select=getattr(parameterNode, self.field))
+
+    def _onIndexChanged(self, index: int = -1) -> None:
+        if self.parameterNode is not None:
+            setattr(self.parameterNode, self.field, self.comboBox.currentData or "")

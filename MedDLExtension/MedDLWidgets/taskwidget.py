@@ -67,6 +67,9 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     applyHint = ""
     #: The task's declared options (parameter node fields -> child command); default ``<Module>Lib.options.INFER``.
     options: tuple | None = None
+    #: An optional helper model offered beside the task's model (:class:`~MedDLWidgets.modelselector.BundleSelector`):
+    #: ``(str option field, combo box name in the .ui, output labels a bundle must have, "none" entry text)``.
+    helperModel: tuple | None = None
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -157,6 +160,12 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                     self.ui.importModelButton, self.ui.openModelCacheButton,
                                     onChanged=self.onModelChanged)
         self.runner = BackgroundRunner(self.ui.applyButton, self.ui.progressBar, self.ui.logView, self.ui.statusLabel)
+        self.helperModels = None
+        if self.helperModel:
+            from MedDLWidgets.modelselector import BundleSelector
+
+            field, comboBoxName, outputs, noneText = self.helperModel
+            self.helperModels = BundleSelector(getattr(self.ui, comboBoxName), outputs, field, noneText)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -199,12 +208,16 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
             self.models.refresh(select=self._parameterNode.modelName or None)
             self._checkCanApply()
+        if getattr(self, "helperModels", None) is not None:
+            self.helperModels.follow(self._parameterNode)
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         """The node changed (a widget, a script, a loaded scene): the model selector and Apply follow it."""
         p = self._parameterNode
         if p and p.modelName and p.modelName != self.models.selectedName():
             self.models.refresh(select=p.modelName)  # e.g. a saved scene was loaded into the node
+        if p and getattr(self, "helperModels", None) is not None:
+            self.helperModels.follow(p)
         self._checkCanApply()
 
     def onModelChanged(self, modelName: str | None) -> None:
