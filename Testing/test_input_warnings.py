@@ -66,3 +66,28 @@ def test_task_warnings_and_input_warnings_merge_once():
     assert merged_warnings(["VOI LUT not applied", "FLAIR: outlier set aside"], input_warnings(study)) == [
         "VOI LUT not applied", "FLAIR: outlier set aside", "T1: tilt resampled"]
     assert input_warnings(Study({"image": volume()}, "image")) == []
+
+
+
+def test_a_dicom_source_the_seg_writer_refuses_is_a_warning_not_a_failure(study, tmp_path):
+    """``--dicom-source`` (what the widget adds for a node from Slicer's DICOM module) naming a series a DICOM SEG
+    cannot reference (here: no FrameOfReferenceUID): the outputs are written, no DICOM SEG, result.json says why."""
+    import shutil
+
+    import SimpleITK as sitk
+
+    from fuzz_inputs import delete, edit
+    from ICHDetectorLib import phantom
+    from MedDLLib.cli import main
+    from MedDLLib.resample import to_sitk
+
+    volume, _, _ = phantom.head_ct(np.random.default_rng(5), 32, 8, ())
+    sitk.WriteImage(to_sitk(volume.with_array(volume.array.astype(np.int16))), str(tmp_path / "head.nrrd"))
+    source = Path(shutil.copytree(study["series"], tmp_path / "source"))
+    edit(dicom_files(source), delete("FrameOfReferenceUID"))
+    assert main(["infer", "ich", "--input", str(tmp_path / "head.nrrd"), "--model", str(study["model"]),
+                 "--output", str(tmp_path / "out"), "--dicom-source", str(source)]) == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))
+    assert "dicom_seg" not in result and (tmp_path / "out" / "suspected.seg.nrrd").is_file()
+    assert any(w.startswith("suspected.seg.nrrd: no DICOM SEG written") and "FrameOfReferenceUID" in w
+               for w in result["warnings"]), result

@@ -333,7 +333,8 @@ def run_study(task: PipelineTask, input_path: Path, model: Any, output: Path, op
         raise _naming(exc, input_path) from None
     report(0.9, "writing the outputs")
     write_start = time.perf_counter()
-    result = write_outputs(task.outputs, computed, study, Path(output), model=loaded, output_format=output_format)
+    result = write_outputs(task.outputs, computed, study, Path(output), model=loaded, output_format=output_format,
+                           dicom_seg_optional=bool(source_files))
     warnings = merged_warnings(result.get("warnings"), input_warnings(study))
     if warnings:
         result["warnings"] = warnings
@@ -367,7 +368,8 @@ def _naming(exc: InputError, path: Path) -> InputError:
 
 
 def write_outputs(spec: Sequence[OutputFile], computed: Computed, study: Study, output: Path, *,
-                  model: LoadedModel | None = None, output_format: str = "nrrd") -> dict[str, Any]:
+                  model: LoadedModel | None = None, output_format: str = "nrrd",
+                  dicom_seg_optional: bool = False) -> dict[str, Any]:
     """Write every declared output of ``computed`` into ``output`` (no MRML) and ``overlay.png``; return the
     ``result.json`` values with each written file under its :attr:`OutputFile.result_key`.
 
@@ -375,6 +377,8 @@ def write_outputs(spec: Sequence[OutputFile], computed: Computed, study: Study, 
     "nifti": the same stem with ``.nii.gz``); segmentations are always ``.seg.nrrd`` (Slicer's segmentation
     format, segments carry their SNOMED terminology) plus, for a DICOM input, a DICOM SEG (:func:`write_dicom_seg`,
     named in ``result.json`` under ``dicom_seg``). ``model`` names the algorithm in the DICOM SEG.
+    ``dicom_seg_optional`` (the source series came with ``--dicom-source``, e.g. from the widget): a DICOM SEG the
+    series refuses (a file it cannot reference) becomes a ``warnings`` line instead of failing the run.
 
     Raises:
         InputError: a required output has no data, or data that does not lie on the reference grid.
@@ -413,8 +417,15 @@ def write_outputs(spec: Sequence[OutputFile], computed: Computed, study: Study, 
                     for channel, value in enumerate(sorted(item.segments or {})):
                         flat[labels[..., channel] > 0] = value
                 outputs.write_segmentation(path, flat, reference.geometry, item.segments or {})
-                seg = write_dicom_seg(labels, reference, item, study.source_files, output, model=model,
-                                      model_name=str(result.get("model") or "MedDL"))
+                try:
+                    seg = write_dicom_seg(labels, reference, item, study.source_files, output, model=model,
+                                          model_name=str(result.get("model") or "MedDL"))
+                except InputError as exc:
+                    if not dicom_seg_optional:
+                        raise
+                    seg = None
+                    result["warnings"] = merged_warnings(result.get("warnings"),
+                                                         [f"{item.file}: no DICOM SEG written ({exc})"])
                 if seg is not None:
                     several = sum(s.kind == "segmentation" for s in spec) > 1
                     result[f"{item.result_key or item.key}_dicom_seg" if several else "dicom_seg"] = seg.name
