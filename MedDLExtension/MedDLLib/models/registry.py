@@ -162,7 +162,7 @@ def _build_on_meta(factory: Callable[..., Any], name: str, args: Mapping[str, An
     import torch
 
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _skip_random_init():
             module = factory(**args)
     except (TypeError, ValueError, KeyError, AssertionError, RuntimeError, IndexError, ZeroDivisionError,
             OverflowError, MemoryError) as exc:
@@ -170,6 +170,31 @@ def _build_on_meta(factory: Callable[..., Any], name: str, args: Mapping[str, An
     if not isinstance(module, torch.nn.Module):
         raise ModelError(f"network {name!r} did not build a torch module (got {type(module).__name__})")
     return module
+
+
+#: In-place random fills of ``torch.Tensor``, skipped on the meta device (see :func:`_skip_random_init`).
+_RANDOM_FILLS = ("normal_", "uniform_", "random_", "bernoulli_", "exponential_", "log_normal_", "cauchy_",
+                 "geometric_")
+
+
+def _skip_random_init() -> Any:
+    """A torch function mode that makes weight initialisation a no-op: the ``torch.nn.init`` functions and the
+    in-place random fills return their tensor untouched. On the meta device there are no values to fill, and a
+    random fill there goes through ``torch._refs``, whose first call imports ``torch._dynamo`` (about 3 s of
+    start-up for nothing)."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    fills = {getattr(torch.Tensor, name) for name in _RANDOM_FILLS}
+
+    class SkipRandomInit(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            if func in fills or getattr(func, "__module__", "") == "torch.nn.init":
+                return args[0] if args else kwargs.get("tensor", kwargs.get("self"))
+            return func(*args, **kwargs)
+
+    return SkipRandomInit()
 
 
 def _short(args: Mapping[str, Any]) -> str:
