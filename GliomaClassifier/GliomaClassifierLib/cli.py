@@ -163,9 +163,9 @@ class GliomaTask(PipelineTask):
     def phantom(self, out: Path, cases: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         from .phantom import write_dataset
 
-        sequences = tuple(getattr(args, "sequences", None) or SEQUENCES)
-        m = write_dataset(out, cases, seed, size=getattr(args, "size", 64), n_slices=getattr(args, "slices", 32),
-                          signal=getattr(args, "signal", 1.0), include_flagged=not getattr(args, "no_flagged", False),
+        sequences = tuple(args.sequences or SEQUENCES)
+        m = write_dataset(out, cases, seed, size=args.size, n_slices=args.slices,
+                          signal=args.signal, include_flagged=not args.no_flagged,
                           sequences=sequences)
         return {"out": str(out), "cases": cases, "methylated": sum(t["MGMT_value"] for t in m["truth"]),
                 "signal": m["signal"], "achievable_auroc": round(m["achievable_auroc"], 4),
@@ -184,19 +184,19 @@ class GliomaTask(PipelineTask):
         for problem in data.problems[:20]:
             print(f"warning: {problem}")
         cases = data.cases
-        if getattr(args, "shuffle_labels", False):
+        if args.shuffle_labels:
             labels = np.random.default_rng(12345).permutation([c.label for c in cases])
             cases = [dataclasses.replace(c, label=int(v)) for c, v in zip(cases, labels)]
-        common = dict(epochs=args.epochs, max_minutes=args.max_minutes, batch_size=getattr(args, "batch_size", None),
-                      lr=getattr(args, "lr", None), size=args.size, depth=args.depth,
-                      sequences=getattr(args, "sequences", None), widen_factor=getattr(args, "widen_factor", 1.0),
-                      device=args.device, force_cpu=args.force_cpu, cache_dir=getattr(args, "cache", None))
+        common = dict(epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size,
+                      lr=args.lr, size=args.size, depth=args.depth,
+                      sequences=args.sequences, widen_factor=args.widen_factor,
+                      device=args.device, force_cpu=args.force_cpu, cache_dir=args.cache)
         metrics: dict[str, Any] = {}
         summary: dict[str, Any] = {}
-        folds = int(getattr(args, "folds", 0) or 0)
+        folds = args.folds
         if folds:
             r = recipe(args.recipe, size=args.size, depth=args.depth, sequences=common["sequences"])
-            n_seeds = getattr(args, "cv_seeds", None)
+            n_seeds = args.cv_seeds
             seeds = list(range(args.seed, args.seed + n_seeds)) if n_seeds else [args.seed + s for s in r.cv_seeds]
             cv_args = dict(common)
             cv_args["cache_dir"] = cv_args["cache_dir"] or Path(str(args.out) + ".cv") / "cache"
@@ -208,7 +208,7 @@ class GliomaTask(PipelineTask):
                             ("auroc", "auroc_ci_low", "auroc_ci_high", "auroc_mean", "auroc_sd", "auroc_per_seed")})
         result = train_model(cases, args.out, args.recipe, seed=args.seed, metrics=metrics,
                              description=f"meddl train glioma --data {args.data} --recipe {args.recipe}"
-                                         + (" (labels shuffled)" if getattr(args, "shuffle_labels", False) else ""),
+                                         + (" (labels shuffled)" if args.shuffle_labels else ""),
                              **common)
         summary.update({"package": str(result.package), "recipe": args.recipe, "best_epoch": result.best_epoch,
                         "epochs_run": result.epochs_run, "seconds": round(result.seconds, 1),
@@ -224,7 +224,7 @@ class GliomaTask(PipelineTask):
 
         data = scan_dataset(args.data)
         device = select_device(args.device, args.force_cpu)
-        out = getattr(args, "out", None)  # the figures go beside metrics.json (absolute paths: it may move)
+        out = args.out  # the figures go beside metrics.json (absolute paths: it may move)
         metrics = evaluate_model(args.model, data.cases, device=device,
                                  figures_dir=Path(out).resolve().parent if out else None)
         metrics["excluded_cases"] = data.excluded
@@ -266,8 +266,7 @@ class GliomaTask(PipelineTask):
     def bench(self, args: argparse.Namespace) -> dict[str, Any]:
         from .bench import format_table, run_bench
 
-        result = run_bench(size=getattr(args, "size", 256), depth=getattr(args, "depth", 64),
-                           threads=getattr(args, "threads", 2), runs=getattr(args, "runs", 3))
+        result = run_bench(size=args.size, depth=args.depth, threads=args.threads, runs=args.runs)
         print(format_table(result))
         return result
 

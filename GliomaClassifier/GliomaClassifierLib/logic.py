@@ -110,16 +110,17 @@ class GliomaResult:
                 "window_depth": int(self.window["depth"]), "n_slices_oriented": int(self.window["n_slices"]),
                 **{f"window_{key}": np.round(np.asarray(self.window[key], dtype=float), 6).tolist()
                    for key in WINDOW_BOX_KEYS},
-                "window_centred_on": self.window.get("centred_on", "brain"),
                 **self.tumour_summary(),
                 "summary": self.summary, "model_card": self.model_card, "warnings": list(self.warnings)}
 
     def tumour_summary(self) -> dict[str, Any]:
-        """``tumour_volumes_ml`` (region -> mL) and ``tumour_centre_lps_mm`` with a tumour model, else nothing."""
+        """With a tumour model: ``window_centred_on`` ("segmented tumour", or "brain" when it found none: the
+        largest-brain-area slice), ``tumour_volumes_ml`` (region -> mL) and ``tumour_centre_lps_mm``; else nothing
+        (the window is then always centred on the largest brain area)."""
         if self.tumour is None:
             return {}
         centre = self.tumour.centre_lps_mm
-        return {"tumour_volumes_ml": {k: round(v, 3) for k, v in self.tumour.volumes_ml.items()},
+        return {"window_centred_on": self.window.get("centred_on", "brain"),"tumour_volumes_ml": {k: round(v, 3) for k, v in self.tumour.volumes_ml.items()},
                 "tumour_centre_lps_mm": None if centre is None else [round(c, 3) for c in centre]}
 
     def tumour_masks(self) -> np.ndarray | None:

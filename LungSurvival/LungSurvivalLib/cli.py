@@ -70,14 +70,14 @@ class LungTask(PipelineTask):
     def phantom(self, out: Path, cases: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         from .phantom import write_dataset
 
-        manifest = write_dataset(out, cases, seed, size=getattr(args, "size", 64), n_slices=getattr(args, "slices", 24))
+        manifest = write_dataset(out, cases, seed, size=args.size, n_slices=args.slices)
         return {"cases": cases, "clinical_csv": str(Path(out) / dataset.CLINICAL_CSV),
                 "tumour_diameter_mm": [round(t["diameter_mm"], 1) for t in manifest["truth"]]}
 
     def _cohort(self, data: Path, args: argparse.Namespace) -> dataset.LungCohort:
         import sys
 
-        cohort = dataset.scan_dataset(data, min_slices=getattr(args, "min_slices", dataset.MIN_SLICES))
+        cohort = dataset.scan_dataset(data, min_slices=args.min_slices)
         for pid, why in cohort.unusable.items():
             print(f"unusable study {pid}: {why}", file=sys.stderr)
         if not cohort.studies:
@@ -86,10 +86,10 @@ class LungTask(PipelineTask):
 
     def train(self, args: argparse.Namespace) -> dict[str, Any]:
         cohort = self._cohort(Path(args.data), args)
-        options = dict(batch_size=getattr(args, "batch_size", None), size=getattr(args, "size", None), seed=args.seed,
+        options = dict(batch_size=args.batch_size, size=args.size, seed=args.seed,
                        device=args.device, force_cpu=args.force_cpu)
         cv = None
-        folds = getattr(args, "folds", None)
+        folds = args.folds
         if folds:
             cv = model.cross_validate(cohort.studies, Path(f"{args.out}-cv"), args.recipe, folds=folds,
                                       epochs=args.epochs, max_minutes=args.max_minutes, **options)
@@ -105,7 +105,7 @@ class LungTask(PipelineTask):
         from MedDLLib.device import select_device
 
         cohort = self._cohort(Path(args.data), args)
-        out = getattr(args, "out", None)
+        out = args.out
         km_png = Path(out).resolve().with_name("km.png") if out else None  # absolute: metrics.json may move
         metrics = model.evaluate_model(args.model, cohort.studies, km_png=km_png,
                                        device=select_device(args.device, args.force_cpu))
@@ -137,13 +137,12 @@ class LungTask(PipelineTask):
         ``--size``^2 phantom chest CT, in a child process (its own peak memory); see :mod:`.bench`."""
         from .bench import bench_cold_and_runtime, bench_inference
 
-        size, slices = int(getattr(args, "size", 512)), int(getattr(args, "slices", 300))
-        result = bench_inference(size, slices, force_cpu=getattr(args, "force_cpu", False),
-                                 device=getattr(args, "device", None))
-        if int(getattr(args, "runs", 3)) > 0:  # torch eager vs the chosen runtime, side by side
+        size, slices = args.size, args.slices
+        result = bench_inference(size, slices, force_cpu=args.force_cpu, device=args.device)
+        if args.runs > 0:  # torch eager vs the chosen runtime, side by side
             from MedDLLib.bench import task_table
 
-            result["cold_and_runtime"] = bench_cold_and_runtime(size, slices, runs=int(args.runs))
+            result["cold_and_runtime"] = bench_cold_and_runtime(size, slices, runs=args.runs)
             print(task_table(result["cold_and_runtime"]))
         return result
 
