@@ -251,7 +251,8 @@ def hflip(sample: tuple[Any, Any]) -> tuple[Any, Any]:
     return x, y
 
 
-def split_studies(studies: Sequence[Study], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Study], list[Study]]:
+def split_studies(studies: Sequence[Study], val_fraction: float = 0.2,
+                  seed: int = 0) -> tuple[list[Study], list[Study]]:
     """Training and validation studies with no patient on both sides (:func:`MedDLLib.evaluation.train_val_split`)."""
     from MedDLLib.evaluation import train_val_split
 

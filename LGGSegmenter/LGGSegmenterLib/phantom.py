@@ -148,6 +148,7 @@ class LGGPhantomGenerator(PhantomGenerator):
 
 def write_dataset(out: str | Path, cases: int, seed: int = 0, *, size: int = 64, n_slices: int = 16,
                        dicom: bool = False) -> dict[str, Any]:
-    """Write ``cases`` phantom studies into ``out/kaggle_3m`` (and ``out/dicom`` when ``dicom``); return the manifest."""
+    """Write ``cases`` phantom studies into ``out/kaggle_3m`` (and ``out/dicom`` when ``dicom``); return the
+    manifest."""
     generator = LGGPhantomGenerator(size_px=size, n_slices=n_slices, dicom=dicom)
     return write_phantom_dataset(generator, out, cases, seed)
