@@ -120,7 +120,8 @@ class GliomaResult:
         if self.tumour is None:
             return {}
         centre = self.tumour.centre_lps_mm
-        return {"window_centred_on": self.window.get("centred_on", "brain"),"tumour_volumes_ml": {k: round(v, 3) for k, v in self.tumour.volumes_ml.items()},
+        return {"window_centred_on": self.window.get("centred_on", "brain"),
+                "tumour_volumes_ml": {k: round(v, 3) for k, v in self.tumour.volumes_ml.items()},
                 "tumour_centre_lps_mm": None if centre is None else [round(c, 3) for c in centre]}
 
     def tumour_masks(self) -> np.ndarray | None:
@@ -273,7 +274,10 @@ class GliomaClassifierLogic:
         base = reference_node.GetName()
         computed = to_computed(result)
         with nodes.removed_on_error(scene):
-            added = add_output_nodes(reference_node, OUTPUTS, computed.data, computed.result)
+            data = dict(computed.data)
+            if result.tumour is not None:  # a segmentation node holds one label per voxel (innermost region)
+                data["tumour"] = result.tumour.labelmap()
+            added = add_output_nodes(reference_node, OUTPUTS, data, computed.result)
             rows = [("probability", f"{result.probability:.6f}"),
                     ("call", "methylated" if result.methylated else "unmethylated"),
                     ("threshold", f"{result.threshold:g}"), ("sequences", ", ".join(result.sequences)),
@@ -313,4 +317,5 @@ def to_computed(result: GliomaResult, study_path: Any = None) -> Any:
         weights = heat.array.sum(axis=(1, 2))
         k = int(round(float((np.arange(len(weights)) * weights).sum() / weights.sum()))) if weights.sum() > 0 \
             else heat.array.shape[0] // 2
-    return Computed(values, {"heatmap": heat, "tumour": result.tumour_masks()}, Overlay(k, heatmap="heatmap"), result)
+    data = {"heatmap": heat, "tumour": result.tumour_masks()}  # tumour: stacked masks [k, j, i, 3] or None
+    return Computed(values, data, Overlay(k, heatmap="heatmap"), result)
