@@ -138,6 +138,10 @@ def test_summary_text():
                          "risk_group": "high", "caveat": "Research use only, not a medical device."})
     assert text == ("Right lung 1510 mL, left lung 1320 mL (total 2830 mL). Risk score 0.421: high risk relative "
                     "to the training cohort. Research use only, not a medical device.")
+    lobes = summary_text({"right_lung_ml": 1510.4, "left_lung_ml": 1320.0, "risk_score": 0.4213,
+                          "risk_group": "high", "caveat": "x",
+                          "lobe_volumes_ml": {"Right upper lobe": 600.2, "Left lower lobe": 700.0}})
+    assert "(total 2830 mL). Lobes: right upper lobe 600 mL, left lower lobe 700 mL. Risk score" in lobes
     with pytest.raises(MedDLError, match="not the output of 'meddl infer lung'"):
         summary_text({"any_probability": 0.3, "summary": "ICH"})
     with pytest.raises(MedDLError, match="invalid lung result"):

@@ -49,7 +49,7 @@ def load_results(folder: str | os.PathLike, input_node: Any) -> LoadedOutputs:
 
 
 def summary_text(result: dict[str, Any]) -> str:
-    """``Right lung R mL, left lung L mL (total T mL). Risk score S (HIGH|low risk vs the training cohort).
+    """``Right lung R mL, left lung L mL (total T mL). [Lobes: right upper lobe U mL, ....] Risk score S (HIGH|low risk vs the training cohort).
     <caveat>``.
 
     Raises:
@@ -62,5 +62,8 @@ def summary_text(result: dict[str, Any]) -> str:
         raise MedDLError(f"result.json is not the output of 'meddl infer lung' (missing or bad {exc})") from exc
     if group not in ("low", "high") or not all(math.isfinite(v) for v in (right, left, risk)):
         raise MedDLError(f"result.json has an invalid lung result (risk group {group!r}, risk {risk})")
-    return (f"Right lung {right:.0f} mL, left lung {left:.0f} mL (total {right + left:.0f} mL). "
+    lobes = result.get("lobe_volumes_ml") or {}
+    lobe_text = ("Lobes: " + ", ".join(f"{name.lower()} {float(ml):.0f} mL" for name, ml in lobes.items()) + ". "
+                 if isinstance(lobes, dict) and lobes else "")
+    return (f"Right lung {right:.0f} mL, left lung {left:.0f} mL (total {right + left:.0f} mL). {lobe_text}"
             f"Risk score {risk:.3f}: {group} risk relative to the training cohort. {caveat}")
