@@ -189,6 +189,16 @@ def _descriptions(values: Sequence[int], segments: SegmentSpec, terms: Mapping[s
     return out
 
 
+def _values_present(labels: np.ndarray) -> list[int]:
+    """The distinct values of an integer or bool label array, without sorting it (np.unique sorts a copy): for
+    8-bit labels one pass marking the values seen, no index copy (300 x 512 x 512: 0.25 s against 0.45 s)."""
+    if labels.dtype in (np.uint8, np.bool_):
+        seen = np.zeros(256, dtype=bool)
+        seen[labels.view(np.uint8) if labels.dtype == np.bool_ else labels] = True
+        return np.flatnonzero(seen).tolist()
+    return np.unique(labels).tolist()
+
+
 def write_dicom_seg(
     labels: np.ndarray,
     geometry: Geometry,
@@ -244,7 +254,7 @@ def write_dicom_seg(
             raise InputError(f"DICOM SEG: stacked masks [k, j, i, n] need n = {len(values)} segments of 0/1 "
                              f"values, got shape {labels.shape}")
     else:
-        unknown = sorted(set(np.unique(labels).tolist()) - {0} - set(values))
+        unknown = sorted(set(_values_present(labels)) - {0} - set(values))
         if unknown:
             raise InputError(f"DICOM SEG: label values {unknown} have no segment name")
     source_files = [Path(p) for p in source_files]
@@ -255,7 +265,9 @@ def write_dicom_seg(
     lut = np.zeros(int(max(values)) + 1, dtype=np.uint8 if len(values) < 256 else np.uint16)
     lut[values] = np.arange(1, len(values) + 1)
     # Stacked masks go to highdicom as they are (channel c = segment c + 1).
-    numbers = labels.astype(np.uint8) if labels.ndim == 4 else lut[labels.astype(np.int64)]
+    # (indexed by the labels themselves: an int64 copy of a 300-slice CT's labels is 630 MB and 3 s)
+    numbers = labels.astype(np.uint8) if labels.ndim == 4 else lut[labels.view(np.uint8) if labels.dtype == bool
+                                                                   else labels]
     extra: dict = {}
     if ordered is None:
         if aligned_only:

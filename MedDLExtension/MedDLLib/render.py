@@ -140,13 +140,13 @@ def render_overlay(path: str | os.PathLike, background: "Volume", k: int, *, hea
 
     from .io import atomic_path
 
-    array = np.asarray(background.array, dtype=np.float64)
+    array = np.asarray(background.array)  # one slice converted below, never the whole volume
     k = int(min(max(int(k), 0), array.shape[0] - 1))
-    grey = array[k]
+    grey = np.asarray(array[k], dtype=np.float64)
     low, high = _display_window(grey, window)
     rgb = np.repeat(np.clip((grey - low) / (high - low), 0.0, 1.0)[..., None], 3, axis=2)
     if heatmap is not None:
-        heat = np.clip(np.asarray(heatmap, dtype=np.float64)[k], 0.0, 1.0)
+        heat = np.clip(np.asarray(np.asarray(heatmap)[k], dtype=np.float64), 0.0, 1.0)
         cmap = matplotlib.colormaps["inferno"]
         alpha = np.where(heat >= HEATMAP_HIDDEN_BELOW, float(heatmap_opacity), 0.0)[..., None]
         rgb = rgb * (1.0 - alpha) + cmap(heat)[..., :3] * alpha
