@@ -427,8 +427,9 @@ def write_outputs(spec: Sequence[OutputFile], computed: Computed, study: Study, 
                     result["warnings"] = merged_warnings(result.get("warnings"),
                                                          [f"{item.file}: no DICOM SEG written ({exc})"])
                 if seg is not None:
-                    several = sum(s.kind == "segmentation" for s in spec) > 1
-                    result[f"{item.result_key or item.key}_dicom_seg" if several else "dicom_seg"] = seg.name
+                    # the task's first segmentation is `dicom_seg` in every task; further ones `<key>_dicom_seg`
+                    first = next(s for s in spec if s.kind == "segmentation")
+                    result["dicom_seg" if item is first else f"{item.result_key or item.key}_dicom_seg"] = seg.name
         elif item.kind in ("heatmap", "volume"):
             outputs.write_volume(path, data)
         elif item.kind == "table":
