@@ -110,3 +110,11 @@ def test_an_upgrade_under_a_loaded_package_asks_for_a_restart(tmp_path):
     assert stale_imports(requirements, old) == ["pydicom 2.4.4 (needs >=3.0)"]
     assert stale_imports(requirements, {"pydicom": types.SimpleNamespace(__version__="3.0.2")}) == []
     assert stale_imports(requirements, {}) == []  # nothing imported yet: the new version is what will load
+    # a __version__ that is not PEP 440 is judged by its release numbers (OpenVINO's), never called stale for it
+    openvino = tmp_path / "openvino.txt"
+    openvino.write_text("openvino>=2024.4\n")
+    build = "2026.4.1-22982-e213a147257-releases/2026/4"
+    assert stale_imports(openvino, {"openvino": types.SimpleNamespace(__version__=build)}) == []
+    old_build = "2023.3.0-13775-ceeafaf64f3-releases/2023/3"
+    assert stale_imports(openvino, {"openvino": types.SimpleNamespace(__version__=old_build)}) == [
+        f"openvino {old_build} (needs >=2024.4)"]

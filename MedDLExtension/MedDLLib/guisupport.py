@@ -38,6 +38,7 @@ import json
 import math
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -225,9 +226,22 @@ def stale_imports(requirements_file: str | os.PathLike, modules: Mapping[str, An
     for requirement in read_requirements(requirements_file):
         module = modules.get(MODULE_OF.get(requirement.name.lower(), requirement.name.replace("-", "_")))
         version = getattr(module, "__version__", None) if module is not None else None
-        if isinstance(version, str) and not requirement.specifier.contains(version, prereleases=True):
+        release = _release(version) if isinstance(version, str) else None
+        if release is not None and not requirement.specifier.contains(release, prereleases=True):
             stale.append(f"{requirement.name} {version} (needs {requirement.specifier})")
     return stale
+
+
+def _release(version: str) -> str | None:
+    """``version`` as PEP 440 understands it, or its leading release numbers where a package's ``__version__`` is
+    not PEP 440 (OpenVINO's ``"2026.4.1-22982-e213a147257-releases/2026/4"`` -> ``"2026.4.1"``); None: no number."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return str(Version(version))
+    except InvalidVersion:
+        match = re.match(r"\d+(\.\d+)*", version.strip())
+        return match.group(0) if match else None
 
 
 # ----------------------------------------------------------------------------------------------------------------
