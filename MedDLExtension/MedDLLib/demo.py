@@ -151,6 +151,9 @@ def run_demo(args: argparse.Namespace) -> int:
         tasks = available_tasks()
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # The demo trains and infers in one process: networks run on torch here (ONNX Runtime's/OpenVINO's native
+    # thread pools, once loaded, crashed later torch training in the same process). `meddl infer` keeps the runtime.
+    os.environ.setdefault("MEDDL_RUNTIME", "torch")
     entries: list[DemoEntry] = []
     steps: dict[str, tuple[str, Callable[[Path], dict[str, Any]]]] = {}
     if not args.tasks:  # the foundation step: DICOM -> Slicer volume node -> NRRD + slice PNG

@@ -1,0 +1,245 @@
+"""Run by Testing/test_runtime.py in a child pytest (see there).
+
+MedDLLib.runtime: the ONNX Runtime / OpenVINO prediction forwards agree with torch fp32 on trained phantom
+models (masks Dice >= 0.995, probabilities within 1e-3), the export is cached beside the package and checksummed,
+and torch takes over when the runtime packages are missing. Speed is measured by ``meddl bench``, never here."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from MedDLLib import runtime
+from MedDLLib.cli import main
+from MedDLLib.models import load_package
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _meddl(*args) -> None:
+    assert main([str(a) for a in args]) == 0
+
+
+@pytest.fixture(autouse=True)
+def _auto_runtime(monkeypatch):
+    monkeypatch.delenv(runtime.ENV, raising=False)
+
+
+def _fresh(package_folder):
+    """A newly loaded package and network (a new runner: nothing chosen in this process yet)."""
+    package = load_package(package_folder)
+    return package.network("cpu"), package
+
+
+def _candidates() -> list[str]:
+    found = runtime.available_backends()
+    assert "onnxruntime" in found and "openvino" in found, "the runtime packages are dependencies of MedDL"
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- trained models
+@pytest.fixture(scope="module")
+def lgg(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lgg")
+    _meddl("phantom", "lgg", root / "train", "--cases", "6", "--seed", "0", "--size", "48", "--slices", "12",
+           "--no-dicom")
+    _meddl("phantom", "lgg", root / "test", "--cases", "3", "--seed", "1", "--size", "48", "--slices", "12",
+           "--no-dicom")
+    _meddl("train", "lgg", "--data", root / "train", "--out", root / "model", "--recipe", "improved", "--epochs", "6",
+           "--force-cpu", "--width", "8", "--lr", "5e-3", "--batch-size", "8")
+    return root
+
+
+def test_lgg_masks_agree_with_torch_on_held_out_patients(lgg, monkeypatch):
+    from LGGSegmenterLib import dataset
+    from LGGSegmenterLib.model import case_image, channel_names, segment_study
+
+    cases = dataset.scan_dataset(lgg / "test")
+    network, package = _fresh(lgg / "model")
+    images = [case_image(c, channel_names(package.metadata)) for c in cases]
+    monkeypatch.setenv(runtime.ENV, "torch")
+    reference = [segment_study(im, network, package.metadata, package=package) for im in images]
+    assert any(r.mask.any() for r in reference), "the trained model should find some tumour"
+    for backend in ["auto", *_candidates()]:
+        monkeypatch.setenv(runtime.ENV, backend)
+        network, package = _fresh(lgg / "model")
+        for image, ref in zip(images, reference):  # the choice is made on the first batch of the first case
+            seg = segment_study(image, network, package.metadata, package=package)
+            assert runtime.dice(seg.mask, ref.mask) >= 0.995, backend
+            assert np.abs(seg.probability - ref.probability).max() <= 0.05, backend
+        if backend in ("onnxruntime", "openvino"):  # fp32 exports always agree: they must really have run
+            assert runtime.runner_for(network).backend == backend
+    record = json.loads((lgg / "model" / "runtime" / runtime.RECORD).read_text())
+    assert record["weights_sha256"] == package.metadata["sha256"] and record["choices"]
+
+
+@pytest.fixture(scope="module")
+def ich(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ich")
+    _meddl("phantom", "ich", root / "data", "--cases", "8", "--size", "32", "--slices", "8", "--seed", "0")
+    _meddl("phantom", "ich", root / "test", "--cases", "3", "--size", "32", "--slices", "8", "--seed", "1")
+    _meddl("train", "ich", "--data", root / "data", "--out", root / "model", "--epochs", "2",
+           "--size", "32", "--force-cpu", "--batch-size", "16")
+    return root
+
+
+def test_ich_probabilities_agree_with_torch(ich, monkeypatch):
+    from ICHDetectorLib.dataset import scan_dataset
+    from ICHDetectorLib.model import load_model, predict_studies
+
+    studies = scan_dataset(ich / "test").studies
+    monkeypatch.setenv(runtime.ENV, "torch")
+    network, package = load_model(ich / "model")
+    reference = predict_studies(network, package, studies)
+    for backend in ["auto", *_candidates()]:
+        monkeypatch.setenv(runtime.ENV, backend)
+        network, package = load_model(ich / "model")
+        for got, ref in zip(predict_studies(network, package, studies), reference):
+            assert np.abs(got - ref).max() <= 1e-3, backend
+        if backend in ("onnxruntime", "openvino"):  # fp32 exports always agree: they must really have run
+            assert runtime.runner_for(network).backend == backend
+
+
+@pytest.fixture(scope="module")
+def glioma(tmp_path_factory):
+    root = tmp_path_factory.mktemp("glioma")
+    _meddl("phantom", "glioma", root / "data", "--cases", "8", "--seed", "2", "--size", "24", "--slices", "12")
+    _meddl("train", "glioma", "--data", root / "data", "--out", root / "model", "--recipe", "improved",
+           "--size", "24", "--depth", "12", "--epochs", "2", "--widen-factor", "0.25", "--batch-size", "2")
+    return root
+
+
+def test_glioma_probabilities_agree_with_torch(glioma, monkeypatch):
+    from GliomaClassifierLib.dataset import scan_dataset
+    from GliomaClassifierLib.model import predict_cases
+
+    cases = scan_dataset(glioma / "data").cases
+    monkeypatch.setenv(runtime.ENV, "torch")
+    reference = predict_cases(glioma / "model", cases)
+    for backend in ["auto", *_candidates()]:
+        monkeypatch.setenv(runtime.ENV, backend)
+        assert np.abs(predict_cases(glioma / "model", cases) - reference).max() <= 1e-3, backend
+
+
+@pytest.fixture(scope="module")
+def lung(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lung")
+    _meddl("phantom", "lung", root / "data", "--cases", "8", "--seed", "3")
+    _meddl("train", "lung", "--data", root / "data", "--out", root / "model", "--recipe", "improved", "--epochs",
+           "2", "--size", "16", "--batch-size", "4", "--seed", "0")
+    return root
+
+
+def test_lung_outputs_agree_with_torch(lung, monkeypatch):
+    from LungSurvivalLib.dataset import scan_dataset
+    from LungSurvivalLib.model import predict_inputs, prepare_study
+    from LungSurvivalLib.preprocess import InputSpec
+
+    package = load_package(lung / "model")
+    spec = InputSpec.from_metadata(package.metadata["input"])
+    xs = [prepare_study(s, spec)[None] for s in scan_dataset(lung / "data").studies]
+    monkeypatch.setenv(runtime.ENV, "torch")
+    network, package = _fresh(lung / "model")
+    reference = [predict_inputs(network, x, package=package) for x in xs]
+    for backend in ["auto", *_candidates()]:
+        monkeypatch.setenv(runtime.ENV, backend)
+        network, package = _fresh(lung / "model")
+        for x, ref in zip(xs, reference):
+            assert np.abs(predict_inputs(network, x, package=package) - ref).max() <= 1e-3, backend
+        if backend in ("onnxruntime", "openvino"):  # fp32 exports always agree: they must really have run
+            assert runtime.runner_for(network).backend == backend
+
+
+# ---------------------------------------------------------------------------------------------- cache and fallback
+@pytest.fixture()
+def ich_untrained(tmp_path):
+    from ICHDetectorLib.model import untrained_package
+
+    return untrained_package(tmp_path, 32)
+
+
+def test_export_is_cached_beside_the_package_and_reused_by_a_later_process(ich_untrained):
+    from ICHDetectorLib.model import load_model, predict_inputs
+
+    x = np.random.default_rng(0).random((5, 9, 32, 32), dtype=np.float32)
+    network, package = load_model(ich_untrained)
+    first = predict_inputs(network, x, "sigmoid")
+    folder = ich_untrained / "runtime"
+    record = json.loads((folder / runtime.RECORD).read_text())
+    assert record["weights_sha256"] == package.metadata["sha256"]
+    assert record["choices"]["9x32x32"]["backend"] in ("torch", *_candidates())
+    onnx_file = folder / "model-9x32x32.onnx"
+    stamp = onnx_file.stat().st_mtime_ns
+    assert not [p for p in folder.iterdir() if p.name.endswith(".partial") or ".partial." in p.name]
+    network, package = load_model(ich_untrained)  # as a later run: the recorded choice, no new export
+    again = predict_inputs(network, x, "sigmoid")
+    assert onnx_file.stat().st_mtime_ns == stamp
+    assert np.abs(again - first).max() <= 1e-3
+
+
+def test_a_damaged_or_stale_export_is_made_again(ich_untrained, monkeypatch):
+    from ICHDetectorLib.model import load_model, predict_inputs
+
+    monkeypatch.setenv(runtime.ENV, "onnxruntime")  # the export is used (auto may keep torch for so small a net)
+    x = np.random.default_rng(1).random((4, 9, 32, 32), dtype=np.float32)
+    network, package = load_model(ich_untrained)
+    expected = predict_inputs(network, x, "sigmoid")
+    onnx_file = ich_untrained / "runtime" / "model-9x32x32.onnx"
+    onnx_file.write_bytes(b"not a model")  # damaged: its checksum no longer matches
+    network, package = load_model(ich_untrained)
+    assert np.abs(predict_inputs(network, x, "sigmoid") - expected).max() <= 1e-3
+    assert onnx_file.read_bytes() != b"not a model"
+    # new weights under the same folder: the record belongs to the old sha256 and is not used
+    record_file = ich_untrained / "runtime" / runtime.RECORD
+    record = json.loads(record_file.read_text())
+    record["weights_sha256"] = "0" * 64
+    record_file.write_text(json.dumps(record))
+    network, package = load_model(ich_untrained)
+    assert np.abs(predict_inputs(network, x, "sigmoid") - expected).max() <= 1e-3
+    assert json.loads(record_file.read_text())["weights_sha256"] == package.metadata["sha256"]
+
+
+def test_torch_takes_over_without_the_runtime_packages(ich_untrained, monkeypatch):
+    from ICHDetectorLib.model import load_model, predict_inputs
+
+    x = np.random.default_rng(2).random((3, 9, 32, 32), dtype=np.float32)
+    network, package = load_model(ich_untrained)
+    with torch.no_grad():
+        expected = torch.sigmoid(network(torch.from_numpy(x))).numpy()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert runtime.available_backends() == []
+    network, package = load_model(ich_untrained)
+    got = predict_inputs(network, x, "sigmoid")
+    assert np.abs(got - expected).max() <= 1e-6
+    assert runtime.runner_for(network).backend == "torch"
+
+
+def test_forced_torch_and_no_package_run_torch_and_write_nothing(tmp_path, monkeypatch):
+    from ICHDetectorLib.model import ich_resnet2d, predict_inputs
+
+    network = ich_resnet2d(9, 6, (8, 8, 8, 8)).eval()
+    x = np.random.default_rng(3).random((2, 9, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        expected = torch.sigmoid(network(torch.from_numpy(x))).numpy()
+    assert np.abs(predict_inputs(network, x, "sigmoid") - expected).max() <= 1e-6
+    assert runtime.runner_for(network).folder is None
+
+
+def test_agreement_rules():
+    logits = np.array([[0.0, 3.0, -2.0]])
+    assert runtime.probabilities_agree("sigmoid")(logits, logits + 1e-3)
+    assert not runtime.probabilities_agree("sigmoid")(logits, logits + 0.01)
+    masks = np.full((1, 1, 8, 8), -5.0)
+    masks[0, 0, 2:6, 2:6] = 5.0
+    assert runtime.masks_agree()(masks, masks + 0.01)
+    shifted = masks.copy()
+    shifted[0, 0, 2, 2:6] = -5.0
+    assert not runtime.masks_agree()(masks, shifted)  # Dice 0.857
+    empty = np.full((1, 1, 8, 8), -5.0)
+    assert not runtime.masks_agree()(empty, empty + 4.5)  # both masks empty, but probabilities far apart
+    assert runtime.dice(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
