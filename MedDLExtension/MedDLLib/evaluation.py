@@ -29,7 +29,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -153,21 +153,8 @@ def bootstrap_ci(
         raise InputError("bootstrap_ci: no rows")
     estimate = float(metric_fn(*data))
 
-    if groups is None:
-        members = None
-        n_units = n
-    else:
-        groups = _1d(groups, "groups", length=n)
-        _, inverse = np.unique(groups, return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
-        n_units = len(members)
-
-    rng = np.random.default_rng(seed)
     values = np.full(n_boot, np.nan)
-    for b in range(n_boot):
-        pick = rng.integers(0, n_units, n_units)
-        index = pick if members is None else np.concatenate([members[u] for u in pick])
+    for b, index in enumerate(bootstrap_indices(n, groups, n_boot, seed)):
         try:
             with warnings.catch_warnings():  # e.g. sklearn's UndefinedMetricWarning: counted below instead
                 warnings.simplefilter("ignore")
@@ -180,6 +167,25 @@ def bootstrap_ci(
                          "(too few rows or patients, or almost all of one class)")
     low, high = np.percentile(valid, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return estimate, float(low), float(high)
+
+
+def bootstrap_indices(n: int, groups: Sequence[Any] | np.ndarray | None, n_boot: int,
+                      seed: int) -> Iterator[np.ndarray]:
+    """Row indices of ``n_boot`` bootstrap resamples of ``n`` rows (the one resampling :func:`bootstrap_ci` and
+    :func:`roc_with_ci` share): rows drawn with replacement, or, with ``groups`` ((N,) e.g. patient IDs), whole
+    groups drawn with replacement and all their rows taken."""
+    if groups is None:
+        members = None
+        n_units = n
+    else:
+        _, inverse = np.unique(_1d(groups, "groups", length=n), return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+        n_units = len(members)
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        pick = rng.integers(0, n_units, n_units)
+        yield pick if members is None else np.concatenate([members[u] for u in pick])
 
 
 def auroc_with_ci(
@@ -529,15 +535,8 @@ def roc_with_ci(
     s = np.asarray(y_score, dtype=float)
     fpr, tpr, _ = roc_curve(y, s)
     grid = np.linspace(0.0, 1.0, n_grid)
-    if groups is None:
-        members = [np.array([i]) for i in range(len(y))]
-    else:
-        g = _1d(groups, "groups", length=len(y))
-        members = [np.flatnonzero(g == u) for u in np.unique(g)]
-    rng = np.random.default_rng(seed)
     curves = []
-    for _ in range(n_boot):
-        index = np.concatenate([members[u] for u in rng.integers(0, len(members), len(members))])
+    for index in bootstrap_indices(len(y), groups, n_boot, seed):
         yb, sb = y[index], s[index]
         if yb.min() == yb.max():
             continue
