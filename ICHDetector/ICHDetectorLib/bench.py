@@ -2,7 +2,8 @@
 
 1. Cold ``meddl infer ich`` on a 40-slice 512 x 512 phantom DICOM head CT, torch eager against the chosen runtime
    (:mod:`MedDLLib.runtime`) in alternating fresh child processes (each its own peak resident memory,
-   ``ru_maxrss``), and the network's forward side by side (:func:`bench_cold_and_runtime`). The network is the
+   ``ru_maxrss``), and the network's forward side by side (:func:`bench_cold_and_runtime`), with its achieved
+   GFLOP/s as a share of the machine's ceiling (:func:`MedDLLib.bench.machine_ceiling`). The network is the
    improved recipe's, untrained (time and memory do not depend on the weights).
 2. Training throughput: ``stream_slices`` phantom slices in the RSNA layout streamed through
    :class:`MedDLLib.datasets.FileDataset` (DICOM read per sample) with a forward/backward step per batch;
@@ -109,12 +110,13 @@ def bench_streaming(n_slices: int = 20000, batch_size: int = 32, net_size: int =
 
 
 def bench_cold_and_runtime(size: int = 512, n_slices: int = 40, net_size: int = 64, *, runs: int = 3,
-                           repeats: int = 5) -> dict[str, Any]:
+                           repeats: int = 5, ceiling: dict[str, Any] | None = None) -> dict[str, Any]:
     """Cold ``meddl infer ich`` runs (fresh child each: start-up, imports, reading the ``n_slices`` x ``size``^2
     DICOM head CT, the network, Grad-CAM, the suspected region, every output), torch eager and the chosen runtime
     alternately (:func:`MedDLLib.bench.end_to_end_rows`), and the improved recipe's 2.5D ResNet forward on that
     study's network input ``(n_slices, 9, net_size, net_size)``, torch eager fp32 against the runtime, same weights
-    and input, alternating (:func:`MedDLLib.bench.runtime_rows`)."""
+    and input, alternating (:func:`MedDLLib.bench.runtime_rows`), with its achieved GFLOP/s and their share of the
+    machine's ceiling (``ceiling``: :func:`MedDLLib.bench.machine_ceiling`'s result; measured here when None)."""
     import numpy as np
 
     from MedDLLib import bench
@@ -139,9 +141,10 @@ def bench_cold_and_runtime(size: int = 512, n_slices: int = 40, net_size: int = 
             diff = probabilities(reference, "sigmoid") - probabilities(got, "sigmoid")
             return {"max_probability_difference": float(np.abs(diff).max())}
 
+        result["ceiling"] = ceiling or bench.machine_ceiling()
         result["runtime"]["resnet2d-2.5d"] = bench.runtime_rows(
             loaded.network("cpu"), loaded, np.ascontiguousarray(x, dtype=np.float32),
-            probabilities_agree("sigmoid"), repeats=repeats, compare=compare)
+            probabilities_agree("sigmoid"), repeats=repeats, compare=compare, ceiling=result["ceiling"])
     return result
 
 

@@ -8,7 +8,8 @@
 2. **Forward** (:func:`MedDLLib.bench.runtime_rows`): one batch of 16 prepared slices of that patient through
    each network (default: the improved recipe's U-Net, width 16, 3 channels, at ``size``), torch eager fp32
    against the runtime :mod:`MedDLLib.runtime` chooses, same weights, same input, alternating; agreement as
-   mask Dice and largest probability difference.
+   mask Dice and largest probability difference; achieved GFLOP/s of both and their share of the machine's
+   ceiling (:func:`MedDLLib.bench.machine_ceiling`, measured once per bench).
 
 The networks carry seeded random weights (time and memory do not depend on the weights). Speed is measured
 here, never asserted in tests.
@@ -57,8 +58,10 @@ def _mask_agreement(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
 
 
 def run_bench(*, size: int = 256, n_slices: int = 88, width: int = model.DEFAULT_WIDTH,
-              networks: Sequence[str] = (model.DEFAULT_NETWORK,), runs: int = 3, repeats: int = 5) -> dict[str, Any]:
-    """Both parts (see the module docstring); JSON-ready, with the machine and the caveat."""
+              networks: Sequence[str] = (model.DEFAULT_NETWORK,), runs: int = 3, repeats: int = 5,
+              ceiling: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Both parts (see the module docstring); JSON-ready, with the machine, the ceiling (``ceiling``:
+    :func:`MedDLLib.bench.machine_ceiling`'s result; measured here when None) and the caveat."""
     from MedDLLib import bench
     from MedDLLib.models import load_package
 
@@ -80,12 +83,13 @@ def run_bench(*, size: int = 256, n_slices: int = 88, width: int = model.DEFAULT
                                                      Path(__file__).resolve().parents[1], runs=runs)
         prepared = preprocess.prepare(model.case_image(case, dataset.CHANNELS), "improved", size)
         x = np.ascontiguousarray(prepared.x[:BATCH], dtype=np.float32)
+        result["ceiling"] = ceiling or bench.machine_ceiling()
         for kind, folder in packages.items():
             package = load_package(folder)
             from MedDLLib.runtime import masks_agree
 
             row = bench.runtime_rows(package.network("cpu"), package, x, masks_agree(), repeats=repeats,
-                                     compare=_mask_agreement)
+                                     compare=_mask_agreement, ceiling=result["ceiling"])
             row["slices_per_patient"] = n_slices
             row["torch_seconds_per_patient"] = round(row["torch_median_s"] * n_slices / len(x), 2)
             row["runtime_seconds_per_patient"] = round(row["runtime_median_s"] * n_slices / len(x), 2)

@@ -96,12 +96,14 @@ def bench_inference(size: int = 512, n_slices: int = 300, *, force_cpu: bool = F
             "target": f"< {TARGET_SECONDS:.0f} s and < {TARGET_MB:.0f} MB on 2 CPU cores"}
 
 
-def bench_cold_and_runtime(size: int = 512, n_slices: int = 300, *, runs: int = 3, repeats: int = 5
-                           ) -> dict[str, Any]:
+def bench_cold_and_runtime(size: int = 512, n_slices: int = 300, *, runs: int = 3, repeats: int = 5,
+                           ceiling: dict[str, Any] | None = None) -> dict[str, Any]:
     """Cold ``meddl infer lung`` on a ``n_slices x size x size`` DICOM chest CT (fresh child each: start-up,
     imports, reading, lungs, network input, risk, Grad-CAM, every output), torch eager and the chosen runtime
     alternately (:func:`MedDLLib.bench.end_to_end_rows`), and the improved recipe's network forward on a crop of
-    that study, torch eager fp32 against the runtime, same weights and input (:func:`MedDLLib.bench.runtime_rows`).
+    that study, torch eager fp32 against the runtime, same weights and input (:func:`MedDLLib.bench.runtime_rows`),
+    with its achieved GFLOP/s and their share of the machine's ceiling (``ceiling``:
+    :func:`MedDLLib.bench.machine_ceiling`'s result; measured here when None).
     """
     from MedDLLib import bench
     from MedDLLib.dicomwrite import write_series
@@ -127,6 +129,8 @@ def bench_cold_and_runtime(size: int = 512, n_slices: int = 300, *, runs: int = 
         loaded = load_package(package)
         x, _, _ = network_input(volume, segment_lungs(volume).labels, InputSpec.from_metadata(loaded.metadata["input"]))
         del volume
+        result["ceiling"] = ceiling or bench.machine_ceiling()
         result["runtime"]["cnn3d"] = bench.runtime_rows(loaded.network("cpu"), loaded, x[None],
-                                                        probabilities_agree("identity"), repeats=repeats)
+                                                        probabilities_agree("identity"), repeats=repeats,
+                                                        ceiling=result["ceiling"])
     return result

@@ -1,9 +1,13 @@
 """Benchmarks: MedDL's DICOM read against SimpleITK's ImageSeriesReader, side by side in one run.
 
 ``meddl bench dicom --input DIR --out F.json`` calls :func:`bench_dicom_read`; :func:`write_json` and
-:func:`format_table` write and show its result. Both readers run alternately in the same process, ``repeats`` times each after one
-warm-up read each (file cache and imports warm for both), and the medians are compared. Speed is measured
-here, never asserted in tests.
+:func:`format_table` write and show its result. Both readers run alternately in the same process, ``repeats``
+times each after one warm-up read each (file cache and imports warm for both), and the medians are compared.
+Speed is measured here, never asserted in tests.
+
+The task benches (``meddl bench <task>``) share :func:`end_to_end_rows` (cold runs), :func:`runtime_rows` (one
+forward, torch against the chosen runtime, with its achieved GFLOP/s as a share of :func:`machine_ceiling`) and
+:func:`task_table`.
 """
 
 from __future__ import annotations
@@ -246,16 +250,22 @@ def end_to_end_rows(arguments: list[str], output: str | os.PathLike, task_entry:
 
 
 def runtime_rows(network: Any, package: Any, x: np.ndarray, agree: Any, *, repeats: int = 5,
-                 compare: Callable[[np.ndarray, np.ndarray], dict[str, float]] | None = None) -> dict[str, Any]:
+                 compare: Callable[[np.ndarray, np.ndarray], dict[str, float]] | None = None,
+                 ceiling: dict[str, Any] | None = None) -> dict[str, Any]:
     """One network's forward, torch eager fp32 against the runtime :mod:`MedDLLib.runtime` chooses, on the same
     weights and the same input ``x``, timed alternately ``repeats`` times each after the choice (which runs
     both once).
 
     Args:
         compare: ``(torch output, runtime output) -> {name: value}`` agreement figures for the row.
+        ceiling: :func:`machine_ceiling`'s result (measured with the thread count the forwards use): the row
+            then carries the forward's FLOPs (:func:`forward_flops`, counted once on the torch network) and the
+            achieved GFLOP/s of both medians with their share of the matching ceiling (:func:`ceiling_for`).
     Returns:
         seconds of both, medians, ``ratio_torch_over_runtime`` (median and min over the pairs), the chosen
-        backend, the seconds the choice measured per candidate, and the agreement figures.
+        backend, the seconds the choice measured per candidate, and the agreement figures; with ``ceiling``,
+        ``forward_flops``, ``torch_achieved`` and ``runtime_achieved`` (``gflops``, ``ceiling_precision``,
+        ``ceiling_gflops``, ``share_of_ceiling``) and ``threads``.
     """
     from . import runtime
 
@@ -269,18 +279,173 @@ def runtime_rows(network: Any, package: Any, x: np.ndarray, agree: Any, *, repea
     ratios = [t / r for t, r in zip(torch_s, runtime_s)]
     reference, got = runner.torch_forward(x), runner(x)
     key = runtime._shape_key(x.shape)
-    return {"input_shape": list(x.shape), "backend": runner.chosen.get(key, "torch"),
-            "choice_seconds": {k: round(v, 4) for k, v in runner.timings.get(key, {}).items()},
-            "torch_seconds": [round(s, 4) for s in torch_s], "runtime_seconds": [round(s, 4) for s in runtime_s],
-            "torch_median_s": round(statistics.median(torch_s), 4),
-            "runtime_median_s": round(statistics.median(runtime_s), 4),
-            "ratio_torch_over_runtime": {"median": round(statistics.median(ratios), 2),
-                                         "min": round(min(ratios), 2)},
-            "agreement": (compare or _max_abs_difference)(reference, got)}
+    row = {"input_shape": list(x.shape), "backend": runner.chosen.get(key, "torch"),
+           "choice_seconds": {k: round(v, 4) for k, v in runner.timings.get(key, {}).items()},
+           "torch_seconds": [round(s, 4) for s in torch_s], "runtime_seconds": [round(s, 4) for s in runtime_s],
+           "torch_median_s": round(statistics.median(torch_s), 4),
+           "runtime_median_s": round(statistics.median(runtime_s), 4),
+           "ratio_torch_over_runtime": {"median": round(statistics.median(ratios), 2),
+                                        "min": round(min(ratios), 2)},
+           "agreement": (compare or _max_abs_difference)(reference, got)}
+    if ceiling is not None:
+        import torch
+
+        flops = forward_flops(runner.network, x)
+        row.update({"forward_flops": flops, "flop_convention": FLOP_CONVENTION, "threads": torch.get_num_threads(),
+                    "torch_achieved": _achieved(flops, statistics.median(torch_s), ceiling, "torch"),
+                    "runtime_achieved": _achieved(flops, statistics.median(runtime_s), ceiling, row["backend"])})
+        if ceiling.get("threads") != row["threads"]:
+            row["warning"] = (f"the ceiling was measured with {ceiling.get('threads')} threads, the forwards ran "
+                              f"with {row['threads']}: the shares compare unlike things")
+    return row
 
 
 def _max_abs_difference(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
     return {"max_abs_output_difference": float(np.abs(reference - got).max(initial=0.0))}
+
+
+# ---------------------------------------------------------------------------------------------- the ceiling
+#: How forward FLOPs are counted (:func:`forward_flops`), stated in every result that carries them.
+FLOP_CONVENTION = ("FLOPs of convolutions and matrix products, counted by torch.utils.flop_counter.FlopCounterMode "
+                   "on the torch network (a multiply-add = 2 FLOPs; elementwise ops, norms, activations and pooling "
+                   "not counted)")
+
+
+def forward_flops(network: Any, x: np.ndarray | Any) -> int:
+    """FLOPs of one forward of ``network`` on ``x`` ``(B, C, *spatial)`` (see :data:`FLOP_CONVENTION`): one
+    torch forward, without gradients, under :class:`torch.utils.flop_counter.FlopCounterMode`.
+
+    Example: a ``Conv2d(3, 8, 3, padding=1, bias=False)`` on ``(2, 3, 16, 16)`` makes 2 * 16 * 16 * 8 outputs
+    of 3 * 3 * 3 multiply-adds each: ``2 * (2*16*16*8) * 27 = 221184`` FLOPs.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .runtime import _device, torch_network
+
+    network = torch_network(network)
+    was_training = network.training
+    network.eval()
+    tensor = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            network(tensor.to(_device(network)))
+    finally:
+        network.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def _sustained_gflops(run: Callable[[], Any], flops: float, seconds: float, batches: int = 3) -> dict[str, Any]:
+    """GFLOP/s of ``run`` (``flops`` per call): one warm-up call, then ``batches`` timed batches of as many calls
+    as fill ``seconds / batches`` (at least one); the median batch is the sustained rate."""
+    warm = _time(run)
+    calls = max(1, int(round(seconds / batches / max(warm, 1e-6))))
+    rates = []
+    for _ in range(batches):
+        elapsed = _time(lambda: [run() for _ in range(calls)])
+        rates.append(calls * flops / elapsed / 1e9)
+    return {"flops_per_call": int(flops), "calls_per_batch": calls, "batch_gflops": [round(r, 1) for r in rates],
+            "gflops": round(statistics.median(rates), 1), "best_gflops": round(max(rates), 1)}
+
+
+def _openvino_matmul(n: int, precision: str, threads: int) -> Callable[[], Any]:
+    """A compiled OpenVINO ``(n, n) @ (n, n)`` (the second a constant, as a network's weights) at
+    ``precision`` (``f32`` / ``bf16``), compiled as :mod:`MedDLLib.runtime` compiles networks."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(0)
+    x = ops.parameter([n, n], ov.Type.f32)
+    model = ov.Model([ops.matmul(x, ops.constant(rng.standard_normal((n, n), dtype=np.float32)), False, False)], [x])
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
+                                                       "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+    request, data = compiled.create_infer_request(), rng.standard_normal((n, n), dtype=np.float32)
+    return lambda: request.infer([data])
+
+
+def machine_ceiling(threads: int | None = None, *, seconds_per_kernel: float = 0.5, matmul_size: int = 2048,
+                    conv_size: int = 128, openvino: bool = True) -> dict[str, Any]:
+    """The machine's ceiling: sustained GFLOP/s of large dense kernels with ``threads`` threads (default: torch's
+    current count, which the forwards use: torch and :mod:`MedDLLib.runtime` sessions alike).
+
+    Measured (each a warm-up call, then three timed batches of about ``seconds_per_kernel / 3``; the median
+    batch counts): torch fp32 matmul ``(n, n) @ (n, n)`` with ``n = matmul_size``, torch fp32 conv2d 64 -> 64
+    channels 3x3 on ``(8, 64, s, s)`` and conv3d 32 -> 32 channels 3x3x3 on ``(1, 32, s/4, s/2, s/2)`` with
+    ``s = conv_size``; where the CPU has bf16 dot products, torch bf16 matmul; where OpenVINO imports (and
+    ``openvino``), its fp32 matmul and (CPU reporting BF16) bf16 matmul, compiled as the runtime compiles
+    networks. A multiply-add counts 2 FLOPs. About 3-5 s with the defaults.
+
+    Returns:
+        JSON-ready: ``threads``, ``measurements`` (name -> what, precision, GFLOP/s of each batch, median
+        ``gflops``, ``best_gflops``), ``fp32_gflops``/``bf16_gflops`` (the largest median of that precision, the
+        ceiling a forward of that precision is compared with; ``None`` when not measured) with ``fp32_from``/
+        ``bf16_from`` naming the kernel, and the seconds the measurement took.
+    """
+    import torch
+
+    from .runtime import backend_available, cpu_has_bf16
+
+    before = torch.get_num_threads()
+    threads = int(threads or before)
+    n, s = int(matmul_size), int(conv_size)
+    start = time.perf_counter()
+    measurements: dict[str, dict[str, Any]] = {}
+
+    def measure(name: str, precision: str, what: str, run: Callable[[], Any], flops: float) -> None:
+        measurements[name] = {"precision": precision, "what": what,
+                              **_sustained_gflops(run, flops, seconds_per_kernel)}
+
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(0)
+            a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+            measure("torch fp32 matmul", "fp32", f"({n}x{n}) @ ({n}x{n})", lambda: a @ b, 2.0 * n ** 3)
+            conv2d = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).eval()
+            x2 = torch.randn(8, 64, s, s, generator=gen)
+            measure("torch fp32 conv2d", "fp32", f"Conv2d 64->64 3x3 pad 1 on 8x64x{s}x{s}", lambda: conv2d(x2),
+                    2.0 * x2.numel() * 64 * 9)
+            conv3d = torch.nn.Conv3d(32, 32, 3, padding=1, bias=False).eval()
+            x3 = torch.randn(1, 32, max(1, s // 4), max(1, s // 2), max(1, s // 2), generator=gen)
+            measure("torch fp32 conv3d", "fp32", f"Conv3d 32->32 3x3x3 pad 1 on {'x'.join(map(str, x3.shape))}",
+                    lambda: conv3d(x3), 2.0 * x3.numel() * 32 * 27)
+            if cpu_has_bf16():
+                a16, b16 = a.bfloat16(), b.bfloat16()
+                measure("torch bf16 matmul", "bf16", f"({n}x{n}) @ ({n}x{n}) bfloat16", lambda: a16 @ b16,
+                        2.0 * n ** 3)
+        for precision, label, backend in (("f32", "fp32", "openvino"), ("bf16", "bf16", "openvino-bf16")):
+            if openvino and backend_available(backend):
+                try:
+                    measure(f"openvino {label} matmul", label, f"({n}x{n}) @ constant ({n}x{n}), inference precision "
+                            f"{precision}", _openvino_matmul(n, precision, threads), 2.0 * n ** 3)
+                except Exception as exc:  # a plugin that cannot compile: no OpenVINO figure, say why
+                    measurements[f"openvino {label} matmul"] = {"precision": label, "error": str(exc)[:200]}
+    finally:
+        torch.set_num_threads(before)
+    result: dict[str, Any] = {"threads": threads, "flop_convention": "a multiply-add = 2 FLOPs",
+                              "measurements": measurements}
+    for precision in ("fp32", "bf16"):
+        rated = {k: m["gflops"] for k, m in measurements.items() if m["precision"] == precision and "gflops" in m}
+        best = max(rated, key=rated.__getitem__) if rated else None
+        result[f"{precision}_gflops"] = rated[best] if best else None
+        result[f"{precision}_from"] = best
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def ceiling_for(ceiling: dict[str, Any], backend: str) -> tuple[float | None, str]:
+    """The ceiling (GFLOP/s) a forward on ``backend`` is compared with, and its precision: bf16 for
+    ``openvino-bf16``, fp32 for every other backend (torch eager, ONNX Runtime, OpenVINO fp32)."""
+    precision = "bf16" if backend.endswith("bf16") else "fp32"
+    return ceiling.get(f"{precision}_gflops"), precision
+
+
+def _achieved(flops: int, seconds: float, ceiling: dict[str, Any] | None, backend: str) -> dict[str, Any]:
+    gflops = flops / seconds / 1e9 if seconds > 0 else float("nan")
+    top, precision = ceiling_for(ceiling, backend) if ceiling else (None, "fp32")
+    return {"gflops": round(gflops, 1), "ceiling_precision": precision, "ceiling_gflops": top,
+            "share_of_ceiling": round(gflops / top, 3) if top else None}
 
 
 def task_table(result: dict[str, Any]) -> str:
@@ -300,8 +465,33 @@ def task_table(result: dict[str, Any]) -> str:
                      f"{row['torch_median_s']:.3f} s", f"{row['runtime_median_s']:.3f} s",
                      f"{row['ratio_torch_over_runtime']['median']:.2f}x, {row['ratio_torch_over_runtime']['min']:.2f}x",
                      ""))
+        if "forward_flops" in row:
+            rows.append((f"  achieved, share of the ceiling ({row['forward_flops'] / 1e9:.2f} GFLOP a forward)",
+                         _achieved_cell(row["torch_achieved"]), _achieved_cell(row["runtime_achieved"]), "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if result.get("ceiling"):
+        lines.append(ceiling_line(result["ceiling"]))
+    if any("warning" in row for row in (result.get("runtime") or {}).values()):
+        lines += [row["warning"] for row in result["runtime"].values() if "warning" in row][:1]
     lines.append(result.get("caveat", CAVEAT))
     return "\n".join(lines)
+
+
+def _achieved_cell(achieved: dict[str, Any]) -> str:
+    share = achieved.get("share_of_ceiling")
+    return (f"{achieved['gflops']:.0f} GFLOP/s = " + (f"{100 * share:.0f} %" if share is not None else "n/a")
+            + f" of {achieved['ceiling_precision']}")
+
+
+def ceiling_line(ceiling: dict[str, Any]) -> str:
+    """One line saying what :func:`machine_ceiling` measured: the fp32 and bf16 ceilings and their kernels."""
+    parts = []
+    for precision in ("fp32", "bf16"):
+        if ceiling.get(f"{precision}_gflops"):
+            parts.append(f"{precision} {ceiling[f'{precision}_gflops']:.0f} GFLOP/s ({ceiling[f'{precision}_from']})")
+    others = ", ".join(f"{name} {m['gflops']:.0f}" for name, m in ceiling.get("measurements", {}).items()
+                       if "gflops" in m and name not in (ceiling.get("fp32_from"), ceiling.get("bf16_from")))
+    return (f"ceiling with {ceiling['threads']} threads: " + ("; ".join(parts) or "not measured")
+            + (f" (also {others})" if others else "") + f"; FLOPs: {FLOP_CONVENTION}")

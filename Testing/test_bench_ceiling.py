@@ -1,0 +1,98 @@
+"""The machine ceiling and the FLOP count of a forward: counts checked by hand, rows carry the share (no timing
+asserted). OpenVINO is never imported here (the suite's process stays torch-only; see test_runtime.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from MedDLLib import bench
+
+
+def _one_conv() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Conv2d(3, 8, 3, padding=1, bias=False).eval()
+
+
+# Conv2d(3 -> 8, 3x3, padding 1) on (2, 3, 16, 16): 2 * 16 * 16 * 8 outputs, each 3 * 3 * 3 multiply-adds,
+# a multiply-add = 2 FLOPs
+ONE_CONV_FLOPS = 2 * (2 * 16 * 16 * 8) * (3 * 3 * 3)
+
+
+def _fake_ceiling(threads: int) -> dict:
+    return {"threads": threads, "fp32_gflops": 100.0, "fp32_from": "torch fp32 matmul", "bf16_gflops": 400.0,
+            "bf16_from": "torch bf16 matmul", "measurements": {}}
+
+
+def test_forward_flops_of_one_conv_layer_is_counted_by_hand():
+    x = torch.rand(2, 3, 16, 16)
+    assert bench.forward_flops(_one_conv(), x) == ONE_CONV_FLOPS == 221184
+    assert bench.forward_flops(_one_conv(), x.numpy()) == ONE_CONV_FLOPS  # a numpy input too
+    # stride 2 in 3D: output 4 x 4 x 4 voxels x 4 channels, each 2 * 27 multiply-adds
+    conv3d = torch.nn.Conv3d(2, 4, 3, stride=2, padding=1, bias=False)
+    assert bench.forward_flops(conv3d, torch.rand(1, 2, 8, 8, 8)) == 2 * (4 * 4 * 4 * 4) * (2 * 27)
+    # a matrix product: (5, 10) @ (10, 4)
+    assert bench.forward_flops(torch.nn.Linear(10, 4, bias=False), torch.rand(5, 10)) == 2 * 5 * 10 * 4
+
+
+def test_forward_flops_leaves_a_training_network_in_training_mode():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8)).train()
+    before = net[1].running_mean.clone()
+    assert bench.forward_flops(net, torch.rand(2, 3, 16, 16)) == ONE_CONV_FLOPS
+    assert net.training and torch.equal(net[1].running_mean, before)  # counted in eval mode, statistics untouched
+
+
+def test_runtime_row_carries_flops_and_the_share_of_the_matching_ceiling():
+    x = torch.rand(2, 3, 16, 16).numpy()
+    ceiling = _fake_ceiling(torch.get_num_threads())
+    row = bench.runtime_rows(_one_conv(), None, x, lambda a, b: True, repeats=2, ceiling=ceiling)
+    assert row["backend"] == "torch"  # no package: torch only
+    assert row["forward_flops"] == ONE_CONV_FLOPS and "multiply-add = 2 FLOPs" in row["flop_convention"]
+    for side, seconds in (("torch_achieved", row["torch_median_s"]), ("runtime_achieved", row["runtime_median_s"])):
+        achieved = row[side]
+        assert achieved["ceiling_precision"] == "fp32" and achieved["ceiling_gflops"] == 100.0
+        gflops = ONE_CONV_FLOPS / seconds / 1e9
+        assert achieved["gflops"] == pytest.approx(gflops, abs=0.06, rel=0.01)  # rounded seconds in the row
+        assert achieved["share_of_ceiling"] == pytest.approx(gflops / 100.0, abs=2e-3, rel=0.01)
+    assert "warning" not in row
+    result = {"runtime": {"one-conv": row}, "ceiling": ceiling}
+    table = bench.task_table(result)
+    line = next(line for line in table.splitlines() if "achieved, share of the ceiling" in line)
+    assert "GFLOP/s = " in line and "% of fp32" in line
+    assert "ceiling with" in table and "fp32 100 GFLOP/s (torch fp32 matmul)" in table
+    assert "bf16 400 GFLOP/s" in table
+
+
+def test_runtime_row_without_a_ceiling_has_no_share_and_a_thread_mismatch_is_said():
+    x = torch.rand(1, 3, 16, 16).numpy()
+    row = bench.runtime_rows(_one_conv(), None, x, lambda a, b: True, repeats=1)
+    assert "forward_flops" not in row and "achieved" not in bench.task_table({"runtime": {"n": row}})
+    other = _fake_ceiling(torch.get_num_threads() + 1)
+    row = bench.runtime_rows(_one_conv(), None, x, lambda a, b: True, repeats=1, ceiling=other)
+    assert "threads" in row["warning"]
+    assert row["warning"] in bench.task_table({"runtime": {"n": row}, "ceiling": other})
+
+
+def test_ceiling_for_matches_the_backend_precision():
+    ceiling = _fake_ceiling(2)
+    assert bench.ceiling_for(ceiling, "openvino-bf16") == (400.0, "bf16")
+    for backend in ("torch", "onnxruntime", "openvino"):
+        assert bench.ceiling_for(ceiling, backend) == (100.0, "fp32")
+    assert bench.ceiling_for({**ceiling, "bf16_gflops": None}, "openvino-bf16") == (None, "bf16")
+
+
+def test_machine_ceiling_measures_with_the_given_threads_and_restores_torch_threads():
+    before = torch.get_num_threads()
+    threads = 1 if before != 1 else 2
+    ceiling = bench.machine_ceiling(threads, seconds_per_kernel=0.01, matmul_size=64, conv_size=16, openvino=False)
+    assert torch.get_num_threads() == before
+    assert ceiling["threads"] == threads
+    m = ceiling["measurements"]
+    assert m["torch fp32 matmul"]["flops_per_call"] == 2 * 64 ** 3
+    assert m["torch fp32 conv2d"]["flops_per_call"] == 2 * (8 * 64 * 16 * 16) * (64 * 9)
+    assert m["torch fp32 conv3d"]["flops_per_call"] == 2 * (32 * 4 * 8 * 8) * (32 * 27)
+    assert not any(name.startswith("openvino") for name in m)
+    fp32 = {k: v["gflops"] for k, v in m.items() if v["precision"] == "fp32"}
+    assert ceiling["fp32_gflops"] == max(fp32.values()) > 0 and ceiling["fp32_from"] in fp32
+    assert all(len(v["batch_gflops"]) == 3 and v["best_gflops"] >= v["gflops"] for v in m.values())
+    assert "ceiling with" in bench.ceiling_line(ceiling)
