@@ -125,6 +125,31 @@ def test_glioma_probabilities_agree_with_torch(glioma, monkeypatch):
         assert np.abs(predict_cases(glioma / "model", cases) - reference).max() <= 1e-3, backend
 
 
+def test_glioma_evidence_forward_agrees_with_torch_prediction_and_gradcam(glioma, monkeypatch):
+    """One runtime forward of the evidence map gives the probability and the Grad-CAM of the two torch passes."""
+    from GliomaClassifierLib.dataset import read_case, scan_dataset
+    from GliomaClassifierLib.model import predict_with_evidence
+    from GliomaClassifierLib.preprocess import InputSpec, prepare
+    from MedDLLib.gradcam import compute_gradcam
+
+    package = load_package(glioma / "model")
+    spec = InputSpec.from_metadata(package.metadata["input"])
+    x = np.stack([prepare(read_case(c, spec.sequences), spec).array for c in scan_dataset(glioma / "data").cases[:3]])
+    network = package.network("cpu")
+    with torch.no_grad():
+        p_torch = torch.sigmoid(network(torch.from_numpy(x))).numpy().ravel()
+    maps_torch = compute_gradcam(network, torch.from_numpy(x), "evidence", class_index=0, bf16=False)
+    for backend in ["auto", *_candidates()]:
+        monkeypatch.setenv(runtime.ENV, backend)
+        network, package = _fresh(glioma / "model")
+        p, maps = predict_with_evidence(network, x, package)
+        assert np.abs(p - p_torch).max() <= 1e-3, backend
+        assert np.abs(maps - maps_torch).max() <= 0.02, backend
+        if backend != "auto":
+            assert runtime.runner_for(network, forward="evidence_map").backend == backend
+    assert list((glioma / "model" / "runtime").glob("evidence_map-*.onnx"))
+
+
 @pytest.fixture(scope="module")
 def lung(tmp_path_factory):
     root = tmp_path_factory.mktemp("lung")

@@ -171,7 +171,7 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
 
     from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
 
-    from .model import TASK, model_card, predict_arrays
+    from .model import TASK, EvidenceResNet10, model_card, predict_arrays, predict_with_evidence
     from .preprocess import InputSpec, prepare, voi_source
 
     from MedDLLib.pipeline import checkpoints, ensure_loaded
@@ -203,13 +203,19 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
     checkpoint(0.1, "preprocessing")
     prepared = prepare(volumes, spec, centre)
     checkpoint(0.4, "classifying")
-    probability = float(predict_arrays(network, prepared.array[None], options.device)[0])
+    layer = package.metadata["output"].get("gradcam_layer") or "layer2"
+    maps = None
+    if isinstance(network, EvidenceResNet10) and layer == "evidence":  # one forward: probability and Grad-CAM
+        probabilities, maps = predict_with_evidence(network, prepared.array[None], package, maps=options.gradcam)
+        probability = float(probabilities[0])
+    else:
+        probability = float(predict_arrays(network, prepared.array[None], options.device)[0])
     heat = None
     if options.gradcam:
         checkpoint(0.55, "Grad-CAM")
-        layer = package.metadata["output"].get("gradcam_layer") or "layer2"
-        x = torch.from_numpy(prepared.array[None]).to(options.device)
-        maps = compute_gradcam(network, x, layer, class_index=0)  # the methylated logit, whatever the call
+        if maps is None:
+            x = torch.from_numpy(prepared.array[None]).to(options.device)
+            maps = compute_gradcam(network, x, layer, class_index=0)  # the methylated logit, whatever the call
         heat = heatmap_to_reference(maps[0], prepared.grid, prepared.reference)
     window = {"first": prepared.first, "last": prepared.last, "centre": prepared.centre,
               "depth": spec.depth, "n_slices": prepared.n_slices, "centred_on": prepared.centred_on,

@@ -146,12 +146,29 @@ def _gradcam(network: Any, inputs: Any, layer: Any, class_index: int | None, met
         alpha = grad_2 / (torch.where(denominator != 0, denominator, torch.ones_like(denominator)) + 1e-7)
         positive = F.relu(score.detach().float().exp().view(-1, *([1] * (acti.ndim - 1))) * grad)
         weights = (alpha * positive).sum(dim=reduce, keepdim=True)
-    cam = F.relu((weights * acti).sum(dim=1, keepdim=True))
+    cam = (weights * acti).sum(dim=1, keepdim=True)
+    return cam_maps(cam, spatial), logits.detach().float().cpu().numpy()
+
+
+def cam_maps(cam: Any, spatial: tuple[int, ...]) -> np.ndarray:
+    """Class activation maps ``(B, 1, *cells)`` (a torch tensor or an array; any sign) as Grad-CAM's maps: the
+    positive part, upsampled (linear) to the input's ``spatial`` size, normalised over the whole batch.
+
+    :func:`compute_gradcam` ends here; so does a network whose Grad-CAM needs no gradient (e.g. glioma's
+    evidence map: one channel and a head whose gradient is positive everywhere, so the map is the layer's own
+    output, up to a positive factor the normalisation removes).
+
+    Returns:
+        float32 ``(B, *spatial)`` in [0, 1] (all zeros when no cell is positive).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    cam = F.relu(torch.as_tensor(cam).float())
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
-    maps = F.interpolate(cam, size=spatial, mode=mode, align_corners=False)[:, 0].contiguous().cpu().numpy()
+    maps = F.interpolate(cam, size=tuple(spatial), mode=mode, align_corners=False)[:, 0].contiguous().cpu().numpy()
     peak = float(maps.max(initial=0.0))
-    maps = (maps / peak).astype(np.float32) if peak > 0 else np.zeros_like(maps, dtype=np.float32)
-    return maps, logits.detach().float().cpu().numpy()
+    return (maps / peak).astype(np.float32) if peak > 0 else np.zeros_like(maps, dtype=np.float32)
 
 
 def heatmap_to_reference(heatmap: np.ndarray, network_grid: Geometry, reference: Volume) -> Volume:

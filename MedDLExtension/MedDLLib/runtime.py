@@ -167,6 +167,8 @@ class Runner:
 
     Attributes:
         network: the torch network (eval mode): the reference, the fallback, and what Grad-CAM uses.
+        forward: the network's method this runner runs (``"forward"``, or another method taking and returning
+            one tensor, e.g. glioma's ``"evidence_map"``): its exports and choices are kept apart by that name.
         folder: where the export and ``runtime.json`` live (None: torch only).
         weights_sha256: the package's weights checksum the export belongs to.
         agree: agreement test of a candidate's output with torch fp32's.
@@ -175,12 +177,14 @@ class Runner:
     """
 
     network: Any
+    forward: str = "forward"
     folder: Path | None = None
     weights_sha256: str = ""
     agree: Agreement = dataclasses.field(default_factory=probabilities_agree)
     chosen: dict[str, str] = dataclasses.field(default_factory=dict)
     timings: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     _sessions: dict[tuple[str, tuple[int, ...]], _Session] = dataclasses.field(default_factory=dict, repr=False)
+    _module: Any = dataclasses.field(default=None, repr=False)
 
     # ------------------------------------------------------------------ calling
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -188,7 +192,7 @@ class Runner:
         forced = os.environ.get(ENV, "auto").strip().lower() or "auto"
         if forced == "torch" or self.folder is None:
             return self.torch_forward(x)
-        key = _shape_key(x.shape)
+        key = self._key(x.shape)
         backend = self.chosen.get(key) or self._recorded(key)
         if forced != "auto" and backend != forced:
             backend = None  # a forced backend is measured (and checked) like a choice
@@ -210,7 +214,20 @@ class Runner:
         device = _device(self.network)
         self.network.eval()
         with torch.no_grad():
-            return self.network(torch.from_numpy(x).to(device)).float().cpu().numpy()
+            return self.module(torch.from_numpy(x).to(device)).float().cpu().numpy()
+
+    @property
+    def module(self) -> Any:
+        """The torch module computing :attr:`forward` (the network itself for ``"forward"``)."""
+        if self.forward == "forward":
+            return self.network
+        if self._module is None:
+            self._module = _method_module(self.network, self.forward)
+        return self._module
+
+    def _key(self, shape: tuple[int, ...]) -> str:
+        """The choice key of an input shape: ``"9x64x64"``, or ``"evidence_map:4x64x256x256"``."""
+        return _shape_key(shape) if self.forward == "forward" else f"{self.forward}:{_shape_key(shape)}"
 
     @property
     def backend(self) -> str:
@@ -276,7 +293,7 @@ class Runner:
             return backend
         if backend is None or not backend_available(backend):
             return None
-        if backend != "torch" and self._export(_shape_from_key(key)) is None:
+        if backend != "torch" and self._export(_shape_from_key(key.rpartition(":")[2])) is None:
             return None
         self.chosen[key] = backend
         return backend
@@ -312,7 +329,7 @@ class Runner:
 
     def _export(self, shape: tuple[int, ...]) -> Path | None:
         """The verified ONNX export for inputs of ``shape`` (any batch), exported now if missing or stale."""
-        name = f"model-{_shape_key(shape)}.onnx"
+        name = f"{'model' if self.forward == 'forward' else self.forward}-{_shape_key(shape)}.onnx"
         record = self._read_record()
         entry = record.get("exports", {}).get(name)
         onnx_file = self.folder / name
@@ -342,9 +359,24 @@ class Runner:
                               device=_device(self.network))
         with atomic_path(onnx_file, ".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(self.network, (example,), str(tmp), input_names=["x"], output_names=["y"],
+            torch.onnx.export(self.module, (example,), str(tmp), input_names=["x"], output_names=["y"],
                               dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=OPSET,
                               dynamo=False)
+
+
+def _method_module(network: Any, name: str) -> "torch.nn.Module":
+    """A torch module whose forward is ``network.<name>(x)`` (what a named :class:`Runner` exports)."""
+    import torch
+
+    class Method(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = network
+
+        def forward(self, x: Any) -> Any:
+            return getattr(self.network, name)(x)
+
+    return Method()
 
 
 def _device(network: Any) -> Any:
@@ -397,11 +429,12 @@ def export_folder(package: "ModelPackage") -> Path:
 
 
 def runner_for(network: "torch.nn.Module | Runner", package: "ModelPackage | None" = None, *,
-               agree: Agreement | None = None) -> Runner:
-    """The :class:`Runner` of ``network`` (one per network object, reused by every call).
+               agree: Agreement | None = None, forward: str = "forward") -> Runner:
+    """The :class:`Runner` of ``network`` (one per network object and ``forward``, reused by every call).
 
     Args:
         network: a torch network in eval mode, or a Runner (returned as it is).
+        forward: the network's method to run (default its ``forward``; e.g. ``"evidence_map"``).
         package: the model package whose weights ``network`` carries (None: the one given to :func:`attach`;
             none at all: a torch-only runner).
         agree: agreement test for choosing a runtime (default: sigmoid probabilities within 1e-3).
@@ -410,13 +443,13 @@ def runner_for(network: "torch.nn.Module | Runner", package: "ModelPackage | Non
         return network
     if _device(network).type != "cpu":
         package = None  # the runtimes here are CPU ones: a GPU network stays in torch
-    runner = network.__dict__.get(_RUNNER_ATTRIBUTE)
+    runners = network.__dict__.setdefault(_RUNNER_ATTRIBUTE, {})
+    runner = runners.get(forward)
     package = package if package is not None else _PACKAGES.get(network)
     if runner is None or (package is not None and runner.folder is None):
         folder = export_folder(package) if package is not None else None
         sha = str(package.metadata.get("sha256", "")) if package is not None else ""
-        runner = Runner(network, folder, sha, agree or probabilities_agree())
-        network.__dict__[_RUNNER_ATTRIBUTE] = runner
+        runner = runners[forward] = Runner(network, forward, folder, sha, agree or probabilities_agree())
     elif agree is not None:
         runner.agree = agree
     return runner
