@@ -134,7 +134,9 @@ def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
     from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
     from MedDLLib.pipeline import checkpoints, ensure_loaded
 
-    from .model import load_model, predict_inputs
+    from MedDLLib import runtime
+
+    from .model import load_model, predict_inputs, probabilities
 
     options = options or ICHOptions()
     checkpoint = checkpoints(progress, cancel)
@@ -148,17 +150,26 @@ def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
     checkpoint(0.15, "preprocessing")
     inputs, grid = volume_input(volume, spec)
     checkpoint(0.3, "classifying the slices")
-    probs = predict_inputs(network, inputs, output, device=options.device)
+    layer = package.metadata["output"].get("gradcam_layer") or "layer3"
+    maps = None
+    if options.heatmap_label is not None and runtime.runner_for(network).chosen_backend(inputs.shape) == "torch":
+        # the prediction runs in torch anyway: take it from Grad-CAM's fp32 forward (one forward, not two)
+        maps, logits = compute_gradcam(network, torch.from_numpy(inputs).to(options.device), layer,
+                                       class_index=LABELS.index(options.heatmap_label), bf16=False,
+                                       return_logits=True)
+        probs = probabilities(logits, output)
+    else:
+        probs = predict_inputs(network, inputs, output, device=options.device)
     study = {f"{label}_probability": float(probs[:, j].max()) for j, label in enumerate(LABELS)}
     positive = study["any_probability"] >= options.threshold
     heat_volume = suspected = None
     volume_ml = 0.0
     if options.heatmap_label is not None:
         checkpoint(0.5, f"Grad-CAM for '{options.heatmap_label}'")
-        layer = package.metadata["output"].get("gradcam_layer") or "layer3"
-        # one batch = the whole study, so the maps share one normalisation (a dark slice stays dark)
-        maps = compute_gradcam(network, torch.from_numpy(inputs).to(options.device), layer,
-                               class_index=LABELS.index(options.heatmap_label))
+        if maps is None:
+            # one batch = the whole study, so the maps share one normalisation (a dark slice stays dark)
+            maps = compute_gradcam(network, torch.from_numpy(inputs).to(options.device), layer,
+                                   class_index=LABELS.index(options.heatmap_label))
         # a slice the model finds negative for the label carries no evidence to show
         maps = maps * (probs[:, LABELS.index(options.heatmap_label)] >= options.threshold)[:, None, None]
         heat_volume = heatmap_to_reference(maps.astype(np.float32), grid, volume)
