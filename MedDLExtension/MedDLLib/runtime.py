@@ -1,7 +1,9 @@
 """A faster runtime for the prediction forwards: ONNX Runtime or OpenVINO, chosen per network by measurement.
 
-The torch network stays the reference (and the only path for Grad-CAM). :func:`runner_for` wraps a network of a
-model package in a :class:`Runner`, a callable ``inputs (B, C, *spatial) float32 -> first output float32``:
+The torch network stays the reference and the path for gradient Grad-CAM (a Grad-CAM that needs no gradient, as
+glioma's evidence map, runs here as a named forward). :func:`runner_for` wraps a network of a model package (or one
+of its methods, ``forward="evidence_map"``) in a :class:`Runner`, a callable
+``inputs (B, C, *spatial) float32 -> first output float32``:
 
 1. **Export once per package.** The network is exported to ONNX (batch axis dynamic, the other axes fixed) into
    ``<package>/runtime/`` (or ``<model cache>/.runtime/<weights sha256>/`` when the package folder is read-only),
