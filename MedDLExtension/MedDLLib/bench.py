@@ -260,12 +260,14 @@ def runtime_rows(network: Any, package: Any, x: np.ndarray, agree: Any, *, repea
         compare: ``(torch output, runtime output) -> {name: value}`` agreement figures for the row.
         ceiling: :func:`machine_ceiling`'s result (measured with the thread count the forwards use): the row
             then carries the forward's FLOPs (:func:`forward_flops`, counted once on the torch network) and the
-            achieved GFLOP/s of both medians with their share of the matching ceiling (:func:`ceiling_for`).
+            achieved GFLOP/s of both (fastest and median run) with their share of the matching ceiling
+            (:func:`ceiling_for`).
     Returns:
         seconds of both, medians, ``ratio_torch_over_runtime`` (median and min over the pairs), the chosen
         backend, the seconds the choice measured per candidate, and the agreement figures; with ``ceiling``,
-        ``forward_flops``, ``torch_achieved`` and ``runtime_achieved`` (``gflops``, ``ceiling_precision``,
-        ``ceiling_gflops``, ``share_of_ceiling``) and ``threads``.
+        ``forward_flops``, ``torch_achieved`` and ``runtime_achieved`` (:func:`_achieved`: ``best_gflops``,
+        ``share_of_ceiling``, ``gflops``, ``median_share_of_ceiling``, ``ceiling_precision``, ``ceiling_gflops``)
+        and ``threads``.
     """
     from . import runtime
 
@@ -292,8 +294,8 @@ def runtime_rows(network: Any, package: Any, x: np.ndarray, agree: Any, *, repea
 
         flops = forward_flops(runner.network, x)
         row.update({"forward_flops": flops, "flop_convention": FLOP_CONVENTION, "threads": torch.get_num_threads(),
-                    "torch_achieved": _achieved(flops, statistics.median(torch_s), ceiling, "torch"),
-                    "runtime_achieved": _achieved(flops, statistics.median(runtime_s), ceiling, row["backend"])})
+                    "torch_achieved": _achieved(flops, torch_s, ceiling, "torch"),
+                    "runtime_achieved": _achieved(flops, runtime_s, ceiling, row["backend"])})
         if ceiling.get("threads") != row["threads"]:
             row["warning"] = (f"the ceiling was measured with {ceiling.get('threads')} threads, the forwards ran "
                               f"with {row['threads']}: the shares compare unlike things")
@@ -336,9 +338,10 @@ def forward_flops(network: Any, x: np.ndarray | Any) -> int:
     return int(counter.get_total_flops())
 
 
-def _sustained_gflops(run: Callable[[], Any], flops: float, seconds: float, batches: int = 3) -> dict[str, Any]:
+def _sustained_gflops(run: Callable[[], Any], flops: float, seconds: float, batches: int = 4) -> dict[str, Any]:
     """GFLOP/s of ``run`` (``flops`` per call): one warm-up call, then ``batches`` timed batches of as many calls
-    as fill ``seconds / batches`` (at least one); the median batch is the sustained rate."""
+    as fill ``seconds / batches`` (at least one). ``best_gflops`` (the fastest batch, the least disturbed by
+    other work on a shared machine) is the sustained rate the ceiling takes; ``gflops`` is the median batch."""
     warm = _time(run)
     calls = max(1, int(round(seconds / batches / max(warm, 1e-6))))
     rates = []
@@ -349,38 +352,45 @@ def _sustained_gflops(run: Callable[[], Any], flops: float, seconds: float, batc
             "gflops": round(statistics.median(rates), 1), "best_gflops": round(max(rates), 1)}
 
 
-def _openvino_matmul(n: int, precision: str, threads: int) -> Callable[[], Any]:
-    """A compiled OpenVINO ``(n, n) @ (n, n)`` (the second a constant, as a network's weights) at
-    ``precision`` (``f32`` / ``bf16``), compiled as :mod:`MedDLLib.runtime` compiles networks."""
+def _openvino_kernel(kind: str, shape: tuple[int, ...], precision: str, threads: int) -> Callable[[], Any]:
+    """A compiled OpenVINO kernel on a random float32 input of ``shape``, compiled as :mod:`MedDLLib.runtime`
+    compiles networks (``precision`` ``f32``/``bf16``, latency, ``threads``): ``kind`` ``"matmul"`` (``(n, n) @``
+    a constant ``(n, n)``, as a network's weights) or ``"conv3d"`` (C -> C channels, 3x3x3, padding 1)."""
     import openvino as ov
     import openvino.opset13 as ops
 
     rng = np.random.default_rng(0)
-    x = ops.parameter([n, n], ov.Type.f32)
-    model = ov.Model([ops.matmul(x, ops.constant(rng.standard_normal((n, n), dtype=np.float32)), False, False)], [x])
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
-                                                       "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
-    request, data = compiled.create_infer_request(), rng.standard_normal((n, n), dtype=np.float32)
+    x = ops.parameter(list(shape), ov.Type.f32)
+    if kind == "matmul":
+        y = ops.matmul(x, ops.constant(rng.standard_normal((shape[1], shape[1]), dtype=np.float32)), False, False)
+    else:
+        c = shape[1]
+        w = ops.constant(rng.standard_normal((c, c, 3, 3, 3), dtype=np.float32) * 0.05)
+        y = ops.convolution(x, w, [1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1])
+    compiled = ov.Core().compile_model(ov.Model([y], [x]), "CPU", {
+        "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+    request, data = compiled.create_infer_request(), rng.standard_normal(shape, dtype=np.float32)
     return lambda: request.infer([data])
 
 
-def machine_ceiling(threads: int | None = None, *, seconds_per_kernel: float = 0.5, matmul_size: int = 2048,
+def machine_ceiling(threads: int | None = None, *, seconds_per_kernel: float = 0.4, matmul_size: int = 2048,
                     conv_size: int = 128, openvino: bool = True) -> dict[str, Any]:
     """The machine's ceiling: sustained GFLOP/s of large dense kernels with ``threads`` threads (default: torch's
     current count, which the forwards use: torch and :mod:`MedDLLib.runtime` sessions alike).
 
-    Measured (each a warm-up call, then three timed batches of about ``seconds_per_kernel / 3``; the median
-    batch counts): torch fp32 matmul ``(n, n) @ (n, n)`` with ``n = matmul_size``, torch fp32 conv2d 64 -> 64
-    channels 3x3 on ``(8, 64, s, s)`` and conv3d 32 -> 32 channels 3x3x3 on ``(1, 32, s/4, s/2, s/2)`` with
-    ``s = conv_size``; where the CPU has bf16 dot products, torch bf16 matmul; where OpenVINO imports (and
-    ``openvino``), its fp32 matmul and (CPU reporting BF16) bf16 matmul, compiled as the runtime compiles
-    networks. A multiply-add counts 2 FLOPs. About 3-5 s with the defaults.
+    Kernels (``n = matmul_size``, ``s = conv_size``): torch fp32 matmul ``(n, n) @ (n, n)``; torch fp32 conv2d
+    128 -> 128 channels 3x3 on ``(8, 128, s/2, s/2)``; torch fp32 conv3d 128 -> 128 channels 3x3x3 on
+    ``(1, 128, s/16, s/4, s/4)``; where the CPU has bf16 dot products, torch bf16 matmul; where OpenVINO imports
+    (and ``openvino``), its fp32 and (CPU reporting BF16) bf16 matmul and conv3d on the same shapes, compiled as
+    the runtime compiles networks. Each kernel: a warm-up call, then four timed batches of about
+    ``seconds_per_kernel / 4``; its rate is the fastest batch (on a shared machine the least disturbed one: a
+    ceiling is an upper bound). A multiply-add counts 2 FLOPs. About 4-6 s with the defaults.
 
     Returns:
         JSON-ready: ``threads``, ``measurements`` (name -> what, precision, GFLOP/s of each batch, median
-        ``gflops``, ``best_gflops``), ``fp32_gflops``/``bf16_gflops`` (the largest median of that precision, the
-        ceiling a forward of that precision is compared with; ``None`` when not measured) with ``fp32_from``/
-        ``bf16_from`` naming the kernel, and the seconds the measurement took.
+        ``gflops``, ``best_gflops``), ``fp32_gflops``/``bf16_gflops`` (the largest ``best_gflops`` of that
+        precision: the ceiling a forward of that precision is compared with; ``None`` when not measured) with
+        ``fp32_from``/``bf16_from`` naming the kernel, and the seconds the measurement took.
     """
     import torch
 
@@ -389,6 +399,11 @@ def machine_ceiling(threads: int | None = None, *, seconds_per_kernel: float = 0
     before = torch.get_num_threads()
     threads = int(threads or before)
     n, s = int(matmul_size), int(conv_size)
+    shape2d = (8, 128, max(1, s // 2), max(1, s // 2))
+    shape3d = (1, 128, max(1, s // 16), max(1, s // 4), max(1, s // 4))
+    conv2d_flops = 2.0 * float(np.prod(shape2d)) * 128 * 9
+    conv3d_flops = 2.0 * float(np.prod(shape3d)) * 128 * 27
+    conv3d_what = f"Conv3d 128->128 3x3x3 pad 1 on {'x'.join(map(str, shape3d))}"
     start = time.perf_counter()
     measurements: dict[str, dict[str, Any]] = {}
 
@@ -402,34 +417,38 @@ def machine_ceiling(threads: int | None = None, *, seconds_per_kernel: float = 0
             gen = torch.Generator().manual_seed(0)
             a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
             measure("torch fp32 matmul", "fp32", f"({n}x{n}) @ ({n}x{n})", lambda: a @ b, 2.0 * n ** 3)
-            conv2d = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).eval()
-            x2 = torch.randn(8, 64, s, s, generator=gen)
-            measure("torch fp32 conv2d", "fp32", f"Conv2d 64->64 3x3 pad 1 on 8x64x{s}x{s}", lambda: conv2d(x2),
-                    2.0 * x2.numel() * 64 * 9)
-            conv3d = torch.nn.Conv3d(32, 32, 3, padding=1, bias=False).eval()
-            x3 = torch.randn(1, 32, max(1, s // 4), max(1, s // 2), max(1, s // 2), generator=gen)
-            measure("torch fp32 conv3d", "fp32", f"Conv3d 32->32 3x3x3 pad 1 on {'x'.join(map(str, x3.shape))}",
-                    lambda: conv3d(x3), 2.0 * x3.numel() * 32 * 27)
+            conv2d = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).eval()
+            x2 = torch.randn(shape2d, generator=gen)
+            measure("torch fp32 conv2d", "fp32", f"Conv2d 128->128 3x3 pad 1 on {'x'.join(map(str, shape2d))}",
+                    lambda: conv2d(x2), conv2d_flops)
+            conv3d = torch.nn.Conv3d(128, 128, 3, padding=1, bias=False).eval()
+            x3 = torch.randn(shape3d, generator=gen)
+            measure("torch fp32 conv3d", "fp32", conv3d_what, lambda: conv3d(x3), conv3d_flops)
             if cpu_has_bf16():
                 a16, b16 = a.bfloat16(), b.bfloat16()
                 measure("torch bf16 matmul", "bf16", f"({n}x{n}) @ ({n}x{n}) bfloat16", lambda: a16 @ b16,
                         2.0 * n ** 3)
         for precision, label, backend in (("f32", "fp32", "openvino"), ("bf16", "bf16", "openvino-bf16")):
-            if openvino and backend_available(backend):
+            if not (openvino and backend_available(backend)):
+                continue
+            for kind, shape, flops, what in (("matmul", (n, n), 2.0 * n ** 3, f"({n}x{n}) @ constant ({n}x{n})"),
+                                              ("conv3d", shape3d, conv3d_flops, conv3d_what)):
+                name = f"openvino {label} {kind}"
                 try:
-                    measure(f"openvino {label} matmul", label, f"({n}x{n}) @ constant ({n}x{n}), inference precision "
-                            f"{precision}", _openvino_matmul(n, precision, threads), 2.0 * n ** 3)
+                    measure(name, label, f"{what}, inference precision {precision}",
+                            _openvino_kernel(kind, shape, precision, threads), flops)
                 except Exception as exc:  # a plugin that cannot compile: no OpenVINO figure, say why
-                    measurements[f"openvino {label} matmul"] = {"precision": label, "error": str(exc)[:200]}
+                    measurements[name] = {"precision": label, "error": " ".join(str(exc).split())[:200]}
     finally:
         torch.set_num_threads(before)
     result: dict[str, Any] = {"threads": threads, "flop_convention": "a multiply-add = 2 FLOPs",
                               "measurements": measurements}
     for precision in ("fp32", "bf16"):
-        rated = {k: m["gflops"] for k, m in measurements.items() if m["precision"] == precision and "gflops" in m}
-        best = max(rated, key=rated.__getitem__) if rated else None
-        result[f"{precision}_gflops"] = rated[best] if best else None
-        result[f"{precision}_from"] = best
+        rated = {k: m["best_gflops"] for k, m in measurements.items()
+                 if m["precision"] == precision and "best_gflops" in m}
+        top = max(rated, key=rated.__getitem__) if rated else None
+        result[f"{precision}_gflops"] = rated[top] if top else None
+        result[f"{precision}_from"] = top
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result
 
@@ -441,11 +460,15 @@ def ceiling_for(ceiling: dict[str, Any], backend: str) -> tuple[float | None, st
     return ceiling.get(f"{precision}_gflops"), precision
 
 
-def _achieved(flops: int, seconds: float, ceiling: dict[str, Any] | None, backend: str) -> dict[str, Any]:
-    gflops = flops / seconds / 1e9 if seconds > 0 else float("nan")
+def _achieved(flops: int, seconds: list[float], ceiling: dict[str, Any] | None, backend: str) -> dict[str, Any]:
+    """Achieved GFLOP/s of forwards taking ``seconds``: ``best_gflops`` of the fastest one, whose share of the
+    ceiling is ``share_of_ceiling`` (the ceiling too is its kernels' fastest batch: both the least disturbed
+    figures on a shared machine), and ``gflops`` of the median one with ``median_share_of_ceiling``."""
     top, precision = ceiling_for(ceiling, backend) if ceiling else (None, "fp32")
-    return {"gflops": round(gflops, 1), "ceiling_precision": precision, "ceiling_gflops": top,
-            "share_of_ceiling": round(gflops / top, 3) if top else None}
+    median, best = flops / statistics.median(seconds) / 1e9, flops / min(seconds) / 1e9
+    return {"gflops": round(median, 1), "best_gflops": round(best, 1), "ceiling_precision": precision,
+            "ceiling_gflops": top, "share_of_ceiling": round(best / top, 3) if top else None,
+            "median_share_of_ceiling": round(median / top, 3) if top else None}
 
 
 def task_table(result: dict[str, Any]) -> str:
@@ -466,7 +489,7 @@ def task_table(result: dict[str, Any]) -> str:
                      f"{row['ratio_torch_over_runtime']['median']:.2f}x, {row['ratio_torch_over_runtime']['min']:.2f}x",
                      ""))
         if "forward_flops" in row:
-            rows.append((f"  achieved, share of the ceiling ({row['forward_flops'] / 1e9:.2f} GFLOP a forward)",
+            rows.append((f"  fastest run: GFLOP/s = share of the ceiling ({row['forward_flops'] / 1e9:.2f} GFLOP)",
                          _achieved_cell(row["torch_achieved"]), _achieved_cell(row["runtime_achieved"]), "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -480,13 +503,16 @@ def task_table(result: dict[str, Any]) -> str:
 
 
 def _achieved_cell(achieved: dict[str, Any]) -> str:
-    share = achieved.get("share_of_ceiling")
-    return (f"{achieved['gflops']:.0f} GFLOP/s = " + (f"{100 * share:.0f} %" if share is not None else "n/a")
-            + f" of {achieved['ceiling_precision']}")
+    share, median = achieved.get("share_of_ceiling"), achieved.get("median_share_of_ceiling")
+    if share is None:
+        return f"{achieved['best_gflops']:.0f} GFLOP/s (no {achieved['ceiling_precision']} ceiling)"
+    return (f"{achieved['best_gflops']:.0f} GFLOP/s = {100 * share:.0f} % of {achieved['ceiling_precision']} "
+            f"(median {100 * median:.0f} %)")
 
 
 def ceiling_line(ceiling: dict[str, Any]) -> str:
-    """One line saying what :func:`machine_ceiling` measured: the fp32 and bf16 ceilings and their kernels."""
+    """Two lines saying what :func:`machine_ceiling` measured (the fp32 and bf16 ceilings and their kernels) and how
+    forward FLOPs are counted."""
     parts = []
     for precision in ("fp32", "bf16"):
         if ceiling.get(f"{precision}_gflops"):
@@ -494,4 +520,4 @@ def ceiling_line(ceiling: dict[str, Any]) -> str:
     others = ", ".join(f"{name} {m['gflops']:.0f}" for name, m in ceiling.get("measurements", {}).items()
                        if "gflops" in m and name not in (ceiling.get("fp32_from"), ceiling.get("bf16_from")))
     return (f"ceiling with {ceiling['threads']} threads: " + ("; ".join(parts) or "not measured")
-            + (f" (also {others})" if others else "") + f"; FLOPs: {FLOP_CONVENTION}")
+            + (f" (also {others})" if others else "") + f"\nFLOPs: {FLOP_CONVENTION}")
