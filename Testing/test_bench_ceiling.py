@@ -93,8 +93,8 @@ def test_machine_ceiling_measures_with_the_given_threads_and_restores_torch_thre
     assert ceiling["threads"] == threads
     m = ceiling["measurements"]
     assert m["torch fp32 matmul"]["flops_per_call"] == 2 * 64 ** 3
-    # outputs x multiply-adds per output x 2: conv2d on (8, 128, 8, 8), conv3d on (1, 128, 1, 4, 4)
-    assert m["torch fp32 conv2d"]["flops_per_call"] == 2 * (8 * 128 * 8 * 8) * (128 * 9)
+    # outputs x multiply-adds per output x 2: conv2d on (4, 128, 8, 8), conv3d on (1, 128, 1, 4, 4)
+    assert m["torch fp32 conv2d"]["flops_per_call"] == 2 * (4 * 128 * 8 * 8) * (128 * 9)
     assert m["torch fp32 conv3d"]["flops_per_call"] == 2 * (128 * 1 * 4 * 4) * (128 * 27)
     assert not any(name.startswith("openvino") for name in m)
     fp32 = {k: v["best_gflops"] for k, v in m.items() if v["precision"] == "fp32"}

@@ -373,13 +373,13 @@ def _openvino_kernel(kind: str, shape: tuple[int, ...], precision: str, threads:
     return lambda: request.infer([data])
 
 
-def machine_ceiling(threads: int | None = None, *, seconds_per_kernel: float = 0.4, matmul_size: int = 2048,
+def machine_ceiling(threads: int | None = None, *, seconds_per_kernel: float = 0.4, matmul_size: int = 1536,
                     conv_size: int = 128, openvino: bool = True) -> dict[str, Any]:
     """The machine's ceiling: sustained GFLOP/s of large dense kernels with ``threads`` threads (default: torch's
     current count, which the forwards use: torch and :mod:`MedDLLib.runtime` sessions alike).
 
     Kernels (``n = matmul_size``, ``s = conv_size``): torch fp32 matmul ``(n, n) @ (n, n)``; torch fp32 conv2d
-    128 -> 128 channels 3x3 on ``(8, 128, s/2, s/2)``; torch fp32 conv3d 128 -> 128 channels 3x3x3 on
+    128 -> 128 channels 3x3 on ``(4, 128, s/2, s/2)``; torch fp32 conv3d 128 -> 128 channels 3x3x3 on
     ``(1, 128, s/16, s/4, s/4)``; where the CPU has bf16 dot products, torch bf16 matmul; where OpenVINO imports
     (and ``openvino``), its fp32 and (CPU reporting BF16) bf16 matmul and conv3d on the same shapes, compiled as
     the runtime compiles networks. Each kernel: a warm-up call, then four timed batches of about
@@ -399,7 +399,7 @@ def machine_ceiling(threads: int | None = None, *, seconds_per_kernel: float = 0
     before = torch.get_num_threads()
     threads = int(threads or before)
     n, s = int(matmul_size), int(conv_size)
-    shape2d = (8, 128, max(1, s // 2), max(1, s // 2))
+    shape2d = (4, 128, max(1, s // 2), max(1, s // 2))
     shape3d = (1, 128, max(1, s // 16), max(1, s // 4), max(1, s // 4))
     conv2d_flops = 2.0 * float(np.prod(shape2d)) * 128 * 9
     conv3d_flops = 2.0 * float(np.prod(shape3d)) * 128 * 27
@@ -517,7 +517,7 @@ def ceiling_line(ceiling: dict[str, Any]) -> str:
     for precision in ("fp32", "bf16"):
         if ceiling.get(f"{precision}_gflops"):
             parts.append(f"{precision} {ceiling[f'{precision}_gflops']:.0f} GFLOP/s ({ceiling[f'{precision}_from']})")
-    others = ", ".join(f"{name} {m['gflops']:.0f}" for name, m in ceiling.get("measurements", {}).items()
-                       if "gflops" in m and name not in (ceiling.get("fp32_from"), ceiling.get("bf16_from")))
+    others = ", ".join(f"{name} {m['best_gflops']:.0f}" for name, m in ceiling.get("measurements", {}).items()
+                       if "best_gflops" in m and name not in (ceiling.get("fp32_from"), ceiling.get("bf16_from")))
     return (f"ceiling with {ceiling['threads']} threads: " + ("; ".join(parts) or "not measured")
             + (f" (also {others})" if others else "") + f"\nFLOPs: {FLOP_CONVENTION}")
