@@ -262,7 +262,7 @@ def test_missing_weights_file(package):
 # ------------------------------------------------------------------------------------------------- networks
 def test_build_monai_networks_by_dotted_and_short_name():
     spec = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "features": [4, 4, 8, 8, 16, 4]}
-    from monai.networks.nets import BasicUNet
+    from MedDLLib.models.nets import BasicUNet  # MedDL's mirror of MONAI's class (Testing/test_nets_mirror.py)
 
     for name in ("monai.networks.nets.BasicUNet", "BasicUNet"):
         net = models.build_network({"network": {"name": name, "args": spec}})

@@ -84,7 +84,7 @@ class EvidenceResNet10(nn.Module):
     def __init__(self, n_input_channels: int = 1, conv1_t_stride: int = 2, output_stride: int = 16,
                  widen_factor: float = 1.0, sharpness: float = 10.0) -> None:
         super().__init__()
-        from monai.networks.nets import resnet10
+        from MedDLLib.models.nets import resnet10  # MONAI's resnet10, mirrored in pure torch (same state dict)
 
         if conv1_t_stride not in (1, 2):
             raise ValueError(f"conv1_t_stride must be 1 or 2, got {conv1_t_stride}")

@@ -60,8 +60,11 @@ class SeedCNN(nn.Module):
 
 
 def ich_resnet2d(in_channels: int = 9, num_classes: int = 6, widths: Sequence[int] = (16, 32, 64, 128)) -> nn.Module:
-    """MONAI 2D ResNet (basic blocks, one per stage, 3x3 stem without stride) sized for CPU training."""
-    from monai.networks.nets import ResNet
+    """MONAI 2D ResNet (basic blocks, one per stage, 3x3 stem without stride) sized for CPU training.
+
+    Built by MedDL's pure-torch mirror of MONAI's ``ResNet`` (:mod:`MedDLLib.models.nets`: same modules and
+    state-dict keys, no 2 s MONAI import at inference)."""
+    from MedDLLib.models.nets import ResNet
 
     return ResNet(block="basic", layers=[1, 1, 1, 1], block_inplanes=list(widths), spatial_dims=2,
                   n_input_channels=in_channels, conv1_t_size=3, conv1_t_stride=1, num_classes=num_classes)

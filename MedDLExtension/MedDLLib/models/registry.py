@@ -4,7 +4,10 @@ Metadata names a network (``{"network": {"name": ..., "args": {...}}}``); :func:
 allow-list, never by importing what the metadata names:
 
 - MONAI networks of :data:`MONAI_NETWORKS` (``monai.networks.nets.<Name>`` or ``<Name>``; ``pretrained`` is forced
-  to False, nothing is downloaded);
+  to False, nothing is downloaded). ``resnet10/18/34`` and ``BasicUNet`` with arguments in the mirrored subset
+  are built by :mod:`.nets` (pure-torch, state-dict compatible with MONAI's classes, without MONAI's 2 s
+  import); any other name or argument set builds MONAI's own class. The bundle's ``_target_``
+  (:func:`network_target`) is MONAI's class either way;
 - networks registered at run time with :func:`register_network` (a task library registers its own when imported);
 - networks a *task declares* (:attr:`MedDLLib.tasks.Task.networks`: name -> ``"module:attribute"``): given the
   package's task name, the task registry (:func:`MedDLLib.taskregistry.task_networks`) loads that one task and
@@ -65,14 +68,24 @@ def available_networks() -> list[str]:
     return sorted(_NETWORKS) + [MONAI_PREFIX + n for n in MONAI_NETWORKS]
 
 
-def network_factory(name: str, task: Any = None) -> Callable[..., Any] | None:
-    """The factory for network ``name`` of a package of ``task``, or None when it is not allowed/known."""
+def network_factory(name: str, task: Any = None, args: Mapping[str, Any] | None = None) -> Callable[..., Any] | None:
+    """The factory for network ``name`` of a package of ``task``, or None when it is not allowed/known.
+
+    For a MONAI network called with ``args`` in the subset :mod:`.nets` mirrors, the mirror's factory (no MONAI
+    import); without ``args``, or with arguments outside that subset, MONAI's own class.
+    """
     if not isinstance(name, str):
         return None
     if name in _NETWORKS:
         return _NETWORKS[name]
-    short = name[len(MONAI_PREFIX):] if name.startswith(MONAI_PREFIX) else name
-    if short in MONAI_NETWORKS:
+    short = _monai_short_name(name)
+    if short is not None:
+        if args is not None:
+            from . import nets as mirror
+
+            factory = mirror.mirror_factory(short, args)
+            if factory is not None:
+                return factory
         import monai.networks.nets as nets
 
         return getattr(nets, short)
@@ -89,6 +102,13 @@ def network_factory(name: str, task: Any = None) -> Callable[..., Any] | None:
     return None
 
 
+def _monai_short_name(name: str) -> str | None:
+    """``"BasicUNet"`` for ``"monai.networks.nets.BasicUNet"`` or ``"BasicUNet"``; None for names not in
+    :data:`MONAI_NETWORKS`."""
+    short = name[len(MONAI_PREFIX):] if name.startswith(MONAI_PREFIX) else name
+    return short if short in MONAI_NETWORKS else None
+
+
 def _load_entry(entry: str) -> Callable[..., Any] | None:
     """The callable at ``"module:attribute"`` (declared by an installed task, never by a package)."""
     module_name, _, attribute = entry.partition(":")
@@ -102,7 +122,11 @@ def _load_entry(entry: str) -> Callable[..., Any] | None:
 
 
 def network_target(name: str, task: Any = None) -> str:
-    """The importable dotted path of network ``name`` (a MONAI bundle's ``network_def._target_``)."""
+    """The importable dotted path of network ``name`` (a MONAI bundle's ``network_def._target_``): MONAI's class
+    for MONAI's networks (also where MedDL builds the mirror of :mod:`.nets`; MONAI is not imported here)."""
+    short = _monai_short_name(name) if isinstance(name, str) and name not in _NETWORKS else None
+    if short is not None:
+        return MONAI_PREFIX + short
     factory = network_factory(name, task)
     if factory is None:
         raise ModelError(f"unknown network {name!r}")
@@ -132,7 +156,7 @@ def build_network(metadata_or_package: Any, *, on_meta: bool = False) -> "torch.
     if not isinstance(args, Mapping):
         raise ModelError(f"network.args of {name!r} must be an object, got {type(args).__name__}")
     args = dict(args)
-    factory = network_factory(name, metadata.get("task"))
+    factory = network_factory(name, metadata.get("task"), args)
     if factory is None:
         raise ModelError(f"unknown network {name!r}: not a MONAI network MedDL allows nor one the task "
                          f"{metadata.get('task')!r} declares; known: {', '.join(available_networks())}")
