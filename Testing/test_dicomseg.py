@@ -195,6 +195,68 @@ def test_overlapping_brats_regions_as_stacked_masks(tmp_path):
                                  tmp_path / "bad.seg.dcm")
 
 
+def test_segment_numbers_labels_as_they_are_or_mapped():
+    """Values 1..N in 8-bit labels go to highdicom as they are (no copy); other values/dtypes are mapped to
+    1..N; a value without a segment is named, on both paths; each segment says whether it has a voxel."""
+    labels = np.zeros((3, 4, 5), np.uint8)
+    labels[0, 1, 1], labels[2, 3, 4] = 1, 2
+    numbers, present = dicomseg.segment_numbers(labels, [1, 2, 3])
+    assert np.shares_memory(numbers, labels) and numbers.dtype == np.uint8 and present == [True, True, False]
+    mask = labels == 1
+    numbers, present = dicomseg.segment_numbers(mask, [1])
+    assert np.array_equal(numbers, mask) and present == [True]
+    assert dicomseg.segment_numbers(np.zeros((2, 2, 2), np.uint8), [1])[1] == [False]
+    sparse = labels.astype(np.int16) * 3  # values 3 and 6
+    numbers, present = dicomseg.segment_numbers(sparse, [3, 6])
+    assert np.array_equal(numbers, labels) and numbers.dtype == np.uint8 and present == [True, True]
+    with pytest.raises(InputError, match=r"label values \[2\]"):
+        dicomseg.segment_numbers(labels, [1])
+    with pytest.raises(InputError, match=r"label values \[6\]"):
+        dicomseg.segment_numbers(sparse, [3])
+
+
+def test_sparse_label_values_round_trip(tmp_path):
+    """Label values 3 and 7 (int16): segments 1 and 2 in the SEG, in value order, read back voxel-equal."""
+    volume = _series(tmp_path / "ct", OBLIQUE)
+    labels = _labels(volume.shape_kji)
+    values = np.array([0, 3, 7], np.int16)[labels]
+    segments = {3: LUNGS[1], 7: LUNGS[2]}
+    path = dicomseg.write_dicom_seg(values, volume.geometry, segments, volume.metadata["files"], tmp_path / "s.seg.dcm")
+    back, info = dicomseg.read_dicom_seg(path, volume.geometry, volume.shape_kji)
+    assert np.array_equal(back, labels)
+    assert [info[1]["label"], info[2]["label"]] == ["Right lung", "Left lung"]
+
+
+def test_garbage_collector_paused_only_while_writing(tmp_path):
+    """write_dicom_seg pauses the cyclic collector and gives it back as it found it, on errors too."""
+    import gc
+
+    volume = _series(tmp_path / "ct", Geometry((0.5, 0.5, 5.0)), shape=(3, 8, 8))
+    seen = []
+    original = dicomseg.match_sources
+
+    def spy(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return original(*args, **kwargs)
+
+    labels = np.zeros(volume.shape_kji, np.uint8)
+    labels[1, 2:4, 2:4] = 1
+    try:
+        dicomseg.match_sources = spy
+        assert gc.isenabled()
+        dicomseg.write_dicom_seg(labels, volume.geometry, LUNGS, volume.metadata["files"], tmp_path / "a.seg.dcm")
+        assert seen == [False] and gc.isenabled()
+        with pytest.raises(InputError):
+            dicomseg.write_dicom_seg(labels, volume.geometry, LUNGS, [tmp_path / "missing.dcm"], tmp_path / "b.seg.dcm")
+        assert gc.isenabled()
+        gc.disable()
+        dicomseg.write_dicom_seg(labels, volume.geometry, LUNGS, volume.metadata["files"], tmp_path / "c.seg.dcm")
+        assert not gc.isenabled() and seen == [False, False]
+    finally:
+        gc.enable()
+        dicomseg.match_sources = original
+
+
 def test_bad_inputs_one_clear_line(tmp_path):
     volume = _series(tmp_path / "ct", Geometry((0.5, 0.5, 5.0)), shape=(3, 8, 8))
     files = volume.metadata["files"]
