@@ -121,8 +121,10 @@ class LungTask(PipelineTask):
         from MedDLLib.dicom import read_dicom_folder
         from MedDLLib.io import read_volume_file
 
+        from .preprocess import compact_hu
+
         volume = read_dicom_folder(path) if Path(path).is_dir() else read_volume_file(path)
-        return Study({"CT": volume}, "CT", path)
+        return Study({"CT": compact_hu(volume)}, "CT", path)  # int32 HU as int16: half the input's memory
 
     def compute(self, inputs: Study, package: LoadedModel | None, options: Any, progress: Any = None,
                 cancel: Any = None) -> Computed:

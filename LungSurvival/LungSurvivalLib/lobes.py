@@ -76,7 +76,8 @@ def lobes_from_labels(ct: Volume, class_of: Callable[[str], np.ndarray], notes: 
     hu = clean_hu(np.asarray(ct.array, dtype=np.float32))
     body = body_mask(hu, ct.geometry.spacing_mm)
     airway = class_of(AIRWAY_CLASS).astype(bool)
-    seg = LungSegmentation(labels=lungs, body=body, airway=airway, right_ml=right_ml, left_ml=left_ml, notes=notes)
+    seg = LungSegmentation(labels=lungs, working_body=body, working_airway=airway, right_ml=right_ml, left_ml=left_ml,
+                           notes=notes)
     return LobeSegmentation(lungs=seg, lobes=lobes, lobe_ml=lobe_ml)
 
 

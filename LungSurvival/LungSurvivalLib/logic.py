@@ -255,13 +255,13 @@ def to_computed(result: LungResult, model_name: str) -> Any:
     labelmap 1 = right, 2 = left lung; heatmap; volumes table) and the overlay (the slice of largest lung area)."""
     from MedDLLib.pipeline import Computed, Overlay
 
-    labels = result.segmentation.labels.astype(np.uint8)
+    labels = result.segmentation.labels.astype(np.uint8, copy=False)  # uint8 already: no full-volume copy
     columns = volumes_table(result.segmentation, result.lobes)
     columns["risk_score"] = [round(result.risk_score, 6)] * len(columns["lung"])
     columns["risk_group"] = [result.risk_group] * len(columns["lung"])
     values = {**result.summary(), "model": model_name,
               "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
-    k = int(np.argmax((labels > 0).reshape(labels.shape[0], -1).sum(axis=1)))
+    k = int(np.argmax(np.count_nonzero(labels.reshape(labels.shape[0], -1), axis=1)))
     data = {"segmentation": labels, "labelmap": labels, "heatmap": result.heatmap, "table": columns,
             "lobes": None if result.lobes is None else result.lobes.lobes.astype(np.uint8)}
     return Computed(values, data, Overlay(k, heatmap="heatmap", labels="labelmap"), result)

@@ -66,6 +66,21 @@ def clean_hu(hu: np.ndarray) -> np.ndarray:
     return out
 
 
+def compact_hu(volume: Volume) -> Volume:
+    """``volume`` with its integer HU as int16 when every value fits (the same values in half or a quarter of the
+    memory: a DICOM reader picks int32 for unsigned 16-bit storage with a negative intercept); else ``volume``.
+
+    A CT in HU lies within int16 (-1024..3071 for 12-bit data); only the type of the array changes, never a value.
+    """
+    array = np.asarray(volume.array)
+    if not np.issubdtype(array.dtype, np.integer) or array.dtype.itemsize <= 2 or array.size == 0:
+        return volume
+    info = np.iinfo(np.int16)
+    if int(array.min()) < info.min or int(array.max()) > info.max:
+        return volume
+    return volume.with_array(array.astype(np.int16))
+
+
 def _largest_component(mask: np.ndarray, structure: np.ndarray | None = None) -> np.ndarray:
     labels, n = ndimage.label(mask, structure=structure)
     if n == 0:
@@ -240,22 +255,36 @@ class LungSegmentation:
 
     Attributes:
         labels: ``[k, j, i]`` uint8: 0 background, :data:`RIGHT_LUNG`, :data:`LEFT_LUNG`.
-        body: ``[k, j, i]`` bool body mask.
-        airway: ``[k, j, i]`` bool trachea/main bronchi removed from the lungs.
+        working_body: bool body mask on the working grid (blocks of ``block_factors`` input voxels; the input grid
+            itself when the factors are 1); :attr:`body` is the same on the input grid.
+        working_airway: bool trachea/main bronchi removed from the lungs, on the working grid (:attr:`airway`).
         right_ml, left_ml: lung volumes in mL.
         notes: what was done or doubtful (e.g. the lungs had to be split).
+        block_factors: ``(fk, fj, fi)`` input voxels per working voxel (:func:`working_factors`).
     """
 
     labels: np.ndarray
-    body: np.ndarray
-    airway: np.ndarray
+    working_body: np.ndarray
+    working_airway: np.ndarray
     right_ml: float
     left_ml: float
     notes: list[str]
+    block_factors: tuple[int, int, int] = (1, 1, 1)
 
     @property
     def total_ml(self) -> float:
         return self.right_ml + self.left_ml
+
+    @property
+    def body(self) -> np.ndarray:
+        """``[k, j, i]`` bool body mask on the input grid (expanded from the working grid on each access: a
+        full-resolution copy is made only when asked for)."""
+        return _block_expand(self.working_body, self.block_factors, self.labels.shape)
+
+    @property
+    def airway(self) -> np.ndarray:
+        """``[k, j, i]`` bool airway (trachea/main bronchi) on the input grid (expanded like :attr:`body`)."""
+        return _block_expand(self.working_airway, self.block_factors, self.labels.shape)
 
 
 def _superior_first(geometry: Geometry) -> bool:
@@ -290,12 +319,18 @@ def _block_mean(array: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
 
 
 def _block_expand(array: np.ndarray, factors: tuple[int, int, int], shape: tuple[int, int, int]) -> np.ndarray:
-    """Nearest-neighbour inverse of :func:`_block_mean`: every coarse voxel repeated over its block, cropped."""
-    out = array
-    for axis, f in enumerate(factors):
-        if f > 1:
-            out = np.repeat(out, f, axis=axis)
-    return np.ascontiguousarray(out[:shape[0], :shape[1], :shape[2]])
+    """Nearest-neighbour inverse of :func:`_block_mean`: every coarse voxel repeated over its block, cropped to
+    ``shape``. The array itself (no copy) when the factors are 1 and the shape matches."""
+    if tuple(factors) == (1, 1, 1) and array.shape == tuple(shape):
+        return array
+    out = np.empty(shape, dtype=array.dtype)
+    fk, fj, fi = factors
+    for a in range(fk):  # one strided copy per offset inside the block: no intermediate arrays
+        for b in range(fj):
+            for c in range(fi):
+                target = out[a::fk, b::fj, c::fi]
+                target[...] = array[:target.shape[0], :target.shape[1], :target.shape[2]]
+    return out
 
 
 def _inner_boundary_in_plane(mask: np.ndarray) -> np.ndarray:
@@ -341,19 +376,21 @@ def segment_lungs(volume: Volume, *, threshold_hu: float = LUNG_THRESHOLD_HU,
     del coarse, coarse_hu
     shape = raw.shape
     labels = _block_expand(seg.labels, factors, shape)
-    # padding (<= -1500 HU, air once cleaned) is below any air threshold at or above -1000 HU
-    dense = raw > threshold_hu if threshold_hu >= AIR_HU else clean_hu(raw) > threshold_hu
-    for value in (RIGHT_LUNG, LEFT_LUNG):
-        lung = labels == value
-        labels[_inner_boundary_in_plane(lung) & dense] = 0
-    del dense
+    # the dense voxels (> threshold) of each lung's in-plane border are removed a few slices at a time (in-plane
+    # operations: the same result as on the whole volume, without full-volume temporaries); padding (<= -1500 HU,
+    # air once cleaned) is below any air threshold at or above -1000 HU
+    counts = {RIGHT_LUNG: 0, LEFT_LUNG: 0}
+    for k in range(0, shape[0], 16):
+        part = labels[k:k + 16]
+        dense = raw[k:k + 16] > threshold_hu if threshold_hu >= AIR_HU else clean_hu(raw[k:k + 16]) > threshold_hu
+        for value in (RIGHT_LUNG, LEFT_LUNG):
+            part[_inner_boundary_in_plane(part == value) & dense] = 0
+            counts[value] += int(np.count_nonzero(part == value))
     voxel_ml = g.voxel_volume_ml()
     notes = seg.notes + [f"segmented on a {spacing[0]:.2f} x {spacing[1]:.2f} x {spacing[2]:.2f} mm grid "
                          f"(blocks {factors[2]} x {factors[1]} x {factors[0]}), borders refined at full resolution"]
-    return LungSegmentation(labels, _block_expand(seg.body, factors, shape),
-                            _block_expand(seg.airway, factors, shape),
-                            float((labels == RIGHT_LUNG).sum() * voxel_ml), float((labels == LEFT_LUNG).sum() * voxel_ml),
-                            notes)
+    return LungSegmentation(labels, seg.working_body, seg.working_airway, float(counts[RIGHT_LUNG] * voxel_ml),
+                            float(counts[LEFT_LUNG] * voxel_ml), notes, factors)
 
 
 def _segment_lungs(volume: Volume, threshold_hu: float, cleaned: bool = False) -> LungSegmentation:
@@ -375,10 +412,14 @@ def _segment_lungs(volume: Volume, threshold_hu: float, cleaned: bool = False) -
         raise InputError("no body found (no tissue above -500 HU): is this a CT in HU?")
     air = (hu < threshold_hu) & body
     airway = airway_mask(air, hu, body, spacing)
+    shape = hu.shape
+    del hu  # the HU are not needed further (a full-volume float32 freed when this function made it)
     if airway.any():
         notes.append(f"airway (trachea/main bronchi) removed: {airway.sum() * voxel_ml:.1f} mL")
     candidate = air & ~airway
+    del air
     comps, n = ndimage.label(candidate)
+    del candidate
     sizes = np.bincount(comps.ravel()) * voxel_ml
     sizes[0] = 0.0
     order = [int(c) for c in np.argsort(sizes)[::-1] if sizes[c] > 0]
@@ -389,11 +430,13 @@ def _segment_lungs(volume: Volume, threshold_hu: float, cleaned: bool = False) -
     keep = [c for c in order[:2] if sizes[c] >= max(MIN_LUNG_ML, MIN_LUNG_FRACTION * sizes[order[0]])]
     # x (LPS, patient left positive) of each voxel column: sign of the i axis along x
     x_sign = float(np.sign(d[0, 0]))
-    labels = np.zeros(hu.shape, dtype=np.int32)
+    labels = np.zeros(shape, dtype=np.uint8)
     if len(keep) == 2:
         parts = [comps == c for c in keep]
+        del comps
     else:
         lung = comps == keep[0]
+        del comps
         split = _split_left_right(lung, spacing, x_sign)
         if split.max() == 2:
             parts = [split == 1, split == 2]
@@ -411,8 +454,9 @@ def _segment_lungs(volume: Volume, threshold_hu: float, cleaned: bool = False) -
             other = [c for c in centres_i if c != ci] or [ci]
             is_left = (ci - other[0]) * x_sign > 0
         labels[part] = LEFT_LUNG if is_left else RIGHT_LUNG
+    del parts
     # fill holes of each lung slice by slice (vessels, nodules, tumours), never beyond the body
-    filled = np.zeros(hu.shape, dtype=np.uint8)
+    filled = np.zeros(shape, dtype=np.uint8)
     for value in (RIGHT_LUNG, LEFT_LUNG):
         mask = fill_holes_per_slice(labels == value) & body
         filled[mask & (filled == 0)] = value
