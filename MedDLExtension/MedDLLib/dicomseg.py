@@ -19,6 +19,12 @@ What :func:`write_dicom_seg` writes (highdicom, Segmentation IOD, PS3.3 A.51):
 * empty frames are omitted, except when a segment is empty everywhere: then every frame is written, so the
   segment stays in the object ("nothing found" is a result) and highdicom does not drop it.
 
+Speed (a cold ``meddl infer`` writes one SEG per process): 8-bit labels with values 1..N go to highdicom as
+they are (:func:`segment_numbers`), and the whole write runs with the garbage collector paused
+(:func:`without_gc`); in cold infers the SEG took 1.3-1.8 s (ICH, LGG) and 3.8-4.1 s (lung) before, 0.3-0.6 s
+and 1.2-2.2 s after (same file written). What is left is mostly highdicom's fixed cost (import 0.2 s, its
+module table 0.2 s) and pydicom encoding the per-frame functional groups.
+
 Why the probability heatmaps do not go out as DICOM Parametric Maps: a MedDL heatmap is a Grad-CAM relevance
 map (relative, per-study normalised 0-1, not a calibrated probability or a physical quantity), and a Parametric
 Map needs coded real-world value units and a quantity definition (PS3.3 C.7.6.16.2.11) that would give it a
