@@ -374,17 +374,18 @@ def _openvino_kernel(kind: str, shape: tuple[int, ...], precision: str, threads:
 
 
 def machine_ceiling(threads: int | None = None, *, seconds_per_kernel: float = 0.4, matmul_size: int = 1536,
-                    conv_size: int = 128, openvino: bool = True) -> dict[str, Any]:
+                    conv_size: int = 128, openvino: bool | None = None) -> dict[str, Any]:
     """The machine's ceiling: sustained GFLOP/s of large dense kernels with ``threads`` threads (default: torch's
     current count, which the forwards use: torch and :mod:`MedDLLib.runtime` sessions alike).
 
     Kernels (``n = matmul_size``, ``s = conv_size``): torch fp32 matmul ``(n, n) @ (n, n)``; torch fp32 conv2d
     128 -> 128 channels 3x3 on ``(4, 128, s/2, s/2)``; torch fp32 conv3d 128 -> 128 channels 3x3x3 on
     ``(1, 128, s/16, s/4, s/4)``; where the CPU has bf16 dot products, torch bf16 matmul; where OpenVINO imports
-    (and ``openvino``), its fp32 and (CPU reporting BF16) bf16 matmul and conv3d on the same shapes, compiled as
-    the runtime compiles networks. Each kernel: a warm-up call, then four timed batches of about
-    ``seconds_per_kernel / 4``; its rate is the fastest batch (on a shared machine the least disturbed one: a
-    ceiling is an upper bound). A multiply-add counts 2 FLOPs. About 4-6 s with the defaults.
+    and ``openvino`` (default: unless ``$MEDDL_RUNTIME`` keeps the forwards on torch, as the test suite's process
+    does: OpenVINO's thread pool is never loaded there), its fp32 and (CPU reporting BF16) bf16 matmul and conv3d
+    on the same shapes, compiled as the runtime compiles networks. Each kernel: a warm-up call, then four timed
+    batches of about ``seconds_per_kernel / 4``; its rate is the fastest batch (on a shared machine the least
+    disturbed one: a ceiling is an upper bound). A multiply-add counts 2 FLOPs. About 4-6 s with the defaults.
 
     Returns:
         JSON-ready: ``threads``, ``measurements`` (name -> what, precision, GFLOP/s of each batch, median
@@ -394,8 +395,10 @@ def machine_ceiling(threads: int | None = None, *, seconds_per_kernel: float = 0
     """
     import torch
 
-    from .runtime import backend_available, cpu_has_bf16
+    from .runtime import ENV, backend_available, cpu_has_bf16
 
+    if openvino is None:
+        openvino = os.environ.get(ENV, "auto").strip().lower() != "torch"
     before = torch.get_num_threads()
     threads = int(threads or before)
     n, s = int(matmul_size), int(conv_size)
@@ -496,6 +499,11 @@ def task_table(result: dict[str, Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     if result.get("ceiling"):
         lines.append(ceiling_line(result["ceiling"]))
+        shares = [row[side].get("share_of_ceiling") or 0.0 for row in (result.get("runtime") or {}).values()
+                  for side in ("torch_achieved", "runtime_achieved") if side in row]
+        if any(share > 1.0 for share in shares):
+            lines.append("A share above 100 %: the machine's load changed between the ceiling and the forwards (or "
+                         "the ceiling's kernels are not the fastest this CPU runs); measure on an idle machine.")
     if any("warning" in row for row in (result.get("runtime") or {}).values()):
         lines += [row["warning"] for row in result["runtime"].values() if "warning" in row][:1]
     lines.append(result.get("caveat", CAVEAT))
