@@ -86,7 +86,11 @@ def test_bench_reports_cold_runs_and_forwards_side_by_side(tmp_path, capsys):
         assert row["input_shape"] == [6, 3, 32, 32] and row["torch_median_s"] > 0 and row["runtime_median_s"] > 0
         assert row["agreement"]["mask_dice"] >= 0.995 and row["backend"] in ("torch", "onnxruntime", "openvino",
                                                                             "openvino-bf16")
-    assert "torch/runtime" in capsys.readouterr().out and "shared machine" in result["caveat"]
+        assert row["forward_flops"] > 0 and row["runtime_achieved"]["share_of_ceiling"] > 0
+    assert result["ceiling"]["fp32_gflops"] > 0 and result["ceiling"]["threads"] == row["threads"]
+    printed = capsys.readouterr().out
+    assert "torch/runtime" in printed and "shared machine" in result["caveat"]
+    assert "share of the ceiling" in printed and "ceiling with" in printed
 
 
 def test_infer_refuses_a_missing_model_and_a_bad_study(tmp_path, capsys):
