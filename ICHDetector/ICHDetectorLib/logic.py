@@ -174,9 +174,13 @@ def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
         maps = maps * (probs[:, LABELS.index(options.heatmap_label)] >= options.threshold)[:, None, None]
         heat_volume = heatmap_to_reference(maps.astype(np.float32), grid, volume)
         checkpoint(0.85, "suspected hemorrhage region")
-        hu = np.asarray(volume.array, dtype=np.float32)
-        blood = (hu >= BLOOD_HU[0]) & (hu <= BLOOD_HU[1])
-        suspected = (blood & intracranial_mask(hu) & (heat_volume.array >= options.heatmap_threshold)).astype(np.uint8)
+        raw = np.asarray(volume.array)
+        suspected = np.zeros(raw.shape, dtype=np.uint8)
+        for k in range(0, len(raw), 8):  # 8 slices at a time (per-slice masks): no full-volume float32 HU copy
+            hu = np.asarray(raw[k:k + 8], dtype=np.float32)
+            blood = (hu >= BLOOD_HU[0]) & (hu <= BLOOD_HU[1])
+            hot = heat_volume.array[k:k + 8] >= options.heatmap_threshold
+            suspected[k:k + 8] = blood & intracranial_mask(hu) & hot
         volume_ml = float(suspected.sum()) * volume.geometry.voxel_volume_ml()
     checkpoint(1.0, "done")
     return ICHResult(probs, study, bool(positive), options.threshold, heat_volume, suspected, volume_ml,

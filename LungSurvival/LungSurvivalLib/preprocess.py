@@ -81,11 +81,24 @@ def compact_hu(volume: Volume) -> Volume:
     return volume.with_array(array.astype(np.int16))
 
 
+def label_sizes(labels: np.ndarray, n: int, chunk: int = 2**18) -> np.ndarray:
+    """Voxels per label ``0..n`` (int64, length ``n + 1``) of a label array (e.g. :func:`scipy.ndimage.label`'s).
+
+    ``np.bincount(labels.ravel(), minlength=n + 1)`` counted ``chunk`` voxels at a time: bincount converts its
+    input to int64, a full-volume copy twice the size of int32 labels otherwise.
+    """
+    flat = labels.reshape(-1)
+    sizes = np.zeros(n + 1, dtype=np.int64)
+    for start in range(0, flat.size, chunk):
+        sizes += np.bincount(flat[start:start + chunk], minlength=n + 1)
+    return sizes
+
+
 def _largest_component(mask: np.ndarray, structure: np.ndarray | None = None) -> np.ndarray:
     labels, n = ndimage.label(mask, structure=structure)
     if n == 0:
         return np.zeros_like(mask, dtype=bool)
-    sizes = np.bincount(labels.ravel())
+    sizes = label_sizes(labels, n)
     sizes[0] = 0
     return labels == int(sizes.argmax())
 
@@ -135,7 +148,7 @@ def _largest_component_per_slice(mask: np.ndarray) -> np.ndarray:
     labels, n = ndimage.label(mask, structure=_IN_PLANE)
     if n == 0:
         return np.zeros(mask.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    sizes = label_sizes(labels, n)[1:]
     slice_of = np.array([box[0].start for box in ndimage.find_objects(labels)])  # a label never crosses slices
     ids = np.arange(1, n + 1)
     # per slice, the largest label (the first one on ties, as an arg-max would): sorted by slice, size, -label
@@ -157,7 +170,9 @@ def body_mask(hu: np.ndarray, spacing_mm: tuple[float, float, float], threshold_
     fg = hu > threshold_hu
     if radius_px >= 1:  # the in-plane disk on every slice at once
         fg = ndimage.binary_opening(fg, structure=_disk(radius_px)[None])
-    return _largest_component(fill_holes_per_slice(_largest_component_per_slice(fg)))
+    fg = _largest_component_per_slice(fg)  # each step rebinds fg: one mask alive besides the step's own arrays
+    fg = fill_holes_per_slice(fg)
+    return _largest_component(fg)
 
 
 def _components_2d(mask2d: np.ndarray) -> tuple[np.ndarray, int]:
@@ -220,23 +235,51 @@ def airway_mask(air: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing_mm: t
     return out
 
 
+def _distance_mm(mask: np.ndarray, sampling_kji_mm: tuple[float, float, float], chunk: int = 8) -> np.ndarray:
+    """Euclidean distance (mm, float64) of each voxel of ``mask`` ``[k, j, i]`` to the nearest voxel outside it.
+
+    The values of :func:`scipy.ndimage.distance_transform_edt` (same feature transform, same float64 operations in
+    the same order), with the distances computed ``chunk`` slices at a time from the feature transform instead of
+    from full-volume int32 and float64 temporaries (about half the memory).
+    """
+    feature = np.zeros((3,) + mask.shape, dtype=np.int32)
+    ndimage.distance_transform_edt(mask, sampling=sampling_kji_mm, return_distances=False, return_indices=True,
+                                   indices=feature)
+    out = np.empty(mask.shape, dtype=np.float64)
+    grids = [np.arange(n, dtype=np.int32) for n in mask.shape]
+    for k in range(0, mask.shape[0], chunk):
+        part = out[k:k + chunk]
+        for axis, (spacing, grid) in enumerate(zip(sampling_kji_mm, grids)):
+            index = grid[k:k + chunk, None, None] if axis == 0 else grid[:, None] if axis == 1 else grid
+            step = (feature[axis, k:k + chunk] - index).astype(np.float64)
+            step *= float(spacing)
+            np.multiply(step, step, step)
+            if axis == 0:
+                part[...] = step
+            else:
+                part += step
+        np.sqrt(part, part)
+    return out
+
+
 def _split_left_right(lung: np.ndarray, spacing_mm: tuple[float, float, float], x_sign: float) -> np.ndarray:
     """Split one connected lung mask into two (labels 1/2 by x) by erosion + watershed; 0 if it fails."""
     from skimage.segmentation import watershed
 
     box = _bounding_box(lung, margin=1)
     if box is None:
-        return np.zeros(lung.shape, dtype=np.int32)
+        return np.zeros(lung.shape, dtype=np.uint8)
     if any(b.stop - b.start < n for b, n in zip(box, lung.shape)):  # work inside the lung's bounding box
-        out = np.zeros(lung.shape, dtype=np.int32)
-        out[box] = _split_left_right(np.ascontiguousarray(lung[box]), spacing_mm, x_sign)
+        inner = _split_left_right(np.ascontiguousarray(lung[box]), spacing_mm, x_sign)
+        out = np.zeros(lung.shape, dtype=np.uint8)
+        out[box] = inner
         return out
-    dist = ndimage.distance_transform_edt(lung, sampling=(spacing_mm[2], spacing_mm[1], spacing_mm[0]))
+    dist = _distance_mm(lung, (spacing_mm[2], spacing_mm[1], spacing_mm[0]))
     for depth_mm in (2.0, 4.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0):
         cores, n = ndimage.label(dist > depth_mm)
         if n < 2:
             continue
-        sizes = np.bincount(cores.ravel())
+        sizes = label_sizes(cores, n)
         sizes[0] = 0
         order = np.argsort(sizes)[::-1]
         a, b = int(order[0]), int(order[1])
@@ -245,8 +288,10 @@ def _split_left_right(lung: np.ndarray, spacing_mm: tuple[float, float, float], 
         markers = np.zeros(lung.shape, dtype=np.int32)
         markers[cores == a] = 1
         markers[cores == b] = 2
-        return watershed(-dist, markers, mask=lung)
-    return np.zeros(lung.shape, dtype=np.int32)
+        del cores
+        np.negative(dist, out=dist)  # the watershed floods -distance (the distances are not needed further)
+        return watershed(dist, markers, mask=lung).astype(np.uint8)
+    return np.zeros(lung.shape, dtype=np.uint8)
 
 
 @dataclasses.dataclass
@@ -420,7 +465,7 @@ def _segment_lungs(volume: Volume, threshold_hu: float, cleaned: bool = False) -
     del air
     comps, n = ndimage.label(candidate)
     del candidate
-    sizes = np.bincount(comps.ravel()) * voxel_ml
+    sizes = label_sizes(comps, n) * voxel_ml
     sizes[0] = 0.0
     order = [int(c) for c in np.argsort(sizes)[::-1] if sizes[c] > 0]
     if not order or sizes[order[0]] < MIN_LUNG_ML:
@@ -430,7 +475,6 @@ def _segment_lungs(volume: Volume, threshold_hu: float, cleaned: bool = False) -
     keep = [c for c in order[:2] if sizes[c] >= max(MIN_LUNG_ML, MIN_LUNG_FRACTION * sizes[order[0]])]
     # x (LPS, patient left positive) of each voxel column: sign of the i axis along x
     x_sign = float(np.sign(d[0, 0]))
-    labels = np.zeros(shape, dtype=np.uint8)
     if len(keep) == 2:
         parts = [comps == c for c in keep]
         del comps
@@ -444,6 +488,8 @@ def _segment_lungs(volume: Volume, threshold_hu: float, cleaned: bool = False) -
         else:
             parts = [lung]
             notes.append("only one lung region found")
+        del lung, split
+    labels = np.zeros(shape, dtype=np.uint8)
     centres_i = [float(np.nonzero(p)[2].mean()) for p in parts]
     for part, ci in zip(parts, centres_i):
         if len(parts) == 1:
@@ -460,12 +506,14 @@ def _segment_lungs(volume: Volume, threshold_hu: float, cleaned: bool = False) -
     for value in (RIGHT_LUNG, LEFT_LUNG):
         mask = fill_holes_per_slice(labels == value) & body
         filled[mask & (filled == 0)] = value
-    if flip:
-        filled, body, airway = filled[::-1], body[::-1], airway[::-1]
-    right_ml = float((filled == RIGHT_LUNG).sum() * voxel_ml)
-    left_ml = float((filled == LEFT_LUNG).sum() * voxel_ml)
-    return LungSegmentation(np.ascontiguousarray(filled), np.ascontiguousarray(body), np.ascontiguousarray(airway),
-                            right_ml, left_ml, notes)
+    del labels, mask
+    if flip:  # back to the input's slice order, one array at a time
+        filled = np.ascontiguousarray(filled[::-1])
+        body = np.ascontiguousarray(body[::-1])
+        airway = np.ascontiguousarray(airway[::-1])
+    right_ml = float(np.count_nonzero(filled == RIGHT_LUNG) * voxel_ml)
+    left_ml = float(np.count_nonzero(filled == LEFT_LUNG) * voxel_ml)
+    return LungSegmentation(filled, body, airway, right_ml, left_ml, notes)
 
 
 # ---------------------------------------------------------------------------------------------- tumour candidate
@@ -485,7 +533,7 @@ def tumour_candidate(hu: np.ndarray, lungs: np.ndarray, *, solid_hu: float = SOL
     comps, n = ndimage.label(solid)
     if n == 0:
         return None
-    sizes = np.bincount(comps.ravel())
+    sizes = label_sizes(comps, n)
     sizes[0] = 0
     best = int(sizes.argmax())
     if sizes[best] < min_voxels:
