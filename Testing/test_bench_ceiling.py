@@ -102,12 +102,36 @@ def test_machine_ceiling_measures_with_the_given_threads_and_restores_torch_thre
     assert ceiling["threads"] == threads
     m = ceiling["measurements"]
     assert m["torch fp32 matmul"]["flops_per_call"] == 2 * 64 ** 3
-    # outputs x multiply-adds per output x 2: conv2d on (4, 128, 8, 8), conv3d on (1, 128, 1, 4, 4)
-    assert m["torch fp32 conv2d"]["flops_per_call"] == 2 * (4 * 128 * 8 * 8) * (128 * 9)
-    assert m["torch fp32 conv3d"]["flops_per_call"] == 2 * (128 * 1 * 4 * 4) * (128 * 27)
+    # outputs x multiply-adds per output x 2: 256 channels, conv2d on (4, 256, 4, 4), conv3d on (1, 256, 1, 2, 2)
+    assert m["torch fp32 conv2d"]["flops_per_call"] == 2 * (4 * 256 * 4 * 4) * (256 * 9)
+    assert m["torch fp32 conv3d"]["flops_per_call"] == 2 * (256 * 1 * 2 * 2) * (256 * 27)
     assert not any(name.startswith("openvino") for name in m)
     fp32 = {k: v["best_gflops"] for k, v in m.items() if v["precision"] == "fp32"}
     assert ceiling["fp32_gflops"] == max(fp32.values()) > 0 and ceiling["fp32_from"] in fp32
     assert all(len(v["batch_gflops"]) == 4 and v["best_gflops"] == max(v["batch_gflops"]) >= v["gflops"]
                for v in m.values())
     assert "ceiling with" in bench.ceiling_line(ceiling)
+
+
+class _ConvThenLinear(torch.nn.Module):
+    """A forward of conv + linear, and a named method ``features`` of the conv alone (as glioma's evidence_map)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = _one_conv(), torch.nn.Linear(8 * 16 * 16, 1, bias=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+def test_runtime_row_times_and_counts_the_named_forward_the_task_runs():
+    net, x = _ConvThenLinear().eval(), torch.rand(2, 3, 16, 16).numpy()
+    ceiling = _fake_ceiling(torch.get_num_threads())
+    whole = bench.runtime_rows(net, None, x, lambda a, b: True, repeats=1, ceiling=ceiling)
+    named = bench.runtime_rows(net, None, x, lambda a, b: True, repeats=1, ceiling=ceiling, forward="features")
+    assert whole["forward"] == "forward" and named["forward"] == "features"
+    assert whole["forward_flops"] == ONE_CONV_FLOPS + 2 * 2 * (8 * 16 * 16) * 1
+    assert named["forward_flops"] == ONE_CONV_FLOPS

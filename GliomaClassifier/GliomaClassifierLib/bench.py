@@ -192,9 +192,11 @@ def bench_cold_and_runtime(size: int = 256, depth: int = 64, *, runs: int = 3, r
        x ``size`` x ``size`` phantom, preprocessing, the network, Grad-CAM, every output) with the improved
        recipe's :class:`~GliomaClassifierLib.model.EvidenceResNet10` (full width, four sequences as channels,
        seeded random weights), torch eager and the chosen runtime alternately (:func:`MedDLLib.bench.end_to_end_rows`).
-    2. That network's forward on the study's prepared input ``(1, 4, depth, size, size)``, torch eager fp32 against
-       the runtime :mod:`MedDLLib.runtime` chooses, same weights and input, alternating
-       (:func:`MedDLLib.bench.runtime_rows`); agreement as the largest probability difference; achieved GFLOP/s of
+    2. That network's prediction forward as ``infer`` runs it (:meth:`EvidenceResNet10.evidence_map`: the
+       probability and Grad-CAM both come from it, :func:`~GliomaClassifierLib.model.predict_with_evidence`) on the
+       study's prepared input ``(1, 4, depth, size, size)``, torch eager fp32 against the runtime
+       :mod:`MedDLLib.runtime` chooses, same weights and input, alternating (:func:`MedDLLib.bench.runtime_rows`);
+       agreement as the largest probability and Grad-CAM map differences; achieved GFLOP/s of
        both and their share of the machine's ceiling (``ceiling``: :func:`MedDLLib.bench.machine_ceiling`'s
        result; measured here when None).
     """
@@ -205,10 +207,10 @@ def bench_cold_and_runtime(size: int = 256, depth: int = 64, *, runs: int = 3, r
 
     from MedDLLib import bench
     from MedDLLib.models import load_package
-    from MedDLLib.runtime import probabilities_agree
+    from MedDLLib.gradcam import cam_maps
 
     from .dataset import SEQUENCES, read_case, scan_dataset
-    from .model import recipe, untrained_package
+    from .model import _evidence_agree, _pooled_logits, recipe, untrained_package
     from .phantom import write_dataset
     from .preprocess import prepare
 
@@ -231,12 +233,16 @@ def bench_cold_and_runtime(size: int = 256, depth: int = 64, *, runs: int = 3, r
         x = np.ascontiguousarray(prepare(read_case(case, spec.sequences), spec).array[None], dtype=np.float32)
         loaded = load_package(package)
 
+        network = loaded.network("cpu")
+
         def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
-            sig = lambda z: 1.0 / (1.0 + np.exp(-z.astype(np.float64)))  # noqa: E731
-            return {"max_probability_difference": float(np.abs(sig(reference) - sig(got)).max())}
+            p_ref, p_got = (1.0 / (1.0 + np.exp(-_pooled_logits(c, network.sharpness))) for c in (reference, got))
+            maps = np.abs(cam_maps(reference, x.shape[2:]) - cam_maps(got, x.shape[2:]))
+            return {"max_probability_difference": float(np.abs(p_ref - p_got).max()),
+                    "max_map_difference": float(maps.max(initial=0.0))}
 
         result["ceiling"] = ceiling or bench.machine_ceiling()
-        result["runtime"]["evidence-resnet10"] = bench.runtime_rows(
-            loaded.network("cpu"), loaded, x, probabilities_agree("sigmoid"), repeats=repeats, compare=compare,
-            ceiling=result["ceiling"])
+        result["runtime"]["evidence-resnet10 evidence_map"] = bench.runtime_rows(
+            network, loaded, x, _evidence_agree(network.sharpness), repeats=repeats, compare=compare,
+            ceiling=result["ceiling"], forward="evidence_map")
     return result

@@ -251,13 +251,15 @@ def end_to_end_rows(arguments: list[str], output: str | os.PathLike, task_entry:
 
 def runtime_rows(network: Any, package: Any, x: np.ndarray, agree: Any, *, repeats: int = 5,
                  compare: Callable[[np.ndarray, np.ndarray], dict[str, float]] | None = None,
-                 ceiling: dict[str, Any] | None = None) -> dict[str, Any]:
+                 ceiling: dict[str, Any] | None = None, forward: str = "forward") -> dict[str, Any]:
     """One network's forward, torch eager fp32 against the runtime :mod:`MedDLLib.runtime` chooses, on the same
     weights and the same input ``x``, timed alternately ``repeats`` times each after the choice (which runs
     both once).
 
     Args:
         compare: ``(torch output, runtime output) -> {name: value}`` agreement figures for the row.
+        forward: the network's method the task's prediction runs (:func:`MedDLLib.runtime.runner_for`; e.g.
+            glioma's ``"evidence_map"``): timed, exported and counted as the task runs it.
         ceiling: :func:`machine_ceiling`'s result (measured with the thread count the forwards use): the row
             then carries the forward's FLOPs (:func:`forward_flops`, counted once on the torch network) and the
             achieved GFLOP/s of both (fastest and median run) with their share of the matching ceiling
@@ -271,7 +273,7 @@ def runtime_rows(network: Any, package: Any, x: np.ndarray, agree: Any, *, repea
     """
     from . import runtime
 
-    runner = runtime.runner_for(network, package, agree=agree)
+    runner = runtime.runner_for(network, package, agree=agree, forward=forward)
     runner(x)  # exports (or reuses the export), measures the candidates, keeps the choice
     torch_s: list[float] = []
     runtime_s: list[float] = []
@@ -280,8 +282,8 @@ def runtime_rows(network: Any, package: Any, x: np.ndarray, agree: Any, *, repea
         runtime_s.append(_time(lambda: runner(x)))
     ratios = [t / r for t, r in zip(torch_s, runtime_s)]
     reference, got = runner.torch_forward(x), runner(x)
-    key = runtime._shape_key(x.shape)
-    row = {"input_shape": list(x.shape), "backend": runner.chosen.get(key, "torch"),
+    key = runner._key(x.shape)
+    row = {"input_shape": list(x.shape), "forward": forward, "backend": runner.chosen.get(key, "torch"),
            "choice_seconds": {k: round(v, 4) for k, v in runner.timings.get(key, {}).items()},
            "torch_seconds": [round(s, 4) for s in torch_s], "runtime_seconds": [round(s, 4) for s in runtime_s],
            "torch_median_s": round(statistics.median(torch_s), 4),
@@ -292,7 +294,7 @@ def runtime_rows(network: Any, package: Any, x: np.ndarray, agree: Any, *, repea
     if ceiling is not None:
         import torch
 
-        flops = forward_flops(runner.network, x)
+        flops = forward_flops(runner.module, x)
         row.update({"forward_flops": flops, "flop_convention": FLOP_CONVENTION, "threads": torch.get_num_threads(),
                     "torch_achieved": _achieved(flops, torch_s, ceiling, "torch"),
                     "runtime_achieved": _achieved(flops, runtime_s, ceiling, row["backend"])})
@@ -373,17 +375,19 @@ def _openvino_kernel(kind: str, shape: tuple[int, ...], precision: str, threads:
     return lambda: request.infer([data])
 
 
-def machine_ceiling(threads: int | None = None, *, seconds_per_kernel: float = 0.4, matmul_size: int = 1536,
+def machine_ceiling(threads: int | None = None, *, seconds_per_kernel: float = 0.4, matmul_size: int = 2048,
                     conv_size: int = 128, openvino: bool | None = None) -> dict[str, Any]:
     """The machine's ceiling: sustained GFLOP/s of large dense kernels with ``threads`` threads (default: torch's
     current count, which the forwards use: torch and :mod:`MedDLLib.runtime` sessions alike).
 
     Kernels (``n = matmul_size``, ``s = conv_size``): torch fp32 matmul ``(n, n) @ (n, n)``; torch fp32 conv2d
-    128 -> 128 channels 3x3 on ``(4, 128, s/2, s/2)``; torch fp32 conv3d 128 -> 128 channels 3x3x3 on
-    ``(1, 128, s/16, s/4, s/4)``; where the CPU has bf16 dot products, torch bf16 matmul; where OpenVINO imports
-    and ``openvino`` (default: unless ``$MEDDL_RUNTIME`` keeps the forwards on torch, as the test suite's process
-    does: OpenVINO's thread pool is never loaded there), its fp32 and (CPU reporting BF16) bf16 matmul and conv3d
-    on the same shapes, compiled as the runtime compiles networks. Each kernel: a warm-up call, then four timed
+    C -> C channels 3x3 on ``(4, C, s/4, s/4)``; torch fp32 conv3d C -> C channels 3x3x3 on
+    ``(1, C, s/16, s/8, s/8)`` (C = 256: wide layers, where the convolution kernels run fastest; a 128-channel
+    conv3d on ``8 x 32 x 32`` ran at about 0.6 of the glioma network's bf16 forward on OpenVINO); where the CPU
+    has bf16 dot products, torch bf16 matmul; where OpenVINO imports and ``openvino`` (default: unless
+    ``$MEDDL_RUNTIME`` keeps the forwards on torch, as the test suite's process does: OpenVINO's thread pool is
+    never loaded there), its fp32 and (CPU reporting BF16) bf16 matmul and conv3d on the same shapes, compiled as
+    the runtime compiles networks. Each kernel: a warm-up call, then four timed
     batches of about ``seconds_per_kernel / 4``; its rate is the fastest batch (on a shared machine the least
     disturbed one: a ceiling is an upper bound). A multiply-add counts 2 FLOPs. About 4-6 s with the defaults.
 
@@ -402,11 +406,12 @@ def machine_ceiling(threads: int | None = None, *, seconds_per_kernel: float = 0
     before = torch.get_num_threads()
     threads = int(threads or before)
     n, s = int(matmul_size), int(conv_size)
-    shape2d = (4, 128, max(1, s // 2), max(1, s // 2))
-    shape3d = (1, 128, max(1, s // 16), max(1, s // 4), max(1, s // 4))
-    conv2d_flops = 2.0 * float(np.prod(shape2d)) * 128 * 9
-    conv3d_flops = 2.0 * float(np.prod(shape3d)) * 128 * 27
-    conv3d_what = f"Conv3d 128->128 3x3x3 pad 1 on {'x'.join(map(str, shape3d))}"
+    c = 256
+    shape2d = (4, c, max(1, s // 4), max(1, s // 4))
+    shape3d = (1, c, max(1, s // 16), max(1, s // 8), max(1, s // 8))
+    conv2d_flops = 2.0 * float(np.prod(shape2d)) * c * 9
+    conv3d_flops = 2.0 * float(np.prod(shape3d)) * c * 27
+    conv3d_what = f"Conv3d {c}->{c} 3x3x3 pad 1 on {'x'.join(map(str, shape3d))}"
     start = time.perf_counter()
     measurements: dict[str, dict[str, Any]] = {}
 
@@ -420,11 +425,11 @@ def machine_ceiling(threads: int | None = None, *, seconds_per_kernel: float = 0
             gen = torch.Generator().manual_seed(0)
             a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
             measure("torch fp32 matmul", "fp32", f"({n}x{n}) @ ({n}x{n})", lambda: a @ b, 2.0 * n ** 3)
-            conv2d = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).eval()
+            conv2d = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).eval()
             x2 = torch.randn(shape2d, generator=gen)
-            measure("torch fp32 conv2d", "fp32", f"Conv2d 128->128 3x3 pad 1 on {'x'.join(map(str, shape2d))}",
+            measure("torch fp32 conv2d", "fp32", f"Conv2d {c}->{c} 3x3 pad 1 on {'x'.join(map(str, shape2d))}",
                     lambda: conv2d(x2), conv2d_flops)
-            conv3d = torch.nn.Conv3d(128, 128, 3, padding=1, bias=False).eval()
+            conv3d = torch.nn.Conv3d(c, c, 3, padding=1, bias=False).eval()
             x3 = torch.randn(shape3d, generator=gen)
             measure("torch fp32 conv3d", "fp32", conv3d_what, lambda: conv3d(x3), conv3d_flops)
             if cpu_has_bf16():
