@@ -122,8 +122,9 @@ def prepare(image: np.ndarray, recipe: str, size: int) -> Prepared:
         raise InputError(f"expected a study image (K slices, C channels, H, W), got shape {image.shape}")
     if recipe not in RECIPE_NORMALISATION:
         raise InputError(f"unknown recipe {recipe!r}; expected one of {sorted(RECIPE_NORMALISATION)}")
-    x = image.astype(np.float32)
-    if not np.isfinite(x).all():
+    # float32 without a copy when it is float32 already; only the crop is copied (and then normalised in place)
+    x = np.asarray(image, dtype=np.float32)
+    if not all(np.isfinite(x[k:k + 8]).all() for k in range(0, len(x), 8)):  # 8 slices at a time
         raise InputError("the study image has non-finite values (NaN or infinity)")
     k, c, h, w = x.shape
     if recipe == "seed":
@@ -131,13 +132,13 @@ def prepare(image: np.ndarray, recipe: str, size: int) -> Prepared:
         x = x / 255.0
     elif recipe == "buda-unet":  # upstream: non-zero box, per channel p10-p99 -> [0, 1], then z-score (volume)
         crop = brain_crop(np.abs(x).sum(axis=1) > 0, size, margin_px=0)
-        x = x[:, :, crop.j0:crop.j1, crop.i0:crop.i1]
+        x = x[:, :, crop.j0:crop.j1, crop.i0:crop.i1].copy()
         for ch in range(c):
             x[:, ch] = normalize_zscore(normalize_percentile(x[:, ch], 10.0, 99.0))
     else:
         mask = head_mask(x)
         crop = brain_crop(mask, size)
-        x = x[:, :, crop.j0:crop.j1, crop.i0:crop.i1]
+        x = x[:, :, crop.j0:crop.j1, crop.i0:crop.i1].copy()
         m = mask[:, crop.j0:crop.j1, crop.i0:crop.i1]
         for ch in range(c):
             x[:, ch] = normalize_percentile(x[:, ch], 10.0, 99.0, mask=m if m.any() else None)
