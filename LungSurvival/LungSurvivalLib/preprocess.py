@@ -353,12 +353,26 @@ def working_factors(shape_kji: tuple[int, int, int], spacing_mm: tuple[float, fl
     return factors[0], factors[1], factors[2]
 
 
-def _block_mean(array: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
-    """Mean over ``factors`` blocks (edge-padded to a multiple of the block), float32."""
+def _block_mean(array: np.ndarray, factors: tuple[int, int, int], integer_values: bool = False) -> np.ndarray:
+    """Mean over ``factors`` blocks (edge-padded to a multiple of the block), float32.
+
+    ``integer_values``: every value is an integer of at most 16 bits (HU read as int16): the block sums are then
+    exact in float32 in any order, and are summed with one strided addition per block offset (several times
+    faster than a mean over the reshaped block axes; the same float32 values).
+    """
     pad = [(0, (-n) % f) for n, f in zip(array.shape, factors)]
     if any(p for _, p in pad):
         array = np.pad(array, pad, mode="edge")
     k, j, i = (n // f for n, f in zip(array.shape, factors))
+    count = factors[0] * factors[1] * factors[2]
+    if integer_values and count <= 256:  # |sum| <= 256 * 65535 < 2**24: exact in float32
+        total = np.zeros((k, j, i), dtype=np.float32)
+        for a in range(factors[0]):
+            for b in range(factors[1]):
+                for c in range(factors[2]):
+                    total += array[a::factors[0], b::factors[1], c::factors[2]]
+        total /= count
+        return total
     out = array.reshape(k, factors[0], j, factors[1], i, factors[2]).mean(axis=(1, 3, 5), dtype=np.float32)
     return out.astype(np.float32, copy=False)
 
@@ -415,7 +429,9 @@ def segment_lungs(volume: Volume, *, threshold_hu: float = LUNG_THRESHOLD_HU,
     origin = np.asarray(g.origin_lps_mm, float) + g.direction @ shift_ijk
     # HU cleaned a few slices at a time on the way to the block means: no full-resolution float32 copy
     step = factors[0] * max(1, 16 // factors[0])
-    coarse_hu = np.concatenate([_block_mean(clean_hu(raw[k:k + step]), factors) for k in range(0, len(raw), step)])
+    integer_values = np.issubdtype(raw.dtype, np.integer) and raw.dtype.itemsize <= 2
+    coarse_hu = np.concatenate([_block_mean(clean_hu(raw[k:k + step]), factors, integer_values)
+                                for k in range(0, len(raw), step)])
     coarse = Volume(coarse_hu, Geometry(spacing, tuple(origin), g.direction_lps))
     seg = _segment_lungs(coarse, threshold_hu, cleaned=True)
     del coarse, coarse_hu
