@@ -184,3 +184,40 @@ def test_the_measure_sees_a_third_float32_copy():
 
     assert traced_peak_bytes(copies(2))[0] <= bound
     assert traced_peak_bytes(copies(3))[0] > bound
+
+
+# ---------------------------------------------------------------------------------------------- lean helpers
+def test_lean_lung_helpers_give_the_straightforward_values():
+    """The memory-lean pieces of the lung segmentation equal the plain numpy/scipy calls they replace."""
+    from scipy import ndimage
+
+    from LungSurvivalLib.preprocess import _block_expand, _block_mean, _distance_mm, clean_hu, label_sizes
+
+    rng = np.random.default_rng(0)
+    mask = ndimage.binary_opening(rng.random((13, 48, 41)) > 0.3)
+    labels, n = ndimage.label(mask)
+    assert np.array_equal(label_sizes(labels, n, chunk=1000), np.bincount(labels.ravel(), minlength=n + 1))
+    for sampling in ((2.0, 0.7, 0.7), (1.0, 1.0, 1.0)):
+        assert np.array_equal(_distance_mm(mask, sampling, chunk=3), ndimage.distance_transform_edt(mask, sampling))
+    hu = clean_hu(rng.integers(-3024, 3071, size=(9, 37, 35)).astype(np.int16))
+    for factors in ((1, 2, 2), (2, 3, 3)):
+        coarse = _block_mean(hu, factors)
+        assert np.array_equal(_block_mean(hu, factors, integer_values=True), coarse)
+        expanded = coarse
+        for axis, f in enumerate(factors):
+            expanded = np.repeat(expanded, f, axis=axis)
+        assert np.array_equal(_block_expand(coarse, factors, hu.shape), expanded[:9, :37, :35])
+
+
+def test_compact_hu_changes_the_type_never_a_value():
+    from LungSurvivalLib.preprocess import compact_hu
+    from MedDLLib.geometry import Volume
+
+    hu = np.array([[[-1024, 0, 3071]]], dtype=np.int32)
+    compact = compact_hu(Volume(hu, None, {"modality": "CT"}))
+    assert compact.array.dtype == np.int16 and np.array_equal(compact.array, hu)
+    assert compact.metadata == {"modality": "CT"}
+    wide = Volume(np.array([[[-1024, 40000]]], dtype=np.int32), None, {})
+    assert compact_hu(wide) is wide  # a value beyond int16: kept as it is
+    floats = Volume(np.array([[[-1000.5]]], dtype=np.float32), None, {})
+    assert compact_hu(floats) is floats
