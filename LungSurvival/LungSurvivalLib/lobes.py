@@ -73,8 +73,9 @@ def lobes_from_labels(ct: Volume, class_of: Callable[[str], np.ndarray], notes: 
     notes = list(notes)
     if right_ml == 0 or left_ml == 0:
         notes.append("the bundle found no " + ("right" if right_ml == 0 else "left") + " lung lobes")
-    hu = clean_hu(np.asarray(ct.array, dtype=np.float32))
+    hu = clean_hu(ct.array)  # one float32 copy (clean_hu makes it, whatever the input's type)
     body = body_mask(hu, ct.geometry.spacing_mm)
+    del hu
     airway = class_of(AIRWAY_CLASS).astype(bool)
     seg = LungSegmentation(labels=lungs, working_body=body, working_airway=airway, right_ml=right_ml, left_ml=left_ml,
                            notes=notes)
