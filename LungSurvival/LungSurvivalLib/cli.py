@@ -12,7 +12,6 @@ the Kaplan-Meier PNG beside the metrics (``km.png``).
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
