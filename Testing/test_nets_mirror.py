@@ -186,9 +186,10 @@ def test_arguments_outside_the_mirror_build_monai(name, args):
 def test_target_stays_monai_and_bad_arguments_get_monais_error():
     assert models.registry.network_target("BasicUNet") == "monai.networks.nets.BasicUNet"
     assert models.registry.network_target("monai.networks.nets.resnet10") == "monai.networks.nets.resnet10"
-    assert nets.mirror_factory("BasicUNet", {"features": [4, 4, 8]}) is None
-    with pytest.raises(models.ModelError, match="cannot build network 'BasicUNet'"):
-        models.build_network({"network": {"name": "BasicUNet", "args": {"features": [4, 4, 8]}}})
+    for bad in ({"features": [4, 4, 8]}, {"spatial_dims": 2.0, "features": [4, 4, 8, 8, 16, 4]}):
+        assert nets.mirror_factory("BasicUNet", bad) is None
+        with pytest.raises(models.ModelError, match="cannot build network 'BasicUNet'"):
+            models.build_network({"network": {"name": "BasicUNet", "args": bad}})
     skeleton = models.build_network({"network": {"name": "resnet10", "args": {"spatial_dims": 3}}}, on_meta=True)
     assert isinstance(skeleton, nets.ResNet) and skeleton.conv1.weight.is_meta
 

@@ -365,7 +365,7 @@ def _is_bool(v: Any) -> bool:
 
 def _resnet_args_supported(args: Mapping[str, Any]) -> bool:
     dims = args.get("spatial_dims", 3)
-    if dims not in (2, 3) or isinstance(dims, bool):
+    if not _is_int(dims) or dims not in (2, 3):
         return False
     checks: dict[str, Callable[[Any], bool]] = {
         "spatial_dims": lambda v: True,
@@ -391,7 +391,7 @@ def _resnet_args_supported(args: Mapping[str, Any]) -> bool:
 
 def _unet_args_supported(args: Mapping[str, Any]) -> bool:
     dims = args.get("spatial_dims", 3)
-    if dims not in (2, 3) or isinstance(dims, bool):
+    if not _is_int(dims) or dims not in (2, 3):
         return False
     checks: dict[str, Callable[[Any], bool]] = {
         "spatial_dims": lambda v: True,
