@@ -135,3 +135,24 @@ def test_runtime_row_times_and_counts_the_named_forward_the_task_runs():
     assert whole["forward"] == "forward" and named["forward"] == "features"
     assert whole["forward_flops"] == ONE_CONV_FLOPS + 2 * 2 * (8 * 16 * 16) * 1
     assert named["forward_flops"] == ONE_CONV_FLOPS
+
+
+def test_child_peak_memory_is_the_childs_own_not_its_parents(tmp_path):
+    """A forked child starts with its parent's resident size in ``ru_maxrss`` (kept across exec); the bench reports
+    the child's own high-water mark, so a bench holding a large CT does not inflate its children's peaks."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    held = np.ones(600 * 2**20 // 8)  # 600 MB touched in this (the parent) process
+    code, _, peak_mb = bench.run_meddl_child(["--help"], tmp_path / "log.txt", "ICHDetectorLib.cli:TASK",
+                                             Path(__file__).resolve().parents[1] / "ICHDetector")
+    assert code == 0 and "usage" in (tmp_path / "log.txt").read_text()
+    assert 10 < peak_mb < 400
+    # the control: the same kind of child, measured by ru_maxrss, carries the parent's 600 MB
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    _, _, usage = os.wait4(proc.pid, 0)
+    assert usage.ru_maxrss / 1024 > 600 and held[-1] == 1.0

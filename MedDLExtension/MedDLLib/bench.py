@@ -115,11 +115,15 @@ def run_meddl_child(arguments: list[str], log: str | os.PathLike, task_entry: st
         library_folder: the folder holding the task's package (put first on the child's ``PYTHONPATH``).
         env: environment variables set in the child (e.g. ``{"MEDDL_RUNTIME": "torch"}``).
     Returns:
-        ``(exit status, wall seconds, peak resident memory of that child alone in MB)`` (``ru_maxrss`` of
-        :func:`os.wait4`).
+        ``(exit status, wall seconds, peak resident memory of that child alone in MB)``: the child's own
+        high-water mark (``VmHWM`` of ``/proc/self/status``, read at its exit), not ``ru_maxrss``: Linux keeps the
+        resident size a child had before ``exec`` in its ``ru_maxrss``, and a forked child starts with its
+        parent's, so a benchmark holding a 300-slice CT in memory read its children's peak as its own
+        (``ru_maxrss`` of :func:`os.wait4` where ``/proc`` is missing).
     """
     import subprocess
     import sys
+    import tempfile
 
     overrides = dict(env or {})
     env = dict(os.environ)
@@ -128,13 +132,39 @@ def run_meddl_child(arguments: list[str], log: str | os.PathLike, task_entry: st
     env["MEDDL_EXTRA_TASKS"] = ",".join(extra + [task_entry])
     env["PYTHONPATH"] = os.pathsep.join([str(library_folder)] +
                                         [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    with open(log, "w") as out:
+    with tempfile.TemporaryDirectory(prefix="meddl-bench-peak-") as tmp, open(log, "w") as out:
+        peak_file = Path(tmp) / "peak_kb"
+        env[_PEAK_ENV] = str(peak_file)
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "MedDLLib.cli", *arguments], stdout=out,
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD, *arguments], stdout=out,
                                 stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
-    return os.waitstatus_to_exitcode(status), seconds, usage.ru_maxrss / 1024.0
+        try:
+            peak_mb = int(peak_file.read_text()) / 1024.0
+        except (OSError, ValueError):
+            peak_mb = usage.ru_maxrss / 1024.0
+    return os.waitstatus_to_exitcode(status), seconds, peak_mb
+
+
+_PEAK_ENV = "MEDDL_BENCH_PEAK_FILE"
+#: The benchmark child: ``meddl ARGUMENTS`` (``python -m MedDLLib.cli``), writing its own ``VmHWM`` (kB) at exit.
+_CHILD = f"""
+import atexit, os, runpy, sys
+
+def _peak():
+    try:
+        with open("/proc/self/status") as f:
+            kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+        with open(os.environ["{_PEAK_ENV}"], "w") as f:
+            f.write(kb)
+    except (OSError, StopIteration, KeyError):
+        pass
+
+atexit.register(_peak)
+sys.argv[0] = "meddl"
+runpy.run_module("MedDLLib.cli", run_name="__main__", alter_sys=True)
+"""
 
 
 def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
