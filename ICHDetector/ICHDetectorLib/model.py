@@ -7,8 +7,9 @@ multi-hot label vector (a negative slice has an all-zero target and contributes 
 
 ``improved``: 6 independent sigmoid outputs with ``BCEWithLogits`` weighted 2 for "any" (the RSNA metric's
 weights), brain/subdural/bone windows as channels, 2.5D context (one neighbour on each side: 9 channels), a
-MONAI 2D ResNet backbone (``monai.networks.nets.ResNet``, basic blocks, widths 16-128: CPU-sized), AdamW
-with the learning rate annealed to 0 over the epochs (cosine), left-right flip augmentation. Both pick the best epoch
+MONAI 2D ResNet backbone (``monai.networks.nets.ResNet``, built by its mirror in ``MedDLLib.models.nets``; basic
+blocks, widths 16-128: CPU-sized), AdamW with the learning rate annealed to 0 over the epochs (cosine), left-right
+flip augmentation. Both pick the best epoch
 on the validation studies' weighted log loss.
 
 Probabilities: :func:`probabilities` turns the logits into per-label probabilities as each recipe defines them
