@@ -246,7 +246,13 @@ def _run_infer(task: Task, args: argparse.Namespace) -> int:
     if output.is_dir() and any(output.iterdir()) and not (output / RESULT_JSON).is_file():
         raise InputError(f"{args.output}: the folder holds other files; give a new or empty folder (the outputs of "
                          "an earlier meddl infer are replaced)")
-    task.check_model(args.model)
+    args.prefetch = _prefetch(task, args)  # the study read on the other core while the model loads
+    try:
+        task.check_model(args.model)
+    except BaseException:
+        if args.prefetch is not None:
+            args.prefetch.close()
+        raise
     from .progress import fraction_reporter
 
     # progress lines for the GUI's progress bar; else a bar on a terminal; else None
@@ -259,9 +265,26 @@ def _run_infer(task: Task, args: argparse.Namespace) -> int:
     finally:
         if hasattr(args.progress, "close"):
             args.progress.close()
+        if args.prefetch is not None:
+            args.prefetch.close()
     print_result(saved)
     print(f"outputs written to {output}")
     return 0
+
+
+def _prefetch(task: Task, args: argparse.Namespace) -> Any:
+    """A :class:`MedDLLib.prefetch.StudyPrefetch` of ``--input`` for a pipeline task, or None (not applicable, or
+    options the task refuses: the ordinary path reports them)."""
+    from .pipeline import PipelineTask
+    from .prefetch import prefetch_study
+
+    if not isinstance(task, PipelineTask) or args.model is None:
+        return None
+    try:
+        options = task.options(args, "cpu")  # read_study takes no device
+    except Exception:  # noqa: BLE001
+        return None
+    return prefetch_study(task, args.input, args.model, options)
 
 
 def _run_batch(task: Task, args: argparse.Namespace) -> int:

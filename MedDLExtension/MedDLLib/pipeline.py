@@ -287,7 +287,8 @@ class PipelineTask(Task):
             source = series_files(source)
         return run_study(self, Path(input_path), model, Path(output), self.options(args, device),
                          device=device, progress=getattr(args, "progress", None),
-                         output_format=getattr(args, "output_format", None) or "nrrd", source_files=source)
+                         output_format=getattr(args, "output_format", None) or "nrrd", source_files=source,
+                         prefetched=getattr(args, "prefetch", None))
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -301,12 +302,15 @@ def _scaled(progress: Progress | None, start: float, end: float) -> Progress:
 
 def run_study(task: PipelineTask, input_path: Path, model: Any, output: Path, options: Any, *,
               device: Any = "cpu", progress: Progress | None = None, cancel: Cancel | None = None,
-              output_format: str = "nrrd", source_files: Sequence[str | Path] | None = None) -> dict[str, Any]:
+              output_format: str = "nrrd", source_files: Sequence[str | Path] | None = None,
+              prefetched: Any = None) -> dict[str, Any]:
     """Read one study, compute, write the task's output files into ``output``; return the ``result.json`` values.
 
     ``output_format``: "nrrd" or "nifti" for the volume outputs (heatmaps, labelmaps; see :func:`write_outputs`).
     ``source_files``: the DICOM series an NRRD/NIfTI input was saved from (``--dicom-source``): its
     segmentations then also go out as DICOM SEG referencing that series.
+    ``prefetched``: the study being read in a child while the model loaded (:mod:`MedDLLib.prefetch`); when it
+    brings none, the study is read here.
 
     ``progress(fraction 0..1, message)``: reading 0-0.05, the model 0.05, computing 0.1-0.9, writing 0.9-1.
     Errors from reading or computing that name no file name the study. What reading warned about (each input
@@ -319,8 +323,10 @@ def run_study(task: PipelineTask, input_path: Path, model: Any, output: Path, op
     report(0.0, "reading the study")
     start = time.perf_counter()
     loaded = load_model(task, model, device) if task.needs_model else None
+    study = prefetched.study(loaded.metadata if loaded is not None else None) if prefetched is not None else None
     try:
-        study = task.read_study(Path(input_path), loaded, options)
+        if study is None:
+            study = task.read_study(Path(input_path), loaded, options)
     except InputError as exc:
         raise _naming(exc, input_path) from None
     read_s = time.perf_counter() - start
