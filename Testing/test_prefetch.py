@@ -99,3 +99,32 @@ def test_cold_infer_with_and_without_the_prefetch_writes_the_same(ich_study, tmp
         result.pop("seconds", None)
         results[mode] = (result, {p.name: p.stat().st_size for p in out.iterdir() if p.suffix != ".dcm"})
     assert results["1"] == results["0"]
+
+
+# ---------------------------------------------------------------------------------------------- hostile inputs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fuzz_inputs as fz  # noqa: E402
+
+INFER_CASES = [c for c in fz.all_cases() if c.needs == "lung_model"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_fixtures(tmp_path_factory) -> fz.Fixtures:
+    from test_fuzz import _lung_model
+
+    root = tmp_path_factory.mktemp("fuzz-prefetch")
+    fx = fz.Fixtures(root, fz.make_small_ct(root / "small_ct"))
+    _lung_model(fx)
+    return fx
+
+
+@pytest.mark.skipif(not fz.REAL_CT.is_dir(), reason=f"real DICOM test data not found at {fz.REAL_CT}")
+@pytest.mark.parametrize("case", INFER_CASES, ids=[c.name for c in INFER_CASES])
+def test_hostile_inputs_end_the_same_with_the_prefetch(case, fuzz_fixtures, tmp_path, monkeypatch):
+    """The fuzz suite's infer cases (bad series, pipes, geometry, partial outputs, ...) with the study read in a
+    forked child: each still ends well, with the same exit status and the same one line as without it."""
+    plain = fz.run_case(case, tmp_path / "run1", fuzz_fixtures)
+    monkeypatch.setattr(prefetch, "_fork_is_safe", lambda: True)
+    forked = fz.run_case(case, tmp_path / "run2", fuzz_fixtures)
+    assert forked["ok"], f"{case.name}: " + "; ".join(forked["why"])
+    assert (forked["exit"], forked["said"].replace("run2", "run1")) == (plain["exit"], plain["said"])
