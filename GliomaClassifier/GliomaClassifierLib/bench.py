@@ -210,7 +210,7 @@ def bench_cold_and_runtime(size: int = 256, depth: int = 64, *, runs: int = 3, r
     from MedDLLib.gradcam import cam_maps
 
     from .dataset import SEQUENCES, read_case, scan_dataset
-    from .model import _evidence_agree, _pooled_logits, recipe, untrained_package
+    from .model import evidence_agree, pooled_logits, recipe, untrained_package
     from .phantom import write_dataset
     from .preprocess import prepare
 
@@ -236,13 +236,13 @@ def bench_cold_and_runtime(size: int = 256, depth: int = 64, *, runs: int = 3, r
         network = loaded.network("cpu")
 
         def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
-            p_ref, p_got = (1.0 / (1.0 + np.exp(-_pooled_logits(c, network.sharpness))) for c in (reference, got))
+            p_ref, p_got = (1.0 / (1.0 + np.exp(-pooled_logits(c, network.sharpness))) for c in (reference, got))
             maps = np.abs(cam_maps(reference, x.shape[2:]) - cam_maps(got, x.shape[2:]))
             return {"max_probability_difference": float(np.abs(p_ref - p_got).max()),
                     "max_map_difference": float(maps.max(initial=0.0))}
 
         result["ceiling"] = ceiling or bench.machine_ceiling()
         result["runtime"]["evidence-resnet10 evidence_map"] = bench.runtime_rows(
-            network, loaded, x, _evidence_agree(network.sharpness), repeats=repeats, compare=compare,
+            network, loaded, x, evidence_agree(network.sharpness), repeats=repeats, compare=compare,
             ceiling=result["ceiling"], forward="evidence_map")
     return result

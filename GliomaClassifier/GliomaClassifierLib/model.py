@@ -364,26 +364,26 @@ def predict_with_evidence(network: EvidenceResNet10, x: np.ndarray, package: mod
     from MedDLLib.gradcam import cam_maps
 
     x = np.ascontiguousarray(x, dtype=np.float32)
-    run = runtime.runner_for(network, package, agree=_evidence_agree(network.sharpness), forward="evidence_map")
+    run = runtime.runner_for(network, package, agree=evidence_agree(network.sharpness), forward="evidence_map")
     cells = run(x)  # (N, 1, d, h, w) logits per cell
-    logits = _pooled_logits(cells, network.sharpness)
+    logits = pooled_logits(cells, network.sharpness)
     return 1.0 / (1.0 + np.exp(-logits)), cam_maps(cells, x.shape[2:]) if maps else None
 
 
-def _pooled_logits(cells: np.ndarray, sharpness: float) -> np.ndarray:
+def pooled_logits(cells: np.ndarray, sharpness: float) -> np.ndarray:
     """``EvidenceResNet10``'s study logits ``(N,)`` float64 from its evidence maps ``(N, 1, d, h, w)``."""
     m = cells.reshape(len(cells), -1).astype(np.float64) * sharpness
     top = m.max(axis=1)
     return (top + np.log(np.exp(m - top[:, None]).sum(axis=1))) / sharpness
 
 
-def _evidence_agree(sharpness: float) -> Any:
+def evidence_agree(sharpness: float) -> Any:
     """Agreement of an evidence-map runtime with torch fp32: study probabilities within 1e-3 and maps (positive
     part, normalised) within :data:`MedDLLib.gradcam.BF16_MAP_TOLERANCE`."""
     from MedDLLib.gradcam import BF16_MAP_TOLERANCE, cam_maps
 
     def agree(reference: np.ndarray, candidate: np.ndarray) -> bool:
-        p_ref, p_got = (1.0 / (1.0 + np.exp(-_pooled_logits(c, sharpness))) for c in (reference, candidate))
+        p_ref, p_got = (1.0 / (1.0 + np.exp(-pooled_logits(c, sharpness))) for c in (reference, candidate))
         maps = np.abs(cam_maps(reference, reference.shape[2:]) - cam_maps(candidate, reference.shape[2:]))
         return bool(np.abs(p_ref - p_got).max() <= 1e-3 and maps.max(initial=0.0) <= BF16_MAP_TOLERANCE)
 
