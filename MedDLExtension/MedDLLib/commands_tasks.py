@@ -246,18 +246,14 @@ def _run_infer(task: Task, args: argparse.Namespace) -> int:
     if output.is_dir() and any(output.iterdir()) and not (output / RESULT_JSON).is_file():
         raise InputError(f"{args.output}: the folder holds other files; give a new or empty folder (the outputs of "
                          "an earlier meddl infer are replaced)")
-    args.prefetch = _prefetch(task, args)  # the study read on the other core while the model loads
-    try:
-        task.check_model(args.model)
-    except BaseException:
-        if args.prefetch is not None:
-            args.prefetch.close()
-        raise
     from .progress import fraction_reporter
 
-    # progress lines for the GUI's progress bar; else a bar on a terminal; else None
-    args.progress = reporter_from_environment() or fraction_reporter(f"infer {task.name}")
+    args.prefetch = _prefetch(task, args)  # the study read on the other core while the model loads
+    args.progress = None
     try:
+        task.check_model(args.model)
+        # progress lines for the GUI's progress bar; else a bar on a terminal; else None
+        args.progress = reporter_from_environment() or fraction_reporter(f"infer {task.name}")
         with atomic_folder(output) as staging:
             result = _call(task, "infer", task.infer, args.input, args.model, staging, args)
             saved = to_jsonable(dict(result or {}), base=staging)
@@ -266,7 +262,7 @@ def _run_infer(task: Task, args: argparse.Namespace) -> int:
         if hasattr(args.progress, "close"):
             args.progress.close()
         if args.prefetch is not None:
-            args.prefetch.close()
+            args.prefetch.close()  # the child ended whatever happened
     print_result(saved)
     print(f"outputs written to {output}")
     return 0
