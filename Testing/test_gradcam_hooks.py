@@ -88,7 +88,8 @@ def test_heatmap_over_the_crop_box_equals_the_whole_volume_resample(case):
 def test_bf16_grad_cam_only_where_measured_to_agree(tmp_path, monkeypatch):
     """bf16=None: a network attached to its package measures fp32 against bf16 once per layer and shape (the first
     call returns the fp32 maps), records the choice beside the runtime export, and later calls stay within the
-    tolerance of fp32; without bf16 dot products (or a package) it is fp32 and nothing is recorded."""
+    tolerance of fp32; without bf16 dot products (or a package), or under ``$MEDDL_RUNTIME=torch``, it is fp32 and
+    nothing is recorded."""
     import json
 
     from ICHDetectorLib.model import load_model, untrained_package
@@ -104,6 +105,10 @@ def test_bf16_grad_cam_only_where_measured_to_agree(tmp_path, monkeypatch):
     record = package_folder / "runtime" / runtime.RECORD
     assert not record.exists() or "gradcam" not in json.loads(record.read_text())
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    monkeypatch.setenv(runtime.ENV, "torch")  # forced torch: the fp32 reference, nothing measured or recorded
+    assert np.array_equal(compute_gradcam(network, x, "layer3", class_index=0), fp32)
+    assert not record.exists() or "gradcam" not in json.loads(record.read_text())
+    monkeypatch.setenv(runtime.ENV, "auto")
     first = compute_gradcam(network, x, "layer3", class_index=0)
     assert np.array_equal(first, fp32)  # the measuring call answers with the fp32 maps
     choice = json.loads(record.read_text())["gradcam"]["layer3:gradcam:0:9x32x32"]

@@ -49,7 +49,7 @@ def compute_gradcam(
             network attached to its package (:func:`MedDLLib.runtime.attach`) on a CPU with bf16 dot products:
             the first call for a layer and input shape computes both maps, keeps bf16 when its map is within
             :data:`BF16_MAP_TOLERANCE` of the fp32 one and faster, and records the choice beside the package's
-            runtime export; elsewhere fp32.
+            runtime export; elsewhere, and under ``$MEDDL_RUNTIME=torch``, fp32.
         return_logits: also return the forward's logits ``(B, n_classes)`` float32 (the prediction, so a caller
             that needs both runs one forward; under bf16 they carry bf16's rounding).
     Returns:
@@ -78,7 +78,8 @@ def _choose_precision(network: Any, inputs: Any, layer: Any, target_layer: str, 
 
     from . import runtime
 
-    if getattr(inputs, "device", None) is None or inputs.device.type != "cpu" or not runtime.cpu_has_bf16():
+    if (getattr(inputs, "device", None) is None or inputs.device.type != "cpu" or not runtime.cpu_has_bf16()
+            or runtime.forced_backend() == "torch"):  # forced torch: the fp32 reference, never a timed choice
         return None, None, False
     runner = runtime.runner_for(network)
     if runner.folder is None:

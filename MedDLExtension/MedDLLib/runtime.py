@@ -132,6 +132,12 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
+def forced_backend() -> str:
+    """``$MEDDL_RUNTIME`` normalised: ``"auto"`` (default) or the backend it forces (``"torch"``: plain torch fp32
+    everywhere, Grad-CAM included)."""
+    return os.environ.get(ENV, "auto").strip().lower() or "auto"
+
+
 # ---------------------------------------------------------------------------------------------- sessions
 class _Session:
     """One compiled candidate for one input shape: ``run(x) -> first output``."""
@@ -191,7 +197,7 @@ class Runner:
     # ------------------------------------------------------------------ calling
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        forced = os.environ.get(ENV, "auto").strip().lower() or "auto"
+        forced = forced_backend()
         if forced == "torch" or self.folder is None:
             return self.torch_forward(x)
         key = self._key(x.shape)
@@ -234,7 +240,7 @@ class Runner:
     def chosen_backend(self, shape: tuple[int, ...]) -> str | None:
         """The backend inputs of ``shape`` run on (``"torch"`` when forced or torch-only), or None while no choice
         was measured for that shape (then the next call measures it)."""
-        forced = os.environ.get(ENV, "auto").strip().lower() or "auto"
+        forced = forced_backend()
         if forced == "torch" or self.folder is None:
             return "torch"
         key = self._key(tuple(shape))
