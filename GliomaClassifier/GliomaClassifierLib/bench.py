@@ -207,10 +207,9 @@ def bench_cold_and_runtime(size: int = 256, depth: int = 64, *, runs: int = 3, r
 
     from MedDLLib import bench
     from MedDLLib.models import load_package
-    from MedDLLib.gradcam import cam_maps
 
     from .dataset import SEQUENCES, read_case, scan_dataset
-    from .model import evidence_agree, pooled_logits, recipe, untrained_package
+    from .model import evidence_agree, evidence_differences, recipe, untrained_package
     from .phantom import write_dataset
     from .preprocess import prepare
 
@@ -236,10 +235,7 @@ def bench_cold_and_runtime(size: int = 256, depth: int = 64, *, runs: int = 3, r
         network = loaded.network("cpu")
 
         def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
-            p_ref, p_got = (1.0 / (1.0 + np.exp(-pooled_logits(c, network.sharpness))) for c in (reference, got))
-            maps = np.abs(cam_maps(reference, x.shape[2:]) - cam_maps(got, x.shape[2:]))
-            return {"max_probability_difference": float(np.abs(p_ref - p_got).max()),
-                    "max_map_difference": float(maps.max(initial=0.0))}
+            return evidence_differences(reference, got, network.sharpness, x.shape[2:])
 
         result["ceiling"] = ceiling or bench.machine_ceiling()
         result["runtime"]["evidence-resnet10 evidence_map"] = bench.runtime_rows(

@@ -366,26 +366,40 @@ def predict_with_evidence(network: EvidenceResNet10, x: np.ndarray, package: mod
     x = np.ascontiguousarray(x, dtype=np.float32)
     run = runtime.runner_for(network, package, agree=evidence_agree(network.sharpness), forward="evidence_map")
     cells = run(x)  # (N, 1, d, h, w) logits per cell
-    logits = pooled_logits(cells, network.sharpness)
-    return 1.0 / (1.0 + np.exp(-logits)), cam_maps(cells, x.shape[2:]) if maps else None
+    return evidence_probabilities(cells, network.sharpness), cam_maps(cells, x.shape[2:]) if maps else None
 
 
-def pooled_logits(cells: np.ndarray, sharpness: float) -> np.ndarray:
-    """``EvidenceResNet10``'s study logits ``(N,)`` float64 from its evidence maps ``(N, 1, d, h, w)``."""
+def evidence_probabilities(cells: np.ndarray, sharpness: float) -> np.ndarray:
+    """``EvidenceResNet10``'s study probabilities ``(N,)`` float64 from its evidence maps ``(N, 1, d, h, w)``:
+    the sigmoid of their log-sum-exp pool."""
     m = cells.reshape(len(cells), -1).astype(np.float64) * sharpness
     top = m.max(axis=1)
-    return (top + np.log(np.exp(m - top[:, None]).sum(axis=1))) / sharpness
+    logits = (top + np.log(np.exp(m - top[:, None]).sum(axis=1))) / sharpness
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def evidence_differences(reference: np.ndarray, candidate: np.ndarray, sharpness: float,
+                         spatial: Sequence[int] | None = None) -> dict[str, float]:
+    """How far two evidence maps ``(N, 1, d, h, w)`` lead apart: ``max_probability_difference`` of the study
+    probabilities and ``max_map_difference`` of the Grad-CAM maps (positive part, normalised; upsampled to
+    ``spatial``, default the cell grid)."""
+    from MedDLLib.gradcam import cam_maps
+
+    size = tuple(spatial) if spatial is not None else reference.shape[2:]
+    p_ref, p_got = (evidence_probabilities(c, sharpness) for c in (reference, candidate))
+    maps = np.abs(cam_maps(reference, size) - cam_maps(candidate, size))
+    return {"max_probability_difference": float(np.abs(p_ref - p_got).max()),
+            "max_map_difference": float(maps.max(initial=0.0))}
 
 
 def evidence_agree(sharpness: float) -> Any:
     """Agreement of an evidence-map runtime with torch fp32: study probabilities within 1e-3 and maps (positive
-    part, normalised) within :data:`MedDLLib.gradcam.BF16_MAP_TOLERANCE`."""
-    from MedDLLib.gradcam import BF16_MAP_TOLERANCE, cam_maps
+    part, normalised, on the cell grid) within :data:`MedDLLib.gradcam.BF16_MAP_TOLERANCE`."""
+    from MedDLLib.gradcam import BF16_MAP_TOLERANCE
 
     def agree(reference: np.ndarray, candidate: np.ndarray) -> bool:
-        p_ref, p_got = (1.0 / (1.0 + np.exp(-pooled_logits(c, sharpness))) for c in (reference, candidate))
-        maps = np.abs(cam_maps(reference, reference.shape[2:]) - cam_maps(candidate, reference.shape[2:]))
-        return bool(np.abs(p_ref - p_got).max() <= 1e-3 and maps.max(initial=0.0) <= BF16_MAP_TOLERANCE)
+        d = evidence_differences(reference, candidate, sharpness)
+        return d["max_probability_difference"] <= 1e-3 and d["max_map_difference"] <= BF16_MAP_TOLERANCE
 
     return agree
 
