@@ -94,8 +94,9 @@ def prefetch_study(task: Any, input_path: str | os.PathLike, model: Any, options
 
 def _fork_is_safe() -> bool:
     """Linux, torch not imported yet (its thread pools), not the Slicer application (its executable)."""
-    slicer = sys.modules.get("slicer")
-    return sys.platform.startswith("linux") and "torch" not in sys.modules and getattr(slicer, "app", None) is None
+    from .dicom import _in_slicer_application
+
+    return sys.platform.startswith("linux") and "torch" not in sys.modules and not _in_slicer_application()
 
 
 def _read(connection: Any, task: Any, input_path: Path, metadata: dict[str, Any], options: Any) -> None:
