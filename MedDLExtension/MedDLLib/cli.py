@@ -12,6 +12,7 @@ Inside Slicer the same entry point runs as
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 from typing import Sequence
@@ -67,5 +68,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(result or 0)
 
 
+def run() -> int:
+    """The ``meddl`` executable: :func:`main`, then the collector frozen for the interpreter's exit.
+
+    After ``import torch`` a process holds millions of objects that the final collections at exit would walk
+    (about 0.4 s of every run on a laptop CPU, measured). Freezing them (``gc.freeze``) leaves them to the
+    system, which frees the whole process at once; destructors that free by reference count still run. Only
+    the executable does this: a process that goes on after :func:`main` (tests, Slicer) keeps its collector.
+    """
+    status = main()
+    gc.freeze()
+    return status
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(run())
