@@ -1,19 +1,22 @@
 """Preprocessing of brain MRI for the MGMT classifier (the seed recipe's steps, with its ordering bug optional).
 
 :func:`prepare` turns one study (one or several sequences as :class:`~MedDLLib.geometry.Volume`) into the
-network input, in one pass over the voxels:
+network input:
 
 1. slice order: by position along the normal (what :func:`MedDLLib.dicom.read_dicom_folder` returns), or, for
    the ``seed`` recipe, by natural sort of the file names as the published solution did
    (:func:`filename_order`; ``Image-N`` numbers are not positions, so this scrambles the stack);
 2. VOI LUT of the DICOM header (:func:`MedDLLib.dicom.apply_voi`, i.e. ``pydicom.pixels.apply_voi_lut``);
-3. reorientation to axial LPS (:func:`orient_axial`, SimpleITK ``DICOMOrient``) so that sagittal and coronal
-   series become axial stacks (improved recipe; the seed takes the stack as stored);
+3. reorientation to axial LPS (:func:`orient_axial`, SimpleITK ``DICOMOrient``'s re-indexing) so that sagittal
+   and coronal series become axial stacks (improved recipe; the seed takes the stack as stored). The VOI is per
+   voxel, so it is applied after this re-indexing (a view), writing the stack in axial order: the same values;
 4. in-plane resize to ``size x size`` over the same field of view (:func:`MedDLLib.resample.resample`, linear);
    the other sequences are resampled onto this grid of the first (reference) sequence, so channels align;
 5. min-max normalisation of every slice to [0, 1] (:func:`MedDLLib.intensity.normalize_minmax`);
 6. the slice with the largest brain area (pixels above ``brain_threshold`` after step 5, reference sequence)
-   is the centre of a window of ``depth`` slices, zero-padded where it runs past the stack.
+   is the centre of a window of ``depth`` slices, zero-padded where it runs past the stack. The other sequences
+   are resampled (step 4) up to the window's last slice and normalised (step 5) over its slices only, straight
+   into the network input: what the whole stacks would give there.
 
 Before step 1 every series is checked (:func:`check_mri`: MR modality, or MR-like values when no modality is
 known); after step 3 every oriented stack needs at least a quarter of the window in slices (:func:`check_slices`),
@@ -163,8 +166,7 @@ def apply_voi_volume(volume: Volume) -> Volume:
     source = voi_source(volume)
     if source is None:
         return volume
-    array = apply_voi(np.asarray(volume.array), source)
-    return volume.with_array(np.asarray(array, dtype=np.float32), voi_applied=True)
+    return volume.with_array(apply_voi(np.asarray(volume.array), source, dtype=np.float32), voi_applied=True)
 
 
 def orient_axial(volume: Volume) -> Volume:
@@ -172,13 +174,35 @@ def orient_axial(volume: Volume) -> Volume:
 
     A permutation and flips of the voxel axes (no interpolation) for volumes whose axes are along the patient
     axes; an oblique volume gets the closest orientation.
+
+    The array is a view of ``volume``'s (transposed and flipped, no copy: do not write into it). The permutation,
+    flips and geometry are ``DICOMOrient``'s, found on one-voxel images of the volume's geometry (the new origin
+    is the flipped corner's position by ITK's own arithmetic), so the result is ``DICOMOrient``'s of the whole
+    volume, value for value.
     """
     import SimpleITK as sitk
 
-    from MedDLLib.resample import from_sitk, to_sitk
+    geometry = volume.geometry
 
-    oriented = from_sitk(sitk.DICOMOrient(to_sitk(volume), "LPS"), volume.metadata)
-    return oriented
+    def probe(spacing_mm: tuple[float, ...], direction: np.ndarray) -> sitk.Image:
+        image = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+        image.SetSpacing(spacing_mm)
+        image.SetOrigin(geometry.origin_lps_mm)
+        image.SetDirection(direction.flatten().tolist())
+        return image
+
+    orienter = sitk.DICOMOrientImageFilter()
+    orienter.SetDesiredCoordinateOrientation("LPS")
+    oriented = orienter.Execute(probe(geometry.spacing_mm, geometry.direction))
+    order, flips = [int(o) for o in orienter.GetPermuteOrder()], [bool(f) for f in orienter.GetFlipAxes()]
+    # DICOMOrient permutes (origin kept), then flips: the new origin is the permuted image's flipped corner
+    size_ijk = volume.array.shape[::-1]
+    permuted = probe(tuple(geometry.spacing_mm[o] for o in order), geometry.direction[:, order])
+    origin = permuted.TransformIndexToPhysicalPoint([int(size_ijk[o]) - 1 if f else 0 for o, f in zip(order, flips)])
+    array = volume.array.transpose([2 - order[2 - axis] for axis in range(3)])  # numpy axes are [k, j, i]
+    array = array[tuple(slice(None, None, -1) if flips[2 - axis] else slice(None) for axis in range(3))]
+    return Volume(array, Geometry(oriented.GetSpacing(), origin, np.array(oriented.GetDirection()).reshape(3, 3)),
+                  dict(volume.metadata))
 
 
 def resize_inplane(volume: Volume, size: int) -> Volume:
@@ -197,10 +221,16 @@ def window_of(centre: int, depth: int) -> tuple[int, int]:
     return first, first + depth - 1
 
 
+def window_span(first: int, depth: int, n_slices: int) -> tuple[int, int]:
+    """The slices ``lo .. hi - 1`` of an ``n_slices`` stack inside the window ``first .. first + depth - 1``
+    (none when ``hi <= lo``)."""
+    return max(first, 0), min(first + depth, n_slices)
+
+
 def take_window(array: np.ndarray, first: int, depth: int) -> np.ndarray:
     """Slices ``first .. first + depth - 1`` of ``array`` ``(K, H, W)``, zeros where they are outside it."""
     out = np.zeros((depth, *array.shape[1:]), dtype=np.float32)
-    lo, hi = max(first, 0), min(first + depth, array.shape[0])
+    lo, hi = window_span(first, depth, array.shape[0])
     if hi > lo:
         out[lo - first:hi - first] = array[lo:hi]
     return out
@@ -226,10 +256,11 @@ def check_mri(volume: Volume, name: str) -> None:
     array = np.asarray(volume.array)
     if array.size == 0 or min(array.shape[1:]) < 8:
         raise InputError(f"{where}: volume of shape {array.shape} is too small (slices of >= 8 x 8 pixels)")
-    if not np.isfinite(array).all():
+    low, high = float(array.min()), float(array.max())  # NaN if any voxel is; +-inf if any voxel is
+    if not (np.isfinite(low) and np.isfinite(high)):
         raise InputError(f"{where}: the volume has NaN or infinite values")
-    if float(array.max()) <= float(array.min()):
-        raise InputError(f"{where}: the volume is constant ({float(array.min()):g}); nothing to classify")
+    if high <= low:
+        raise InputError(f"{where}: the volume is constant ({low:g}); nothing to classify")
     air = ct_air_fraction(array) if not modality else 0.0
     if air >= CT_AIR_FRACTION:
         raise InputError(f"{where}: {100 * air:.0f} % of the voxels are at or below {CT_AIR_HU:g}, like air in a CT "
@@ -260,10 +291,10 @@ def _to_network_stack(volume: Volume, spec: InputSpec, name: str) -> Volume:
     check_mri(volume, name)
     if spec.slice_order == "filename":
         volume = filename_order(volume)
+    if spec.reorient:  # a view; the VOI (elementwise, so either order gives the same) then writes in axial order
+        volume = orient_axial(volume)
     if spec.voi:
         volume = apply_voi_volume(volume)
-    if spec.reorient:
-        volume = orient_axial(volume)
     check_slices(volume, spec.depth, name)
     return volume
 
@@ -289,7 +320,7 @@ def prepare(volumes: Mapping[str, Volume], spec: InputSpec,
         InputError: a sequence missing, or a volume that is not a usable MR series (:func:`check_mri`,
             :func:`check_slices`).
     """
-    from MedDLLib.resample import resample_to_reference
+    from MedDLLib.resample import resample_to_geometry
 
     missing = [s for s in spec.sequences if s not in volumes]
     if missing:
@@ -299,19 +330,29 @@ def prepare(volumes: Mapping[str, Volume], spec: InputSpec,
     reference = volumes[ref_name]
     ref = _to_network_stack(reference, spec, ref_name)
     resized = resize_inplane(ref, spec.size)
-    stacks = [normalize_minmax(resized.array, axis=(1, 2))]
-    area = (stacks[0] > spec.brain_threshold).sum(axis=(1, 2))
+    normalised = normalize_minmax(resized.array, axis=(1, 2))
+    area = (normalised > spec.brain_threshold).sum(axis=(1, 2))
     middle = int(np.argmax(area))
     centred_on = "brain"
+    n_slices = int(resized.array.shape[0])
     if centre is not None:
-        chosen = centre[1](resized.geometry, int(resized.array.shape[0]))
+        chosen = centre[1](resized.geometry, n_slices)
         if chosen is not None:
             middle, centred_on = int(chosen), centre[0]
     first, last = window_of(middle, spec.depth)
-    for name in spec.sequences[1:]:
+    # the window's slices of each stack go straight into the network input (zeros where the window is padding).
+    # The other sequences are resampled onto the reference grid up to the window's last slice only (ITK computes
+    # each output voxel from its index, the origin and the row length, so the slices kept are those of the whole
+    # grid) and normalised (per slice) over the window's slices only
+    array = np.zeros((len(spec.sequences), spec.depth, *normalised.shape[1:]), dtype=np.float32)
+    lo, hi = window_span(first, spec.depth, n_slices)
+    inside = slice(lo - first, hi - first) if hi > lo else slice(0, 0)
+    array[0, inside] = normalised[lo:hi]
+    del normalised
+    for channel, name in enumerate(spec.sequences[1:], start=1):
         other = _to_network_stack(volumes[name], spec, name)
-        on_grid = resample_to_reference(other, resized)
-        stacks.append(normalize_minmax(on_grid.array, axis=(1, 2)))
-    array = np.stack([take_window(s, first, spec.depth) for s in stacks]).astype(np.float32)
+        if hi > lo:
+            on_grid = resample_to_geometry(other, resized.geometry, (*resized.array.shape[:0:-1], hi)).array
+            normalize_minmax(on_grid[lo:hi], axis=(1, 2), out=array[channel, inside])
     return Prepared(array, network_grid(resized.geometry, first), reference, middle, first, last,
-                    int(resized.array.shape[0]), area, centred_on)
+                    n_slices, area, centred_on)

@@ -1699,7 +1699,7 @@ def _voi_header(source: pydicom.Dataset | DicomSeries | str | os.PathLike) -> py
 
 
 def apply_voi(array: np.ndarray, source: pydicom.Dataset | DicomSeries | str | os.PathLike, index: int = 0,
-              *, prefer_lut: bool = True) -> np.ndarray:
+              *, prefer_lut: bool = True, dtype: type | np.dtype | None = None) -> np.ndarray:
     """Apply the VOI LUT (VOI LUT Sequence, else window ``index``) of ``source`` to values read by MedDL.
 
     ``array`` holds Modality LUT output as :func:`read_series` returns it; the result is what the file says
@@ -1707,18 +1707,39 @@ def apply_voi(array: np.ndarray, source: pydicom.Dataset | DicomSeries | str | o
     VOI LUT Sequence, the Modality LUT output range for a window). For an inverted MONOCHROME1 series the
     inversion is undone before the VOI and redone after it. Uses :func:`pydicom.pixels.apply_voi_lut`.
 
+    An 8- or 16-bit integer array with more voxels than its type has values goes through a table: the VOI of
+    every value of the type, then one lookup per voxel (the same numbers as the VOI of each voxel, without the
+    float64 arithmetic over the whole array).
+
     Args:
         array: values (any shape) in the series' output units.
         source: a pydicom Dataset, a :class:`DicomSeries` (its first file) or a file path.
         index: which window when there are several.
         prefer_lut: use the VOI LUT Sequence when both it and a window are present.
+        dtype: type of the result (e.g. ``np.float32``, each value cast from the VOI's output); None keeps the
+            VOI's own (float64 for a window, the LUT's unsigned type for a VOI LUT Sequence, ``array``'s when
+            the header has no VOI).
     """
     ds = _voi_header(source)
+    values = np.asarray(array)
+    kind = values.dtype
+    if kind.kind in "iu" and kind.itemsize <= 2 and kind.isnative and values.size > 2 ** (8 * kind.itemsize):
+        unsigned = np.dtype(f"u{kind.itemsize}")
+        every = np.arange(2 ** (8 * kind.itemsize), dtype=unsigned).view(kind)  # every value of the type
+        table = _voi_of_values(every, ds, index, prefer_lut)
+        if table is not every:  # a header without VOI returns its input: nothing to look up
+            return np.asarray(table, dtype=dtype)[values.view(unsigned)]
+    shown = _voi_of_values(values, ds, index, prefer_lut)
+    return shown if dtype is None else shown.astype(dtype, copy=False)
+
+
+def _voi_of_values(values: np.ndarray, ds: pydicom.Dataset, index: int, prefer_lut: bool) -> np.ndarray:
+    """:func:`apply_voi` of the header ``ds`` applied to each of ``values`` (elementwise)."""
     total = _inversion_total(ds)
     if total is None:
-        return apply_voi_lut(array, ds, index=index, prefer_lut=prefer_lut)
-    restored = total - np.asarray(array)
-    if np.issubdtype(np.asarray(array).dtype, np.integer):
+        return apply_voi_lut(values, ds, index=index, prefer_lut=prefer_lut)
+    restored = total - values
+    if np.issubdtype(values.dtype, np.integer):
         restored = restored.astype(np.int64)
     shown = apply_voi_lut(restored, ds, index=index, prefer_lut=prefer_lut)
     if ds.get("VOILUTSequence") and (prefer_lut or "WindowCenter" not in ds):

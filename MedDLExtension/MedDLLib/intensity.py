@@ -62,15 +62,23 @@ def clip_and_scale(array: np.ndarray, low: float, high: float) -> np.ndarray:
     return ((np.clip(np.asarray(array, dtype=np.float32), low, high) - low) / (high - low)).astype(np.float32)
 
 
-def normalize_minmax(array: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray:
+def normalize_minmax(array: np.ndarray, axis: int | tuple[int, ...] | None = None, *,
+                     out: np.ndarray | None = None) -> np.ndarray:
     """Scale to [0, 1] by the min and max over ``axis`` (all of it by default; e.g. ``(-2, -1)`` per slice).
 
-    A constant array (or slice) maps to 0.
+    A constant array (or slice, or one with NaN) maps to 0. ``out``: a float32 array of ``array``'s shape (not
+    ``array`` itself) to write the result into, e.g. a part of a batch; returned. In float32 throughout, one
+    result array and no other full-size temporary.
     """
     a = np.asarray(array, dtype=np.float32)
     lo = a.min(axis=axis, keepdims=True)
     span = a.max(axis=axis, keepdims=True) - lo
-    return np.where(span > 0, (a - lo) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+    varying = span > 0
+    scaled = np.subtract(a, lo, out=out)
+    np.divide(scaled, np.where(varying, span, np.float32(1.0)), out=scaled)
+    if not varying.all():
+        np.copyto(scaled, np.float32(0.0), where=~varying)
+    return scaled
 
 
 def normalize_percentile(
