@@ -7,6 +7,7 @@ and torch takes over when the runtime packages are missing. Speed is measured by
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -128,7 +129,7 @@ def test_glioma_probabilities_agree_with_torch(glioma, monkeypatch):
 def test_glioma_evidence_forward_agrees_with_torch_prediction_and_gradcam(glioma, monkeypatch):
     """One runtime forward of the evidence map gives the probability and the Grad-CAM of the two torch passes."""
     from GliomaClassifierLib.dataset import read_case, scan_dataset
-    from GliomaClassifierLib.model import predict_with_evidence
+    from GliomaClassifierLib.evidence import predict_with_evidence
     from GliomaClassifierLib.preprocess import InputSpec, prepare
     from MedDLLib.gradcam import compute_gradcam
 
@@ -148,6 +149,56 @@ def test_glioma_evidence_forward_agrees_with_torch_prediction_and_gradcam(glioma
         if backend != "auto":
             assert runtime.runner_for(network, forward="evidence_map").backend == backend
     assert list((glioma / "model" / "runtime").glob("evidence_map-*.onnx"))
+
+
+def _infer_in_a_child(task: str, study, model, out, backend: str) -> bool:
+    """``meddl infer`` in a fresh process on ``backend``; returns whether that process imported torch."""
+    import os
+    import subprocess
+
+    flag = out.parent / f"{out.name}.torch"
+    code = ("import atexit, os, runpy, sys; atexit.register(lambda: open(os.environ['TORCH_FLAG'], 'w').write("
+            "str('torch' in sys.modules))); sys.argv[0] = 'meddl'; runpy.run_module('MedDLLib.cli', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code, "infer", task, "--input", str(study), "--model", str(model),
+                           "--output", str(out), "--force-cpu"],
+                          env={**os.environ, runtime.ENV: backend, "TORCH_FLAG": str(flag)}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return flag.read_text() == "True"
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_a_later_glioma_infer_runs_on_the_export_without_torch(glioma, tmp_path, backend):
+    """The first run exports and records the choice (torch needed); the next one loads neither the weights nor
+    torch, and gives the same probability and heatmap."""
+    import SimpleITK as sitk
+
+    from GliomaClassifierLib.dataset import scan_dataset
+
+    study = next(iter(scan_dataset(glioma / "data").cases[0].folders.values())).parent
+    model = tmp_path / "model"
+    shutil.copytree(glioma / "model", model, ignore=shutil.ignore_patterns("runtime"))
+    assert _infer_in_a_child("glioma", study, model, tmp_path / "first", backend)
+    assert not _infer_in_a_child("glioma", study, model, tmp_path / "second", backend)
+    first, second = (json.loads((tmp_path / run / "result.json").read_text()) for run in ("first", "second"))
+    assert abs(first["probability"] - second["probability"]) <= 1e-3
+    maps = [sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / run / "heatmap.nrrd"))) for run in ("first", "second")]
+    assert maps[0].max() > 0 and np.abs(maps[0] - maps[1]).max() <= 0.02
+
+
+def test_a_later_lgg_infer_runs_on_the_export_without_torch(lgg, tmp_path):
+    import SimpleITK as sitk
+
+    from LGGSegmenterLib import dataset
+
+    study = dataset.scan_dataset(lgg / "test")[0].folder
+    model = tmp_path / "model"
+    shutil.copytree(lgg / "model", model, ignore=shutil.ignore_patterns("runtime"))
+    assert _infer_in_a_child("lgg", study, model, tmp_path / "first", "openvino")
+    assert not _infer_in_a_child("lgg", study, model, tmp_path / "second", "openvino")
+    masks = [sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / run / "tumour_label.nrrd"))) > 0
+             for run in ("first", "second")]
+    assert masks[0].any() and runtime.dice(masks[0], masks[1]) >= 0.995
 
 
 @pytest.fixture(scope="module")

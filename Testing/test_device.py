@@ -90,3 +90,31 @@ def test_describe_device():
         assert "GiB" in describe_device("cuda:0")
     else:  # without a driver the description still works
         assert describe_device("cuda:0") == "cuda:0"
+
+
+def test_inference_device_is_the_cpu_without_importing_torch():
+    """``meddl infer`` on the CPU (forced, requested, or no GPU driver) does not import torch to say so; the
+    thread count it reports is torch's own."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from MedDLLib import device as d; d.gpu_driver_present = lambda: False; "
+            "chosen = [d.select_inference_device(r, f) for r, f in ((None, True), ('cpu', False), ('auto', False), "
+            "('cuda', True))]; threads = d.cpu_threads(); assert 'torch' not in sys.modules, 'torch imported'; "
+            "import torch; print(chosen, threads, torch.get_num_threads())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    chosen, threads, torch_threads = done.stdout.rsplit("]", 1)[0] + "]", *done.stdout.rsplit("]", 1)[1].split()
+    assert chosen == "['cpu', 'cpu', 'cpu', 'cpu']" and threads == torch_threads
+    assert "MedDL device: cpu" in done.stderr and "no GPU driver" in done.stderr
+
+
+def test_inference_device_asks_torch_where_a_gpu_may_be(monkeypatch):
+    from MedDLLib.device import select_inference_device
+
+    _fake_gpus(monkeypatch, 1)
+    monkeypatch.setattr(device_mod, "gpu_driver_present", lambda: True)
+    assert select_inference_device() == torch.device("cuda", 0)
+    assert select_inference_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(InputError, match="unknown device"):
+        select_inference_device("tpu")

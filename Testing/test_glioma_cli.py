@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from bad_files import UNREADABLE_KINDS, unreadable_volume_file
 from GliomaClassifierLib import dataset, model, preprocess
+from GliomaClassifierLib.card import model_card
 
 
 def _meddl(*args: str) -> subprocess.CompletedProcess:
@@ -112,7 +113,7 @@ def test_train_writes_a_package_with_its_card(phantoms, tmp_path):
     metadata = json.loads((out / "configs" / "metadata.json").read_text())
     assert metadata["task"] == "glioma" and metadata["input"]["channels"] == ["T1wCE", "FLAIR"]
     assert metadata["network"]["args"]["conv1_t_stride"] == 2 and metadata["input"]["reorient"] is True
-    card = model.model_card(metadata)
+    card = model_card(metadata)
     assert "Trained on synthetic data" in card and "close to chance" in card
     assert metadata["network"]["name"] == model.EVIDENCE_NETWORK and metadata["output"]["gradcam_layer"] == "evidence"
     assert "Grad-CAM at evidence: where the network found evidence of methylation" in card

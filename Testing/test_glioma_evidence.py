@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from GliomaClassifierLib.model import EvidenceResNet10, predict_with_evidence
+from GliomaClassifierLib.evidence import predict_with_evidence
+from GliomaClassifierLib.model import EvidenceResNet10
 from MedDLLib.gradcam import cam_maps, compute_gradcam
 
 

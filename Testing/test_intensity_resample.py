@@ -87,3 +87,39 @@ def test_resample_rejects_bad_targets():
         resample(vol)
     with pytest.raises(InputError):
         resample(vol, spacing_mm=(1, 0, 1))
+
+
+# ---------------------------------------------------------------------------------------------- torch-free resizing
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("shape, size", [((3, 2, 17, 23), (64, 64)), ((2, 100, 100), (33, 67)), ((1, 7, 7), (7, 9)),
+                                         ((2, 64, 64), (256, 200)), ((2, 512, 512), (256, 256)), ((4, 30, 31), (31, 30))])
+def test_resize_slices_gives_torchs_interpolate_without_torch(shape, size, mode):
+    """Up and down, odd ratios: the values of ``F.interpolate`` (a few float32 rounding steps at most)."""
+    import torch
+    import torch.nn.functional as F
+
+    from MedDLLib.resample import resize_slices
+
+    array = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    expected = F.interpolate(torch.from_numpy(array.reshape(-1, 1, *shape[-2:])), size=size, mode=mode,
+                             **kwargs).numpy().reshape(*shape[:-2], *size)
+    got = resize_slices(array, size, mode)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert np.abs(got - expected).max() <= (1e-6 if mode == "bilinear" else 0.0)
+
+
+@pytest.mark.parametrize("cells, spatial", [((2, 1, 4, 16, 16), (64, 256, 256)), ((1, 1, 5, 9, 13), (37, 101, 77)),
+                                            ((3, 1, 5, 7), (40, 33)), ((1, 1, 9), (20,)), ((1, 1, 4, 4, 4), (2, 3, 9))])
+def test_cam_maps_upsample_as_torchs_linear_modes(cells, spatial):
+    import torch
+    import torch.nn.functional as F
+
+    from MedDLLib.gradcam import cam_maps
+
+    cam = np.random.default_rng(1).normal(size=cells).astype(np.float32)
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
+    expected = F.interpolate(F.relu(torch.from_numpy(cam)), size=spatial, mode=mode, align_corners=False)[:, 0].numpy()
+    got = cam_maps(cam, spatial)
+    assert got.dtype == np.float32 and np.abs(got - expected / expected.max()).max() <= 1e-6
+    assert not cam_maps(-np.abs(cam), spatial).any()  # no positive cell: all zeros

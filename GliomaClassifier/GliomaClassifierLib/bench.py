@@ -193,7 +193,7 @@ def bench_cold_and_runtime(size: int = 256, depth: int = 64, *, runs: int = 3, r
        recipe's :class:`~GliomaClassifierLib.model.EvidenceResNet10` (full width, four sequences as channels,
        seeded random weights), torch eager and the chosen runtime alternately (:func:`MedDLLib.bench.end_to_end_rows`).
     2. That network's prediction forward as ``infer`` runs it (:meth:`EvidenceResNet10.evidence_map`: the
-       probability and Grad-CAM both come from it, :func:`~GliomaClassifierLib.model.predict_with_evidence`) on the
+       probability and Grad-CAM both come from it, :func:`~GliomaClassifierLib.evidence.predict_with_evidence`) on the
        study's prepared input ``(1, 4, depth, size, size)``, torch eager fp32 against the runtime
        :mod:`MedDLLib.runtime` chooses, same weights and input, alternating (:func:`MedDLLib.bench.runtime_rows`);
        agreement as the largest probability and Grad-CAM map differences; achieved GFLOP/s of
@@ -209,7 +209,8 @@ def bench_cold_and_runtime(size: int = 256, depth: int = 64, *, runs: int = 3, r
     from MedDLLib.models import load_package
 
     from .dataset import SEQUENCES, read_case, scan_dataset
-    from .model import evidence_agree, evidence_differences, recipe, untrained_package
+    from .evidence import evidence_agree, evidence_differences
+    from .model import recipe, untrained_package
     from .phantom import write_dataset
     from .preprocess import prepare
 

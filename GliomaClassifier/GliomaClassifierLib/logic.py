@@ -18,7 +18,7 @@ needs T1wCE, T1w, T2w and FLAIR) the tumour regions (whole tumour, tumour core, 
 are a segmentation output (``tumour.seg.nrrd``, a DICOM SEG of the three whole regions for a DICOM input) and the
 classifier's window is centred on the segmented tumour (:func:`GliomaClassifierLib.tumour.window_centre_slice`).
 
-Every result carries the model card (:func:`GliomaClassifierLib.model.model_card`): the task is research-grade
+Every result carries the model card (:func:`GliomaClassifierLib.card.model_card`): the task is research-grade
 and near chance on real external data.
 """
 
@@ -167,20 +167,18 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
     Raises:
         InputError: a sequence the model needs is missing, or a volume is not a usable MR series.
     """
-    import torch
-
-    from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
-
-    from .model import TASK, EvidenceResNet10, model_card, predict_arrays, predict_with_evidence
-    from .preprocess import InputSpec, prepare, voi_source
-
+    from MedDLLib.gradcam import heatmap_to_reference
     from MedDLLib.pipeline import checkpoints, ensure_loaded
+
+    from .card import model_card
+    from .evidence import EVIDENCE_NETWORK, evidence_agree, predict_with_evidence, sharpness_of
+    from .preprocess import InputSpec, prepare, voi_source
 
     options = options or GliomaOptions()
     checkpoint = checkpoints(progress, cancel)
     checkpoint(0.02, "loading the model")
-    loaded = ensure_loaded(model, options.device, lambda m, device: models.load_task_model(m, TASK, device))
-    network, package = loaded.network, loaded.package
+    loaded = ensure_loaded(model, options.device, _load_network)
+    package = loaded.package
     spec = InputSpec.from_metadata(package.metadata["input"])
     if isinstance(volumes, Volume):
         volumes = {spec.sequences[0]: volumes}
@@ -205,17 +203,27 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
     checkpoint(0.4, "classifying")
     layer = package.metadata["output"].get("gradcam_layer") or "layer2"
     maps = None
-    if isinstance(network, EvidenceResNet10) and layer == "evidence":  # one forward: probability and Grad-CAM
-        probabilities, maps = predict_with_evidence(network, prepared.array[None], package, maps=options.gradcam)
+    if package.metadata["network"]["name"] == EVIDENCE_NETWORK and layer == "evidence":
+        # one forward: probability and Grad-CAM (on a recorded runtime export: no torch, no network built)
+        sharpness = sharpness_of(package.metadata)
+        run = loaded.runner("evidence_map", agree=evidence_agree(sharpness))
+        probabilities, maps = predict_with_evidence(run, prepared.array[None], sharpness=sharpness,
+                                                    maps=options.gradcam)
         probability = float(probabilities[0])
     else:
-        probability = float(predict_arrays(network, prepared.array[None], options.device)[0])
+        from .model import predict_arrays
+
+        probability = float(predict_arrays(loaded.network, prepared.array[None], options.device)[0])
     heat = None
     if options.gradcam:
         checkpoint(0.55, "Grad-CAM")
         if maps is None:
+            import torch
+
+            from MedDLLib.gradcam import compute_gradcam
+
             x = torch.from_numpy(prepared.array[None]).to(options.device)
-            maps = compute_gradcam(network, x, layer, class_index=0)  # the methylated logit, whatever the call
+            maps = compute_gradcam(loaded.network, x, layer, class_index=0)  # the methylated logit, always
         heat = heatmap_to_reference(maps[0], prepared.grid, prepared.reference)
     window = {"first": prepared.first, "last": prepared.last, "centre": prepared.centre,
               "depth": spec.depth, "n_slices": prepared.n_slices, "centred_on": prepared.centred_on,
@@ -223,6 +231,13 @@ def compute(volumes: Mapping[str, Volume] | Volume, model: Any, options: GliomaO
     checkpoint(1.0, "done")
     return GliomaResult(probability, options.threshold, package.name, str(package.metadata.get("recipe", "")),
                         list(spec.sequences), model_card(package.metadata), window, heat, warnings, regions)
+
+
+def _load_network(model: Any, device: Any) -> tuple[Any, Any]:
+    """``(network, package)`` of a glioma model given as a folder, cached name or package."""
+    from .model import TASK
+
+    return models.load_task_model(model, TASK, device)
 
 
 def on_reference(regions: Any, reference: Volume) -> Any:

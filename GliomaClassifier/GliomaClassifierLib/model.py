@@ -28,7 +28,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,7 +40,9 @@ from torch import nn
 from MedDLLib import models
 from MedDLLib.errors import InputError
 
+from .card import CAVEAT, model_card
 from .dataset import Case, read_case
+from .evidence import EVIDENCE_NETWORK, SHARPNESS
 from .preprocess import InputSpec, prepare
 
 TASK = "glioma"
@@ -49,15 +50,6 @@ VERSION = "1.1.0"
 LABELS = ["MGMT_methylated"]
 #: The seed recipe's network (MONAI's, unchanged) and the improved recipe's (:class:`EvidenceResNet10`).
 NETWORK = "monai.networks.nets.resnet10"
-EVIDENCE_NETWORK = "glioma.evidence_resnet10"
-#: Measured share of the improved model's heatmap mass on the lesion of methylated phantoms (model card text;
-#: ``Testing/test_glioma_model.py`` checks it).
-HEATMAP_LESION_MASS = "about 60 %"
-
-#: The caveat every result carries (the model card's first line).
-CAVEAT = ("Research use only, not for clinical decisions. MGMT status from MRI is close to chance on external "
-          "data: the RSNA-MICCAI 2021 winner scored AUROC 0.62 (private leaderboard) and 0.56 on an external "
-          "cohort (Kim et al. 2022); most of 420 models were not better than chance.")
 
 
 # ---------------------------------------------------------------------------------------------- networks
@@ -82,7 +74,7 @@ class EvidenceResNet10(nn.Module):
     """
 
     def __init__(self, n_input_channels: int = 1, conv1_t_stride: int = 2, output_stride: int = 16,
-                 widen_factor: float = 1.0, sharpness: float = 10.0) -> None:
+                 widen_factor: float = 1.0, sharpness: float = SHARPNESS) -> None:
         super().__init__()
         from MedDLLib.models.nets import resnet10  # MONAI's resnet10, mirrored in pure torch (same state dict)
 
@@ -347,63 +339,6 @@ def predict_arrays(network: nn.Module, arrays: Sequence[np.ndarray] | np.ndarray
     return torch.sigmoid(torch.from_numpy(np.concatenate(logits))).numpy().ravel().astype(np.float64)
 
 
-def predict_with_evidence(network: EvidenceResNet10, x: np.ndarray, package: models.ModelPackage | None = None,
-                          *, maps: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Probabilities ``(N,)`` of methylation and Grad-CAM maps ``(N, D, H, W)`` (None unless ``maps``) of inputs
-    ``x (N, C, D, H, W)``
-    from ONE forward of :meth:`EvidenceResNet10.evidence_map` (on the runtime :func:`MedDLLib.runtime.runner_for`
-    chooses for that method; torch when none agrees), no backward.
-
-    Exact, not an approximation: the study logit is the log-sum-exp pool of the map (what ``forward`` computes),
-    and Grad-CAM at ``evidence`` (one channel; the pool's gradient is a softmax, positive and summing to 1, so
-    the channel weight is 1/cells) is the positive part of the map, upsampled and normalised
-    (:func:`MedDLLib.gradcam.cam_maps`); ``Testing/test_glioma_evidence.py`` checks both against ``forward`` and
-    :func:`MedDLLib.gradcam.compute_gradcam`.
-    """
-    from MedDLLib import runtime
-    from MedDLLib.gradcam import cam_maps
-
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    run = runtime.runner_for(network, package, agree=evidence_agree(network.sharpness), forward="evidence_map")
-    cells = run(x)  # (N, 1, d, h, w) logits per cell
-    return evidence_probabilities(cells, network.sharpness), cam_maps(cells, x.shape[2:]) if maps else None
-
-
-def evidence_probabilities(cells: np.ndarray, sharpness: float) -> np.ndarray:
-    """``EvidenceResNet10``'s study probabilities ``(N,)`` float64 from its evidence maps ``(N, 1, d, h, w)``:
-    the sigmoid of their log-sum-exp pool."""
-    m = cells.reshape(len(cells), -1).astype(np.float64) * sharpness
-    top = m.max(axis=1)
-    logits = (top + np.log(np.exp(m - top[:, None]).sum(axis=1))) / sharpness
-    return 1.0 / (1.0 + np.exp(-logits))
-
-
-def evidence_differences(reference: np.ndarray, candidate: np.ndarray, sharpness: float,
-                         spatial: Sequence[int] | None = None) -> dict[str, float]:
-    """How far two evidence maps ``(N, 1, d, h, w)`` lead apart: ``max_probability_difference`` of the study
-    probabilities and ``max_map_difference`` of the Grad-CAM maps (positive part, normalised; upsampled to
-    ``spatial``, default the cell grid)."""
-    from MedDLLib.gradcam import cam_maps
-
-    size = tuple(spatial) if spatial is not None else reference.shape[2:]
-    p_ref, p_got = (evidence_probabilities(c, sharpness) for c in (reference, candidate))
-    maps = np.abs(cam_maps(reference, size) - cam_maps(candidate, size))
-    return {"max_probability_difference": float(np.abs(p_ref - p_got).max()),
-            "max_map_difference": float(maps.max(initial=0.0))}
-
-
-def evidence_agree(sharpness: float) -> Any:
-    """Agreement of an evidence-map runtime with torch fp32: study probabilities within 1e-3 and maps (positive
-    part, normalised, on the cell grid) within :data:`MedDLLib.gradcam.BF16_MAP_TOLERANCE`."""
-    from MedDLLib.gradcam import BF16_MAP_TOLERANCE
-
-    def agree(reference: np.ndarray, candidate: np.ndarray) -> bool:
-        d = evidence_differences(reference, candidate, sharpness)
-        return d["max_probability_difference"] <= 1e-3 and d["max_map_difference"] <= BF16_MAP_TOLERANCE
-
-    return agree
-
-
 def predict_cases(model: str | Path | models.ModelPackage, cases: Sequence[Case], *, device: Any = "cpu",
                   cache_dir: str | Path | None = None) -> np.ndarray:
     """Probabilities ``(N,)`` of the cases, preprocessed as the model's input spec says."""
@@ -516,38 +451,6 @@ def cross_validate(cases: Sequence[Case], workdir: str | Path, recipe_name: str 
                    else 0.0, auroc_per_seed=per_seed)
     metrics["ci_contains_chance"] = bool(metrics["auroc_ci_low"] <= 0.5 <= metrics["auroc_ci_high"])
     return metrics
-
-
-# ---------------------------------------------------------------------------------------------- model card
-def model_card(metadata: dict[str, Any]) -> str:
-    """A short text: what the model is, what it was trained on, its measured AUROC with CI, and the caveat."""
-    td = metadata.get("training_data") or {}
-    inp = metadata.get("input") or {}
-    lines = [f"GliomaClassifier {metadata.get('recipe', '?')} model v{metadata.get('version', '?')}: probability of "
-             f"MGMT promoter methylation from {', '.join(inp.get('channels') or [])} "
-             f"({inp.get('depth', '?')} x {inp.get('size', '?')} x {inp.get('size', '?')}, "
-             f"{inp.get('orientation', '')}).",
-             f"Trained on {td.get('kind', '?')} data: {td.get('description', '')}."]
-    auroc = (metadata.get("metrics") or {}).get("auroc")
-    if isinstance(auroc, dict) and auroc.get("value") is not None:
-        ci = auroc.get("ci95") or [math.nan, math.nan]
-        lines.append(f"Measured AUROC {auroc['value']:.2f} (95 % CI {ci[0]:.2f}-{ci[1]:.2f}; {auroc.get('how', '')}).")
-    else:
-        lines.append("No measured AUROC recorded for this model.")
-    if td.get("kind") == "synthetic":
-        lines.append("Trained on synthetic phantoms: its numbers say nothing about real patients.")
-    layer = (metadata.get("output") or {}).get("gradcam_layer") or "layer2"
-    if (metadata.get("network") or {}).get("name") == EVIDENCE_NETWORK:
-        stride = (metadata["network"].get("args") or {}).get("output_stride", "?")
-        lines.append(f"The heatmap (Grad-CAM at {layer}: where the network found evidence of methylation, in cells "
-                     f"of {stride} pixels; empty when it found none) is not the tumour's outline: on phantoms "
-                     f"{HEATMAP_LESION_MASS} of its mass lies on the tumour and its oedema, most of the rest in the "
-                     "brain beside it.")
-    else:
-        lines.append(f"The heatmap (Grad-CAM at {layer}) shows where the network looked, not the tumour's outline: "
-                     "on phantoms only 2-5 % of its mass falls on the tumour.")
-    lines.append(CAVEAT)
-    return " ".join(lines)
 
 
 def untrained_package(out: str | Path, recipe_name: str = "improved", *, size: int = 32, depth: int = 16,

@@ -205,7 +205,7 @@ def model_caveat(model: str | os.PathLike | None) -> str:
         except MedDLError:
             metadata = None
     try:
-        from .model import CAVEAT, model_card
+        from .card import CAVEAT, model_card
     except ImportError:  # torch not installed yet: the package's own caveat text
         output = (metadata or {}).get("output") or {}
         return str(output.get("caveat") or "Research use only. MGMT status from MRI is close to chance on "

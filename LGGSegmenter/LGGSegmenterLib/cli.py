@@ -107,8 +107,8 @@ class LGGTask(PipelineTask):
         from .logic import compute, stack_channels, to_computed
 
         image, geometry = stack_channels(inputs.volumes)
-        result = compute(image, geometry, package.network, package.metadata, options, progress, cancel,
-                         package.device)
+        network = package.network if options.gradcam else package.runner()  # no torch on a recorded export
+        result = compute(image, geometry, network, package.metadata, options, progress, cancel, package.device)
         return to_computed(result, package.metadata, package.name)
 
     def bench(self, args: argparse.Namespace) -> dict[str, Any]:

@@ -127,6 +127,9 @@ def compute(image: np.ndarray, geometry: Geometry, network: Any, metadata: dict[
             cancel: Callable[[], bool] | None = None, device: Any = "cpu") -> LGGResult:
     """Segment ``image (K, C, J, I)`` on ``geometry`` and compute the tumour features (arrays only, no MRML).
 
+    ``network``: the torch network, or the :class:`MedDLLib.runtime.Runner` of its package (without Grad-CAM,
+    a recorded runtime export then runs without torch).
+
     ``progress(fraction, message)``: the network takes the fractions up to 0.6 (with Grad-CAM) or 0.9.
     """
     options = options or LGGOptions()
@@ -140,6 +143,7 @@ def compute(image: np.ndarray, geometry: Geometry, network: Any, metadata: dict[
         import torch
 
         from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
+        from MedDLLib.runtime import torch_network
 
         from .preprocess import network_grid_geometry
 
@@ -147,7 +151,7 @@ def compute(image: np.ndarray, geometry: Geometry, network: Any, metadata: dict[
         if layer is None:
             raise InputError(f"no Grad-CAM layer known for network {metadata['network']['name']!r}")
         inputs = torch.from_numpy(seg.prepared.x).to(device)
-        maps = compute_gradcam(TumourScore(network), inputs, layer, class_index=0)
+        maps = compute_gradcam(TumourScore(torch_network(network)), inputs, layer, class_index=0)
         grid = network_grid_geometry(geometry, seg.prepared.crop)
         reference = Volume(np.zeros(seg.mask.shape, np.float32), geometry, {})
         heat = heatmap_to_reference(maps, grid, reference)

@@ -122,13 +122,13 @@ def predict_probabilities(network: Any, x: np.ndarray, device: Any = "cpu", batc
 
     The forward runs on the runtime :func:`MedDLLib.runtime.runner_for` chooses for ``network`` and ``package``
     (masks at ``threshold`` with Dice >= 0.995 against torch fp32; torch when no package is known or no runtime
-    agrees). The last batch is padded to ``batch_size`` so every batch has one shape (one compiled graph).
+    agrees); ``network`` may be that :class:`MedDLLib.runtime.Runner` itself (e.g.
+    :meth:`MedDLLib.pipeline.LoadedModel.runner`: a recorded export runs without torch). The last batch is padded
+    to ``batch_size`` so every batch has one shape (one compiled graph).
 
     Raises:
         Cancelled: ``cancel()`` became true.
     """
-    import torch
-
     from MedDLLib import runtime
 
     run = runtime.runner_for(network, package, agree=runtime.masks_agree(threshold))
@@ -140,7 +140,7 @@ def predict_probabilities(network: Any, x: np.ndarray, device: Any = "cpu", batc
         n = len(batch)
         if n < batch_size and len(x) > batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], np.float32)])
-        out.append(torch.sigmoid(torch.from_numpy(run(batch)[:n, 0])).numpy())
+        out.append(runtime.sigmoid(run(batch)[:n, 0]))
         if progress is not None:
             done = min(len(x), start + n)
             progress(done / len(x), f"segmented {done} of {len(x)} slices")

@@ -16,8 +16,10 @@ stderr.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import InputError
@@ -76,6 +78,77 @@ def select_device(requested: str | None = None, force_cpu: bool = False) -> "tor
 
     _announce(f"MedDL device: {describe_device(device)} [{reason}]")
     return device
+
+
+def select_inference_device(requested: str | None = None, force_cpu: bool = False) -> "torch.device | str":
+    """The device of a prediction (``meddl infer``, ``batch``): :func:`select_device`'s choice, but ``"cpu"`` (a
+    string every torch call takes) without importing torch when the choice is the CPU whatever torch would say:
+    ``force_cpu``, ``"cpu"`` requested, or ``"auto"`` on a machine with no GPU driver (:func:`gpu_driver_present`).
+    A prediction that then runs on a recorded runtime export never imports torch (about 1 s on a laptop CPU).
+
+    Raises:
+        InputError: as :func:`select_device`.
+    """
+    text = "auto" if requested is None else str(requested).strip().lower()
+    if text not in ("auto", "cpu") and _CUDA_RE.match(text) is None:
+        raise InputError(f"unknown device {requested!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if force_cpu:
+        reason = "CPU forced" + (f" (overrides the requested {text!r})" if text not in ("auto", "cpu") else "")
+    elif text == "cpu":
+        reason = "CPU requested"
+    elif text == "auto" and "torch" not in sys.modules and not gpu_driver_present():
+        reason = "no CUDA GPU found (no GPU driver on this machine)"
+    else:
+        return select_device(requested, force_cpu)
+    _announce(f"MedDL device: cpu ({cpu_threads()} threads) [{reason}]")
+    return "cpu"
+
+
+def gpu_driver_present() -> bool:
+    """Whether this machine may have a GPU torch could use: True unless it is Linux without an NVIDIA driver
+    (``/proc/driver/nvidia``) and without ROCm's ``/dev/kfd``, or macOS (no CUDA). Elsewhere (Windows) True:
+    only torch can tell."""
+    if sys.platform == "darwin":
+        return False
+    if sys.platform.startswith("linux"):
+        return Path("/proc/driver/nvidia").exists() or Path("/dev/kfd").exists()
+    return True
+
+
+def cpu_threads() -> int:
+    """The threads torch's CPU kernels use (``torch.get_num_threads()``), known without importing torch:
+    ``$OMP_NUM_THREADS`` (or ``$MKL_NUM_THREADS``) when set, else the physical cores this process may run on (what
+    torch takes by default). The forward runtimes (:mod:`MedDLLib.runtime`) use as many."""
+    if "torch" in sys.modules:
+        return max(1, sys.modules["torch"].get_num_threads())
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(name, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return physical_cores()
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (Linux: from ``/proc/cpuinfo``; elsewhere
+    ``os.cpu_count()``)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        allowed = None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return max(1, len(allowed) if allowed else (os.cpu_count() or 1))
+    cores, fields = set(), {}
+    for line in text.splitlines() + [""]:
+        if not line.strip():
+            if "processor" in fields and (allowed is None or int(fields["processor"]) in allowed):
+                cores.add((fields.get("physical id", "0"), fields.get("core id", fields["processor"])))
+            fields = {}
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    return max(1, len(cores) or (len(allowed) if allowed else (os.cpu_count() or 1)))
 
 
 def describe_device(device: "torch.device | str") -> str:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .geometry import Geometry, Volume
-from .resample import covering_box, resample_to_geometry
+from .resample import covering_box, resample_to_geometry, resize_axis
 
 Method = Literal["gradcam", "gradcam++"]
 
@@ -162,14 +162,16 @@ def cam_maps(cam: Any, spatial: tuple[int, ...]) -> np.ndarray:
     Returns:
         float32 ``(B, *spatial)`` in [0, 1] (all zeros when no cell is positive).
     """
-    import torch
-    import torch.nn.functional as F
-
-    cam = F.relu(torch.as_tensor(cam).float())
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
-    maps = F.interpolate(cam, size=tuple(spatial), mode=mode, align_corners=False)[:, 0].contiguous().cpu().numpy()
+    if not isinstance(cam, np.ndarray):  # a torch tensor
+        cam = cam.detach().float().cpu().numpy()
+    maps = np.maximum(np.asarray(cam, dtype=np.float32)[:, 0], np.float32(0.0))
+    for axis in range(len(spatial), 0, -1):  # the last axis first, as torch's (bi/tri)linear
+        maps = resize_axis(maps, axis, int(spatial[axis - 1]))
     peak = float(maps.max(initial=0.0))
-    return (maps / peak).astype(np.float32) if peak > 0 else np.zeros_like(maps, dtype=np.float32)
+    if not peak > 0:
+        return np.zeros(maps.shape, dtype=np.float32)
+    maps /= np.float32(peak)
+    return maps
 
 
 def heatmap_to_reference(heatmap: np.ndarray, network_grid: Geometry, reference: Volume) -> Volume:

@@ -82,18 +82,51 @@ class TaskOptions:
     device: Any = None
 
 
-@dataclasses.dataclass
 class LoadedModel:
-    """A verified model package and its network (built once, eval mode) on ``device``."""
+    """A verified model package and its network (built once, eval mode) on ``device``.
 
-    package: Any  # MedDLLib.models.ModelPackage
-    network: Any  # torch.nn.Module
-    device: Any = "cpu"
+    Given no network, it builds it on first use of :attr:`network`; :meth:`runner` runs a prediction on the
+    package's recorded runtime export (:mod:`MedDLLib.runtime`) without building it, or importing torch.
+    """
 
-    def __post_init__(self) -> None:
+    def __init__(self, package: Any, network: Any = None, device: Any = "cpu") -> None:
+        self.package = package  # MedDLLib.models.ModelPackage
+        self.device = device
+        self._network = None
+        self._runners: dict[str, Any] = {}  # forward -> MedDLLib.runtime.Runner
+        if network is not None:
+            self._set_network(network)
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.name!r}, device={str(self.device)!r}, built={self._network is not None})"
+
+    @property
+    def network(self) -> Any:
+        """The torch network (eval mode, on :attr:`device`), built now when it was not yet."""
+        if self._network is None:
+            self._set_network(self.package.network(self.device))
+        return self._network
+
+    @property
+    def built(self) -> bool:
+        """Whether the torch network exists (False while predictions ran on a runtime export only)."""
+        return self._network is not None
+
+    def _set_network(self, network: Any) -> None:
         from . import runtime
 
-        runtime.attach(self.network, self.package)  # predict functions then run on the package's runtime export
+        self._network = network
+        runtime.share_runners(network, self.package, self._runners)  # predict functions find the runtime export
+
+    def runner(self, forward: str = "forward", agree: Any = None) -> Any:
+        """The :class:`MedDLLib.runtime.Runner` of the network's ``forward`` (a method name, e.g.
+        ``"evidence_map"``): the network is built only if the runtime needs torch."""
+        from . import runtime
+
+        if self._network is not None or str(self.device) != "cpu":
+            return runtime.runner_for(self.network, self.package, agree=agree, forward=forward)
+        return runtime.deferred_runner(lambda: self.network, self.package, self._runners, agree=agree,
+                                       forward=forward)
 
     @property
     def name(self) -> str:
@@ -106,7 +139,8 @@ class LoadedModel:
     def to(self, device: Any) -> "LoadedModel":
         """This model with its network on ``device`` (moved in place)."""
         if str(device) != str(self.device):
-            self.network.to(device)
+            if self._network is not None:
+                self._network.to(device)
             self.device = device
         return self
 
@@ -173,8 +207,10 @@ def load_model(task: "PipelineTask", model: Any, device: Any = "cpu") -> LoadedM
     cached = _cache.get(key)
     if cached is not None and _sha_on_disk(root) == cached.metadata.get("sha256"):
         return cached.to(device)
-    network, package = task.load_network(root, "cpu")
-    loaded = LoadedModel(package, network, "cpu")
+    loaded = task.load_deferred(root) if type(task).load_network is PipelineTask.load_network else None
+    if loaded is None:
+        network, package = task.load_network(root, "cpu")
+        loaded = LoadedModel(package, network, "cpu")
     _cache.clear()
     _cache[key] = loaded
     return loaded.to(device)
@@ -234,6 +270,20 @@ class PipelineTask(Task):
 
         return load_task_model(model, self.name, device)
 
+    def load_deferred(self, root: Path) -> LoadedModel:
+        """The package at ``root`` checked (metadata, task, weights' SHA-256), its weights read and its network
+        built now unless an earlier run exported these weights for this network (:meth:`MedDLLib.runtime.Runner.covers`):
+        then a prediction may run on the export without torch, and they are read when something needs them."""
+        from .models import load_package
+
+        package = load_package(root, weights=False)
+        if package.task != self.name:
+            raise InputError(f"model {package.name!r} is for task {package.task!r}, not {self.name!r}")
+        loaded = LoadedModel(package)
+        if not loaded.runner().covers():
+            loaded.network  # noqa: B018 - the weights-only load and the strict fit, now (their errors come first)
+        return loaded
+
     def read_study(self, path: Path, package: LoadedModel | None, options: Any) -> Study:
         """Read the study at ``path`` (the model says which sequences/channels it needs)."""
         raise NotImplementedError
@@ -256,10 +306,12 @@ class PipelineTask(Task):
         if model is None:
             super().check_model(model)  # the one "needs --model" message
         loaded = load_model(self, model, "cpu")
+        found = {"name": loaded.name, "path": str(loaded.package.path), "task": loaded.package.task,
+                 "version": loaded.metadata["version"], "sha256": loaded.metadata["sha256"]}
+        if not loaded.built:  # an earlier run exported and fitted these weights; not read again
+            return {**found, "network": f"{loaded.metadata['network']['name']} (runtime export of these weights)"}
         state = loaded.package.state_dict
-        return {"name": loaded.name, "path": str(loaded.package.path), "task": loaded.package.task,
-                "version": loaded.metadata["version"], "sha256": loaded.metadata["sha256"],
-                "n_tensors": len(state), "n_values": int(sum(t.numel() for t in state.values())),
+        return {**found, "n_tensors": len(state), "n_values": int(sum(t.numel() for t in state.values())),
                 "network": f"{loaded.metadata['network']['name']} built and loaded (strict)"}
 
     def run(self, input_path: str | Path, model: Any, output: str | Path, *, device: Any = None,
@@ -275,11 +327,11 @@ class PipelineTask(Task):
 
     def infer(self, input_path: Path, model: str | None, output: Path, args: argparse.Namespace) -> dict[str, Any]:
         """``meddl infer`` / ``meddl batch`` of one study: :func:`run_study` with the options from ``args``."""
-        from .device import select_device
+        from .device import select_inference_device
 
         if self.needs_model and model is None:
             super().check_model(model)
-        device = select_device(getattr(args, "device", None), getattr(args, "force_cpu", False))
+        device = select_inference_device(getattr(args, "device", None), getattr(args, "force_cpu", False))
         source = getattr(args, "dicom_source", None)
         if source is not None:
             from .dicomseg import series_files

@@ -139,20 +139,49 @@ def crop_volume(volume: Volume, box: tuple[tuple[int, int], tuple[int, int], tup
 
 def resize_slices(slices: np.ndarray, size: int | tuple[int, int], mode: str = "bilinear") -> np.ndarray:
     """Resize the last two axes ``(..., H, W)`` to ``size`` (an int for a square) over the same field of view,
-    each slice on its own (float32): ``bilinear`` (pixel centres as ``align_corners=False``) or ``nearest``.
+    each slice on its own (float32): ``bilinear`` (pixel centres as ``align_corners=False``) or ``nearest``;
+    the values of torch's ``F.interpolate`` in those modes (:func:`resize_axis`), without torch.
 
     The in-plane resize of the 2D networks' inputs (ICH slices ``(N, H, W)``, LGG channels ``(K, C, H, W)``).
     """
-    import torch
-    import torch.nn.functional as F
-
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
     size_hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
     arr = np.asarray(slices, dtype=np.float32)
     if arr.shape[-2:] == size_hw:
         return arr.copy()
-    lead = arr.shape[:-2]
-    flat = torch.from_numpy(np.ascontiguousarray(arr.reshape(-1, 1, *arr.shape[-2:])))
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
-    with torch.no_grad():
-        out = F.interpolate(flat, size=size_hw, mode=mode, **kwargs)
-    return out.numpy().reshape(*lead, *size_hw)
+    axis_mode = "linear" if mode == "bilinear" else "nearest"
+    out = resize_axis(arr, arr.ndim - 1, size_hw[1], axis_mode)  # the last axis first, as torch's bilinear
+    return resize_axis(out, arr.ndim - 2, size_hw[0], axis_mode)
+
+
+def resize_axis(array: np.ndarray, axis: int, size: int, mode: str = "linear") -> np.ndarray:
+    """``array`` (float32) resampled along ``axis`` to ``size`` samples over the same extent, as torch's
+    ``F.interpolate`` does along one axis:
+
+    - ``linear`` (``align_corners=False``): sample ``o`` reads position ``(o + 0.5) * n / size - 0.5``, clamped at
+      0, between its two neighbours (the edge repeats). Applied to one axis after the other, the last first, it
+      is torch's bilinear and trilinear, in the same order of operations (float32).
+    - ``nearest`` (torch's legacy ``nearest``): sample ``o`` takes index ``floor(o * n / size)`` (at most n - 1).
+
+    Returns the array itself when ``size`` equals its length along ``axis``.
+    """
+    array = np.asarray(array, dtype=np.float32)
+    n = array.shape[axis]
+    if n == size:
+        return array
+    scale = np.float32(n / size)
+    if mode == "nearest":
+        index = np.minimum(np.floor(np.arange(size, dtype=np.float32) * scale).astype(np.int64), n - 1)
+        return array.take(index, axis=axis)
+    if mode != "linear":
+        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
+    # the position rounded once, as torch's compiled (fused multiply-add) kernels round it
+    position = np.maximum((np.float64(scale) * (np.arange(size, dtype=np.float64) + 0.5) - 0.5).astype(np.float32),
+                          np.float32(0.0))
+    low = position.astype(np.int64)
+    high = np.minimum(low + 1, n - 1)
+    shape = [1] * array.ndim
+    shape[axis] = size
+    weight_high = (position - low).astype(np.float32).reshape(shape)
+    return (np.float32(1.0) - weight_high) * array.take(low, axis=axis) + weight_high * array.take(high, axis=axis)

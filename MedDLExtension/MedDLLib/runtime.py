@@ -60,9 +60,10 @@ def probabilities_agree(activation: str = "sigmoid", tolerance: float = 1e-3) ->
     outputs such as a log-hazard) within ``tolerance`` of the reference, everywhere."""
 
     def probs(z: np.ndarray) -> np.ndarray:
-        z = np.clip(np.asarray(z, dtype=np.float64), -60.0, 60.0)
+        z = np.asarray(z, dtype=np.float64)
         if activation == "sigmoid":
-            return 1.0 / (1.0 + np.exp(-z))
+            return sigmoid(z)
+        z = np.clip(z, -60.0, 60.0)
         if activation == "softmax":
             e = np.exp(z - z.max(axis=1, keepdims=True))
             return e / e.sum(axis=1, keepdims=True)
@@ -83,12 +84,19 @@ def masks_agree(threshold: float = 0.5, min_dice: float = 0.995, max_probability
     def agree(reference: np.ndarray, candidate: np.ndarray) -> bool:
         if reference.shape != candidate.shape:
             return False
-        p_ref = 1.0 / (1.0 + np.exp(-np.clip(reference.astype(np.float64), -60.0, 60.0)))
-        p_new = 1.0 / (1.0 + np.exp(-np.clip(candidate.astype(np.float64), -60.0, 60.0)))
+        p_ref, p_new = sigmoid(reference.astype(np.float64)), sigmoid(candidate.astype(np.float64))
         return dice(p_ref >= threshold, p_new >= threshold) >= min_dice and \
             float(np.abs(p_ref - p_new).max(initial=0.0)) <= max_probability_error
 
     return agree
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """The logistic function of ``logits`` in their own float type, without overflow (``exp`` of at most 60 in
+    magnitude: beyond it the result is 0 or 1 in float32 and float64 alike)."""
+    z = np.clip(logits, -60.0, 60.0)
+    one = z.dtype.type(1.0)
+    return one / (one + np.exp(-z))
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -127,9 +135,9 @@ def cpu_has_bf16() -> bool:
 
 
 def _threads() -> int:
-    import torch
+    from .device import cpu_threads
 
-    return max(1, torch.get_num_threads())
+    return cpu_threads()
 
 
 def forced_backend() -> str:
@@ -174,7 +182,8 @@ class Runner:
     network's first output as float32 (same values as ``network(x)`` within the agreement).
 
     Attributes:
-        network: the torch network (eval mode): the reference, the fallback, and what Grad-CAM uses.
+        network: the torch network (eval mode): the reference, the fallback, and what Grad-CAM uses; built by
+            ``build`` on first use when not given (a recorded runtime choice runs without it, and without torch).
         forward: the network's method this runner runs (``"forward"``, or another method taking and returning
             one tensor, e.g. glioma's ``"evidence_map"``): its exports and choices are kept apart by that name.
         folder: where the export and ``runtime.json`` live (None: torch only).
@@ -182,6 +191,9 @@ class Runner:
         agree: agreement test of a candidate's output with torch fp32's.
         chosen: backend chosen per input shape (``"torch"`` or a :data:`CANDIDATES` entry).
         timings: seconds per candidate measured when choosing (per shape), for benchmarks.
+        build: ``() -> network`` for a runner made without its network (:func:`deferred_runner`).
+        network_spec: the package's ``metadata["network"]`` (name and arguments): an export records it, and one
+            made for another network is not used.
     """
 
     network: Any
@@ -191,6 +203,8 @@ class Runner:
     agree: Agreement = dataclasses.field(default_factory=probabilities_agree)
     chosen: dict[str, str] = dataclasses.field(default_factory=dict)
     timings: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    build: Callable[[], Any] | None = dataclasses.field(default=None, repr=False)
+    network_spec: Any = None
     _sessions: dict[tuple[str, tuple[int, ...]], _Session] = dataclasses.field(default_factory=dict, repr=False)
     _module: Any = dataclasses.field(default=None, repr=False)
 
@@ -219,18 +233,27 @@ class Runner:
         """The torch fp32 forward (the reference)."""
         import torch
 
-        device = _device(self.network)
-        self.network.eval()
+        network = self.torch_network()
+        device = _device(network)
+        network.eval()
         with torch.no_grad():
             return self.module(torch.from_numpy(x).to(device)).float().cpu().numpy()
+
+    def torch_network(self) -> Any:
+        """The torch network (built now by :attr:`build` when the runner was made without it)."""
+        if self.network is None:
+            if self.build is None:
+                raise RuntimeError("a runner without its network and without a way to build it")
+            self.network = self.build()
+        return self.network
 
     @property
     def module(self) -> Any:
         """The torch module computing :attr:`forward` (the network itself for ``"forward"``)."""
         if self.forward == "forward":
-            return self.network
+            return self.torch_network()
         if self._module is None:
-            self._module = _method_module(self.network, self.forward)
+            self._module = _method_module(self.torch_network(), self.forward)
         return self._module
 
     def _key(self, shape: tuple[int, ...]) -> str:
@@ -302,7 +325,9 @@ class Runner:
             record = json.loads((self.folder / RECORD).read_text())
         except (OSError, ValueError, TypeError):
             return {}
-        return record if record.get("weights_sha256") == self.weights_sha256 else {}
+        if record.get("weights_sha256") != self.weights_sha256 or record.get("network") != self.network_spec:
+            return {}  # made from other weights or for another network: exported again
+        return record
 
     def _recorded(self, key: str) -> str | None:
         backend = self._read_record().get("choices", {}).get(key, {}).get("backend")
@@ -338,7 +363,7 @@ class Runner:
 
         if self.folder is None:
             return
-        record = self._read_record() or {"weights_sha256": self.weights_sha256, "format": "meddl-runtime/1"}
+        record = self._read_record() or self._new_record()
         record.setdefault("gradcam", {})[key] = choice
         try:
             atomic_write_json(self.folder / RECORD, record)
@@ -358,12 +383,21 @@ class Runner:
         except Exception as exc:  # unexportable network, read-only folder, no onnx: torch
             log.warning("could not export the network to ONNX (%s); using torch", exc)
             return None
-        record = self._read_record() or {"weights_sha256": self.weights_sha256, "format": "meddl-runtime/1"}
+        record = self._read_record() or self._new_record()
         record.setdefault("exports", {})[name] = {"sha256": _sha256(onnx_file), "opset": OPSET}
         from .io import atomic_write_json
 
         atomic_write_json(self.folder / RECORD, record)
         return onnx_file
+
+    def _new_record(self) -> dict[str, Any]:
+        return {"weights_sha256": self.weights_sha256, "network": self.network_spec, "format": "meddl-runtime/1"}
+
+    def covers(self) -> bool:
+        """Whether an earlier run exported these weights for this network and recorded a choice: the weights were
+        then loaded (weights-only) and fitted strictly, so a prediction may run on the export without reading
+        them again."""
+        return bool(self.folder is not None and self._read_record().get("choices"))
 
     def _write_export(self, onnx_file: Path, shape: tuple[int, ...]) -> None:
         import warnings
@@ -374,7 +408,7 @@ class Runner:
 
         onnx_file.parent.mkdir(parents=True, exist_ok=True)
         example = torch.zeros((1,) + tuple(shape[1:]), dtype=torch.float32,
-                              device=_device(self.network))
+                              device=_device(self.torch_network()))
         with atomic_path(onnx_file, ".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(self.module, (example,), str(tmp), input_names=["x"], output_names=["y"],
@@ -458,6 +492,8 @@ def runner_for(network: "torch.nn.Module | Runner", package: "ModelPackage | Non
         agree: agreement test for choosing a runtime (default: sigmoid probabilities within 1e-3).
     """
     if isinstance(network, Runner):
+        if agree is not None:
+            network.agree = agree
         return network
     if _device(network).type != "cpu":
         package = None  # the runtimes here are CPU ones: a GPU network stays in torch
@@ -465,14 +501,44 @@ def runner_for(network: "torch.nn.Module | Runner", package: "ModelPackage | Non
     runner = runners.get(forward)
     package = package if package is not None else _PACKAGES.get(network)
     if runner is None or (package is not None and runner.folder is None):
-        folder = export_folder(package) if package is not None else None
-        sha = str(package.metadata.get("sha256", "")) if package is not None else ""
-        runner = runners[forward] = Runner(network, forward, folder, sha, agree or probabilities_agree())
+        runner = runners[forward] = _new_runner(network, package, agree, forward)
     elif agree is not None:
         runner.agree = agree
     return runner
 
 
+def deferred_runner(build: Callable[[], "torch.nn.Module"], package: "ModelPackage", runners: dict[str, Runner], *,
+                    agree: Agreement | None = None, forward: str = "forward") -> Runner:
+    """The CPU :class:`Runner` of ``package``'s network before that network exists: ``build()`` makes it when a
+    torch forward or an export needs it (a recorded runtime choice needs neither, nor torch). ``runners``
+    (``forward`` -> runner) keeps one runner per forward; give the built network the same dict
+    (:func:`share_runners`) so :func:`runner_for` finds them."""
+    runner = runners.get(forward)
+    if runner is None:
+        runner = runners[forward] = _new_runner(None, package, agree, forward)
+        runner.build = build
+    elif agree is not None:
+        runner.agree = agree
+    return runner
+
+
+def share_runners(network: "torch.nn.Module", package: "ModelPackage", runners: dict[str, Runner]) -> None:
+    """Give ``network`` (just built for ``package``) the runners made before it existed (:func:`deferred_runner`)
+    and remember its package (:func:`attach`)."""
+    attach(network, package)
+    for runner in runners.values():
+        if runner.network is None:
+            runner.network = network
+    network.__dict__[_RUNNER_ATTRIBUTE] = runners
+
+
+def _new_runner(network: Any, package: "ModelPackage | None", agree: Agreement | None, forward: str) -> Runner:
+    folder = export_folder(package) if package is not None else None
+    sha = str(package.metadata.get("sha256", "")) if package is not None else ""
+    spec = json.loads(json.dumps(package.metadata.get("network"))) if package is not None else None  # as recorded
+    return Runner(network, forward, folder, sha, agree or probabilities_agree(), network_spec=spec)
+
+
 def torch_network(network: "torch.nn.Module | Runner") -> "torch.nn.Module":
     """The torch network behind ``network`` (for Grad-CAM and training code)."""
-    return network.network if isinstance(network, Runner) else network
+    return network.torch_network() if isinstance(network, Runner) else network

@@ -115,18 +115,21 @@ def verify_model(name_or_path: str | os.PathLike) -> dict[str, Any]:
     return verify_package(resolve_model(name_or_path))
 
 
-def load_package(path_or_name: str | os.PathLike, *, map_location: "str | torch.device" = "cpu") -> ModelPackage:
+def load_package(path_or_name: str | os.PathLike, *, map_location: "str | torch.device" = "cpu",
+                 weights: bool = True) -> ModelPackage:
     """Load a package after checking it: metadata keys, then the weights' SHA-256, then a weights-only load.
 
     Args:
         path_or_name: a package folder or the name of a model in the cache (see :func:`resolve_model`).
         map_location: where the tensors go (``torch.load``'s argument).
+        weights: read the weights now; False defers the weights-only load to the first use of
+            :attr:`ModelPackage.state_dict` (the SHA-256 is checked now and again then).
 
     Raises:
         ModelError: missing/invalid metadata (names the key), weights that do not match their SHA-256
             ("tampered or corrupt"), a checkpoint with pickled objects or that is not a state dict.
     """
-    return load_package_at(resolve_model(path_or_name), map_location)
+    return load_package_at(resolve_model(path_or_name), map_location, weights=weights)
 
 
 def load_task_model(model: "str | os.PathLike | ModelPackage", task: str,

@@ -91,11 +91,30 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass
 class ModelPackage:
-    """A loaded, verified model package: its folder, metadata and state dict (tensors on ``map_location``)."""
+    """A verified model package: its folder, metadata and state dict (tensors on ``map_location``).
+
+    A package loaded with ``weights=False`` (:func:`load_package_at`) reads its state dict on first use of
+    :attr:`state_dict`, checking the weights' SHA-256 again first: a prediction that runs on a recorded runtime
+    export (:mod:`MedDLLib.runtime`) never needs it, nor torch.
+    """
 
     path: Path
     metadata: dict[str, Any]
-    state_dict: dict[str, "torch.Tensor"] = field(repr=False)
+    _state: dict[str, "torch.Tensor"] | None = field(default=None, repr=False)
+    map_location: Any = field(default="cpu", repr=False)
+
+    @property
+    def state_dict(self) -> dict[str, "torch.Tensor"]:
+        """Parameter name -> tensor (weights-only load; read now when it was deferred)."""
+        if self._state is None:
+            verify_sha256(self.path, self.metadata)
+            self._state = load_weights(self.path, self.map_location)
+        return self._state
+
+    @property
+    def weights_read(self) -> bool:
+        """Whether the state dict is in memory (False until a deferred package's weights are used)."""
+        return self._state is not None
 
     @property
     def name(self) -> str:
@@ -283,13 +302,16 @@ def verify_package(root: Path) -> dict[str, Any]:
     }
 
 
-def load_package_at(root: Path, map_location: "str | torch.device" = "cpu") -> ModelPackage:
+def load_package_at(root: Path, map_location: "str | torch.device" = "cpu", *, weights: bool = True) -> ModelPackage:
     """Load the package folder ``root`` after checking it: metadata keys, then the weights' SHA-256, then a
-    weights-only load (see :func:`MedDLLib.models.load_package` for names in the cache)."""
+    weights-only load (see :func:`MedDLLib.models.load_package` for names in the cache). ``weights=False`` defers
+    the load (and torch) to the first use of :attr:`ModelPackage.state_dict`."""
     metadata = read_package_metadata(root)
     verify_sha256(root, metadata)
-    state = load_weights(root, map_location)
-    return ModelPackage(path=root, metadata=metadata, state_dict=state)
+    package = ModelPackage(path=root, metadata=metadata, map_location=map_location)
+    if weights:
+        package.state_dict  # noqa: B018 - read now
+    return package
 
 
 def library_versions() -> dict[str, str]:
