@@ -1738,9 +1738,8 @@ def _voi_of_values(values: np.ndarray, ds: pydicom.Dataset, index: int, prefer_l
     total = _inversion_total(ds)
     if total is None:
         return apply_voi_lut(values, ds, index=index, prefer_lut=prefer_lut)
-    restored = total - values
-    if np.issubdtype(values.dtype, np.integer):
-        restored = restored.astype(np.int64)
+    # integers widened first: a total past the type's range (e.g. uint8 values of a 12-bit series) cannot overflow
+    restored = total - (values.astype(np.int64) if np.issubdtype(values.dtype, np.integer) else values)
     shown = apply_voi_lut(restored, ds, index=index, prefer_lut=prefer_lut)
     if ds.get("VOILUTSequence") and (prefer_lut or "WindowCenter" not in ds):
         depth = int(ds.VOILUTSequence[index].LUTDescriptor[2])
