@@ -287,3 +287,31 @@ def test_lgg_outputs_load_as_new_nodes_on_the_input_grid(headless_scene, tmp_pat
 def test_lgg_three_channel_round_trip(headless_scene, tmp_path):
     flair, loaded = _lgg_round_trip(headless_scene, tmp_path, 3)
     assert loaded.nodes["segmentation"].GetClassName() == "vtkMRMLSegmentationNode"
+
+
+def test_heatmap_colours_are_matplotlibs_inferno_without_importing_it(headless_scene):
+    """``overlay.png`` and the scene's heatmap table share MedDL's copy of inferno: the same colours as matplotlib,
+    value for value, and a heatmap overlay rendered in a fresh process imports no matplotlib."""
+    import subprocess
+    import sys
+
+    import matplotlib
+
+    from MedDLLib.colormap import INFERNO, inferno
+
+    reference = matplotlib.colormaps["inferno"]
+    assert np.array_equal(INFERNO, reference(np.arange(256))[:, :3])
+    values = np.random.default_rng(0).random((64, 64))
+    values[0, :6] = [0.0, 1.0, 0.5, 1 / 256, 255 / 256, 1 - 1e-12]
+    assert np.array_equal(inferno(values), reference(values)[..., :3])
+    table = nodes.heatmap_color_table(headless_scene)
+    rgba = [0.0] * 4
+    for index in (0, 100, 255):
+        table.GetColor(index, rgba)
+        assert np.allclose(rgba[:3], INFERNO[index], atol=0.51 / 255)  # the table keeps 8 bits a channel
+    code = ("import sys, numpy as np; from MedDLLib.geometry import Volume; from MedDLLib.render import render_overlay; "
+            "v = Volume(np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)); "
+            "render_overlay(sys.argv[1], v, 1, heatmap=v.array); assert 'matplotlib' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code, str(Path(table.GetScene().GetRootDirectory()) / "x.png")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

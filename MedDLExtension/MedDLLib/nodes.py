@@ -314,20 +314,19 @@ HEATMAP_COLOR_TABLE = "MedDL Heatmap (inferno)"
 def heatmap_color_table(scene: Any) -> Any:
     """The 256-entry inferno colour table MedDL uses for heatmaps (created once per scene).
 
-    Slicer ships ``Inferno`` as a colour file; the PyPI wheel lacks it, so it is built from matplotlib's
-    colormap (same colours) when no node of that name exists.
+    Slicer ships ``Inferno`` as a colour file; the PyPI wheel lacks it, so it is built from
+    :data:`MedDLLib.colormap.INFERNO` (the same colours, those of ``overlay.png``) when no node of that name exists.
     """
+    from .colormap import INFERNO
+
     existing = scene.GetFirstNodeByName(HEATMAP_COLOR_TABLE)
     if existing is not None:
         return existing
-    import matplotlib
-
-    cmap = matplotlib.colormaps["inferno"].resampled(256)
     table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", HEATMAP_COLOR_TABLE)
     table.SetTypeToUser()
     table.SetNumberOfColors(256)
-    for i in range(256):
-        table.SetColor(i, str(i), *map(float, cmap(i)[:3]), 1.0)
+    for i, (r, g, b) in enumerate(INFERNO):
+        table.SetColor(i, str(i), float(r), float(g), float(b), 1.0)
     return table
 
 

@@ -146,11 +146,10 @@ def render_overlay(path: str | os.PathLike, background: "Volume", k: int, *, hea
     rgb = np.repeat(np.clip((grey - low) / (high - low), 0.0, 1.0)[..., None], 3, axis=2)
     if heatmap is not None:
         heat = np.clip(np.asarray(np.asarray(heatmap)[k], dtype=np.float64), 0.0, 1.0)
-        import matplotlib  # the colour map only (0.2 s of import: not paid by an overlay without a heatmap)
+        from .colormap import inferno
 
-        cmap = matplotlib.colormaps["inferno"]
         alpha = np.where(heat >= HEATMAP_HIDDEN_BELOW, float(heatmap_opacity), 0.0)[..., None]
-        rgb = rgb * (1.0 - alpha) + cmap(heat)[..., :3] * alpha
+        rgb = rgb * (1.0 - alpha) + inferno(heat) * alpha
     if labels is not None:
         lab = np.asarray(labels)[k]
         for value, color in (colors or {}).items():
