@@ -186,6 +186,34 @@ def test_a_later_glioma_infer_runs_on_the_export_without_torch(glioma, tmp_path,
     assert maps[0].max() > 0 and np.abs(maps[0] - maps[1]).max() <= 0.02
 
 
+def test_recorded_sessions_are_compiled_ahead_while_waiting(lgg, tmp_path, monkeypatch):
+    """What a later ``meddl infer`` does while the child reads the study: the recorded choice's session (for the
+    recorded batch shape) is compiled, unless told to stop; the forward then finds it ready."""
+    from LGGSegmenterLib import dataset
+    from LGGSegmenterLib.model import case_image, channel_names, segment_study
+    from MedDLLib import pipeline
+    from MedDLLib.taskregistry import get_task
+
+    model = tmp_path / "model"
+    shutil.copytree(lgg / "model", model, ignore=shutil.ignore_patterns("runtime"))
+    monkeypatch.setenv(runtime.ENV, "openvino")
+    case = dataset.scan_dataset(lgg / "test")[0]
+    network, package = _fresh(model)
+    image = case_image(case, channel_names(package.metadata))
+    segment_study(image, network, package.metadata, package=package)  # the first run: export and choice
+    (key, entry), = json.loads((model / "runtime" / runtime.RECORD).read_text())["choices"].items()
+    assert entry["backend"] == "openvino" and entry["shape"][1:] == [int(s) for s in key.split("x")]
+
+    pipeline._cache.clear()
+    loaded = pipeline.load_model(get_task("lgg"), str(model), "cpu")
+    assert loaded.warm(stop=lambda: True) == [] and not loaded.built
+    assert loaded.warm() == [key] and not loaded.built  # compiled without torch's network
+    run = loaded.runner()
+    assert [b for b, _ in run._sessions] == ["openvino"]
+    assert segment_study(image, run, package.metadata).mask.shape == (image.shape[0], *image.shape[2:])
+    assert len(run._sessions) == 1 and not loaded.built  # the same session, no second compile
+
+
 def test_a_later_lgg_infer_runs_on_the_export_without_torch(lgg, tmp_path):
     import SimpleITK as sitk
 

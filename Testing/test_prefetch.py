@@ -70,8 +70,23 @@ def test_close_ends_a_child_still_reading(ich_study, monkeypatch):
     monkeypatch.setattr(prefetch, "_fork_is_safe", lambda: True)
     monkeypatch.setattr(task, "read_study", lambda *a: __import__("time").sleep(60))
     started = prefetch.prefetch_study(task, folder, package, _options(task))
+    assert not started.ready()  # still reading: what a caller waits for (it compiles sessions meanwhile)
     started.close()
     assert not started._process.is_alive() and started._process.exitcode is not None
+    assert started.ready()  # ended: nothing more to wait for
+
+
+def test_ready_once_the_child_has_answered(ich_study, monkeypatch):
+    import time
+
+    folder, package = ich_study
+    task = get_task("ich")
+    monkeypatch.setattr(prefetch, "_fork_is_safe", lambda: True)
+    started = prefetch.prefetch_study(task, folder, package, _options(task))
+    deadline = time.monotonic() + 60
+    while not started.ready() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.ready() and started.study() is not None
 
 
 def test_not_used_where_unsafe_or_turned_off(ich_study, monkeypatch):

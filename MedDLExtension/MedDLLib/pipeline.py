@@ -128,6 +128,15 @@ class LoadedModel:
         return runtime.deferred_runner(lambda: self.network, self.package, self._runners, agree=agree,
                                        forward=forward)
 
+    def warm(self, stop: Callable[[], bool] | None = None) -> list[str]:
+        """Load and compile the runtime sessions of every forward an earlier run recorded a choice for
+        (:meth:`MedDLLib.runtime.Runner.warm`), until ``stop()``; the CPU only. Returns the choice keys warmed."""
+        if str(self.device) != "cpu":
+            return []
+        choices = self.runner().recorded_choices()
+        forwards = dict.fromkeys(key.rpartition(":")[0] or "forward" for key in choices)
+        return [key for forward in forwards for key in self.runner(forward).warm(stop)]
+
     @property
     def name(self) -> str:
         return self.package.name
@@ -375,6 +384,8 @@ def run_study(task: PipelineTask, input_path: Path, model: Any, output: Path, op
     report(0.0, "reading the study")
     start = time.perf_counter()
     loaded = load_model(task, model, device) if task.needs_model else None
+    if prefetched is not None and loaded is not None:
+        loaded.warm(stop=prefetched.ready)  # the recorded runtime sessions compiled while the child reads
     study = prefetched.study(loaded.metadata if loaded is not None else None) if prefetched is not None else None
     try:
         if study is None:

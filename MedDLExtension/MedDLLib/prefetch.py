@@ -43,6 +43,13 @@ class StudyPrefetch:
     def __init__(self, process: Any, connection: Any, metadata: dict[str, Any]) -> None:
         self._process, self._connection, self.metadata = process, connection, metadata
 
+    def ready(self) -> bool:
+        """Whether the child has sent its answer (or ended): :meth:`study` would not wait."""
+        try:
+            return bool(self._connection.poll(0)) or not self._process.is_alive()
+        except (OSError, ValueError):  # a closed pipe
+            return True
+
     def study(self, metadata: dict[str, Any] | None = None) -> Any:
         """The :class:`~MedDLLib.pipeline.Study` the child read, or None: it failed, died, or read it for other
         metadata than ``metadata`` (the loaded model's). Waits for the child; ends it either way."""

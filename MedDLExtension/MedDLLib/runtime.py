@@ -307,8 +307,30 @@ class Runner:
         best = only if only in times else min(times, key=lambda n: times[n] + setups.get(n, 0.0))
         times.update({f"{n}_setup": s for n, s in setups.items()})
         self.chosen[key], self.timings[key] = best, times
-        self._record(key, best, times)
+        self._record(key, best, times, x.shape)
         return reference
+
+    def warm(self, stop: Callable[[], bool] | None = None) -> list[str]:
+        """Load and compile now the sessions of this runner's recorded choices (for the input shapes recorded
+        with them), so that a process waiting for something else (the study being read) pays for them there.
+        ``stop()`` true ends it before the next session. A session that fails is left to the first call (which
+        falls back to torch and says why). Returns the keys warmed."""
+        forced = forced_backend()
+        if forced == "torch" or self.folder is None:
+            return []
+        warmed = []
+        for key, entry in self.recorded_choices().items():
+            forward, _, _ = key.rpartition(":")
+            if (forward or "forward") != self.forward or not entry.get("shape") or (stop is not None and stop()):
+                continue
+            try:
+                backend = self.chosen.get(key) or self._recorded(key)
+                if backend not in (None, "torch") and forced in ("auto", backend):
+                    self._session(backend, tuple(int(s) for s in entry["shape"]))
+                    warmed.append(key)
+            except Exception as exc:  # noqa: BLE001 - the first call reports it
+                log.info("could not prepare %s for %s ahead (%s)", entry.get("backend"), key, exc)
+        return warmed
 
     def _session(self, backend: str, shape: tuple[int, ...]) -> _Session:
         found = self._sessions.get((backend, tuple(shape)))
@@ -341,13 +363,14 @@ class Runner:
         self.chosen[key] = backend
         return backend
 
-    def _record(self, key: str, backend: str, times: dict[str, float]) -> None:
+    def _record(self, key: str, backend: str, times: dict[str, float], shape: tuple[int, ...]) -> None:
         from .io import atomic_write_json
 
         record = self._read_record()
         if not record:
             return  # no verified export to attach a choice to
-        record.setdefault("choices", {})[key] = {"backend": backend, "seconds": times}
+        record.setdefault("choices", {})[key] = {"backend": backend, "seconds": times,
+                                                 "shape": [int(s) for s in shape]}
         try:
             atomic_write_json(self.folder / RECORD, record)
         except OSError as exc:
@@ -390,6 +413,11 @@ class Runner:
         atomic_write_json(self.folder / RECORD, record)
         return onnx_file
 
+    def recorded_choices(self) -> dict[str, Any]:
+        """The choices recorded beside the export for these weights and this network, every forward's (choice key
+        -> ``{"backend", "seconds", "shape"}``); empty without a record."""
+        return dict(self._read_record().get("choices", {})) if self.folder is not None else {}
+
     def _new_record(self) -> dict[str, Any]:
         return {"weights_sha256": self.weights_sha256, "network": self.network_spec, "format": "meddl-runtime/1"}
 
@@ -397,7 +425,7 @@ class Runner:
         """Whether an earlier run exported these weights for this network and recorded a choice: the weights were
         then loaded (weights-only) and fitted strictly, so a prediction may run on the export without reading
         them again."""
-        return bool(self.folder is not None and self._read_record().get("choices"))
+        return bool(self.recorded_choices())
 
     def _write_export(self, onnx_file: Path, shape: tuple[int, ...]) -> None:
         import warnings
