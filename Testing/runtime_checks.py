@@ -158,7 +158,8 @@ def _infer_in_a_child(task: str, study, model, out, backend: str) -> bool:
 
     flag = out.parent / f"{out.name}.torch"
     code = ("import atexit, os, runpy, sys; atexit.register(lambda: open(os.environ['TORCH_FLAG'], 'w').write("
-            "str('torch' in sys.modules))); sys.argv[0] = 'meddl'; runpy.run_module('MedDLLib.cli', run_name='__main__')")
+            "str('torch' in sys.modules))); sys.argv[0] = 'meddl'; "
+            "runpy.run_module('MedDLLib.cli', run_name='__main__')")
     done = subprocess.run([sys.executable, "-c", code, "infer", task, "--input", str(study), "--model", str(model),
                            "--output", str(out), "--force-cpu"],
                           env={**os.environ, runtime.ENV: backend, "TORCH_FLAG": str(flag)}, capture_output=True,

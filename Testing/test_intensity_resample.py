@@ -92,7 +92,8 @@ def test_resample_rejects_bad_targets():
 # ---------------------------------------------------------------------------------------------- torch-free resizing
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 @pytest.mark.parametrize("shape, size", [((3, 2, 17, 23), (64, 64)), ((2, 100, 100), (33, 67)), ((1, 7, 7), (7, 9)),
-                                         ((2, 64, 64), (256, 200)), ((2, 512, 512), (256, 256)), ((4, 30, 31), (31, 30))])
+                                         ((2, 64, 64), (256, 200)), ((2, 512, 512), (256, 256)),
+                                         ((4, 30, 31), (31, 30))])
 def test_resize_slices_gives_torchs_interpolate_without_torch(shape, size, mode):
     """Up and down, odd ratios: the values of ``F.interpolate`` (a few float32 rounding steps at most)."""
     import torch

@@ -309,8 +309,8 @@ def test_heatmap_colours_are_matplotlibs_inferno_without_importing_it(headless_s
     for index in (0, 100, 255):
         table.GetColor(index, rgba)
         assert np.allclose(rgba[:3], INFERNO[index], atol=0.51 / 255)  # the table keeps 8 bits a channel
-    code = ("import sys, numpy as np; from MedDLLib.geometry import Volume; from MedDLLib.render import render_overlay; "
-            "v = Volume(np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)); "
+    code = ("import sys, numpy as np; from MedDLLib.geometry import Volume; "
+            "from MedDLLib.render import render_overlay; v = Volume(np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)); "
             "render_overlay(sys.argv[1], v, 1, heatmap=v.array); assert 'matplotlib' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code, str(Path(table.GetScene().GetRootDirectory()) / "x.png")],
                           capture_output=True, text=True, timeout=120)

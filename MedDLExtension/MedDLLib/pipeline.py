@@ -281,8 +281,9 @@ class PipelineTask(Task):
 
     def load_deferred(self, root: Path) -> LoadedModel:
         """The package at ``root`` checked (metadata, task, weights' SHA-256), its weights read and its network
-        built now unless an earlier run exported these weights for this network (:meth:`MedDLLib.runtime.Runner.covers`):
-        then a prediction may run on the export without torch, and they are read when something needs them."""
+        built now unless an earlier run exported these weights for this network
+        (:meth:`MedDLLib.runtime.Runner.covers`): then a prediction may run on the export without torch, and they
+        are read when something needs them."""
         from .models import load_package
 
         package = load_package(root, weights=False)
