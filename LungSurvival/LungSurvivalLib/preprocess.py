@@ -262,41 +262,10 @@ def _distance_mm(mask: np.ndarray, sampling_kji_mm: tuple[float, float, float], 
     return out
 
 
-#: Face connectivity in 3D (the watershed's and :func:`scipy.ndimage.label`'s default neighbourhood).
-_FACES = ndimage.generate_binary_structure(3, 1)
-
-
-def _watershed_from_cores(image: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``skimage.segmentation.watershed(image, markers, mask=mask)`` (face connectivity) for markers that are
-    large solid cores, with the cores' inner voxels kept out of its priority queue.
-
-    The watershed pushes every marker voxel on its queue; a marker voxel whose face neighbours are all markers or
-    outside the mask floods nothing when it is popped. Here only the markers' front (marker voxels with a face
-    neighbour to flood) is flooded from, inside a mask without the inner voxels, and the inner voxels keep their
-    marker. The flood from the front is the same; for a lung split on a 300 x 512 x 512 CT the queue shrinks from
-    1.3 M to 0.1 M voxels (1.4 s -> 0.35 s). Ties of equal image values among the front's voxels are ordered by the
-    queue's internal layout, as in the watershed itself.
-
-    Args:
-        image: ``[k, j, i]`` values flooded in increasing order (e.g. the negated distance map).
-        markers: ``[k, j, i]`` int32 marker labels (> 0), 0 elsewhere; every marker voxel lies in ``mask``.
-        mask: ``[k, j, i]`` bool voxels that may be labelled.
-    Returns:
-        ``[k, j, i]`` int32 labels (0 outside ``mask``).
-    """
-    from skimage.segmentation import watershed
-
-    core = markers > 0
-    free = mask & ~core
-    front = core & ndimage.binary_dilation(free, structure=_FACES)
-    del free
-    out = watershed(image, np.where(front, markers, 0), mask=mask & ~(core & ~front))
-    out[core] = markers[core]
-    return out
-
-
 def _split_left_right(lung: np.ndarray, spacing_mm: tuple[float, float, float], x_sign: float) -> np.ndarray:
     """Split one connected lung mask into two (labels 1/2 by x) by erosion + watershed; 0 if it fails."""
+    from skimage.segmentation import watershed
+
     box = _bounding_box(lung, margin=1)
     if box is None:
         return np.zeros(lung.shape, dtype=np.uint8)
@@ -321,7 +290,7 @@ def _split_left_right(lung: np.ndarray, spacing_mm: tuple[float, float, float], 
         markers[cores == b] = 2
         del cores
         np.negative(dist, out=dist)  # the watershed floods -distance (the distances are not needed further)
-        return _watershed_from_cores(dist, markers, lung).astype(np.uint8)
+        return watershed(dist, markers, mask=lung).astype(np.uint8)
     return np.zeros(lung.shape, dtype=np.uint8)
 
 
