@@ -261,7 +261,8 @@ def to_computed(result: LungResult, model_name: str) -> Any:
     columns["risk_group"] = [result.risk_group] * len(columns["lung"])
     values = {**result.summary(), "model": model_name,
               "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
-    k = int(np.argmax(np.count_nonzero(labels.reshape(labels.shape[0], -1), axis=1)))
+    # lung voxels per slice, a slice at a time (count_nonzero along an axis makes a bool copy of the whole volume)
+    k = int(np.argmax([np.count_nonzero(labels_k) for labels_k in labels]))
     data = {"segmentation": labels, "labelmap": labels, "heatmap": result.heatmap, "table": columns,
             "lobes": None if result.lobes is None else result.lobes.lobes.astype(np.uint8)}
     return Computed(values, data, Overlay(k, heatmap="heatmap", labels="labelmap"), result)

@@ -92,6 +92,20 @@ def write_volume(path: str | os.PathLike, volume: Volume) -> Path:
     return _write_image(to_sitk(Volume(np.ascontiguousarray(array), volume.geometry, {})), Path(path))
 
 
+def _within_known_range(labels: np.ndarray, segments: SegmentSpec) -> bool:
+    """Whether every integer from ``labels``' minimum to its maximum is 0 or a segment value: then no value of
+    ``labels`` lacks a segment, found from two reductions instead of :func:`numpy.unique` (which sorts or hashes a
+    copy: 0.4-0.7 s for 300 x 512 x 512 uint8 labels, against 0.01 s for the maximum)."""
+    if labels.size == 0:
+        return True
+    high = int(labels.max())
+    low = int(labels.min()) if np.issubdtype(labels.dtype, np.signedinteger) else 0
+    if high - low > 4096:
+        return False
+    known = {0} | {int(v) for v in segments}
+    return all(v in known for v in range(low, high + 1))
+
+
 def check_labels(labels: np.ndarray, segments: SegmentSpec, what: str) -> np.ndarray:
     """``labels`` as uint8 (uint16 above 255 segments), refusing values without a segment name/colour.
 
@@ -103,9 +117,10 @@ def check_labels(labels: np.ndarray, segments: SegmentSpec, what: str) -> np.nda
         labels = labels.astype(np.uint8)
     if not np.issubdtype(labels.dtype, np.integer):
         raise InputError(f"{what}: label array must be integer or bool, got {labels.dtype}")
-    unknown = sorted(set(np.unique(labels).tolist()) - {0} - set(segments))
-    if unknown:
-        raise InputError(f"{what}: label values {unknown} have no segment name/colour")
+    if not _within_known_range(labels, segments):  # else every value is 0 or a segment: no scan of the values
+        unknown = sorted(set(np.unique(labels).tolist()) - {0} - set(segments))
+        if unknown:
+            raise InputError(f"{what}: label values {unknown} have no segment name/colour")
     for value, (name, _) in segments.items():
         if int(value) <= 0:
             raise InputError(f"{what}: segment label values must be >= 1, got {value} for {name!r}")
