@@ -111,3 +111,54 @@ def test_network_grid_geometry_matches_the_inverse_resize():
     inside[:, crop.j0 + 1:crop.j1 - 1, crop.i0 + 1:crop.i1 - 1] = True
     assert np.abs(direct - via_geometry)[inside].max() < 0.05
     assert np.array_equal(direct > 0.5, via_geometry > 0.5)
+
+
+@pytest.mark.parametrize("recipe", ["improved", "seed", "buda-unet"])
+def test_prepare_gives_an_integer_study_the_network_input_of_its_float32_copy(recipe):
+    """prepare takes an integer study as it is (no float32 copy of all of it, issue 20): the network input is,
+    bit for bit, that of the study converted to float32 first (what it computed from before); 8-slice steps
+    with a remainder (19 slices) and a resize."""
+    image, _ = LGGPhantomGenerator(64, 19).make_case(np.random.default_rng(3))
+    image = (image.astype(np.uint16) * 13 + 7).astype(np.uint16)  # 16-bit MR values
+    for size in (48, 64):
+        from_int = preprocess.prepare(image, recipe, size)
+        from_float = preprocess.prepare(image.astype(np.float32), recipe, size)
+        assert from_int.x.dtype == np.float32 and from_int.crop == from_float.crop
+        assert np.array_equal(from_int.x, from_float.x)
+
+
+def test_to_input_grid_equals_one_resize_of_all_slices():
+    """The probabilities go back onto the input grid 8 slices at a time: the values of one resize of all."""
+    from MedDLLib.resample import resize_slices
+
+    crop = preprocess.Crop(6, 46, 10, 50, 32)
+    maps = np.random.default_rng(1).random((19, 32, 32)).astype(np.float32)
+    expected = np.zeros((19, 56, 60), np.float32)
+    expected[:, 6:46, 10:50] = resize_slices(maps[:, None], (40, 40))[:, 0]
+    assert np.array_equal(preprocess.to_input_grid(maps, crop, (56, 60)), expected)
+
+
+def test_largest_component_equals_labelling_the_whole_volume():
+    """postprocess labels only the mask's bounding box and counts in chunks: the component MONAI's rule keeps
+    (the largest, of equal sizes the last label) is the one a labelling of the whole volume keeps."""
+    from scipy import ndimage
+
+    from LGGSegmenterLib.model import postprocess
+
+    def plain(mask):
+        labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))
+        if n <= 1:
+            return mask
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        return labels == int(np.flatnonzero(sizes == sizes.max())[-1])
+
+    rng = np.random.default_rng(2)
+    for fraction in (0.002, 0.05, 0.3):
+        probability = np.zeros((12, 40, 44), np.float32)
+        probability[2:11, 5:33, 9:41] = rng.random((9, 28, 32)) < fraction
+        assert np.array_equal(postprocess(probability), plain(probability >= 0.5))
+    ties = np.zeros((6, 20, 20), np.float32)
+    ties[1, 2:4, 2:4] = ties[4, 12:14, 15:17] = 1.0  # two components of 4 voxels: the later one is kept
+    kept = postprocess(ties)
+    assert np.array_equal(kept, plain(ties >= 0.5)) and kept[4].sum() == 4 and not kept[1].any()

@@ -84,3 +84,34 @@ def test_death_model_finds_the_size_signal_and_beats_clinical_only():
     assert result["death01_auroc_clinical"] < result["death01_auroc_features_ci_low"]
     with pytest.raises(InputError, match="death01"):
         death_model_auroc(features, clinical.drop(columns="death01"))
+
+
+def test_features_equal_the_plain_numpy_expressions_bit_for_bit():
+    """tumour_features keeps one float64 array of the tumour's positions (about 56 bytes per tumour voxel at its
+    peak, not 120, issue 20): every value equals, bit for bit, the plain expressions it replaced (argwhere,
+    ijk_to_ras_points, mean, std, np.cov), on oblique anisotropic grids, one voxel and thin masks included."""
+    def plain(mask, geometry):
+        ras = geometry.ijk_to_ras_points(np.argwhere(mask)[:, ::-1].astype(float))
+        rot = geometry.ijk_to_ras()[:3, :3]
+        voxel_cov = rot @ rot.T / 12.0
+        cov = np.cov(ras.T, bias=True) + voxel_cov if len(ras) > 1 else voxel_cov
+        eigval, eigvec = np.linalg.eigh(cov)
+        radii = np.sqrt(5.0 * np.maximum(eigval, 1e-12))
+        local = (ras - ras.mean(axis=0)) @ eigvec / radii
+        scale = max(1.0, float(np.sqrt((local ** 2).sum(axis=1)).max()))
+        ratio = mask.sum() * geometry.voxel_volume_ml() / (4.0 / 3.0 * math.pi * float(np.prod(radii)) * scale ** 3
+                                                           / 1000.0)
+        return tuple(map(float, ras.mean(axis=0))), tuple(map(float, ras.std(axis=0))), float(ratio)
+
+    rng = np.random.default_rng(7)
+    tilt = np.array([[0.96, -0.28, 0.0], [0.28, 0.96, 0.0], [0.0, 0.0, 1.0]])
+    geometries = [Geometry((0.8, 0.9, 1.5), (-30.0, 12.0, 40.0), ROTATION),
+                  Geometry((0.4688, 0.4688, 3.3), (101.3, -7.7, 12.9), tilt)]
+    masks = [rng.random((21, 30, 34)) < 0.3, np.zeros((21, 30, 34), bool), np.zeros((3, 9, 9), bool)]
+    masks[1][10, 3:27, 5] = True  # a line
+    masks[2][1, 4, 6] = True  # one voxel
+    for geometry in geometries:
+        for mask in masks:
+            f = tumour_features(mask.astype(np.uint8), geometry)
+            centroid, spread, ratio = plain(mask, geometry)
+            assert f.centroid_ras_mm == centroid and f.spread_mm == spread and f.ellipsoid_ratio == ratio

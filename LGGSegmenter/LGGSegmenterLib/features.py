@@ -58,46 +58,83 @@ class TumourFeatures:
 def tumour_features(mask: np.ndarray, geometry: Geometry) -> TumourFeatures:
     """Features of ``mask`` ``(K, J, I)`` (bool/0-1) on ``geometry`` (see the module docstring).
 
+    Memory: about 56 bytes per tumour voxel at the peak (its RAS positions, float64, and one array of their
+    size at a time), not a copy of the mask; the values are those of the plain numpy expressions (same
+    operations in the same order).
+
     Raises:
         InputError: the mask is not 3D.
     """
-    mask = np.asarray(mask).astype(bool)
+    mask = np.asarray(mask).astype(bool, copy=False)
     if mask.ndim != 3:
         raise InputError(f"tumour mask must be 3D (K, J, I), got shape {mask.shape}")
     nan3 = (math.nan, math.nan, math.nan)
     sx, sy, sz = geometry.spacing_mm
-    area = (mask.reshape(len(mask), -1).sum(axis=1) * sx * sy).astype(float).tolist()
-    n = int(mask.sum())
+    counts = mask.reshape(len(mask), -1).sum(axis=1)  # tumour voxels per slice
+    area = (counts * sx * sy).astype(float).tolist()
+    n = int(counts.sum())
     volume = n * geometry.voxel_volume_ml()
     if n == 0:
         return TumourFeatures(0, 0.0, area, nan3, nan3, math.nan, math.nan)
-    kji = np.argwhere(mask)
-    ras = geometry.ijk_to_ras_points(kji[:, ::-1].astype(float))
+    ras = _ras_points(mask, geometry, n)
     centroid = ras.mean(axis=0)
-    spread = ras.std(axis=0)
+    centred = ras
+    centred -= centroid  # in place: the positions are not needed again, only their offsets from the centroid
+    spread = np.sqrt(np.add.reduce(np.square(centred), axis=0) / n)  # ras.std(axis=0)
     return TumourFeatures(n, volume, area, tuple(map(float, centroid)), tuple(map(float, spread)),
-                          _ellipsoid_ratio(ras, volume, geometry),
-                          _margin_fluctuation(mask, (sy, sx)))
+                          _ellipsoid_ratio(centred, volume, geometry),
+                          _margin_fluctuation(mask, (sy, sx), int(np.argmax(counts))))
 
 
-def _ellipsoid_ratio(points_mm: np.ndarray, volume_ml: float, geometry: Geometry) -> float:
-    """Tumour volume / volume of the moment ellipsoid scaled to enclose all voxel centres."""
+def _ras_points(mask: np.ndarray, geometry: Geometry, n: int, slices_per_step: int = 8) -> np.ndarray:
+    """RAS positions (mm, float64 ``(n, 3)``, in ``np.argwhere`` order) of the ``n`` voxels of ``mask``:
+    :meth:`Geometry.ijk_to_ras_points` of ``np.argwhere(mask)[:, ::-1]``, the indices gathered ``slices_per_step``
+    slices at a time (no int64 copy of them all) and the translation added in place."""
+    ijk = np.empty((n, 3), dtype=float)
+    row = 0
+    for k0 in range(0, len(mask), slices_per_step):
+        kk, jj, ii = np.nonzero(mask[k0:k0 + slices_per_step])
+        end = row + len(kk)
+        ijk[row:end, 0], ijk[row:end, 1], ijk[row:end, 2] = ii, jj, kk + k0
+        row = end
+    to_ras = geometry.ijk_to_ras()
+    ras = ijk @ to_ras[:3, :3].T
+    del ijk
+    ras += to_ras[:3, 3]
+    return ras
+
+
+def _ellipsoid_ratio(centred_mm: np.ndarray, volume_ml: float, geometry: Geometry) -> float:
+    """Tumour volume / volume of the moment ellipsoid scaled to enclose all voxel centres.
+
+    ``centred_mm``: the voxel positions minus their mean, ``(n, 3)`` mm."""
     rot = geometry.ijk_to_ras()[:3, :3]  # columns: the voxel's edge vectors in RAS mm
     voxel_cov = rot @ rot.T / 12.0  # a voxel is a uniform box: keeps one-voxel-thin masks non-degenerate
-    cov = np.cov(points_mm.T, bias=True) + voxel_cov if len(points_mm) > 1 else voxel_cov
+    n = len(centred_mm)
+    if n > 1:  # np.cov(points.T, bias=True) of the centred points, without its copy of them
+        x = centred_mm.T
+        cov = np.dot(x, x.T.conj())
+        cov *= np.true_divide(1, n)
+        cov = cov + voxel_cov
+    else:
+        cov = voxel_cov
     eigval, eigvec = np.linalg.eigh(cov)
     radii = np.sqrt(5.0 * np.maximum(eigval, 1e-12))  # solid ellipsoid: variance = radius^2 / 5
-    local = (points_mm - points_mm.mean(axis=0)) @ eigvec / radii
-    scale = max(1.0, float(np.sqrt((local ** 2).sum(axis=1)).max()))
+    local = centred_mm @ eigvec
+    local /= radii
+    norm = np.square(local, out=local).sum(axis=1)
+    del local
+    scale = max(1.0, float(np.sqrt(norm, out=norm).max()))
     ellipsoid_ml = 4.0 / 3.0 * math.pi * float(np.prod(radii)) * scale ** 3 / 1000.0
     return float(volume_ml / ellipsoid_ml)
 
 
-def _margin_fluctuation(mask: np.ndarray, spacing_ji_mm: tuple[float, float], window_fraction: float = 0.1) -> float:
+def _margin_fluctuation(mask: np.ndarray, spacing_ji_mm: tuple[float, float], k: int,
+                        window_fraction: float = 0.1) -> float:
+    """Margin fluctuation (mm) on slice ``k`` (the slice of largest area)."""
     from scipy.ndimage import uniform_filter1d
     from skimage.measure import find_contours
 
-    k = int(np.argmax(mask.reshape(len(mask), -1).sum(axis=1)))
     plane = np.pad(mask[k].astype(float), 1)
     contours = find_contours(plane, 0.5)
     if not contours:

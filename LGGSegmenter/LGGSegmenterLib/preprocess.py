@@ -76,7 +76,7 @@ def head_mask(image: np.ndarray) -> np.ndarray:
     Args:
         image: ``(K, C, H, W)`` intensities (any scale).
     """
-    mean = np.asarray(image, dtype=np.float32).mean(axis=1)
+    mean = np.asarray(image).mean(axis=1, dtype=np.float32)  # float32 sums, no float32 copy of an integer image
     high = float(np.percentile(mean, 99))
     if high <= 0:
         return np.zeros(mean.shape, dtype=bool)
@@ -122,27 +122,44 @@ def prepare(image: np.ndarray, recipe: str, size: int) -> Prepared:
         raise InputError(f"expected a study image (K slices, C channels, H, W), got shape {image.shape}")
     if recipe not in RECIPE_NORMALISATION:
         raise InputError(f"unknown recipe {recipe!r}; expected one of {sorted(RECIPE_NORMALISATION)}")
-    # float32 without a copy when it is float32 already; only the crop is copied (and then normalised in place)
-    x = np.asarray(image, dtype=np.float32)
-    if not all(np.isfinite(x[k:k + 8]).all() for k in range(0, len(x), 8)):  # 8 slices at a time
+    # No float32 copy of the whole study: integer values are finite, float values are checked 8 slices at a time;
+    # only the crop becomes float32 (each channel as its normalisation returns it), then it is resized 8 slices at
+    # a time straight into the network input (the same values as one float32 copy of everything: each step is per
+    # voxel or per slice).
+    if image.dtype.kind not in "biu" and not all(np.isfinite(image[k:k + 8]).all() for k in range(0, len(image), 8)):
         raise InputError("the study image has non-finite values (NaN or infinity)")
-    k, c, h, w = x.shape
+    k, c, h, w = image.shape
     if recipe == "seed":
         crop = Crop(0, h, 0, w, size)
-        x = x / 255.0
+        x = np.true_divide(image, np.float32(255.0), dtype=np.float32)  # float32(value) / 255, as x / 255.0
     elif recipe == "buda-unet":  # upstream: non-zero box, per channel p10-p99 -> [0, 1], then z-score (volume)
-        crop = brain_crop(np.abs(x).sum(axis=1) > 0, size, margin_px=0)
-        x = x[:, :, crop.j0:crop.j1, crop.i0:crop.i1].copy()
+        crop = brain_crop((image != 0).any(axis=1), size, margin_px=0)  # |x| summed over channels > 0
+        x = np.empty((k, c, *crop.box_hw), dtype=np.float32)
         for ch in range(c):
-            x[:, ch] = normalize_zscore(normalize_percentile(x[:, ch], 10.0, 99.0))
+            x[:, ch] = normalize_zscore(normalize_percentile(image[:, ch, crop.j0:crop.j1, crop.i0:crop.i1],
+                                                             10.0, 99.0))
     else:
-        mask = head_mask(x)
+        mask = head_mask(image)
         crop = brain_crop(mask, size)
-        x = x[:, :, crop.j0:crop.j1, crop.i0:crop.i1].copy()
+        x = np.empty((k, c, *crop.box_hw), dtype=np.float32)
         m = mask[:, crop.j0:crop.j1, crop.i0:crop.i1]
         for ch in range(c):
-            x[:, ch] = normalize_percentile(x[:, ch], 10.0, 99.0, mask=m if m.any() else None)
-    return Prepared(resize_slices(x, (size, size)), crop, (h, w))
+            x[:, ch] = normalize_percentile(image[:, ch, crop.j0:crop.j1, crop.i0:crop.i1], 10.0, 99.0,
+                                            mask=m if m.any() else None)
+        del mask, m
+    return Prepared(x if x.shape[-2:] == (size, size) else _resized(x, (size, size)), crop, (h, w))
+
+
+def _resized(x: np.ndarray, size_hw: tuple[int, int], out: np.ndarray | None = None,
+             mode: str = "bilinear") -> np.ndarray:
+    """:func:`~MedDLLib.resample.resize_slices` of ``x (K, ..., H, W)`` done 8 slices at a time into ``out``
+    (float32 ``(K, ..., *size_hw)``, a new array when None): the same values, without the full-size temporaries
+    of one call (the resize holds about five arrays of the output's size while it runs)."""
+    if out is None:
+        out = np.empty((*x.shape[:-2], *size_hw), dtype=np.float32)
+    for k in range(0, len(x), 8):
+        out[k:k + 8] = resize_slices(x[k:k + 8], size_hw, mode=mode)
+    return out
 
 
 def target_on_grid(mask: np.ndarray, crop: Crop) -> np.ndarray:
@@ -153,9 +170,9 @@ def target_on_grid(mask: np.ndarray, crop: Crop) -> np.ndarray:
 
 def to_input_grid(maps: np.ndarray, crop: Crop, input_hw: tuple[int, int]) -> np.ndarray:
     """Maps ``(K, S, S)`` on the network grid back onto the input slices ``(K, H, W)`` (bilinear; 0 outside)."""
-    maps = np.asarray(maps, dtype=np.float32)
+    maps = np.asarray(maps)
     out = np.zeros((maps.shape[0], *input_hw), dtype=np.float32)
-    out[:, crop.j0:crop.j1, crop.i0:crop.i1] = resize_slices(maps[:, None], crop.box_hw)[:, 0]
+    _resized(maps, crop.box_hw, out[:, crop.j0:crop.j1, crop.i0:crop.i1])
     return out
 
 
