@@ -140,6 +140,54 @@ def test_tilted_series_resampled_grid(tmp_path):
     assert dciodvfy_errors(path) == []
 
 
+def _elements(path: Path) -> list[tuple[str, str]]:
+    """Every element of a SEG as (path of keywords, value), the UIDs and times of this instance left out."""
+    volatile = {"SeriesInstanceUID", "SOPInstanceUID", "MediaStorageSOPInstanceUID", "ContentDate", "ContentTime",
+                "SeriesDate", "SeriesTime", "InstanceCreationDate", "InstanceCreationTime", "ContributionDateTime",
+                "DimensionOrganizationUID"}
+
+    def walk(ds, prefix: str) -> list[tuple[str, str]]:
+        out = []
+        for element in ds:
+            if element.VR == "SQ":
+                for n, item in enumerate(element.value):
+                    out += walk(item, f"{prefix}{element.keyword}[{n}].")
+            elif element.keyword not in volatile:
+                out.append((prefix + element.keyword, str(element.value)))
+        return out
+
+    return walk(pydicom.dcmread(path), "")
+
+
+@pytest.mark.parametrize("kind", ["aligned", "reversed", "tilted"])
+def test_the_readers_headers_give_the_same_seg_reading_one_file(tmp_path, kind, monkeypatch):
+    """With the headers the reader parsed (``keep_headers``, as ``meddl infer`` passes them) the SEG is the one
+    written from the files, element for element, and only its first frame's source file is read again (for the
+    patient/study attributes highdicom copies): aligned, reversed slice order, resampled (tilted) series. A file
+    whose header is not among them (``--dicom-source`` elsewhere) is read."""
+    g = {"aligned": OBLIQUE, "reversed": Geometry((0.7, 0.8, 2.5), (0.0, 0.0, 0.0), np.diag([1.0, 1.0, -1.0])),
+         "tilted": Geometry((0.8, 0.8, 3.0), (-10.0, -10.0, 0.0))}[kind]
+    write_series(tmp_path / "ct", Volume(np.zeros((7, 20, 24), np.int16), g),
+                 **({"gantry_tilt_deg": 12.0} if kind == "tilted" else {}))
+    volume = dicom.read_dicom_folder(tmp_path / "ct", keep_headers=True)
+    files, headers = volume.metadata["files"], volume.metadata["headers"]
+    assert sorted(headers) == sorted(files)
+    labels = _labels(volume.shape_kji)
+    plain = dicomseg.write_dicom_seg(labels, volume.geometry, LUNGS, files, tmp_path / "plain.seg.dcm")
+    read = []
+    original = dicomseg._read_source
+    monkeypatch.setattr(dicomseg, "_read_source", lambda path: read.append(path) or original(path))
+    kept = dicomseg.write_dicom_seg(labels, volume.geometry, LUNGS, files, tmp_path / "kept.seg.dcm",
+                                    source_headers=headers)
+    assert len(read) == 1 and _elements(kept) == _elements(plain)
+    del read[:]
+    partial = dict(list(headers.items())[2:])
+    dicomseg.write_dicom_seg(labels, volume.geometry, LUNGS, files, tmp_path / "partial.seg.dcm",
+                             source_headers=partial)
+    assert _elements(tmp_path / "partial.seg.dcm") == _elements(plain) and 2 <= len(read) <= 3
+    assert not any("PatientName" in ds for ds in headers.values())  # the reader's headers are not changed
+
+
 def test_real_ct_series(tmp_path, real_data):
     """The real TCIA chest CT (30 slices 512^2): round trip exact, frame positions = the source images'."""
     volume = dicom.read_dicom_folder(real_data / REAL_CT)

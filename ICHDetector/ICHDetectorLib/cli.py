@@ -42,7 +42,7 @@ def read_study_volume(path: Path) -> Any:
 
     path = Path(path)
     if path.is_dir():
-        return dicom.read_dicom_folder(path, fix_bad_intercept=True)
+        return dicom.read_dicom_folder(path, fix_bad_intercept=True, keep_headers=True)  # headers: the SEG's
     if not mio.is_volume_file(path):
         raise InputError(f"{path}: not a DICOM folder nor a volume file ({', '.join(mio.VOLUME_FILE_SUFFIXES)})")
     return mio.read_volume_file(path)

@@ -153,7 +153,7 @@ def compute(image: np.ndarray, geometry: Geometry, network: Any, metadata: dict[
         inputs = torch.from_numpy(seg.prepared.x).to(device)
         maps = compute_gradcam(TumourScore(torch_network(network)), inputs, layer, class_index=0)
         grid = network_grid_geometry(geometry, seg.prepared.crop)
-        reference = Volume(np.zeros(seg.mask.shape, np.float32), geometry, {})
+        reference = Volume(np.broadcast_to(np.float32(0.0), seg.mask.shape), geometry, {})  # its grid only
         heat = heatmap_to_reference(maps, grid, reference)
     report(0.95, "tumour features")
     return LGGResult(seg.mask, seg.probability, geometry, tumour_features(seg.mask, geometry), heat)
@@ -257,8 +257,9 @@ def read_study(path: str | Path, channels: Sequence[str]) -> dict[str, Volume]:
             if list(channels) != ["FLAIR"]:
                 raise InputError(f"{path}: one series, but the model needs {list(channels)} "
                                  "(give a folder with the pre-contrast, FLAIR and post-contrast series)")
-            return {"FLAIR": _named(read_series(found[0]), "FLAIR")}
+            return {"FLAIR": _named(read_series(found[0], keep_headers=True), "FLAIR")}
         out = {}
+        reference = reference_channel(channels)
         for c in channels:
             key = {"pre-contrast": "pre", "FLAIR": "flair", "post-contrast": "post"}[c]
             match = [s for s in found if key in s.description.lower()]
@@ -266,7 +267,8 @@ def read_study(path: str | Path, channels: Sequence[str]) -> dict[str, Volume]:
                 raise InputError(f"{path}: expected one series whose SeriesDescription contains {key!r} for "
                                  f"channel {c}, found {len(match)} among "
                                  f"{[s.description for s in found]}")
-            out[c] = _named(read_series(match[0]), c)
+            # the reference channel's parsed headers are kept: its DICOM SEG references them
+            out[c] = _named(read_series(match[0], keep_headers=c == reference), c)
         return out
     if list(channels) != ["FLAIR"]:
         raise InputError(f"{path}: one volume file, but the model needs {list(channels)}")

@@ -435,6 +435,8 @@ def _parse_header(f: BinaryIO, size: int) -> tuple[pydicom.Dataset, BinaryIO]:
     try:
         ds = pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=list(HEADER_KEYWORDS))
         if len(head) == size or stream.tell() + 12 <= len(head):
+            if ds.buffer is stream:
+                ds.buffer = None  # the header keeps no copy of the chunk (64 KB a file, pickled with it otherwise)
             return ds, stream
     except InvalidDicomError:
         raise
@@ -1469,7 +1471,8 @@ def _resample_regular(stack: np.ndarray, layout: StackLayout, fill: float) -> tu
 
 # --------------------------------------------------------------------------------------------- reading
 def read_series(series: DicomSeries, *, irregular: str = "resample", workers: int | None = None,
-                fix_bad_intercept: bool = False, unknown_spacing: str = "refuse") -> Volume:
+                fix_bad_intercept: bool = False, unknown_spacing: str = "refuse",
+                keep_headers: bool = False) -> Volume:
     """Read one :class:`DicomSeries` into a :class:`Volume` (values through the Modality LUT, LPS geometry).
 
     Args:
@@ -1485,10 +1488,13 @@ def read_series(series: DicomSeries, *, irregular: str = "resample", workers: in
             (DicomError; what inference needs: volumes measured on a guessed pixel size are wrong) or "assume_1mm"
             (1 mm pixels, as SimpleITK does, with a warning; what ``meddl convert`` does). A PixelSpacing that is
             present but no pixel size (0, negative, NaN, 1e-30) is always refused.
+        keep_headers: also keep each file's parsed header (the :data:`HEADER_KEYWORDS` elements) as
+            ``metadata["headers"]`` (file path -> pydicom Dataset): a DICOM SEG of the volume then references the
+            series without reading its files again (:func:`MedDLLib.dicomseg.write_dicom_seg`).
 
     Returns:
         ``Volume(array[k, j, i], geometry, metadata)`` with the metadata of :class:`DicomSeries` plus
-        "warnings", "units" ("HU" for CT with a rescale, else ""), "photometric" and "uid".
+        "warnings", "units" ("HU" for CT with a rescale, else ""), "photometric", "uid" (and "headers").
 
     Raises:
         DicomError: naming the file and tag: missing or truncated pixel data, no decoder for the transfer
@@ -1601,6 +1607,8 @@ def read_series(series: DicomSeries, *, irregular: str = "resample", workers: in
     )
     units = "HU" if metadata["modality"] == "CT" and luts[0].kind == "rescale" else ""
     metadata.update(uid=series.uid, warnings=warnings, units=units, photometric=photometric)
+    if keep_headers:
+        metadata["headers"] = {str(s.path): s.header for s in series.slices}
     return Volume(array, geometry, metadata)
 
 
@@ -1658,8 +1666,9 @@ def _stackable(series: DicomSeries) -> bool:
 
 def read_dicom_folder(folder: str | os.PathLike, series_uid: str | None = None, *, irregular: str = "resample",
                       workers: int | None = None, fix_bad_intercept: bool = False,
-                      unknown_spacing: str = "refuse") -> Volume:
-    """Read the one volume under ``folder`` (or the one with ``series_uid``: a volume uid or SeriesInstanceUID).
+                      unknown_spacing: str = "refuse", keep_headers: bool = False) -> Volume:
+    """Read the one volume under ``folder`` (or the one with ``series_uid``: a volume uid or SeriesInstanceUID);
+    the keywords as :func:`read_series` takes them.
 
     Raises:
         DicomError: no DICOM found, a corrupt file, several volumes and no ``series_uid`` (the message lists
@@ -1667,7 +1676,8 @@ def read_dicom_folder(folder: str | os.PathLike, series_uid: str | None = None, 
     """
     found = find_series(folder, workers=workers)
     return read_series(select_series(found, series_uid), irregular=irregular, workers=workers,
-                       fix_bad_intercept=fix_bad_intercept, unknown_spacing=unknown_spacing)
+                       fix_bad_intercept=fix_bad_intercept, unknown_spacing=unknown_spacing,
+                       keep_headers=keep_headers)
 
 
 def inspect_folder(root: str | os.PathLike, workers: int | None = None) -> list[dict[str, Any]]:

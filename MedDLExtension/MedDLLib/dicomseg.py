@@ -112,23 +112,39 @@ def series_files(path: str | Path) -> list[Path]:
     raise InputError(f"{path}: not a DICOM image of a series in {path.parent} (--dicom-source)")
 
 
-def _read_sources(source_files: Sequence[Path]) -> list:
+def _read_source(path: Path):
+    """The whole header of one source file (no pixel data), its empty type 2 patient/study attributes added."""
     import pydicom
 
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the input's fault
+        raise InputError(f"{path}: cannot be read as DICOM ({exc})") from None
+    for keyword in _COPIED_TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, None)
+    return ds
+
+
+def _read_sources(source_files: Sequence[Path], headers: Mapping[str, object] | None = None) -> list:
+    """The source datasets, in ``source_files`` order: the reader's header where ``headers`` has the file (see
+    :func:`write_dicom_seg`), else the file's whole header (:func:`_read_source`).
+
+    Raises:
+        InputError: no files, an unreadable file, a file without the UIDs a SEG references, or files of several
+            series / frames of reference.
+    """
     if not source_files:
         raise InputError("DICOM SEG: no source files given (the series the segmentation was made from)")
+    known = headers or {}
     sources = []
     for path in source_files:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the input's fault
-            raise InputError(f"{path}: cannot be read as DICOM ({exc})") from None
+        ds = known.get(str(path))
+        if ds is None:
+            ds = _read_source(path)
         for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID"):
             if not ds.get(keyword):
                 raise InputError(f"{path}: no {keyword}; a DICOM SEG must reference it")
-        for keyword in _COPIED_TYPE2:
-            if keyword not in ds:
-                setattr(ds, keyword, None)
         sources.append(ds)
     for key in ("SeriesInstanceUID", "FrameOfReferenceUID"):
         values = {str(ds[key].value) for ds in sources}
@@ -138,9 +154,10 @@ def _read_sources(source_files: Sequence[Path]) -> list:
     return sources
 
 
-def _source_k(ds, geometry: Geometry, shape_kji: tuple[int, int, int]) -> tuple[int | None, str]:
-    """Label slice index ``k`` that source image ``ds`` is, or (None, why not)."""
-    name = Path(str(getattr(ds, "filename", "") or ds.SOPInstanceUID)).name
+def _source_k(ds, geometry: Geometry, shape_kji: tuple[int, int, int], path: str | Path | None = None
+              ) -> tuple[int | None, str]:
+    """Label slice index ``k`` that source image ``ds`` (the file ``path``) is, or (None, why not)."""
+    name = Path(str(path or getattr(ds, "filename", "") or ds.SOPInstanceUID)).name
     nk, nj, ni = shape_kji
     if int(ds.get("Rows") or 0) != nj or int(ds.get("Columns") or 0) != ni:
         return None, f"{name}: image size {ds.get('Columns')}x{ds.get('Rows')} differs from the labels' {ni}x{nj}"
@@ -166,15 +183,18 @@ def _source_k(ds, geometry: Geometry, shape_kji: tuple[int, int, int]) -> tuple[
     return k, ""
 
 
-def match_sources(sources: Sequence, geometry: Geometry, shape_kji: tuple[int, int, int]) -> tuple[list | None, str]:
+def match_sources(sources: Sequence, geometry: Geometry, shape_kji: tuple[int, int, int],
+                  paths: Sequence[str | Path] | None = None) -> tuple[list | None, str]:
     """The source datasets in label-slice order when each label slice ``k`` is exactly one source image.
+
+    ``paths``: the files of ``sources`` (they name them in the reason).
 
     Returns:
         (``sources`` reordered so item ``k`` is label slice ``k``, "") or (None, the first reason why not).
     """
     by_k: dict[int, object] = {}
-    for ds in sources:
-        k, why = _source_k(ds, geometry, shape_kji)
+    for n, ds in enumerate(sources):
+        k, why = _source_k(ds, geometry, shape_kji, paths[n] if paths is not None else None)
         if k is None:
             return None, why
         if k in by_k:
@@ -280,6 +300,7 @@ def write_dicom_seg(
     series_number: int | None = None,
     terms: Mapping[str, SegmentTerm] | None = None,
     aligned_only: bool = False,
+    source_headers: Mapping[str, object] | None = None,
 ) -> Path:
     """Write ``labels`` as a BINARY DICOM SEG referencing the series of ``source_files`` (atomically).
 
@@ -297,6 +318,10 @@ def write_dicom_seg(
         series_number: default source SeriesNumber + 1000 (1000 without one).
         terms: segment name -> term, overriding :func:`~MedDLLib.terminology.term_for`.
         aligned_only: refuse (InputError) when the label slices are not the source images (resampled series).
+        source_headers: the headers the DICOM reader parsed (``metadata["headers"]`` of
+            :func:`MedDLLib.dicom.read_series` with ``keep_headers``: file path -> the elements it reads): those
+            files are not read again, and only the first frame's source is read whole (highdicom copies the
+            patient, study and equipment attributes from it alone). The same SEG as without them.
 
     Returns:
         ``path``.
@@ -326,9 +351,9 @@ def write_dicom_seg(
     else:
         numbers, present = segment_numbers(labels, values)
     source_files = [Path(p) for p in source_files]
-    sources = _read_sources(source_files)
+    sources = _read_sources(source_files, source_headers)
     shape = tuple(int(s) for s in labels.shape[:3])
-    ordered, why = match_sources(sources, geometry, shape)  # type: ignore[arg-type]
+    ordered, why = match_sources(sources, geometry, shape, source_files)  # type: ignore[arg-type]
     extra: dict = {}
     if ordered is None:
         if aligned_only:
@@ -344,6 +369,10 @@ def write_dicom_seg(
                              for k in range(shape[0])],
         )
         ordered = sources
+    if source_headers:  # the reader's headers hold what references need; the first source is copied from
+        first_path = source_files[next(n for n, ds in enumerate(sources) if ds is ordered[0])]
+        if source_headers.get(str(first_path)) is ordered[0]:
+            ordered = [_read_source(first_path), *ordered[1:]]
     first = ordered[0]
     number = series_number if series_number is not None else 1000 + int(first.get("SeriesNumber") or 0)
     descriptions = _descriptions(values, segments, terms, model_name, model_version)

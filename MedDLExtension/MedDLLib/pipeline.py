@@ -528,7 +528,8 @@ def write_dicom_seg(labels: np.ndarray, reference: Volume, item: OutputFile, sou
     path = output / (item.file[: -len(".seg.nrrd")] + ".seg.dcm")
     return write(np.asarray(labels), reference.geometry, item.segments or {}, list(source_files), path,
                  model_name=model.name if model is not None else model_name,
-                 model_version=str(model.metadata.get("version", "")) if model is not None else "")
+                 model_version=str(model.metadata.get("version", "")) if model is not None else "",
+                 source_headers=reference.metadata.get("headers"))  # what the reader parsed, if it kept it
 
 
 def _write_overlay(path: Path, spec: Sequence[OutputFile], computed: Computed, reference: Volume) -> Path:
