@@ -105,13 +105,13 @@ def select_inference_device(requested: str | None = None, force_cpu: bool = Fals
 
 
 def gpu_driver_present() -> bool:
-    """Whether this machine may have a GPU torch could use: True unless it is Linux without an NVIDIA driver
-    (``/proc/driver/nvidia``) and without ROCm's ``/dev/kfd``, or macOS (no CUDA). Elsewhere (Windows) True:
-    only torch can tell."""
+    """Whether this machine may have a GPU torch could use: True unless it is Linux without a GPU driver's files
+    (NVIDIA's ``/proc/driver/nvidia`` or ``/dev/nvidiactl``, WSL's ``/dev/dxg``, ROCm's ``/dev/kfd``), or macOS
+    (no CUDA). Elsewhere (Windows) True: only torch can tell."""
     if sys.platform == "darwin":
         return False
     if sys.platform.startswith("linux"):
-        return Path("/proc/driver/nvidia").exists() or Path("/dev/kfd").exists()
+        return any(Path(p).exists() for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd"))
     return True
 
 
