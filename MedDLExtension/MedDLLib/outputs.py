@@ -143,7 +143,7 @@ def _write_nrrd(path: Path, array: np.ndarray, geometry: Geometry) -> Path:
         for slab in array:
             data = memoryview(np.ascontiguousarray(slab, dtype=little)).cast("B")
             crc, size = zlib.crc32(data, crc), size + data.nbytes
-            if slab.any():
+            if data.nbytes and np.frombuffer(data, dtype=np.uint8).any():  # bits, not values: -0.0 is kept
                 deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
                 f.write(deflate.compress(data) + deflate.flush(zlib.Z_FULL_FLUSH))
             else:
