@@ -174,17 +174,28 @@ def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
         maps = maps * (probs[:, LABELS.index(options.heatmap_label)] >= options.threshold)[:, None, None]
         heat_volume = heatmap_to_reference(maps.astype(np.float32), grid, volume)
         checkpoint(0.85, "suspected hemorrhage region")
-        raw = np.asarray(volume.array)
-        suspected = np.zeros(raw.shape, dtype=np.uint8)
-        for k in range(0, len(raw), 8):  # 8 slices at a time (per-slice masks): no full-volume float32 HU copy
-            hu = np.asarray(raw[k:k + 8], dtype=np.float32)
-            blood = (hu >= BLOOD_HU[0]) & (hu <= BLOOD_HU[1])
-            hot = heat_volume.array[k:k + 8] >= options.heatmap_threshold
-            suspected[k:k + 8] = blood & intracranial_mask(hu) & hot
+        suspected = suspected_region(volume.array, heat_volume.array, options.heatmap_threshold)
         volume_ml = float(suspected.sum()) * volume.geometry.voxel_volume_ml()
     checkpoint(1.0, "done")
     return ICHResult(probs, study, bool(positive), options.threshold, heat_volume, suspected, volume_ml,
                      package.name, options.heatmap_label, non_head_note=override)
+
+
+def suspected_region(hu: np.ndarray, heat: np.ndarray, heat_threshold: float) -> np.ndarray:
+    """The "suspected hemorrhage" mask ``[k, j, i]`` uint8: blood density (:data:`BLOOD_HU`), heatmap at or above
+    ``heat_threshold`` and intracranial (:func:`~.preprocess.intracranial_mask`).
+
+    8 slices at a time (no full-volume float32 HU copy); the skull's inside is found only on the slices with
+    hot blood-density voxels (the heatmap is zero on the slices the model finds negative): the same mask.
+    """
+    raw = np.asarray(hu)
+    suspected = np.zeros(raw.shape, dtype=np.uint8)
+    for k in range(0, len(raw), 8):
+        part = np.asarray(raw[k:k + 8], dtype=np.float32)
+        candidate = (part >= BLOOD_HU[0]) & (part <= BLOOD_HU[1]) & (heat[k:k + 8] >= heat_threshold)
+        for n in np.flatnonzero(candidate.reshape(len(candidate), -1).any(axis=1)):
+            suspected[k + n] = candidate[n] & intracranial_mask(part[n:n + 1])[0]
+    return suspected
 
 
 class ICHDetectorLogic:

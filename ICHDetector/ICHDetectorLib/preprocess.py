@@ -118,7 +118,7 @@ def head_or_chest(volume: Volume) -> AnatomyCheck:
         if count == 0:
             continue
         sizes = np.bincount(labels.ravel())[1:]
-        outline = ndi.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
+        outline = fill_holes_in_plane(labels == int(np.argmax(sizes)) + 1)
         area = float(outline.sum())
         if area * sx * sy < MIN_BODY_AREA_MM2:
             continue
@@ -240,15 +240,39 @@ class InputSpec:
 # ---------------------------------------------------------------------------------------------- array pieces
 def intracranial_mask(hu: np.ndarray) -> np.ndarray:
     """Intracranial voxels ``[k, j, i]`` of a head CT in HU: inside the skull ring (bone > 300 HU), soft-tissue
-    density (-20..120 HU), per slice."""
+    density (-20..120 HU), per slice: the bone's holes filled (:func:`fill_holes_in_plane`), less the bone grown
+    by one pixel in-plane (``scipy.ndimage.binary_dilation`` with its default cross, once)."""
+    bone = hu > 300.0
+    grown = bone.copy()
+    grown[:, 1:] |= bone[:, :-1]
+    grown[:, :-1] |= bone[:, 1:]
+    grown[:, :, 1:] |= bone[:, :, :-1]
+    grown[:, :, :-1] |= bone[:, :, 1:]
+    inside = fill_holes_in_plane(bone)
+    inside &= ~grown
+    return inside & (hu > -20.0) & (hu < 120.0)
+
+
+#: The in-plane cross (4-neighbourhood) of a 3D array: every axial slice on its own.
+_IN_PLANE_CROSS = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE_CROSS[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+
+
+def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` of each slice of ``mask`` (``(K, H, W)`` or one ``(H, W)`` slice), the
+    same pixels: the background 4-connected to a slice's edge stays background, the rest is filled. One labelling
+    of the background of all slices and a look-up (4-7x faster than the fill's repeated erosions on 512 x 512)."""
     from scipy import ndimage
 
-    bone = hu > 300.0
-    inside = np.zeros_like(bone)
-    for k in range(hu.shape[0]):
-        filled = ndimage.binary_fill_holes(bone[k])
-        inside[k] = filled & ~ndimage.binary_dilation(bone[k], iterations=1)
-    return inside & (hu > -20.0) & (hu < 120.0)
+    mask = np.asarray(mask, dtype=bool)
+    slices = mask[None] if mask.ndim == 2 else mask
+    background, n = ndimage.label(~slices, structure=_IN_PLANE_CROSS)
+    outside = np.zeros(n + 1, dtype=bool)
+    for edge in (background[:, 0], background[:, -1], background[:, :, 0], background[:, :, -1]):
+        outside[edge] = True
+    outside[0] = False  # the mask itself
+    filled = ~outside[background]
+    return filled[0] if mask.ndim == 2 else filled
 
 
 def network_grid(geometry: Geometry, shape_kji: Sequence[int], size: int) -> Geometry:
@@ -306,13 +330,15 @@ def volume_input(volume: Volume, spec: InputSpec) -> tuple[np.ndarray, Geometry]
         ``(inputs, grid)``: float32 ``(K, C, size, size)`` (one sample per slice k) and the :class:`Geometry`
         of the ``[k, size, size]`` grid (for :func:`MedDLLib.gradcam.heatmap_to_reference`).
     """
-    hu = np.asarray(volume.array, dtype=np.float32)
+    hu = np.asarray(volume.array)
     nk = hu.shape[0]
-    resized = resize_slices(hu, spec.size)
+    resized = np.empty((nk, spec.size, spec.size), dtype=np.float32)
+    for k in range(0, nk, 8):  # 8 slices at a time: no float32 copy of the whole (integer) HU volume
+        resized[k:k + 8] = resize_slices(hu[k:k + 8], spec.size)
     if spec.mode == "maxabs":
         per_slice = np.stack([normalize_max_abs(s) for s in resized])[:, None]  # (K, 1, S, S)
     else:
         per_slice = np.stack([window_channels(s, spec.windows) for s in resized])  # (K, 3, S, S)
     inputs = np.stack([per_slice[neighbour_indices(nk, k, spec.context)].reshape(-1, spec.size, spec.size)
                        for k in range(nk)])
-    return inputs.astype(np.float32), network_grid(volume.geometry, hu.shape, spec.size)
+    return inputs.astype(np.float32, copy=False), network_grid(volume.geometry, hu.shape, spec.size)
