@@ -118,9 +118,7 @@ def backend_available(name: str) -> bool:
             import onnxruntime
 
             return bool(onnxruntime.__version__)
-        import openvino
-
-        return name == "openvino" or "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return name == "openvino" or "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except Exception:  # ImportError, or a CPU plugin that cannot start
         return False
 
@@ -138,6 +136,26 @@ def _threads() -> int:
     from .device import cpu_threads
 
     return cpu_threads()
+
+
+_OPENVINO_CORE: Any = None
+
+
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``: every OpenVINO model is compiled on it, and it is never freed.
+
+    OpenVINO's CPU plugin gives a thread that compiles a model an alternate signal stack (for AMX state) and, when
+    that plugin instance is destroyed, unmaps it and restores the stack it found. With one Core per session, freed
+    in any order but the reverse, the thread was left with an unmapped (later reused) alternate stack, and the
+    next Python signal handler, which runs on it, crashed the process: e.g. the SIGCHLD of an exiting DataLoader
+    worker (``Testing/test_runtime_then_training.py``). Raises ImportError without OpenVINO.
+    """
+    global _OPENVINO_CORE
+    if _OPENVINO_CORE is None:
+        import openvino
+
+        _OPENVINO_CORE = openvino.Core()
+    return _OPENVINO_CORE
 
 
 def forced_backend() -> str:
@@ -166,7 +184,7 @@ class _Session:
         else:
             import openvino as ov
 
-            core = ov.Core()
+            core = openvino_core()
             model = core.read_model(str(onnx_file))
             model.reshape({model.inputs[0]: ov.PartialShape(list(shape))})  # static shape: the fastest kernels
             config = {"INFERENCE_PRECISION_HINT": "bf16" if backend == "openvino-bf16" else "f32",
