@@ -12,7 +12,8 @@ import pytest
 
 from MedDLLib.errors import InputError
 from MedDLLib.geometry import Geometry, Volume
-from MedDLLib.outputs import _write_image, check_labels, write_volume
+from MedDLLib import outputs
+from MedDLLib.outputs import _write_image, check_labels, write_segmentation, write_volume
 
 
 def _spec(values):
@@ -32,7 +33,8 @@ def test_check_labels_refuses_exactly_the_values_without_a_segment(dtype, seed):
             check_labels(labels, segments, "x")
     else:
         out = check_labels(labels, segments, "x")
-        assert out.dtype == np.uint8 and np.array_equal(out, labels) and not np.shares_memory(out, labels)
+        assert out.dtype == np.uint8 and np.array_equal(out, labels)
+        assert np.shares_memory(out, labels) == (labels.dtype == np.uint8)  # no copy of uint8 labels
 
 
 def test_check_labels_values_far_apart_and_gaps():
@@ -92,3 +94,29 @@ def test_volumes_the_nrrd_writer_does_not_take_still_go_through_simpleitk(tmp_pa
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(nifti))), array)
     with pytest.raises(TypeError):  # a type SimpleITK has no pixel type for: its own refusal, as before
         write_volume(tmp_path / "h.nrrd", Volume(array.astype(np.float16), geometry, {}))
+
+
+def _same_nrrd(ours, reference):
+    """Same header bytes and the same decompressed voxel bytes."""
+    a, b = ours.read_bytes(), reference.read_bytes()
+    header_a, header_b = a[: a.index(b"\n\n") + 2], b[: b.index(b"\n\n") + 2]
+    assert header_a.decode() == header_b.decode()
+    assert gzip.decompress(a[len(header_a):]) == gzip.decompress(b[len(header_b):])
+
+
+def test_segmentation_file_is_simpleitks_header_and_voxels(tmp_path, monkeypatch):
+    """.seg.nrrd written without SimpleITK: the header (segment fields in ITK's key order, twelve segments so that
+    Segment10_ sorts before Segment1_) and voxels equal SimpleITK's file, and it reads back as written."""
+    from MedDLLib.outputs import read_segmentation_labels
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 13, size=(4, 9, 7)).astype(np.uint8)
+    labels[1] = 0
+    segments = {v: (f"Région {v}", (v / 13, 0.5, 0.25)) for v in range(1, 13)}
+    geometry = Geometry((0.7, 0.8, 2.5), (-10.5, 20.25, -0.0), ((0.0, 1.0, 0.0), (-1.0, 0.0, 0.0), (0.0, 0.0, 1.0)))
+    ours = write_segmentation(tmp_path / "ours.seg.nrrd", labels, geometry, segments)
+    monkeypatch.setattr(outputs, "_nrrd_writable", lambda array, geometry: False)  # SimpleITK's writer, as before
+    reference = write_segmentation(tmp_path / "sitk.seg.nrrd", labels, geometry, segments)
+    _same_nrrd(ours, reference)
+    volume, read_segments = read_segmentation_labels(ours)
+    assert np.array_equal(volume.array, labels) and read_segments == read_segmentation_labels(reference)[1]
