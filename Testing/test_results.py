@@ -289,7 +289,7 @@ def test_lgg_three_channel_round_trip(headless_scene, tmp_path):
     assert loaded.nodes["segmentation"].GetClassName() == "vtkMRMLSegmentationNode"
 
 
-def test_heatmap_colours_are_matplotlibs_inferno_without_importing_it(headless_scene):
+def test_heatmap_colours_are_matplotlibs_inferno_without_importing_it(headless_scene, tmp_path):
     """``overlay.png`` and the scene's heatmap table share MedDL's copy of inferno: the same colours as matplotlib,
     value for value, and a heatmap overlay rendered in a fresh process imports no matplotlib."""
     import subprocess
@@ -312,6 +312,6 @@ def test_heatmap_colours_are_matplotlibs_inferno_without_importing_it(headless_s
     code = ("import sys, numpy as np; from MedDLLib.geometry import Volume; "
             "from MedDLLib.render import render_overlay; v = Volume(np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)); "
             "render_overlay(sys.argv[1], v, 1, heatmap=v.array); assert 'matplotlib' not in sys.modules")
-    done = subprocess.run([sys.executable, "-c", code, str(Path(table.GetScene().GetRootDirectory()) / "x.png")],
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "overlay.png")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
