@@ -60,6 +60,41 @@ def test_infer_refuses_real_chest_ct(tmp_path, model, real_data):
     assert not (tmp_path / "o" / "result.json").exists()
 
 
+def test_head_ct_check_runs_where_the_study_is_read_and_not_again(tmp_path, model, real_data, monkeypatch):
+    """The head-CT check runs in read_study (in a cold infer: the forked reader, while torch loads) and compute
+    takes its result: one check a run, the same result and refusal; another accept_non_head checks again."""
+    from ICHDetectorLib import logic, preprocess
+    from MedDLLib.pipeline import run_study
+    from MedDLLib.taskregistry import get_task
+
+    volume, _, _ = phantom.head_ct(np.random.default_rng(2), 48, 6, ("subdural",))
+    write_series(tmp_path / "study", volume)
+    calls = []
+    original = preprocess.check_head_ct
+    for module in (preprocess, logic):  # where read_study and compute find it
+        monkeypatch.setattr(module, "check_head_ct", lambda *a, **k: calls.append(k) or original(*a, **k))
+    task = get_task("ich")
+    options = task.options_type(device="cpu")
+    result = run_study(task, tmp_path / "study", model, tmp_path / "out", options)
+    assert calls == [{"accept_non_head": False}] and "accepted_non_head" not in result
+    checked = task.read_study(tmp_path / "study", None, options)
+    calls.clear()
+    task.compute(checked, _loaded(task, model),
+                 task.options_type(device="cpu", accept_non_head=True))
+    assert calls == [{"accept_non_head": True}]  # recorded for the other option: checked again
+    chest = real_data / "ct_chest_tcia_lung_pet_ct_dx_A0002" / "dicom"
+    with pytest.raises(InputError, match="does not look like a head CT"):
+        task.read_study(chest, None, options)
+    note = task.read_study(chest, None, task.options_type(device="cpu", accept_non_head=True))
+    assert "does not look like a head CT" in note.reference_volume.metadata[preprocess.HEAD_CT_CHECK].note
+
+
+def _loaded(task, model):
+    from MedDLLib.pipeline import load_model
+
+    return load_model(task, model, "cpu")
+
+
 def test_phantom_command(tmp_path):
     proc = _meddl("phantom", "ich", str(tmp_path / "p"), "--cases", "3", "--size", "32", "--slices", "6")
     assert proc.returncode == 0, proc.stderr

@@ -71,13 +71,24 @@ class ICHTask(PipelineTask):
         return load_model(model, device)
 
     def read_study(self, path: Path, package: LoadedModel | None, options: Any) -> Study:
-        return Study({"head CT": read_study_volume(path)}, "head CT", path)
+        """The study as a HU volume, checked to be a head CT (:func:`~.preprocess.check_head_ct`) here: in a cold
+        ``meddl infer`` the forked reader runs the check while this process loads torch, and :meth:`compute`
+        takes its :class:`~.preprocess.HeadCTCheck` (a refusal is raised here, the same message)."""
+        from .preprocess import HEAD_CT_CHECK, HeadCTCheck, check_head_ct
+
+        volume = read_study_volume(path)
+        accept = bool(getattr(options, "accept_non_head", False))
+        volume.metadata[HEAD_CT_CHECK] = HeadCTCheck(accept, check_head_ct(volume, accept_non_head=accept))
+        return Study({"head CT": volume}, "head CT", path)
 
     def compute(self, inputs: Study, package: LoadedModel | None, options: Any, progress: Any = None,
                 cancel: Any = None) -> Computed:
         from .logic import compute, to_computed
+        from .preprocess import HEAD_CT_CHECK
 
-        return to_computed(compute(inputs.reference_volume, package, options, progress, cancel), inputs.path)
+        volume = inputs.reference_volume
+        return to_computed(compute(volume, package, options, progress, cancel, volume.metadata.get(HEAD_CT_CHECK)),
+                           inputs.path)
     networks = {"ich.seed_cnn": "ICHDetectorLib.model:SeedCNN", "ich.resnet2d": "ICHDetectorLib.model:ich_resnet2d"}
 
     def add_arguments(self, subcommand: str, parser: argparse.ArgumentParser) -> None:

@@ -24,7 +24,7 @@ from MedDLLib.results import OutputFile
 
 from . import options as declared
 from .dataset import LABELS
-from .preprocess import InputSpec, check_head_ct, intracranial_mask, volume_input
+from .preprocess import HeadCTCheck, InputSpec, check_head_ct, intracranial_mask, volume_input
 
 #: Name (after the input node's name) of the plot chart of the per-slice probabilities.
 PLOT_NAME = "ICH probabilities plot"
@@ -116,7 +116,7 @@ class ICHResult:
 
 def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
             progress: Callable[[float, str], None] | None = None,
-            cancel: Callable[[], bool] | None = None) -> ICHResult:
+            cancel: Callable[[], bool] | None = None, checked: HeadCTCheck | None = None) -> ICHResult:
     """Run the model on a HU head CT (arrays only; safe in a worker thread).
 
     Args:
@@ -126,6 +126,9 @@ def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
         options: :class:`ICHOptions`.
         progress: ``(fraction 0..1, message)`` callback.
         cancel: returns True to stop (raises :class:`MedDLLib.errors.Cancelled`).
+        checked: what :func:`~ICHDetectorLib.preprocess.check_head_ct` returned for this volume when it was read
+            (see :class:`~ICHDetectorLib.preprocess.HeadCTCheck`); with the options' ``accept_non_head`` it is not
+            run again. None: it runs here.
     Raises:
         InputError: not a head CT in HU (see :func:`~ICHDetectorLib.preprocess.check_head_ct`), bad options.
     """
@@ -141,7 +144,10 @@ def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
     options = options or ICHOptions()
     checkpoint = checkpoints(progress, cancel)
 
-    override = check_head_ct(volume, accept_non_head=options.accept_non_head)
+    if checked is not None and checked.accept_non_head == options.accept_non_head:
+        override = checked.note
+    else:
+        override = check_head_ct(volume, accept_non_head=options.accept_non_head)
     checkpoint(0.05, "loading the model")
     loaded = ensure_loaded(model, options.device, load_model)
     network, package = loaded.network, loaded.package

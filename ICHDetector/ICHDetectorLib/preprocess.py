@@ -143,6 +143,23 @@ def head_or_chest(volume: Volume) -> AnatomyCheck:
     return AnatomyCheck(body_slices, skull, lungs, air_area / max(body_area, 1.0), "chest" if chest else "head")
 
 
+@dataclasses.dataclass(frozen=True)
+class HeadCTCheck:
+    """What :func:`check_head_ct` returned for a volume (it passed): ``note`` with option ``accept_non_head``.
+
+    ``meddl infer ich`` runs the check where it reads the study (the forked reader, while torch loads) and
+    records it in the volume's ``metadata[HEAD_CT_CHECK]``; the computation then takes it instead of running
+    the check again (see :meth:`ICHDetectorLib.cli.ICHTask.read_study`).
+    """
+
+    accept_non_head: bool
+    note: str | None
+
+
+#: ``metadata`` key of a volume's :class:`HeadCTCheck`.
+HEAD_CT_CHECK = "ich_head_ct_check"
+
+
 def check_head_ct(volume: Volume, *, accept_non_head: bool = False) -> str | None:
     """Refuse what is not a head CT in HU, with the reason; ``accept_non_head`` lets a user run it anyway.
 
