@@ -118,7 +118,8 @@ def backend_available(name: str) -> bool:
             import onnxruntime
 
             return bool(onnxruntime.__version__)
-        return name == "openvino" or "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        core = openvino_core()  # ImportError without OpenVINO
+        return name == "openvino" or "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except Exception:  # ImportError, or a CPU plugin that cannot start
         return False
 
@@ -151,9 +152,9 @@ def openvino_core() -> Any:
     worker (``Testing/test_runtime_then_training.py``). Raises ImportError without OpenVINO.
     """
     global _OPENVINO_CORE
-    if _OPENVINO_CORE is None:
-        import openvino
+    import openvino  # every time: a package made unimportable after the Core was made is absent here too
 
+    if _OPENVINO_CORE is None:
         _OPENVINO_CORE = openvino.Core()
     return _OPENVINO_CORE
 
