@@ -235,3 +235,16 @@ def test_phantom_argument_errors_are_usage_errors_or_one_line(tmp_path, capsys):
     with pytest.raises(InputError, match="got size 64, 1 slices"):
         write_dataset(tmp_path / "x", 1, n_slices=1)
     assert not (tmp_path / "x").exists()
+
+
+def test_finding_the_lung_task_imports_no_torch():
+    """The task is found without torch, so a cold infer reads the study in a forked child while torch loads
+    (MedDLLib.prefetch forks only a process without torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from MedDLLib.taskregistry import get_task; from MedDLLib import prefetch; "
+            "get_task('lung'); assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert prefetch._fork_is_safe()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

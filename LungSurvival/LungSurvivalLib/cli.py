@@ -19,8 +19,8 @@ from MedDLLib.errors import InputError
 from MedDLLib.options import add_arguments as add_options
 from MedDLLib.pipeline import Computed, LoadedModel, PipelineTask, Study
 
-from . import dataset, model, options
-from .logic import LungOptions, OUTPUTS
+from . import dataset, options  # not .model (torch): finding the task imports no torch, so the study is
+from .logic import LungOptions, OUTPUTS  # read in a forked child while the model loads (MedDLLib.prefetch)
 
 #: Output files of ``meddl infer lung`` (besides ``result.json``), declared in :data:`.logic.OUTPUTS`.
 LUNGS_SEG = "lungs.seg.nrrd"
@@ -84,6 +84,8 @@ class LungTask(PipelineTask):
         return cohort
 
     def train(self, args: argparse.Namespace) -> dict[str, Any]:
+        from . import model
+
         cohort = self._cohort(Path(args.data), args)
         options = dict(batch_size=args.batch_size, size=args.size, seed=args.seed,
                        device=args.device, force_cpu=args.force_cpu)
@@ -102,6 +104,8 @@ class LungTask(PipelineTask):
 
     def evaluate(self, args: argparse.Namespace) -> dict[str, Any]:
         from MedDLLib.device import select_device
+
+        from . import model
 
         cohort = self._cohort(Path(args.data), args)
         out = args.out
@@ -158,6 +162,7 @@ class LungTask(PipelineTask):
         from MedDLLib.demo import figure, headline
         from MedDLLib.io import atomic_write_json
 
+        from . import model
         from .phantom import write_dataset
 
         seed = int(getattr(args, "seed", 0))

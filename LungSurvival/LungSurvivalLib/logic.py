@@ -31,7 +31,6 @@ from MedDLLib.pipeline import TaskOptions
 from MedDLLib.results import OutputFile
 from MedDLLib.terminology import segment_spec
 
-from . import model as lungmodel
 from . import options as lungoptions
 from .lobes import LOBES, LobeSegmentation
 from .preprocess import LEFT_LUNG, LUNG_SEGMENTS, RIGHT_LUNG, InputSpec, LungSegmentation, network_input, segment_lungs
@@ -171,6 +170,8 @@ def compute(volume: Volume, network: Any, metadata: dict[str, Any], options: Lun
 
     from MedDLLib.pipeline import checkpoints
 
+    from . import model as lungmodel  # torch: imported by the run, not by finding the task
+
     options = options or LungOptions()
     start = time.perf_counter()
 
@@ -231,6 +232,8 @@ class LungSurvivalLogic:
         from MedDLLib.device import select_device
         from MedDLLib.models import load_task_model
         from MedDLLib.nodes import volume_from_node
+
+        from . import model as lungmodel
 
         options = options or LungOptions()
         device = select_device(options.device)
