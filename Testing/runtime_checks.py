@@ -348,3 +348,29 @@ def test_agreement_rules():
     empty = np.full((1, 1, 8, 8), -5.0)
     assert not runtime.masks_agree()(empty, empty + 4.5)  # both masks empty, but probabilities far apart
     assert runtime.dice(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+
+
+def test_the_choice_weighs_a_runtime_start_up_against_the_callers_forwards(tmp_path, monkeypatch):
+    """A candidate that starts in 0.3 s and runs in 5 ms loses to a 40 ms torch forward for one call and wins when
+    the caller says twenty forwards of that shape follow (a study's batches); the record keeps the count."""
+    import time
+
+    class SlowStartSession:
+        def __init__(self, backend, onnx_file, shape):
+            time.sleep(0.3)
+            self.run = lambda x: (time.sleep(0.005), reference(x))[1]
+
+    network = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
+    reference = runtime.Runner(network).torch_forward
+    monkeypatch.setattr(runtime, "available_backends", lambda: ["onnxruntime"])
+    monkeypatch.setattr(runtime, "_Session", SlowStartSession)
+    monkeypatch.setattr(runtime.Runner, "torch_forward", lambda self, x: (time.sleep(0.04), reference(x))[1])
+    x = np.random.default_rng(4).random((2, 1, 8, 8), dtype=np.float32)
+    chosen = {}
+    for calls in (1, 20):
+        runner = runtime.Runner(network, folder=tmp_path / str(calls), weights_sha256="0" * 64)
+        runner(x, calls=calls)
+        chosen[calls] = runner.chosen["1x8x8"]
+        record = json.loads((tmp_path / str(calls) / runtime.RECORD).read_text())["choices"]["1x8x8"]
+        assert record["calls"] == calls and record["backend"] == chosen[calls]
+    assert chosen == {1: "torch", 20: "onnxruntime"}

@@ -140,7 +140,7 @@ def predict_probabilities(network: Any, x: np.ndarray, device: Any = "cpu", batc
         n = len(batch)
         if n < batch_size and len(x) > batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], np.float32)])
-        out.append(runtime.sigmoid(run(batch)[:n, 0]))
+        out.append(runtime.sigmoid(run(batch, calls=-(-(len(x) - start) // batch_size))[:n, 0]))
         if progress is not None:
             done = min(len(x), start + n)
             progress(done / len(x), f"segmented {done} of {len(x)} slices")

@@ -228,7 +228,10 @@ class Runner:
     _module: Any = dataclasses.field(default=None, repr=False)
 
     # ------------------------------------------------------------------ calling
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, calls: int = 1) -> np.ndarray:
+        """The forward of ``x (B, C, *spatial)``. ``calls``: how many forwards of this shape the caller is about
+        to run (a study's batches); when this call measures the choice, each candidate's one-off start-up is
+        weighed against that many forwards."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         forced = forced_backend()
         if forced == "torch" or self.folder is None:
@@ -238,7 +241,7 @@ class Runner:
         if forced != "auto" and backend != forced:
             backend = None  # a forced backend is measured (and checked) like a choice
         if backend is None:
-            return self._choose(x, key, only=None if forced == "auto" else forced)
+            return self._choose(x, key, only=None if forced == "auto" else forced, calls=calls)
         if backend == "torch":
             return self.torch_forward(x)
         try:
@@ -295,7 +298,7 @@ class Runner:
         return next(reversed(self.chosen.values()), "torch") if self.chosen else "torch"
 
     # ------------------------------------------------------------------ choosing
-    def _choose(self, x: np.ndarray, key: str, only: str | None) -> np.ndarray:
+    def _choose(self, x: np.ndarray, key: str, only: str | None, calls: int = 1) -> np.ndarray:
         start = time.perf_counter()
         reference = self.torch_forward(x)
         times = {"torch": time.perf_counter() - start}
@@ -322,11 +325,12 @@ class Runner:
             start = time.perf_counter()
             self.torch_forward(x)
             times["torch"] = min(times["torch"], time.perf_counter() - start)
-        # a runtime must win over one forward including its own start-up (tiny networks stay in torch)
-        best = only if only in times else min(times, key=lambda n: times[n] + setups.get(n, 0.0))
+        # a runtime must win over the caller's forwards including its own start-up (tiny networks stay in torch)
+        calls = max(1, int(calls))
+        best = only if only in times else min(times, key=lambda n: calls * times[n] + setups.get(n, 0.0))
         times.update({f"{n}_setup": s for n, s in setups.items()})
         self.chosen[key], self.timings[key] = best, times
-        self._record(key, best, times, x.shape)
+        self._record(key, best, times, x.shape, calls)
         return reference
 
     def warm(self, stop: Callable[[], bool] | None = None) -> list[str]:
@@ -382,14 +386,15 @@ class Runner:
         self.chosen[key] = backend
         return backend
 
-    def _record(self, key: str, backend: str, times: dict[str, float], shape: tuple[int, ...]) -> None:
+    def _record(self, key: str, backend: str, times: dict[str, float], shape: tuple[int, ...],
+                calls: int = 1) -> None:
         from .io import atomic_write_json
 
         record = self._read_record()
         if not record:
             return  # no verified export to attach a choice to
         record.setdefault("choices", {})[key] = {"backend": backend, "seconds": times,
-                                                 "shape": [int(s) for s in shape]}
+                                                 "shape": [int(s) for s in shape], "calls": calls}
         try:
             atomic_write_json(self.folder / RECORD, record)
         except OSError as exc:
