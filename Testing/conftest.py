@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The suite's own process runs networks on torch: ONNX Runtime's/OpenVINO's native thread pools, once loaded,
-# crashed later torch training in the same process. Testing/test_runtime.py runs the runtime checks in a child.
+# The suite's own process runs networks on torch: each package's first runtime use exports it and times every
+# candidate (seconds per test). Testing/test_runtime.py runs the runtime checks in a child with MEDDL_RUNTIME=auto.
 os.environ.setdefault("MEDDL_RUNTIME", "torch")
 #: Real scanner DICOM shipped beside the repository (see its README); tests skip clearly where it is absent.
 REAL_DATA = Path(os.environ.get("MEDDL_REAL_DATA", REPO_ROOT.parent / "shared" / "data" / "real"))

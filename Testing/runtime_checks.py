@@ -374,3 +374,24 @@ def test_the_choice_weighs_a_runtime_start_up_against_the_callers_forwards(tmp_p
         record = json.loads((tmp_path / str(calls) / runtime.RECORD).read_text())["choices"]["1x8x8"]
         assert record["calls"] == calls and record["backend"] == chosen[calls]
     assert chosen == {1: "torch", 20: "onnxruntime"}
+
+
+def test_the_bench_times_every_agreeing_runtime_chosen_or_not(ich_untrained):
+    """``bench.runtime_rows`` shows each installed runtime's warm forward (ICH's small network may stay in torch
+    once start-up is counted: the row still says what ONNX Runtime and OpenVINO make of it), with its share of
+    the ceiling; the table names them."""
+    from ICHDetectorLib.model import load_model
+
+    from MedDLLib import bench
+
+    network, package = load_model(ich_untrained)
+    x = np.random.default_rng(5).random((4, 9, 32, 32), dtype=np.float32)
+    ceiling = {"threads": torch.get_num_threads(), "fp32_gflops": 100.0, "bf16_gflops": 200.0, "fp32_from": "a",
+               "bf16_from": "b", "measurements": {}}
+    row = bench.runtime_rows(network, package, x, runtime.probabilities_agree(), repeats=2, ceiling=ceiling)
+    assert {"onnxruntime", "openvino"} <= set(row["candidates"])
+    for name, figures in row["candidates"].items():
+        assert len(figures["seconds"]) == 2 and figures["median_s"] > 0
+        assert figures["achieved"]["ceiling_gflops"] == (200.0 if name == "openvino-bf16" else 100.0)
+    table = bench.task_table({"runtime": {"resnet": row}, "ceiling": ceiling})
+    assert "onnxruntime" in table and "openvino, warm" in table

@@ -1,10 +1,9 @@
 """The runtime checks of :mod:`MedDLLib.runtime` (``Testing/runtime_checks.py``), run in a child pytest.
 
-ONNX Runtime's and OpenVINO's native thread pools, once loaded into a process, crashed later torch training in
-that same process (a segmentation fault in a native thread, seen when this suite ran ``runtime_checks.py`` and then
-``test_training.py`` in one process). So the suite's own process never loads them: ``conftest.py`` makes
-``$MEDDL_RUNTIME`` default to ``torch`` there, and the checks that exercise the runtimes run here, in a child with
-``MEDDL_RUNTIME=auto``.
+The suite's own process runs networks on torch (``conftest.py`` makes ``$MEDDL_RUNTIME`` default to ``torch``:
+each package's first runtime use exports it and times every candidate), and these checks run here, in a child with
+``MEDDL_RUNTIME=auto``, so that a native crash in a runtime fails this test instead of ending the suite. (Runtime
+sessions, then DataLoader workers, once crashed a process: ``test_runtime_then_training.py``.)
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ forward, torch against the chosen runtime, with its achieved GFLOP/s as a share 
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import statistics
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def _time(func: Callable[[], Any]) -> float:
@@ -296,10 +299,11 @@ def runtime_rows(network: Any, package: Any, x: np.ndarray, agree: Any, *, repea
             (:func:`ceiling_for`).
     Returns:
         seconds of both, medians, ``ratio_torch_over_runtime`` (median and min over the pairs), the chosen
-        backend, the seconds the choice measured per candidate, and the agreement figures; with ``ceiling``,
+        backend, the seconds the choice measured per candidate, the agreement figures, and ``candidates``
+        (:func:`_candidate_seconds`: each agreeing runtime's warm forward, chosen or not); with ``ceiling``,
         ``forward_flops``, ``torch_achieved`` and ``runtime_achieved`` (:func:`_achieved`: ``best_gflops``,
         ``share_of_ceiling``, ``gflops``, ``median_share_of_ceiling``, ``ceiling_precision``, ``ceiling_gflops``)
-        and ``threads``.
+        and ``threads``, and each candidate's ``achieved``.
     """
     from . import runtime
 
@@ -321,6 +325,9 @@ def runtime_rows(network: Any, package: Any, x: np.ndarray, agree: Any, *, repea
            "ratio_torch_over_runtime": {"median": round(statistics.median(ratios), 2),
                                         "min": round(min(ratios), 2)},
            "agreement": (compare or _max_abs_difference)(reference, got)}
+    candidates = _candidate_seconds(runner, x, reference, repeats)
+    row["candidates"] = {name: {"seconds": [round(t, 5) for t in times], "median_s": round(statistics.median(times), 5)}
+                         for name, times in candidates.items()}
     if ceiling is not None:
         import torch
 
@@ -328,10 +335,35 @@ def runtime_rows(network: Any, package: Any, x: np.ndarray, agree: Any, *, repea
         row.update({"forward_flops": flops, "flop_convention": FLOP_CONVENTION, "threads": torch.get_num_threads(),
                     "torch_achieved": _achieved(flops, torch_s, ceiling, "torch"),
                     "runtime_achieved": _achieved(flops, runtime_s, ceiling, row["backend"])})
+        for name, times in candidates.items():
+            row["candidates"][name]["achieved"] = _achieved(flops, times, ceiling, name)
         if ceiling.get("threads") != row["threads"]:
             row["warning"] = (f"the ceiling was measured with {ceiling.get('threads')} threads, the forwards ran "
                               f"with {row['threads']}: the shares compare unlike things")
     return row
+
+
+def _candidate_seconds(runner: Any, x: np.ndarray, reference: np.ndarray, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each installed runtime's warm forward of ``x`` whose output agrees with torch's ``reference``
+    (chosen or not: a runtime whose start-up outweighs a study's forwards still shows what it makes of the
+    network), alternating between them ``repeats`` times. Empty when the runner runs torch only."""
+    from . import runtime
+
+    if runner.folder is None or runtime.forced_backend() == "torch":
+        return {}
+    sessions = {}
+    for name in runtime.available_backends():
+        try:
+            session = runner._session(name, tuple(x.shape))
+            if runner.agree(reference, session.run(x)):
+                sessions[name] = session
+        except Exception as exc:  # noqa: BLE001 - a runtime that cannot run it is left out of the row
+            log.info("%s could not run the network (%s)", name, exc)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(repeats):
+        for name, session in sessions.items():
+            times[name].append(_time(lambda: session.run(x)))
+    return times
 
 
 def _max_abs_difference(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
@@ -415,8 +447,8 @@ def machine_ceiling(threads: int | None = None, *, seconds_per_kernel: float = 0
     ``(1, C, s/16, s/8, s/8)`` (C = 256: wide layers, where the convolution kernels run fastest; a 128-channel
     conv3d on ``8 x 32 x 32`` ran at about 0.6 of the glioma network's bf16 forward on OpenVINO); where the CPU
     has bf16 dot products, torch bf16 matmul; where OpenVINO imports and ``openvino`` (default: unless
-    ``$MEDDL_RUNTIME`` keeps the forwards on torch, as the test suite's process does: OpenVINO's thread pool is
-    never loaded there), its fp32 and (CPU reporting BF16) bf16 matmul and conv3d on the same shapes, compiled as
+    ``$MEDDL_RUNTIME`` keeps the forwards on torch, as the test suite's process does: OpenVINO is not loaded
+    there), its fp32 and (CPU reporting BF16) bf16 matmul and conv3d on the same shapes, compiled as
     the runtime compiles networks. Each kernel: a warm-up call, then four timed
     batches of about ``seconds_per_kernel / 4``; its rate is the fastest batch (on a shared machine the least
     disturbed one: a ceiling is an upper bound). A multiply-add counts 2 FLOPs. About 4-6 s with the defaults.
@@ -529,6 +561,10 @@ def task_table(result: dict[str, Any]) -> str:
         if "forward_flops" in row:
             rows.append((f"  fastest run: GFLOP/s = share of the ceiling ({row['forward_flops'] / 1e9:.2f} GFLOP)",
                          _achieved_cell(row["torch_achieved"]), _achieved_cell(row["runtime_achieved"]), "", ""))
+        for candidate, figures in row.get("candidates", {}).items():
+            cell = f"{figures['median_s']:.4f} s" + (f": {_achieved_cell(figures['achieved'])}"
+                                                     if "achieved" in figures else "")
+            rows.append((f"  {candidate}{' (chosen)' if candidate == row['backend'] else ''}, warm", "", cell, "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -151,8 +151,9 @@ def run_demo(args: argparse.Namespace) -> int:
         tasks = available_tasks()
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    # The demo trains and infers in one process: networks run on torch here (ONNX Runtime's/OpenVINO's native
-    # thread pools, once loaded, crashed later torch training in the same process). `meddl infer` keeps the runtime.
+    # Networks run on torch here: the demo evaluates each freshly trained model on small phantoms once, where a
+    # runtime's export and choice (seconds per package) would cost more than they save. `meddl infer` and
+    # `meddl batch` use the runtime (Testing/test_runtime_then_training.py: runtime sessions, then training).
     os.environ.setdefault("MEDDL_RUNTIME", "torch")
     entries: list[DemoEntry] = []
     steps: dict[str, tuple[str, Callable[[Path], dict[str, Any]]]] = {}
