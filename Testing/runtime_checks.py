@@ -395,3 +395,15 @@ def test_the_bench_times_every_agreeing_runtime_chosen_or_not(ich_untrained):
         assert figures["achieved"]["ceiling_gflops"] == (200.0 if name == "openvino-bf16" else 100.0)
     table = bench.task_table({"runtime": {"resnet": row}, "ceiling": ceiling})
     assert "onnxruntime" in table and "openvino, warm" in table
+
+
+def test_onnxruntime_sessions_do_not_spin_after_a_run(tmp_path):
+    """ONNX Runtime's threads busy-wait after a run by default; its sessions here turn that off (a spinning pool
+    held one of two cores and doubled the next OpenVINO forward, the choice's next candidate)."""
+    network = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
+    runner = runtime.Runner(network, folder=tmp_path, weights_sha256="0" * 64)
+    session = runner._session("onnxruntime", (1, 1, 8, 8))
+    options = session.native.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    x = np.random.default_rng(6).random((1, 1, 8, 8), dtype=np.float32)
+    assert np.abs(session.run(x) - runner.torch_forward(x)).max() < 1e-5

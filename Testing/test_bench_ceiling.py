@@ -156,3 +156,13 @@ def test_child_peak_memory_is_the_childs_own_not_its_parents(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     _, _, usage = os.wait4(proc.pid, 0)
     assert usage.ru_maxrss / 1024 > 600 and held[-1] == 1.0
+
+
+def test_the_caveat_says_the_load_it_was_measured_under(monkeypatch):
+    from MedDLLib import bench
+
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (0.05, 0.1, 0.1))
+    assert "Load average 0.05" in bench.caveat() and "(idle)" in bench.caveat()
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (3.2, 2.0, 1.0))
+    assert "(other work running)" in bench.caveat()
+    assert "(other work running)" in bench.task_table({})

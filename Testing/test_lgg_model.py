@@ -89,7 +89,7 @@ def test_bench_reports_cold_runs_and_forwards_side_by_side(tmp_path, capsys):
         assert row["forward_flops"] > 0 and row["runtime_achieved"]["share_of_ceiling"] > 0
     assert result["ceiling"]["fp32_gflops"] > 0 and result["ceiling"]["threads"] == row["threads"]
     printed = capsys.readouterr().out
-    assert "torch/runtime" in printed and "shared machine" in result["caveat"]
+    assert "torch/runtime" in printed and "Load average" in result["caveat"]
     assert "share of the ceiling" in printed and "ceiling with" in printed
 
 

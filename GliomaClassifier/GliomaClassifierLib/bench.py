@@ -214,7 +214,7 @@ def bench_cold_and_runtime(size: int = 256, depth: int = 64, *, runs: int = 3, r
     from .phantom import write_dataset
     from .preprocess import prepare
 
-    result: dict[str, Any] = {"task": "glioma", "machine": bench.machine(), "caveat": bench.CAVEAT,
+    result: dict[str, Any] = {"task": "glioma", "machine": bench.machine(), "caveat": bench.caveat(),
                               "end_to_end_input": f"DICOM, 4 MR series of {depth} x {size} x {size}",
                               "network": "improved recipe: evidence-resnet10 (stride-2 stem), 4 channels",
                               "runtime": {}}

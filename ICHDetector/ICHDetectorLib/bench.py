@@ -126,7 +126,7 @@ def bench_cold_and_runtime(size: int = 512, n_slices: int = 40, net_size: int = 
     from .model import probabilities
     from .preprocess import InputSpec, volume_input
 
-    result: dict[str, Any] = {"task": "ich", "machine": bench.machine(), "caveat": bench.CAVEAT,
+    result: dict[str, Any] = {"task": "ich", "machine": bench.machine(), "caveat": bench.caveat(),
                               "end_to_end_input": f"DICOM head CT of {n_slices} x {size} x {size}, Grad-CAM on",
                               "network": f"improved recipe: 2.5D ResNet (9 channels) at {net_size} px", "runtime": {}}
     with tempfile.TemporaryDirectory(prefix="meddl-ich-bench-") as tmp:

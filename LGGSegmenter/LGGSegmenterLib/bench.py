@@ -68,7 +68,7 @@ def run_bench(*, size: int = 256, n_slices: int = 88, width: int = model.DEFAULT
     from . import dataset
     from .phantom import write_dataset
 
-    result: dict[str, Any] = {"task": "lgg", "machine": bench.machine(), "caveat": bench.CAVEAT,
+    result: dict[str, Any] = {"task": "lgg", "machine": bench.machine(), "caveat": bench.caveat(),
                               "end_to_end_input": f"DICOM, 3 MR series of {n_slices} x {size} x {size}",
                               "network": f"improved recipe: {model.DEFAULT_NETWORK} width {width}", "runtime": {}}
     with tempfile.TemporaryDirectory(prefix="meddl-lgg-bench-") as tmp:

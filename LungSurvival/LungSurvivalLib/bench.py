@@ -113,7 +113,7 @@ def bench_cold_and_runtime(size: int = 512, n_slices: int = 300, *, runs: int = 
     from .model import recipe, untrained_package
     from .preprocess import InputSpec, network_input, segment_lungs
 
-    result: dict[str, Any] = {"task": "lung", "machine": bench.machine(), "caveat": bench.CAVEAT,
+    result: dict[str, Any] = {"task": "lung", "machine": bench.machine(), "caveat": bench.caveat(),
                               "end_to_end_input": f"DICOM chest CT of {n_slices} x {size} x {size}, Grad-CAM on",
                               "network": f"improved recipe: 3D CNN width {IMPROVED_WIDTH} on a 32^3 crop",
                               "runtime": {}}

@@ -202,9 +202,17 @@ def _ms(seconds: list[float]) -> tuple[str, str, str]:
 
 
 # ---------------------------------------------------------------------------------------------- task benches
-#: What every task bench's figures carry: they were measured on a shared machine.
-CAVEAT = ("Measured on a shared machine (other work running): absolute seconds are noisy; read the ratios, "
-          "measured side by side in alternating runs.")
+def caveat() -> str:
+    """What every task bench's figures carry: the machine's load when the bench started (the 1-minute load
+    average against the cores; over half a core busy counts as other work running) and how to read them."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not on this platform
+        return "Machine load unknown: absolute seconds may be noisy; read the ratios, measured side by side."
+    state = "other work running" if load > 0.5 else "idle"
+    return (f"Load average {load:.2f} on {cores} cores when the bench started ({state}): seconds drift between "
+            "series of runs; read the ratios, measured side by side in alternating runs.")
 
 
 def machine() -> dict[str, Any]:
@@ -577,7 +585,7 @@ def task_table(result: dict[str, Any]) -> str:
                          "the ceiling's kernels are not the fastest this CPU runs); measure on an idle machine.")
     if any("warning" in row for row in (result.get("runtime") or {}).values()):
         lines += [row["warning"] for row in result["runtime"].values() if "warning" in row][:1]
-    lines.append(result.get("caveat", CAVEAT))
+    lines.append(result.get("caveat") or caveat())
     return "\n".join(lines)
 
 
