@@ -126,7 +126,8 @@ class LungTask(PipelineTask):
 
         from .preprocess import compact_hu
 
-        volume = read_dicom_folder(path) if Path(path).is_dir() else read_volume_file(path)
+        # headers kept: the DICOM SEG takes what it needs from them instead of reading 300 files again
+        volume = read_dicom_folder(path, keep_headers=True) if Path(path).is_dir() else read_volume_file(path)
         return Study({"CT": compact_hu(volume)}, "CT", path)  # int32 HU as int16: half the input's memory
 
     def compute(self, inputs: Study, package: LoadedModel | None, options: Any, progress: Any = None,
