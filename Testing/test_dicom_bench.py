@@ -29,3 +29,20 @@ def test_bench_dicom_read_finds_the_series_below_the_folder_for_both_readers(tmp
     (tmp_path / "study" / "notes.txt").write_text("not DICOM")
     result = bench.bench_dicom_read(tmp_path / "study", repeats=1)
     assert result["files"] == 4 and result["same_voxels_as_simpleitk"] and result["same_geometry_as_simpleitk"]
+
+
+def test_bench_dicom_read_says_when_meddl_resampled_a_tilted_stack(tmp_path):
+    import numpy as np
+
+    from MedDLLib.geometry import Geometry, Volume
+
+    tilt = 15.0
+    template = Volume(np.zeros((6, 16, 16)), Geometry((1.0, 1.25, 2.0), (-8.0, -10.0, -6.0)))
+    noise = np.random.default_rng(0).integers(-50, 50, template.array.shape).astype(np.float64)
+    dicomwrite.write_series(tmp_path / "tilted", template.with_array(noise), gantry_tilt_deg=tilt)
+    result = bench.bench_dicom_read(tmp_path / "tilted", repeats=1)
+    assert result["meddl_resampled"] == "gantry tilt" and not result["same_geometry_as_simpleitk"]
+    assert "includes resampling this stack (gantry tilt)" in bench.format_table(result)
+    dicomwrite.write_series(tmp_path / "plain", random_volume(shape=(4, 16, 16)))
+    plain = bench.bench_dicom_read(tmp_path / "plain", repeats=1)
+    assert plain["meddl_resampled"] == "" and "resampling" not in bench.format_table(plain)
