@@ -55,13 +55,13 @@ def bench_dicom_read(folder: str | os.PathLike, repeats: int = 7, workers: int |
         raise ValueError("repeats must be at least 1")
 
     def meddl_read():
-        found = dicom.find_series(folder, workers=workers)
-        return dicom.read_series(dicom.select_series(found), workers=workers)
+        series = dicom.select_series(dicom.find_series(folder, workers=workers))
+        return series, dicom.read_series(series, workers=workers)
 
-    volume = meddl_read()  # warm-up, and the checks below
-    layout = dicom.select_series(dicom.find_series(folder, workers=workers)).layout
+    series, volume = meddl_read()  # warm-up, and the checks below
     # a tilted or unevenly spaced stack: MedDL resamples it (as `meddl convert` does), SimpleITK stacks it as it is
-    resampled = " and ".join(w for w, flag in (("gantry tilt", layout.tilted), ("uneven gaps", layout.uneven)) if flag)
+    resampled = " and ".join(w for w, flag in (("gantry tilt", series.layout.tilted),
+                                               ("uneven gaps", series.layout.uneven)) if flag)
     # SimpleITK reads the same series from the folder that holds its files (MedDL searches below ``folder``).
     series_folders = {str(Path(f).parent) for f in volume.metadata.get("files", [])}
     if len(series_folders) != 1:
