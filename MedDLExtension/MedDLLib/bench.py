@@ -60,8 +60,7 @@ def bench_dicom_read(folder: str | os.PathLike, repeats: int = 7, workers: int |
 
     series, volume = meddl_read()  # warm-up, and the checks below
     # a tilted or unevenly spaced stack: MedDL resamples it (as `meddl convert` does), SimpleITK stacks it as it is
-    resampled = " and ".join(w for w, flag in (("gantry tilt", series.layout.tilted),
-                                               ("uneven gaps", series.layout.uneven)) if flag)
+    resampled = series.layout.irregularity
     # SimpleITK reads the same series from the folder that holds its files (MedDL searches below ``folder``).
     series_folders = {str(Path(f).parent) for f in volume.metadata.get("files", [])}
     if len(series_folders) != 1:

@@ -236,6 +236,11 @@ class StackLayout:
         return not (self.tilted or self.uneven)
 
     @property
+    def irregularity(self) -> str:
+        """Why the stack is resampled: ``"gantry tilt"``, ``"uneven gaps"``, both joined by "and", or ``""``."""
+        return " and ".join(what for what, flag in (("gantry tilt", self.tilted), ("uneven gaps", self.uneven)) if flag)
+
+    @property
     def gaps_mm(self) -> np.ndarray:
         return np.diff(self.offsets_mm)
 
@@ -1594,7 +1599,7 @@ def read_series(series: DicomSeries, *, irregular: str = "resample", workers: in
         fill = float(array.min())
         before = array.shape[0]
         array, spacing = _resample_regular(array, lay, fill)
-        what = " and ".join(w for w, flag in (("gantry tilt", lay.tilted), ("uneven gaps", lay.uneven)) if flag)
+        what = lay.irregularity
         filled = f"; pixels shifted in from outside the images are {fill:g}" if lay.tilted else ""
         warnings.append(
             f"{what}: resampled onto a regular orthogonal grid ({before} slices -> {array.shape[0]} slices "
