@@ -286,6 +286,37 @@ def test_export_is_cached_beside_the_package_and_reused_by_a_later_process(ich_u
     assert np.abs(again - first).max() <= 1e-3
 
 
+def test_a_choice_holds_on_the_machine_it_was_measured_on_only(ich_untrained):
+    """The record keeps the machine a choice was measured on (CPU, threads, torch and runtime versions): a later
+    process on this machine uses it without measuring; the package copied to a machine with another CPU or
+    another thread count measures again there, keeping the export, and records its own choice."""
+    from ICHDetectorLib.model import load_model, predict_inputs
+
+    x = np.random.default_rng(7).random((3, 9, 32, 32), dtype=np.float32)
+    network, package = load_model(ich_untrained)
+    expected = predict_inputs(network, x, "sigmoid")
+    record_file = ich_untrained / "runtime" / runtime.RECORD
+    entry = json.loads(record_file.read_text())["choices"]["9x32x32"]
+    assert entry["machine"] == runtime.machine() and entry["machine"]["threads"] == torch.get_num_threads()
+    onnx_file = ich_untrained / "runtime" / "model-9x32x32.onnx"
+    stamp = onnx_file.stat().st_mtime_ns
+    network, package = load_model(ich_untrained)
+    predict_inputs(network, x, "sigmoid")
+    assert runtime.runner_for(network).timings == {}  # this machine's choice: used, not measured
+    for elsewhere in ({"cpu": "another CPU", "cpu_flags": ["avx2"]}, {"threads": 16}, {"openvino": "2024.4.0"}):
+        record = json.loads(record_file.read_text())
+        record["choices"]["9x32x32"]["machine"] = {**runtime.machine(), **elsewhere}
+        record["choices"]["9x32x32"]["backend"] = "openvino-bf16"
+        record_file.write_text(json.dumps(record))
+        network, package = load_model(ich_untrained)
+        assert runtime.runner_for(network).covers()  # the weights were checked: still trusted
+        assert np.abs(predict_inputs(network, x, "sigmoid") - expected).max() <= 1e-3
+        assert "9x32x32" in runtime.runner_for(network).timings, elsewhere  # measured again here
+        entry = json.loads(record_file.read_text())["choices"]["9x32x32"]
+        assert entry["machine"] == runtime.machine(), elsewhere
+    assert onnx_file.stat().st_mtime_ns == stamp  # the export is the same on every machine
+
+
 def test_a_damaged_or_stale_export_is_made_again(ich_untrained, monkeypatch):
     from ICHDetectorLib.model import load_model, predict_inputs
 

@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .device import cpu_model
+
 log = logging.getLogger(__name__)
 
 
@@ -228,15 +230,7 @@ def machine() -> dict[str, Any]:
     """The machine a bench ran on: CPU model and flags that matter (bf16), cores, torch threads, versions."""
     info: dict[str, Any] = {"cpu_count": os.cpu_count(), "python": platform.python_version(),
                             "platform": platform.platform()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                     "")
-        flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-        info["cpu"] = model
-        info["cpu_flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags]
-    except OSError:
-        pass
+    info.update(cpu_model())
     try:
         import torch
 

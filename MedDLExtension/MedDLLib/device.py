@@ -15,12 +15,13 @@ stderr.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 
@@ -149,6 +150,31 @@ def physical_cores() -> int:
             key, _, value = line.partition(":")
             fields[key.strip()] = value.strip()
     return max(1, len(cores) or (len(allowed) if allowed else (os.cpu_count() or 1)))
+
+
+#: CPU flags that decide which kernels a forward runs (vector width, bf16 and int8 dot products, AMX).
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def cpu_model() -> dict[str, Any]:
+    """The CPU the forwards run on: ``{"cpu": model name, "cpu_flags": the KERNEL_FLAGS it has}`` (Linux: from
+    ``/proc/cpuinfo``; elsewhere ``platform.processor()`` and no flags). Read once per process; nothing is
+    imported."""
+    model, flags = _cpu_model()
+    return {"cpu": model, "cpu_flags": list(flags)}
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_model() -> tuple[str, tuple[str, ...]]:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine(), ()
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    return model, tuple(flag for flag in KERNEL_FLAGS if flag in flags)
 
 
 def describe_device(device: "torch.device | str") -> str:

@@ -14,8 +14,9 @@ of its methods, ``forward="evidence_map"``) in a :class:`Runner`, a callable
    fp32, and OpenVINO bf16 where the CPU has bf16 dot products (OpenVINO reports ``BF16``). A candidate counts
    only when its output agrees with torch fp32 (``agree``: :func:`probabilities_agree` or
    :func:`masks_agree`); the fastest agreeing one (torch included), counting once what a process pays to load and
-   compile it (so a tiny network stays in torch), is kept in ``runtime.json`` for that shape, so later runs and
-   later processes go straight to it.
+   compile it (so a tiny network stays in torch), is kept in ``runtime.json`` for that shape, with the
+   :func:`machine` it was measured on, so later runs and later processes on that machine go straight to it; a
+   package copied to another machine (or run after a torch or runtime upgrade) measures again there.
 3. **Fall back to torch** when no package is given, when neither runtime package is installed, when the export
    fails, or when ``$MEDDL_RUNTIME=torch``. ``$MEDDL_RUNTIME`` may also force ``onnxruntime``, ``openvino`` or
    ``openvino-bf16`` (benchmarks; a forced candidate that does not agree still falls back to torch).
@@ -126,11 +127,27 @@ def backend_available(name: str) -> bool:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 dot products (AVX512-BF16 or AMX-BF16; read from /proc/cpuinfo on Linux)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+    from .device import cpu_model
+
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_model()["cpu_flags"]))
+
+
+def machine() -> dict[str, Any]:
+    """What a recorded choice was measured on and holds for: the CPU (model and kernel flags), the threads the
+    forwards use, and the installed versions of torch and of the runtimes (from their package metadata: nothing
+    is imported). Speed and agreement belong to these, not to the weights: a package chosen for on a 16-core
+    workstation and copied to a laptop, or run after a runtime upgrade, is measured again there."""
+    from importlib import metadata
+
+    from .device import cpu_model
+
+    versions = {}
+    for name in ("torch", "onnxruntime", "openvino"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {**cpu_model(), "threads": _threads(), **versions}
 
 
 def _threads() -> int:
@@ -392,7 +409,7 @@ class Runner:
         return record
 
     def _recorded(self, key: str) -> str | None:
-        backend = self._read_record().get("choices", {}).get(key, {}).get("backend")
+        backend = self.recorded_choices().get(key, {}).get("backend")
         if backend == "torch":  # nothing to import or load
             self.chosen[key] = backend
             return backend
@@ -411,15 +428,20 @@ class Runner:
         if not record:
             return  # no verified export to attach a choice to
         record.setdefault("choices", {})[key] = {"backend": backend, "seconds": times,
-                                                 "shape": [int(s) for s in shape], "calls": calls}
+                                                 "shape": [int(s) for s in shape], "calls": calls,
+                                                 "machine": machine()}
         try:
             atomic_write_json(self.folder / RECORD, record)
         except OSError as exc:
             log.info("could not record the runtime choice in %s (%s)", self.folder, exc)
 
     def gradcam_choice(self, key: str) -> dict[str, Any] | None:
-        """The recorded Grad-CAM precision choice for ``key`` (None: not measured for these weights)."""
-        return self._read_record().get("gradcam", {}).get(key) if self.folder is not None else None
+        """The recorded Grad-CAM precision choice for ``key`` (None: not measured for these weights on this
+        :func:`machine`)."""
+        if self.folder is None:
+            return None
+        choice = self._read_record().get("gradcam", {}).get(key)
+        return choice if choice is not None and choice.get("machine") == machine() else None
 
     def record_gradcam_choice(self, key: str, choice: dict[str, Any]) -> None:
         """Keep a Grad-CAM precision choice beside the export (for these weights)."""
@@ -428,7 +450,7 @@ class Runner:
         if self.folder is None:
             return
         record = self._read_record() or self._new_record()
-        record.setdefault("gradcam", {})[key] = choice
+        record.setdefault("gradcam", {})[key] = {**choice, "machine": machine()}
         try:
             atomic_write_json(self.folder / RECORD, record)
         except OSError as exc:
@@ -455,18 +477,23 @@ class Runner:
         return onnx_file
 
     def recorded_choices(self) -> dict[str, Any]:
-        """The choices recorded beside the export for these weights and this network, every forward's (choice key
-        -> ``{"backend", "seconds", "shape"}``); empty without a record."""
-        return dict(self._read_record().get("choices", {})) if self.folder is not None else {}
+        """The choices recorded beside the export for these weights and this network on this :func:`machine`,
+        every forward's (choice key -> ``{"backend", "seconds", "shape", "calls", "machine"}``); empty without a
+        record. A choice measured elsewhere is measured again here (and replaces it)."""
+        if self.folder is None:
+            return {}
+        here = machine()
+        return {key: entry for key, entry in self._read_record().get("choices", {}).items()
+                if entry.get("machine") == here}
 
     def _new_record(self) -> dict[str, Any]:
         return {"weights_sha256": self.weights_sha256, "network": self.network_spec, "format": "meddl-runtime/1"}
 
     def covers(self) -> bool:
-        """Whether an earlier run exported these weights for this network and recorded a choice: the weights were
-        then loaded (weights-only) and fitted strictly, so a prediction may run on the export without reading
-        them again."""
-        return bool(self.recorded_choices())
+        """Whether an earlier run exported these weights for this network and recorded a choice (on any machine):
+        the weights were then loaded (weights-only) and fitted strictly, so a prediction may run on the export
+        without reading them again."""
+        return bool(self._read_record().get("choices")) if self.folder is not None else False
 
     def _write_export(self, onnx_file: Path, shape: tuple[int, ...]) -> None:
         import warnings
