@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 
 REAL_CHEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "ct_chest_tcia_lung_pet_ct_dx_A0002"
-#: result.json keys that differ between runs by nature (timings, the input path); keys ending in "dicom_seg" (the
-#: DICOM SEG file beside a segmentation, added with the pipeline) are left out too.
-VOLATILE_KEYS = ("seconds", "input")
+#: result.json keys that differ between runs by nature (timings, the input path, what ran the forwards: versions
+#: and the runtime chosen on this machine); keys ending in "dicom_seg" (the DICOM SEG file beside a segmentation,
+#: added with the pipeline) are left out too.
+VOLATILE_KEYS = ("seconds", "input", "runtime")
 #: Files outside the output contract: Slicer's table schema beside a CSV (written by its table storage node before
 #: the task pipeline), the DICOM SEG beside a segmentation (MedDLLib.dicomseg, when the input is DICOM).
 EXTRA_SUFFIXES = (".schema.csv", ".seg.dcm")

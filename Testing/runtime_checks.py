@@ -152,7 +152,8 @@ def test_glioma_evidence_forward_agrees_with_torch_prediction_and_gradcam(glioma
 
 
 def _infer_in_a_child(task: str, study, model, out, backend: str) -> bool:
-    """``meddl infer`` in a fresh process on ``backend``; returns whether that process imported torch."""
+    """``meddl infer`` in a fresh process on ``backend``; returns whether that process imported torch (its stderr
+    is left in ``<out>.stderr``)."""
     import os
     import subprocess
 
@@ -165,6 +166,7 @@ def _infer_in_a_child(task: str, study, model, out, backend: str) -> bool:
                           env={**os.environ, runtime.ENV: backend, "TORCH_FLAG": str(flag)}, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    (out.parent / f"{out.name}.stderr").write_text(done.stderr)
     return flag.read_text() == "True"
 
 
@@ -228,6 +230,16 @@ def test_a_later_lgg_infer_runs_on_the_export_without_torch(lgg, tmp_path):
     masks = [sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / run / "tumour_label.nrrd"))) > 0
              for run in ("first", "second")]
     assert masks[0].any() and runtime.dice(masks[0], masks[1]) >= 0.995
+    # each run says once what ran its forwards (stderr), and result.json keeps it with versions and precision
+    openvino = runtime.describe("openvino")
+    said = {run: [line for line in (tmp_path / f"{run}.stderr").read_text().splitlines()
+                  if line.startswith("MedDL runtime:")] for run in ("first", "second")}
+    assert len(said["first"]) == 1 and openvino in said["first"][0] and "measured now" in said["first"][0]
+    assert len(said["second"]) == 1 and said["second"][0].endswith(f"{openvino} [forced by ${runtime.ENV}]")
+    ran = {run: json.loads((tmp_path / run / "result.json").read_text())["runtime"] for run in ("first", "second")}
+    assert openvino.startswith("OpenVINO ") and openvino.endswith(" fp32")
+    assert ran["first"].endswith(f"inputs: {runtime.describe('torch')}")  # its one batch measured: torch answered
+    assert ran["second"].startswith("forward of 3x") and ran["second"].endswith(f"inputs: {openvino}")
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def select_device(requested: str | None = None, force_cpu: bool = False) -> "tor
                              f"(cuda:0 .. cuda:{count - 1})")
         device, reason = torch.device("cuda", index), "CUDA requested"
 
-    _announce(f"MedDL device: {describe_device(device)} [{reason}]")
+    announce(f"MedDL device: {describe_device(device)} [{reason}]")
     return device
 
 
@@ -101,7 +101,7 @@ def select_inference_device(requested: str | None = None, force_cpu: bool = Fals
         reason = "no CUDA GPU found (no GPU driver on this machine)"
     else:
         return select_device(requested, force_cpu)
-    _announce(f"MedDL device: cpu ({cpu_threads()} threads) [{reason}]")
+    announce(f"MedDL device: cpu ({cpu_threads()} threads) [{reason}]")
     return "cpu"
 
 
@@ -202,7 +202,7 @@ def _why_no_cuda() -> str:
     return f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU or driver"
 
 
-def _announce(message: str) -> None:
+def announce(message: str) -> None:
     """Report ``message`` once per process: to logging when configured, else to stderr."""
     if message in _ANNOUNCED:
         return

@@ -52,6 +52,9 @@ def compute_gradcam(
             runtime export; elsewhere, and under ``$MEDDL_RUNTIME=torch``, fp32.
         return_logits: also return the forward's logits ``(B, n_classes)`` float32 (the prediction, so a caller
             that needs both runs one forward; under bf16 they carry bf16's rounding).
+
+    The precision it ran in is noted on the network's runner (:attr:`MedDLLib.runtime.Runner.ran`, key
+    ``"Grad-CAM <target_layer>"``): a study's ``result.json`` says it under ``runtime``.
     Returns:
         float32 array ``(B, *spatial)`` in [0, 1], upsampled (linear) to the input size, normalised over the whole
         batch (all zeros when the network shows no positive evidence anywhere); with ``return_logits`` the pair
@@ -62,12 +65,17 @@ def compute_gradcam(
         raise ValueError(f"target layer {target_layer!r} is not in the network; some layers: {sorted(modules)[-8:]}")
     if method not in ("gradcam", "gradcam++"):
         raise ValueError(f"unknown Grad-CAM method {method!r}; expected 'gradcam' or 'gradcam++'")
+    maps = None
     if bf16 is None:
         maps, logits, bf16 = _choose_precision(network, inputs, modules[target_layer], target_layer, class_index,
                                                method)
-        if maps is not None:
-            return (maps, logits) if return_logits else maps
-    maps, logits = _gradcam(network, inputs, modules[target_layer], class_index, method, bool(bf16))
+        bf16 = bf16 and maps is None  # a measuring call answers with its fp32 maps
+    if maps is None:
+        maps, logits = _gradcam(network, inputs, modules[target_layer], class_index, method, bool(bf16))
+    from . import runtime
+
+    runtime.runner_for(network).note_ran(f"Grad-CAM {target_layer}", runtime.describe("torch-bf16" if bf16 else
+                                                                                      "torch"))
     return (maps, logits) if return_logits else maps
 
 

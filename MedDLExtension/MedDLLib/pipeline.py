@@ -137,6 +137,21 @@ class LoadedModel:
         forwards = dict.fromkeys(key.rpartition(":")[0] or "forward" for key in choices)
         return [key for forward in forwards for key in self.runner(forward).warm(stop)]
 
+    def forwards_run(self, clear: bool = False) -> str:
+        """What ran this model's forwards since the last ``clear``, one ``"; "``-separated entry per forward and
+        input shape (and Grad-CAM layer), with versions and precision: ``"forward of 3x256x256 inputs: OpenVINO
+        2026.4.1 fp32; Grad-CAM layer3: torch 2.13.0+cpu fp32"`` (:attr:`MedDLLib.runtime.Runner.ran`); empty when
+        nothing ran. ``clear``: forget it afterwards (one study's worth at a time)."""
+        entries = []
+        for runner in self._runners.values():
+            for key, what in runner.ran.items():
+                forward, _, shape = key.rpartition(":")
+                label = key if key.startswith("Grad-CAM") else f"{forward or 'forward'} of {shape} inputs"
+                entries.append(f"{label}: {what}")
+            if clear:
+                runner.ran.clear()
+        return "; ".join(entries)
+
     @property
     def name(self) -> str:
         return self.package.name
@@ -398,7 +413,7 @@ def run_study(task: PipelineTask, input_path: Path, model: Any, output: Path, op
         study.reference_volume.metadata["files"] = [str(f) for f in source_files]
     report(0.1, "computing")
     try:
-        computed = task.compute(study, loaded, options, _scaled(progress, 0.1, 0.9), cancel)
+        computed = compute(task, study, loaded, options, _scaled(progress, 0.1, 0.9), cancel)
     except InputError as exc:
         raise _naming(exc, input_path) from None
     report(0.9, "writing the outputs")
@@ -413,6 +428,19 @@ def run_study(task: PipelineTask, input_path: Path, model: Any, output: Path, op
                              "write": round(time.perf_counter() - write_start, 3)}
     report(1.0, "done")
     return result
+
+
+def compute(task: PipelineTask, study: Study, loaded: LoadedModel | None, options: Any,
+            progress: Progress | None = None, cancel: Cancel | None = None) -> Computed:
+    """``task.compute`` of one study, its ``result`` completed with ``runtime``: what ran the model's forwards
+    for this study (:meth:`LoadedModel.forwards_run`; torch or a runtime, versions, precision)."""
+    if loaded is not None:
+        loaded.forwards_run(clear=True)  # what earlier studies (or the model check) ran is not this study's
+    computed = task.compute(study, loaded, options, progress, cancel)
+    ran = loaded.forwards_run(clear=True) if loaded is not None else ""
+    if ran:
+        computed.result["runtime"] = ran
+    return computed
 
 
 def input_warnings(study: Study) -> list[str]:
@@ -571,7 +599,7 @@ def run_nodes(task: PipelineTask, study: Study, model: Any, options: Any, refere
     from .results import add_output_nodes
 
     loaded = load_model(task, model, device) if task.needs_model else None
-    computed = task.compute(study, loaded, options, progress, cancel)
+    computed = compute(task, study, loaded, options, progress, cancel)
     added = add_output_nodes(reference_node, task.outputs, computed.data, computed.result)
     return computed, added
 

@@ -137,17 +137,30 @@ def machine() -> dict[str, Any]:
     forwards use, and the installed versions of torch and of the runtimes (from their package metadata: nothing
     is imported). Speed and agreement belong to these, not to the weights: a package chosen for on a 16-core
     workstation and copied to a laptop, or run after a runtime upgrade, is measured again there."""
-    from importlib import metadata
-
     from .device import cpu_model
 
-    versions = {}
-    for name in ("torch", "onnxruntime", "openvino"):
+    return {**cpu_model(), "threads": _threads(), **machine_versions()}
+
+
+def machine_versions() -> dict[str, str | None]:
+    """The installed versions of torch, ONNX Runtime and OpenVINO (None: not installed)."""
+    return {name: package_version(name) for name in ("torch", "onnxruntime", "openvino")}
+
+
+_VERSIONS: dict[str, str] = {}
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name`` from its package metadata (nothing is imported; None: not
+    installed, asked again next time, as Slicer may install it meanwhile)."""
+    if name not in _VERSIONS:
+        from importlib import metadata
+
         try:
-            versions[name] = metadata.version(name)
+            _VERSIONS[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {**cpu_model(), "threads": _threads(), **versions}
+            return None
+    return _VERSIONS[name]
 
 
 def _threads() -> int:
@@ -180,6 +193,16 @@ def forced_backend() -> str:
     """``$MEDDL_RUNTIME`` normalised: ``"auto"`` (default) or the backend it forces (``"torch"``: plain torch fp32
     everywhere, Grad-CAM included)."""
     return os.environ.get(ENV, "auto").strip().lower() or "auto"
+
+
+def describe(backend: str) -> str:
+    """What runs a forward on ``backend``, with the installed version: ``"torch 2.13.0+cpu fp32"``,
+    ``"ONNX Runtime 1.32.0 fp32"``, ``"OpenVINO 2026.4.1 bf16"`` (for a study's provenance)."""
+    if backend.startswith("torch"):  # "torch", or Grad-CAM's "torch-bf16" (bf16 autocast)
+        return f"torch {package_version('torch')} {'bf16 autocast' if backend.endswith('bf16') else 'fp32'}"
+    if backend == "onnxruntime":
+        return f"ONNX Runtime {package_version('onnxruntime')} fp32"
+    return f"OpenVINO {package_version('openvino')} {'bf16' if backend.endswith('bf16') else 'fp32'}"
 
 
 # ---------------------------------------------------------------------------------------------- sessions
@@ -232,6 +255,9 @@ class Runner:
         agree: agreement test of a candidate's output with torch fp32's.
         chosen: backend chosen per input shape (``"torch"`` or a :data:`CANDIDATES` entry).
         timings: seconds per candidate measured when choosing (per shape), for benchmarks.
+        ran: what produced the outputs since it was last cleared, per choice key (and Grad-CAM's, see
+            :func:`MedDLLib.gradcam.compute_gradcam`): a :func:`describe` text, e.g. ``"OpenVINO 2026.4.1 fp32"``
+            (a study's ``result.json`` ``runtime``: :meth:`MedDLLib.pipeline.LoadedModel.forwards_run`).
         build: ``() -> network`` for a runner made without its network (:func:`deferred_runner`).
         network_spec: the package's ``metadata["network"]`` (name and arguments): an export records it, and one
             made for another network is not used.
@@ -244,34 +270,67 @@ class Runner:
     agree: Agreement = dataclasses.field(default_factory=probabilities_agree)
     chosen: dict[str, str] = dataclasses.field(default_factory=dict)
     timings: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    ran: dict[str, str] = dataclasses.field(default_factory=dict)
     build: Callable[[], Any] | None = dataclasses.field(default=None, repr=False)
     network_spec: Any = None
     _sessions: dict[tuple[str, tuple[int, ...]], _Session] = dataclasses.field(default_factory=dict, repr=False)
     _module: Any = dataclasses.field(default=None, repr=False)
+    _announced: set[str] = dataclasses.field(default_factory=set, repr=False)
 
     # ------------------------------------------------------------------ calling
     def __call__(self, x: np.ndarray, calls: int = 1) -> np.ndarray:
         """The forward of ``x (B, C, *spatial)``. ``calls``: how many forwards of this shape the caller is about
         to run (a study's batches); when this call measures the choice, each candidate's one-off start-up is
-        weighed against that many forwards."""
+        weighed against that many forwards. The first call of a shape in a process says once what runs it and why
+        (:func:`MedDLLib.device.announce`: Slicer's log, else stderr); :attr:`ran` keeps what answered."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        forced = forced_backend()
-        if forced == "torch" or self.folder is None:
-            return self.torch_forward(x)
         key = self._key(x.shape)
-        backend = self.chosen.get(key) or self._recorded(key)
-        if forced != "auto" and backend != forced:
-            backend = None  # a forced backend is measured (and checked) like a choice
-        if backend is None:
-            return self._choose(x, key, only=None if forced == "auto" else forced, calls=calls)
-        if backend == "torch":
-            return self.torch_forward(x)
-        try:
-            return self._session(backend, x.shape).run(x)
-        except Exception as exc:  # a runtime that cannot run this input: torch, and say why once
-            log.warning("%s failed (%s); using torch", backend, exc)
-            self.chosen[key] = "torch"
-            return self.torch_forward(x)
+        forced = forced_backend()
+        out, why = None, None  # why: the announcement's reason (none for a runner with nothing to choose from)
+        if forced == "torch" or self.folder is None:
+            backend = "torch"
+        else:
+            backend = self.chosen.get(key) or self._recorded(key)
+            if key not in self._announced:  # the first call of this shape here: say once what runs it
+                why = "chosen by an earlier run on this machine" if forced == "auto" else f"forced by ${ENV}"
+            if forced != "auto" and backend != forced:
+                backend = None  # a forced backend is measured (and checked) like a choice
+        if backend is None:  # measured now: torch's output (the reference) answers this call
+            out = self._choose(x, key, only=None if forced == "auto" else forced, calls=calls)
+            backend, why = "torch", self._measured(key)
+        elif backend != "torch":
+            try:
+                out = self._session(backend, x.shape).run(x)
+            except Exception as exc:  # a runtime that cannot run this input: torch, and say why once
+                log.warning("%s failed (%s); using torch", backend, exc)
+                self.chosen[key], why = "torch", f"{describe(backend)} failed here"
+                backend = "torch"
+        if out is None:
+            out = self.torch_forward(x)
+        self.note_ran(key, describe(backend))
+        if why is not None:
+            from .device import announce
+
+            self._announced.add(key)
+            chosen = self.chosen.get(key, backend)
+            announce(f"MedDL runtime: {self.forward} of {_shape_key(x.shape)} inputs on {describe(chosen)} [{why}]")
+        return out
+
+    def note_ran(self, key: str, what: str) -> None:
+        """Add ``what`` (a :func:`describe` text) to what produced outputs for ``key`` (:attr:`ran`)."""
+        done = self.ran.get(key)
+        if done is None:
+            self.ran[key] = what
+        elif what not in done.split(", "):
+            self.ran[key] = f"{done}, {what}"
+
+    def _measured(self, key: str) -> str:
+        """How the choice for ``key`` was just made (for the announcement): the chosen and torch's seconds."""
+        times, chosen = self.timings.get(key, {}), self.chosen.get(key, "torch")
+        text = "measured now"
+        if chosen != "torch" and chosen in times:
+            text += f": {times[chosen]:.3g} s a forward against torch's {times['torch']:.3g} s"
+        return text + "; kept for this package on this machine"
 
     def torch_forward(self, x: np.ndarray) -> np.ndarray:
         """The torch fp32 forward (the reference)."""
