@@ -279,6 +279,41 @@ def ich_untrained(tmp_path):
     return untrained_package(tmp_path, 32)
 
 
+def test_ich_with_a_heatmap_runs_one_torch_forward_whatever_the_runtime_choice(ich, tmp_path, monkeypatch):
+    """ICH's Grad-CAM runs a torch forward of the whole study; its probabilities come from that fp32 forward, so
+    a study with a heatmap runs one forward and no runtime session even where a runtime was chosen (here ONNX
+    Runtime, recorded by an earlier prediction); without a heatmap the chosen runtime runs the prediction."""
+    from ICHDetectorLib import phantom as ich_phantom
+    from ICHDetectorLib.logic import ICHOptions, compute
+    from ICHDetectorLib.model import load_model, predict_inputs
+    from ICHDetectorLib.preprocess import InputSpec, volume_input
+
+    from MedDLLib import pipeline
+    from MedDLLib.taskregistry import get_task
+
+    model = tmp_path / "model"
+    shutil.copytree(ich / "model", model, ignore=shutil.ignore_patterns("runtime"))
+    volume, _, _ = ich_phantom.head_ct(np.random.default_rng(5), 32, 8, ("intraparenchymal",))
+    network, package = load_model(model)
+    inputs, _ = volume_input(volume, InputSpec.from_metadata(package.metadata["input"]))
+    monkeypatch.setenv(runtime.ENV, "torch")
+    reference = predict_inputs(network, inputs, "sigmoid")
+    monkeypatch.setenv(runtime.ENV, "onnxruntime")  # an earlier run's choice: ONNX Runtime for these inputs
+    predict_inputs(load_model(model)[0], inputs, "sigmoid")
+    monkeypatch.setenv(runtime.ENV, "auto")
+    key = "x".join(str(n) for n in inputs.shape[1:])
+    assert json.loads((model / "runtime" / runtime.RECORD).read_text())["choices"][key]["backend"] == "onnxruntime"
+    for heatmap_label, ran in (("any", "Grad-CAM layer3: " + runtime.describe("torch")),
+                               (None, f"forward of {key} inputs: " + runtime.describe("onnxruntime"))):
+        pipeline._cache.clear()  # a later process
+        loaded = pipeline.load_model(get_task("ich"), str(model), "cpu")
+        result = compute(volume, loaded, ICHOptions(heatmap_label=heatmap_label))
+        assert loaded.forwards_run() == ran
+        assert np.abs(result.probabilities - reference).max() <= (1e-6 if heatmap_label else 1e-3)
+        sessions = runtime.runner_for(loaded.network)._sessions
+        assert (len(sessions) == 0) == (heatmap_label is not None)
+
+
 def test_export_is_cached_beside_the_package_and_reused_by_a_later_process(ich_untrained):
     from ICHDetectorLib.model import load_model, predict_inputs
 

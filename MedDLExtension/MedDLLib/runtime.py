@@ -363,16 +363,6 @@ class Runner:
         """The choice key of an input shape: ``"9x64x64"``, or ``"evidence_map:4x64x256x256"``."""
         return _shape_key(shape) if self.forward == "forward" else f"{self.forward}:{_shape_key(shape)}"
 
-    def chosen_backend(self, shape: tuple[int, ...]) -> str | None:
-        """The backend inputs of ``shape`` run on (``"torch"`` when forced or torch-only), or None while no choice
-        was measured for that shape (then the next call measures it)."""
-        forced = forced_backend()
-        if forced == "torch" or self.folder is None:
-            return "torch"
-        key = self._key(tuple(shape))
-        backend = self.chosen.get(key) or self._recorded(key)
-        return backend if forced in ("auto", backend) else None
-
     @property
     def backend(self) -> str:
         """The backend of the last chosen shape (``torch`` before any choice)."""
