@@ -5,11 +5,11 @@
    post-contrast); ``meddl infer lgg`` runs on that folder in a fresh child process each time (start-up,
    imports, DICOM reading, preprocessing, the network on every slice, post-processing, every output file
    written), torch eager and the chosen runtime alternately; peak resident memory of each child (``ru_maxrss``).
-2. **Forward** (:func:`MedDLLib.bench.runtime_rows`): one batch of 16 prepared slices of that patient through
-   each network (default: the improved recipe's U-Net, width 16, 3 channels, at ``size``), torch eager fp32
-   against the runtime :mod:`MedDLLib.runtime` chooses, same weights, same input, alternating; agreement as
-   mask Dice and largest probability difference; achieved GFLOP/s of both and their share of the machine's
-   ceiling (:func:`MedDLLib.bench.machine_ceiling`, measured once per bench).
+2. **Forward** (:func:`MedDLLib.bench.runtime_rows`): one inference batch (``model.INFERENCE_BATCH`` prepared
+   slices) of that patient through each network (default: the improved recipe's U-Net, width 16, 3 channels, at
+   ``size``), torch eager fp32 against the runtime :mod:`MedDLLib.runtime` chooses, same weights, same input,
+   alternating; agreement as mask Dice and largest probability difference; achieved GFLOP/s of both and their
+   share of the machine's ceiling (:func:`MedDLLib.bench.machine_ceiling`, measured once per bench).
 
 The networks carry seeded random weights (time and memory do not depend on the weights). Speed is measured
 here, never asserted in tests.
@@ -25,7 +25,7 @@ import numpy as np
 
 from . import model, preprocess
 
-BATCH = 16
+BATCH = model.INFERENCE_BATCH  # the batch inference runs
 
 
 def improved_package(folder: Path, *, network: str = model.DEFAULT_NETWORK, width: int = model.DEFAULT_WIDTH,

@@ -375,7 +375,7 @@ class Runner:
         A runtime must win over the caller's ``calls`` forwards including its own start-up (tiny networks stay in
         torch). Torch is timed twice first (cold, then warm as the candidates are), before any candidate's threads
         or buffers exist; only the best candidate so far keeps its session (ONNX Runtime's buffers for LGG's
-        16-slice batch are about 0.8 GB), so a first run holds at most two sessions at once."""
+        16-slice batches were about 0.8 GB), so a first run holds at most two sessions at once."""
         calls = max(1, int(calls))
         start = time.perf_counter()
         reference = self.torch_forward(x)
