@@ -74,8 +74,8 @@ def compute_gradcam(
         maps, logits = _gradcam(network, inputs, modules[target_layer], class_index, method, bool(bf16))
     from . import runtime
 
-    runtime.runner_for(network).note_ran(f"Grad-CAM {target_layer}", runtime.describe("torch-bf16" if bf16 else
-                                                                                      "torch"))
+    precision = "torch-bf16" if bf16 else "torch"
+    runtime.runner_for(network).note_ran(f"Grad-CAM {target_layer}", runtime.describe(precision, inputs.device))
     return (maps, logits) if return_logits else maps
 
 

@@ -195,11 +195,13 @@ def forced_backend() -> str:
     return os.environ.get(ENV, "auto").strip().lower() or "auto"
 
 
-def describe(backend: str) -> str:
+def describe(backend: str, device: Any = "cpu") -> str:
     """What runs a forward on ``backend``, with the installed version: ``"torch 2.13.0+cpu fp32"``,
-    ``"ONNX Runtime 1.32.0 fp32"``, ``"OpenVINO 2026.4.1 bf16"`` (for a study's provenance)."""
+    ``"ONNX Runtime 1.32.0 fp32"``, ``"OpenVINO 2026.4.1 bf16"`` (for a study's provenance); a torch forward on
+    another ``device`` than the CPU says it: ``"torch 2.13.0 fp32 on cuda:0"``."""
     if backend.startswith("torch"):  # "torch", or Grad-CAM's "torch-bf16" (bf16 autocast)
-        return f"torch {package_version('torch')} {'bf16 autocast' if backend.endswith('bf16') else 'fp32'}"
+        where = "" if str(device) == "cpu" else f" on {device}"
+        return f"torch {package_version('torch')} {'bf16 autocast' if backend.endswith('bf16') else 'fp32'}{where}"
     if backend == "onnxruntime":
         return f"ONNX Runtime {package_version('onnxruntime')} fp32"
     return f"OpenVINO {package_version('openvino')} {'bf16' if backend.endswith('bf16') else 'fp32'}"
@@ -307,7 +309,7 @@ class Runner:
                 backend = "torch"
         if out is None:
             out = self.torch_forward(x)
-        self.note_ran(key, describe(backend))
+        self.note_ran(key, describe(backend, _device(self.torch_network()) if backend == "torch" else "cpu"))
         if why is not None:
             from .device import announce
 
