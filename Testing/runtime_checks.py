@@ -365,6 +365,26 @@ def test_a_choice_holds_on_the_machine_it_was_measured_on_only(ich_untrained):
     assert onnx_file.stat().st_mtime_ns == stamp  # the export is the same on every machine
 
 
+def test_the_record_follows_the_batch_a_later_run_uses(ich_untrained, monkeypatch):
+    """The choice is per input shape without the batch; the record also keeps the whole shape, which a later
+    process compiles ahead while it reads the study (:meth:`Runner.warm`). A run with another batch (a new batch
+    size, a short study) records its own, so the next process compiles the session it will use."""
+    from ICHDetectorLib.model import load_model, predict_inputs
+
+    monkeypatch.setenv(runtime.ENV, "openvino")  # a runtime, whatever this machine would choose
+    rng = np.random.default_rng(8)
+    record_file = ich_untrained / "runtime" / runtime.RECORD
+    predict_inputs(load_model(ich_untrained)[0], rng.random((5, 9, 32, 32), dtype=np.float32), "sigmoid")
+    assert json.loads(record_file.read_text())["choices"]["9x32x32"]["shape"] == [5, 9, 32, 32]
+    network, _ = load_model(ich_untrained)
+    predict_inputs(network, rng.random((3, 9, 32, 32), dtype=np.float32), "sigmoid")
+    entry = json.loads(record_file.read_text())["choices"]["9x32x32"]
+    assert entry["shape"] == [3, 9, 32, 32] and entry["backend"] == "openvino"
+    network, _ = load_model(ich_untrained)
+    runner = runtime.runner_for(network)
+    assert runner.warm() == ["9x32x32"] and list(runner._sessions) == [("openvino", (3, 9, 32, 32))]
+
+
 def test_a_damaged_or_stale_export_is_made_again(ich_untrained, monkeypatch):
     from ICHDetectorLib.model import load_model, predict_inputs
 

@@ -303,6 +303,8 @@ class Runner:
         elif backend != "torch":
             try:
                 out = self._session(backend, x.shape).run(x)
+                if why is not None:  # the first call of this shape here
+                    self._follow_shape(key, x.shape)
             except Exception as exc:  # a runtime that cannot run this input: torch, and say why once
                 log.warning("%s failed (%s); using torch", backend, exc)
                 self.chosen[key], why = "torch", f"{describe(backend)} failed here"
@@ -325,6 +327,23 @@ class Runner:
             self.ran[key] = what
         elif what not in done.split(", "):
             self.ran[key] = f"{done}, {what}"
+
+    def _follow_shape(self, key: str, shape: tuple[int, ...]) -> None:
+        """Record ``shape`` (batch included) for this machine's choice ``key`` when it differs from the recorded
+        one, so that a later process compiles ahead (:meth:`warm`) the session it will use, not one it will not
+        (after a change of batch size, or a study shorter than a batch)."""
+        from .io import atomic_write_json
+
+        record = self._read_record()
+        entry = record.get("choices", {}).get(key)
+        wanted = [int(s) for s in shape]
+        if entry is None or entry.get("machine") != machine() or entry.get("shape") == wanted:
+            return
+        entry["shape"] = wanted
+        try:
+            atomic_write_json(self.folder / RECORD, record)
+        except OSError as exc:
+            log.info("could not record the input shape in %s (%s)", self.folder, exc)
 
     def _measured(self, key: str) -> str:
         """How the choice for ``key`` was just made (for the announcement): the chosen and torch's seconds."""
