@@ -496,6 +496,26 @@ def test_the_bench_times_every_agreeing_runtime_chosen_or_not(ich_untrained):
     assert "onnxruntime" in table and "openvino, warm" in table
 
 
+def test_a_forced_runtime_that_does_not_agree_is_measured_once_then_torch_runs(tmp_path, monkeypatch, capsys):
+    """``$MEDDL_RUNTIME`` forcing a runtime whose output disagrees with torch: the first call measures it and
+    answers with torch, later calls of that shape run torch without measuring again, and the run says so once."""
+    from MedDLLib import device
+
+    monkeypatch.setattr(device, "_ANNOUNCED", set())  # said once per process: earlier tests said the same
+    network = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
+    runner = runtime.Runner(network, folder=tmp_path, weights_sha256="0" * 64, agree=lambda reference, out: False)
+    monkeypatch.setenv(runtime.ENV, "onnxruntime")
+    measured = []
+    choose = runtime.Runner._choose
+    monkeypatch.setattr(runtime.Runner, "_choose", lambda self, *a, **k: (measured.append(1), choose(self, *a, **k))[1])
+    x = np.random.default_rng(9).random((2, 1, 8, 8), dtype=np.float32)
+    outs = [runner(x) for _ in range(3)]
+    assert len(measured) == 1 and runner.chosen["1x8x8"] == "torch"
+    assert all(np.abs(out - runner.torch_forward(x)).max() < 1e-6 for out in outs)
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("MedDL runtime:")]
+    assert len(said) == 1 and runtime.describe("torch") in said[0], said
+
+
 def test_onnxruntime_sessions_do_not_spin_after_a_run(tmp_path):
     """ONNX Runtime's threads busy-wait after a run by default; its sessions here turn that off (a spinning pool
     held one of two cores and doubled the next OpenVINO forward, the choice's next candidate)."""

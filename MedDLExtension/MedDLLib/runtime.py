@@ -278,6 +278,7 @@ class Runner:
     _sessions: dict[tuple[str, tuple[int, ...]], _Session] = dataclasses.field(default_factory=dict, repr=False)
     _module: Any = dataclasses.field(default=None, repr=False)
     _announced: set[str] = dataclasses.field(default_factory=set, repr=False)
+    _forced_tried: set[tuple[str, str]] = dataclasses.field(default_factory=set, repr=False)
 
     # ------------------------------------------------------------------ calling
     def __call__(self, x: np.ndarray, calls: int = 1) -> np.ndarray:
@@ -295,11 +296,12 @@ class Runner:
             backend = self.chosen.get(key) or self._recorded(key)
             if key not in self._announced:  # the first call of this shape here: say once what runs it
                 why = "chosen by an earlier run on this machine" if forced == "auto" else f"forced by ${ENV}"
-            if forced != "auto" and backend != forced:
-                backend = None  # a forced backend is measured (and checked) like a choice
+            if forced != "auto" and backend != forced and (key, forced) not in self._forced_tried:
+                backend = None  # a forced backend is measured (and checked) like a choice, once
         if backend is None:  # measured now: torch's output (the reference) answers this call
             out = self._choose(x, key, only=None if forced == "auto" else forced, calls=calls)
             backend, why = "torch", self._measured(key)
+            self._forced_tried.add((key, forced))
         elif backend != "torch":
             try:
                 out = self._session(backend, x.shape).run(x)
