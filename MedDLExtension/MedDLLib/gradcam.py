@@ -39,6 +39,9 @@ def compute_gradcam(
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Grad-CAM of ``network`` for ``inputs`` (a forward hook on ``target_layer``; no MONAI import).
 
+    The precision it ran in is noted on the network's runner (:attr:`MedDLLib.runtime.Runner.ran`, key
+    ``"Grad-CAM <target_layer>"``): a study's ``result.json`` says it under ``runtime``.
+
     Args:
         network: a torch module returning logits ``(B, n_classes)``; put in eval mode here (restored after).
         inputs: tensor ``(B, C, *spatial)`` (2D: spatial = (H, W); 3D: (D, H, W)) on the network's device.
@@ -53,8 +56,6 @@ def compute_gradcam(
         return_logits: also return the forward's logits ``(B, n_classes)`` float32 (the prediction, so a caller
             that needs both runs one forward; under bf16 they carry bf16's rounding).
 
-    The precision it ran in is noted on the network's runner (:attr:`MedDLLib.runtime.Runner.ran`, key
-    ``"Grad-CAM <target_layer>"``): a study's ``result.json`` says it under ``runtime``.
     Returns:
         float32 array ``(B, *spatial)`` in [0, 1], upsampled (linear) to the input size, normalised over the whole
         batch (all zeros when the network shows no positive evidence anywhere); with ``return_logits`` the pair
