@@ -25,8 +25,6 @@ import numpy as np
 
 from . import model, preprocess
 
-BATCH = model.INFERENCE_BATCH  # the batch inference runs
-
 
 def improved_package(folder: Path, *, network: str = model.DEFAULT_NETWORK, width: int = model.DEFAULT_WIDTH,
                      size: int = 256, seed: int = 0) -> Path:
@@ -82,7 +80,7 @@ def run_bench(*, size: int = 256, n_slices: int = 88, width: int = model.DEFAULT
         result["end_to_end"] = bench.end_to_end_rows(arguments, tmp_path / "out", "LGGSegmenterLib.cli:TASK",
                                                      Path(__file__).resolve().parents[1], runs=runs)
         prepared = preprocess.prepare(model.case_image(case, dataset.CHANNELS), "improved", size)
-        x = np.ascontiguousarray(prepared.x[:BATCH], dtype=np.float32)
+        x = np.ascontiguousarray(prepared.x[:model.INFERENCE_BATCH], dtype=np.float32)
         result["ceiling"] = ceiling or bench.machine_ceiling()
         for kind, folder in packages.items():
             package = load_package(folder)

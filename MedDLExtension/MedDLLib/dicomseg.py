@@ -275,7 +275,7 @@ def segment_numbers(labels: np.ndarray, values: Sequence[int]) -> tuple[np.ndarr
             unknown = _values_present(numbers[numbers > n])
             raise InputError(f"DICOM SEG: label values {unknown} have no segment name")
         # one pass, no temporary: a comparison per segment made a full-volume bool array (75 MB for 300 slices of
-        # 512 x 512, a lung study's peak)
+        # 512 x 512)
         seen = set(_values_present(numbers)) if n > 1 else {top}
         return numbers, [v in seen for v in values]
     unknown = sorted(set(_values_present(labels)) - {0} - set(values))
