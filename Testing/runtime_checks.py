@@ -272,6 +272,26 @@ def test_lung_outputs_agree_with_torch(lung, monkeypatch):
             assert runtime.runner_for(network).backend == backend
 
 
+@pytest.mark.parametrize("task", ["lgg", "ich", "glioma", "lung"])
+def test_evaluate_metrics_say_what_ran_the_forwards(task, lgg, ich, glioma, lung, tmp_path, monkeypatch):
+    """``meddl evaluate``'s metrics carry ``runtime`` as a study's result.json does: a metric measured on ONNX
+    Runtime's forwards says so, and torch's says torch."""
+    data = {"lgg": lgg / "test", "ich": ich / "test", "glioma": glioma / "data", "lung": lung / "data"}[task]
+    model = {"lgg": lgg, "ich": ich, "glioma": glioma, "lung": lung}[task] / "model"
+    said = []
+    for backend in ("onnxruntime", "onnxruntime", "torch"):  # the first forced run measures it, the second uses it
+        monkeypatch.setenv(runtime.ENV, backend)
+        out = tmp_path / str(len(said)) / "metrics.json"
+        out.parent.mkdir()
+        _meddl("evaluate", task, "--data", data, "--model", model, "--out", out, "--force-cpu")
+        said.append(json.loads(out.read_text())["runtime"])
+    assert all(text.startswith("forward of ") for text in said), said
+    # the run that measured the forced runtime had torch answer that forward: it names both when it ran more
+    assert said[0].endswith(runtime.describe("onnxruntime")) or said[0].endswith(runtime.describe("torch")), said
+    assert said[1].endswith(f"inputs: {runtime.describe('onnxruntime')}"), said
+    assert said[2].endswith(f"inputs: {runtime.describe('torch')}"), said
+
+
 # ---------------------------------------------------------------------------------------------- cache and fallback
 @pytest.fixture()
 def ich_untrained(tmp_path):

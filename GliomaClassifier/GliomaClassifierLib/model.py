@@ -343,6 +343,12 @@ def predict_cases(model: str | Path | models.ModelPackage, cases: Sequence[Case]
                   cache_dir: str | Path | None = None) -> np.ndarray:
     """Probabilities ``(N,)`` of the cases, preprocessed as the model's input spec says."""
     network, package = models.load_task_model(model, TASK, device)
+    return _predict_loaded(network, package, cases, device, cache_dir)
+
+
+def _predict_loaded(network: nn.Module, package: models.ModelPackage, cases: Sequence[Case], device: Any,
+                    cache_dir: str | Path | None) -> np.ndarray:
+    """:func:`predict_cases` with the network built and its package loaded."""
     spec = InputSpec.from_metadata(package.metadata["input"])
     with _cache(cache_dir) as cdir:
         paths = cache_inputs(cases, spec, cdir)
@@ -384,10 +390,13 @@ def evaluate_model(model: str | Path | models.ModelPackage, cases: Sequence[Case
     cases = [c for c in cases if c.label is not None]
     if not cases:
         raise InputError("no labelled case to evaluate")
-    probs = predict_cases(model, cases, device=device, cache_dir=cache_dir)
+    from MedDLLib import runtime
+
+    network, package = models.load_task_model(model, TASK, device)
+    probs = _predict_loaded(network, package, cases, device, cache_dir)
     labels = [int(c.label) for c in cases]
-    package = model if isinstance(model, models.ModelPackage) else models.load_package(models.resolve_model(model))
-    out: dict[str, Any] = {"recipe": package.metadata.get("recipe"), "model": package.name}
+    out: dict[str, Any] = {"recipe": package.metadata.get("recipe"), "model": package.name,
+                           "runtime": runtime.forwards_run(network)}
     out.update(auroc_metrics(labels, probs, n_boot=n_boot, seed=seed))
     out["ci_contains_chance"] = bool(out["auroc_ci_low"] <= 0.5 <= out["auroc_ci_high"])
     if figures_dir is not None:

@@ -301,8 +301,10 @@ def evaluate_model(model: str | Path | models.ModelPackage, studies: Sequence[St
         groups += [study.study_uid] * int(keep.sum())
         s_true.append(study.any_label)
         s_prob.append(float(p[:, 0].max()))
+    from MedDLLib import runtime
+
     metrics: dict[str, Any] = {"recipe": package.metadata.get("recipe"), "n_studies": len(studies),
-                               "n_slices": int(sum(len(g) for g in y_true))}
+                               "n_slices": int(sum(len(g) for g in y_true)), "runtime": runtime.forwards_run(network)}
     metrics.update(slice_metrics(np.concatenate(y_true), np.concatenate(y_prob), groups, n_boot=n_boot))
     metrics.update(study_metrics(np.array(s_true), np.array(s_prob), threshold))
     if figures_dir is not None:

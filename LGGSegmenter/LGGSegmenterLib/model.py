@@ -446,6 +446,7 @@ def evaluate_model(data: str | Path, model: str | Path, device: Any = "cpu", see
     metrics = summarize(rows, package.metadata, seed)
     metrics["recipe"] = package.metadata["recipe"]
     metrics["network"] = package.metadata["network"]["name"]
+    metrics["runtime"] = runtime.forwards_run(network)
     try:
         clinical = dataset.read_clinical(data)
         feats = pd.DataFrame([r.features for r in rows], index=[r.patient_id for r in rows])

@@ -313,6 +313,7 @@ def evaluate_model(model: str | Path | models.ModelPackage, studies: Sequence[Lu
     if that leaves one group empty), ``risk_split``; for the seed also ``accuracy`` (+ ``_ci_low``,
     ``_ci_high``) of its 2-class label. Writes the Kaplan-Meier PNG to ``km_png`` when given.
     """
+    from MedDLLib import runtime
     from MedDLLib.evaluation import bootstrap_ci, concordance_index_with_ci, kaplan_meier_groups, plot_kaplan_meier
 
     network, package = models.load_task_model(model, TASK, device)
@@ -340,7 +341,7 @@ def evaluate_model(model: str | Path | models.ModelPackage, studies: Sequence[Lu
     metrics: dict[str, Any] = {"recipe": recipe_name, "n_studies": len(xs), "n_events": int(e.sum()),
                                "c_index": c, "c_index_ci_low": lo, "c_index_ci_high": hi,
                                "logrank_p": km["logrank_p"], "risk_split": split,
-                               "n_high_risk": int((groups == "high").sum())}
+                               "n_high_risk": int((groups == "high").sum()), "runtime": runtime.forwards_run(network)}
     if recipe_name == "seed":
         cut = float(package.metadata["output"].get("seed_cut_days", np.median(t)))
         labels = seed_labels(t, e, cut)

@@ -138,19 +138,10 @@ class LoadedModel:
         return [key for forward in forwards for key in self.runner(forward).warm(stop)]
 
     def forwards_run(self, clear: bool = False) -> str:
-        """What ran this model's forwards since the last ``clear``, one ``"; "``-separated entry per forward and
-        input shape (and Grad-CAM layer), with versions and precision: ``"forward of 3x256x256 inputs: OpenVINO
-        2026.4.1 fp32; Grad-CAM layer3: torch 2.13.0+cpu fp32"`` (:attr:`MedDLLib.runtime.Runner.ran`); empty when
-        nothing ran. ``clear``: forget it afterwards (one study's worth at a time)."""
-        entries = []
-        for runner in self._runners.values():
-            for key, what in runner.ran.items():
-                forward, _, shape = key.rpartition(":")
-                label = key if key.startswith("Grad-CAM") else f"{forward or 'forward'} of {shape} inputs"
-                entries.append(f"{label}: {what}")
-            if clear:
-                runner.ran.clear()
-        return "; ".join(entries)
+        """What ran this model's forwards since the last ``clear`` (:func:`MedDLLib.runtime.forwards_run`)."""
+        from . import runtime
+
+        return runtime.forwards_run(self._runners, clear)
 
     @property
     def name(self) -> str:

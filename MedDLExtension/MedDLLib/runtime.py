@@ -33,6 +33,7 @@ import logging
 import os
 import time
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -705,6 +706,24 @@ def _new_runner(network: Any, package: "ModelPackage | None", agree: Agreement |
     sha = str(package.metadata.get("sha256", "")) if package is not None else ""
     spec = json.loads(json.dumps(package.metadata.get("network"))) if package is not None else None  # as recorded
     return Runner(network, forward, folder, sha, agree or probabilities_agree(), network_spec=spec)
+
+
+def forwards_run(network: "torch.nn.Module | Mapping[str, Runner]", clear: bool = False) -> str:
+    """What ran the forwards of ``network`` (a torch network, or its runners: forward name -> :class:`Runner`)
+    since the last ``clear``: one ``"; "``-separated entry per forward and input shape (and Grad-CAM layer), with
+    versions and precision, e.g. ``"forward of 3x256x256 inputs: OpenVINO 2026.4.1 fp32; Grad-CAM layer3: torch
+    2.13.0+cpu fp32"`` (:attr:`Runner.ran`); empty when nothing ran. ``clear``: forget it afterwards (one
+    study's worth at a time). A study's ``result.json`` and ``meddl evaluate``'s metrics say it as ``runtime``."""
+    runners = network if isinstance(network, Mapping) else network.__dict__.get(_RUNNER_ATTRIBUTE, {})
+    entries = []
+    for runner in runners.values():
+        for key, what in runner.ran.items():
+            forward, _, shape = key.rpartition(":")
+            label = key if key.startswith("Grad-CAM") else f"{forward or 'forward'} of {shape} inputs"
+            entries.append(f"{label}: {what}")
+        if clear:
+            runner.ran.clear()
+    return "; ".join(entries)
 
 
 def torch_network(network: "torch.nn.Module | Runner") -> "torch.nn.Module":
