@@ -46,6 +46,54 @@ def test_logits_are_the_forward_and_the_network_is_left_as_it_was():
         assert np.abs(logits - network(x).numpy()).max() < 1e-5
     assert not network.training
     assert all(p.grad is None for p in network.parameters())  # no weight gradients left behind
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in network.modules())  # nor hooks
+
+
+def test_batches_give_the_maps_of_one_pass_normalised_together():
+    """``batch_size`` bounds memory to one batch's graph; the maps are still normalised over all the inputs (a slice
+    without evidence stays dark beside one with it), and ``cancel`` stops before a batch."""
+    from MedDLLib.errors import Cancelled
+
+    network = _small_resnet()
+    x = torch.rand(5, 9, 32, 32, generator=torch.Generator().manual_seed(5))
+    whole, logits = compute_gradcam(network, x, "layer3", class_index=2, return_logits=True)
+    batched, batched_logits = compute_gradcam(network, x, "layer3", class_index=2, return_logits=True, batch_size=2)
+    assert batched.shape == whole.shape == (5, 32, 32)
+    assert np.abs(batched - whole).max() < 1e-5 and np.abs(batched_logits - logits).max() < 1e-5
+    assert whole.max() == pytest.approx(1.0) and len({float(m.max()) for m in whole}) > 1  # one maximum for all
+    calls = []
+    with pytest.raises(Cancelled):
+        compute_gradcam(network, x, "layer3", class_index=2, batch_size=2, cancel=lambda: calls.append(1) or
+                        len(calls) > 2)
+    assert len(calls) == 3  # polled before each batch: the third batch did not run
+
+
+def test_a_score_explains_what_a_wrapper_module_would():
+    """``score`` turns the network's output into the class scores Grad-CAM explains (a segmentation network's mean
+    positive logit): the maps of a wrapper module computing the same, on the network itself (whose runner then
+    records what ran), and the output returned is the network's own."""
+    from MedDLLib.models.nets import BasicUNet
+
+    torch.manual_seed(6)
+    network = BasicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=(4, 4, 8, 8, 16, 4)).eval()
+
+    def score(logits):
+        return torch.relu(logits).mean(dim=(2, 3))
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = network
+
+        def forward(self, x):
+            return score(self.net(x))
+
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    maps, output = compute_gradcam(network, x, "upcat_2", class_index=0, score=score, return_logits=True)
+    wrapped = compute_gradcam(Wrapped(), x, "net.upcat_2", class_index=0)
+    assert np.abs(maps - wrapped).max() < 1e-5 and maps.max() > 0
+    with torch.no_grad():
+        assert output.shape == (3, 1, 32, 32) and np.abs(output - network(x).numpy()).max() < 1e-5
 
 
 def test_gradcam_does_not_import_monai():

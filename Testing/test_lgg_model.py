@@ -72,6 +72,36 @@ def test_infer_writes_the_output_contract_from_tif_and_dicom(trained, capsys):
 
 
 @pytest.mark.slow
+def test_grad_cam_runs_on_the_slices_with_evidence_only_and_equals_every_slices(trained):
+    """Slices whose highest tumour probability is at most GRADCAM_NO_EVIDENCE have no positive logit, so their
+    Grad-CAM is 0: computing it on the others only (in batches) gives the heatmap of computing it on every slice."""
+    import torch
+
+    from LGGSegmenterLib import dataset, logic, model
+    from LGGSegmenterLib.preprocess import network_grid_geometry
+    from MedDLLib.geometry import Volume
+    from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
+    from MedDLLib.models import load_package
+
+    package = load_package(trained / "model")
+    network = package.network("cpu")
+    case = dataset.scan_dataset(trained / "test")[0]
+    image = model.case_image(case, model.channel_names(package.metadata))
+    geometry = model.nominal_geometry_for(image)
+    result = logic.compute(image, geometry, network, package.metadata, logic.LGGOptions(gradcam=True))
+    seg = model.segment_study(image, network, package.metadata)
+    shown = seg.peak > logic.GRADCAM_NO_EVIDENCE
+    assert 0 < shown.sum() < len(shown), seg.peak  # the phantom has slices without the tumour
+    layer = logic.GRADCAM_LAYERS[package.metadata["network"]["name"]]
+    every = compute_gradcam(network, torch.from_numpy(seg.prepared.x), layer, class_index=0,
+                            score=logic.tumour_score)
+    assert not every[~shown].any() and every[shown].max() == pytest.approx(1.0)
+    expected = heatmap_to_reference(every, network_grid_geometry(geometry, seg.prepared.crop),
+                                    Volume(np.zeros(seg.mask.shape, np.float32), geometry, {}))
+    assert np.abs(result.heatmap.array - expected.array).max() < 1e-5
+
+
+@pytest.mark.slow
 def test_bench_reports_cold_runs_and_forwards_side_by_side(tmp_path, capsys):
     from LGGSegmenterLib import model
 

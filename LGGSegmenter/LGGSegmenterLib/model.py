@@ -178,11 +178,13 @@ def postprocess(probability: np.ndarray, threshold: float = 0.5, largest_compone
 
 @dataclasses.dataclass
 class Segmentation:
-    """Result of :func:`segment_study`: probability and mask on the input grid ``(K, H, W)``."""
+    """Result of :func:`segment_study`: probability and mask on the input grid ``(K, H, W)``, and each slice's
+    highest probability on the network's grid ``peak (K,)`` (before the resampling to the input grid)."""
 
     probability: np.ndarray
     mask: np.ndarray
     prepared: preprocess.Prepared
+    peak: np.ndarray
 
 
 def check_channels(image: np.ndarray, metadata: dict[str, Any]) -> None:
@@ -208,7 +210,7 @@ def segment_study(image: np.ndarray, network: Any, metadata: dict[str, Any], dev
                                       threshold=float(post.get("threshold", 0.5)))
     probability = preprocess.to_input_grid(prob_grid, prepared.crop, prepared.input_hw)
     mask = postprocess(probability, float(post.get("threshold", 0.5)), bool(post.get("largest_component", False)))
-    return Segmentation(probability, mask, prepared)
+    return Segmentation(probability, mask, prepared, prob_grid.reshape(len(prob_grid), -1).max(axis=1, initial=0.0))
 
 
 def case_image(case: dataset.LGGCase, channels: Sequence[str]) -> np.ndarray:
