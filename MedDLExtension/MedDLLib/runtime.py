@@ -16,7 +16,8 @@ of its methods, ``forward="evidence_map"``) in a :class:`Runner`, a callable
    :func:`masks_agree`); the fastest agreeing one (torch included), counting once what a process pays to load and
    compile it (so a tiny network stays in torch), is kept in ``runtime.json`` for that shape, with the
    :func:`machine` it was measured on, so later runs and later processes on that machine go straight to it; a
-   package copied to another machine (or run after a torch or runtime upgrade) measures again there.
+   package copied to another machine (or run after a torch or runtime upgrade) measures again there, and a folder
+   shared by several machines keeps each one's choice (:data:`MACHINES_KEPT`).
 3. **Fall back to torch** when no package is given, when neither runtime package is installed, when the export
    fails, or when ``$MEDDL_RUNTIME=torch``. ``$MEDDL_RUNTIME`` may also force ``onnxruntime``, ``openvino`` or
    ``openvino-bf16`` (benchmarks; a forced candidate that does not agree still falls back to torch).
@@ -52,6 +53,9 @@ ENV = "MEDDL_RUNTIME"
 CANDIDATES = ("onnxruntime", "openvino", "openvino-bf16")
 RECORD = "runtime.json"
 OPSET = 17
+#: Machines whose choice ``runtime.json`` keeps for each choice key (the most recent first): a package folder
+#: shared by several machines (a network drive, a cluster's home directory) keeps each one's choice.
+MACHINES_KEPT = 8
 
 Agreement = Callable[[np.ndarray, np.ndarray], bool]
 
@@ -338,9 +342,9 @@ class Runner:
         from .io import atomic_write_json
 
         record = self._read_record()
-        entry = record.get("choices", {}).get(key)
+        entry = _this_machines(record.get("choices", {}).get(key))
         wanted = [int(s) for s in shape]
-        if entry is None or entry.get("machine") != machine() or entry.get("shape") == wanted:
+        if entry is None or entry.get("shape") == wanted:
             return
         entry["shape"] = wanted
         try:
@@ -500,9 +504,9 @@ class Runner:
         record = self._read_record()
         if not record:
             return  # no verified export to attach a choice to
-        record.setdefault("choices", {})[key] = {"backend": backend, "seconds": times,
-                                                 "shape": [int(s) for s in shape], "calls": calls,
-                                                 "machine": machine()}
+        choices = record.setdefault("choices", {})
+        choices[key] = _with_this_machines(choices.get(key), {"backend": backend, "seconds": times,
+                                                               "shape": [int(s) for s in shape], "calls": calls})
         try:
             atomic_write_json(self.folder / RECORD, record)
         except OSError as exc:
@@ -513,8 +517,7 @@ class Runner:
         :func:`machine`)."""
         if self.folder is None:
             return None
-        choice = self._read_record().get("gradcam", {}).get(key)
-        return choice if choice is not None and choice.get("machine") == machine() else None
+        return _this_machines(self._read_record().get("gradcam", {}).get(key))
 
     def record_gradcam_choice(self, key: str, choice: dict[str, Any]) -> None:
         """Keep a Grad-CAM precision choice beside the export (for these weights)."""
@@ -523,7 +526,8 @@ class Runner:
         if self.folder is None:
             return
         record = self._read_record() or self._new_record()
-        record.setdefault("gradcam", {})[key] = {**choice, "machine": machine()}
+        choices = record.setdefault("gradcam", {})
+        choices[key] = _with_this_machines(choices.get(key), choice)
         try:
             atomic_write_json(self.folder / RECORD, record)
         except OSError as exc:
@@ -552,12 +556,11 @@ class Runner:
     def recorded_choices(self) -> dict[str, Any]:
         """The choices recorded beside the export for these weights and this network on this :func:`machine`,
         every forward's (choice key -> ``{"backend", "seconds", "shape", "calls", "machine"}``); empty without a
-        record. A choice measured elsewhere is measured again here (and replaces it)."""
+        record. A choice measured elsewhere is measured again here (and kept beside the other machine's)."""
         if self.folder is None:
             return {}
-        here = machine()
-        return {key: entry for key, entry in self._read_record().get("choices", {}).items()
-                if entry.get("machine") == here}
+        found = {key: _this_machines(entries) for key, entries in self._read_record().get("choices", {}).items()}
+        return {key: entry for key, entry in found.items() if entry is not None}
 
     def _new_record(self) -> dict[str, Any]:
         return {"weights_sha256": self.weights_sha256, "network": self.network_spec, "format": "meddl-runtime/1"}
@@ -583,6 +586,28 @@ class Runner:
             torch.onnx.export(self.module, (example,), str(tmp), input_names=["x"], output_names=["y"],
                               dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=OPSET,
                               dynamo=False)
+
+
+def _machine_entries(recorded: Any) -> list[dict[str, Any]]:
+    """The entries recorded for one choice key, one per machine, the most recent first (a single entry: the
+    record of an earlier MedDL, which kept one machine's)."""
+    if isinstance(recorded, dict):
+        return [recorded]
+    return [entry for entry in recorded if isinstance(entry, dict)] if isinstance(recorded, list) else []
+
+
+def _this_machines(recorded: Any) -> dict[str, Any] | None:
+    """This :func:`machine`'s entry among those recorded for a choice key (None: not measured here)."""
+    here = machine()
+    return next((entry for entry in _machine_entries(recorded) if entry.get("machine") == here), None)
+
+
+def _with_this_machines(recorded: Any, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries of a choice key with ``entry`` as this machine's, first; other machines' are kept (at most
+    :data:`MACHINES_KEPT` in all)."""
+    here = machine()
+    others = [other for other in _machine_entries(recorded) if other.get("machine") != here]
+    return [{**entry, "machine": here}, *others][:MACHINES_KEPT]
 
 
 def _method_module(network: Any, name: str) -> "torch.nn.Module":
