@@ -118,3 +118,20 @@ def test_inference_device_asks_torch_where_a_gpu_may_be(monkeypatch):
     assert select_inference_device("cuda:0") == torch.device("cuda", 0)
     with pytest.raises(InputError, match="unknown device"):
         select_inference_device("tpu")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="CPU affinity is Linux's")
+def test_physical_cores_follow_the_cpus_the_process_may_run_on():
+    """``/proc/cpuinfo`` is read once per set of allowed CPUs: a process narrowed to one CPU (taskset, a batch
+    scheduler) is told 1, and widened again, the count it had."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; from MedDLLib.device import physical_cores; cpus = os.sched_getaffinity(0); "
+            "n = physical_cores(); os.sched_setaffinity(0, {min(cpus)}); one = physical_cores(); "
+            "os.sched_setaffinity(0, cpus); print(n, one, physical_cores())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+    assert done.returncode == 0, done.stderr
+    n, one, again = map(int, done.stdout.split())
+    assert one == 1 and again == n >= 1

@@ -57,7 +57,10 @@ def test_batches_give_the_maps_of_one_pass_normalised_together():
     network = _small_resnet()
     x = torch.rand(5, 9, 32, 32, generator=torch.Generator().manual_seed(5))
     whole, logits = compute_gradcam(network, x, "layer3", class_index=2, return_logits=True)
-    batched, batched_logits = compute_gradcam(network, x, "layer3", class_index=2, return_logits=True, batch_size=2)
+    done = []
+    batched, batched_logits = compute_gradcam(network, x, "layer3", class_index=2, return_logits=True, batch_size=2,
+                                              progress=lambda fraction, message: done.append(fraction))
+    assert done == [0.4, 0.8, 1.0]
     assert batched.shape == whole.shape == (5, 32, 32)
     assert np.abs(batched - whole).max() < 1e-5 and np.abs(batched_logits - logits).max() < 1e-5
     assert whole.max() == pytest.approx(1.0) and len({float(m.max()) for m in whole}) > 1  # one maximum for all

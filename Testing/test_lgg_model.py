@@ -88,7 +88,11 @@ def test_grad_cam_runs_on_the_slices_with_evidence_only_and_equals_every_slices(
     case = dataset.scan_dataset(trained / "test")[0]
     image = model.case_image(case, model.channel_names(package.metadata))
     geometry = model.nominal_geometry_for(image)
-    result = logic.compute(image, geometry, network, package.metadata, logic.LGGOptions(gradcam=True))
+    seen = []
+    result = logic.compute(image, geometry, network, package.metadata, logic.LGGOptions(gradcam=True),
+                           progress=lambda fraction, message="": seen.append((fraction, message)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and any(0.6 < f < 0.95 and m == "Grad-CAM" for f, m in seen)  # per batch
     seg = model.segment_study(image, network, package.metadata)
     shown = seg.peak > logic.GRADCAM_NO_EVIDENCE
     assert 0 < shown.sum() < len(shown), seg.peak  # the phantom has slices without the tumour

@@ -153,7 +153,8 @@ def compute(image: np.ndarray, geometry: Geometry, network: Any, metadata: dict[
         if len(shown):
             inputs = torch.from_numpy(seg.prepared.x[shown]).to(device)
             maps[shown] = compute_gradcam(torch_network(network), inputs, layer, class_index=0, score=tumour_score,
-                                          batch_size=GRADCAM_BATCH, cancel=cancel)
+                                          batch_size=GRADCAM_BATCH, cancel=cancel,
+                                          progress=lambda f, m: report(share + (0.95 - share) * f, m))
         grid = network_grid_geometry(geometry, seg.prepared.crop)
         reference = Volume(np.broadcast_to(np.float32(0.0), seg.mask.shape), geometry, {})  # its grid only
         heat = heatmap_to_reference(maps, grid, reference)

@@ -130,12 +130,17 @@ def cpu_threads() -> int:
 
 
 def physical_cores() -> int:
-    """Physical cores among the CPUs this process may run on (Linux: from ``/proc/cpuinfo``; elsewhere
-    ``os.cpu_count()``)."""
+    """Physical cores among the CPUs this process may run on (Linux: from ``/proc/cpuinfo``, read once per set of
+    allowed CPUs; elsewhere ``os.cpu_count()``)."""
     try:
-        allowed = os.sched_getaffinity(0)
+        allowed = frozenset(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         allowed = None
+    return _physical_cores(allowed or None)
+
+
+@functools.lru_cache(maxsize=4)
+def _physical_cores(allowed: frozenset[int] | None) -> int:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

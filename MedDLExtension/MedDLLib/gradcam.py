@@ -39,6 +39,7 @@ def compute_gradcam(
     score: Callable[[Any], Any] | None = None,
     batch_size: int | None = None,
     cancel: Callable[[], bool] | None = None,
+    progress: Callable[[float, str], None] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Grad-CAM of ``network`` for ``inputs`` (a forward hook on ``target_layer``; no MONAI import).
 
@@ -64,6 +65,7 @@ def compute_gradcam(
         batch_size: samples per forward and backward (memory for one batch's activations and graph at a time);
             default: all of ``inputs`` at once. The maps are normalised over all of ``inputs`` either way.
         cancel: polled before each batch; true raises :class:`MedDLLib.errors.Cancelled`.
+        progress: ``(fraction of inputs done, "Grad-CAM")`` after each batch.
 
     Returns:
         float32 array ``(B, *spatial)`` in [0, 1], upsampled (linear) to the input size, normalised over the whole
@@ -93,6 +95,8 @@ def compute_gradcam(
             ran.add("torch")
         cams.append(cam)
         outputs.append(output)
+        if progress is not None:
+            progress(min(1.0, (start + size) / len(inputs)), "Grad-CAM")
     maps = cam_maps(np.concatenate(cams), tuple(inputs.shape[2:]))
     for precision in sorted(ran):
         runtime.runner_for(network).note_ran(f"Grad-CAM {target_layer}", runtime.describe(precision, inputs.device))
