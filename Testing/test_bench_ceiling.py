@@ -75,6 +75,25 @@ def test_runtime_row_carries_flops_and_the_share_of_the_matching_ceiling():
     assert "A share above 100 %" in bench.task_table({"runtime": {"one-conv": row}, "ceiling": tiny})
 
 
+def test_gradcam_row_times_the_pass_a_study_runs_with_the_forwards_flops():
+    from ICHDetectorLib.model import ich_resnet2d
+
+    torch.manual_seed(0)
+    network = ich_resnet2d(9, 6, (8, 8, 16, 16)).eval()
+    x = torch.rand(4, 9, 32, 32).numpy()
+    ceiling = _fake_ceiling(torch.get_num_threads())
+    row = bench.gradcam_row(network, x, "layer3", repeats=2, ceiling=ceiling, class_index=0, bf16=False)
+    assert row["input_shape"] == [4, 9, 32, 32] and row["layer"] == "layer3" and len(row["seconds"]) == 2
+    assert row["forward_flops"] == bench.forward_flops(network, x)
+    best = row["forward_flops"] / min(row["seconds"]) / 1e9
+    # GFLOP/s are rounded to 0.1 and the row's seconds to 0.1 ms
+    assert row["achieved"]["best_gflops"] == pytest.approx(best, abs=0.06, rel=0.01 + 5e-5 / min(row["seconds"]))
+    line = next(line for line in bench.task_table({"gradcam": {"n": row}, "ceiling": ceiling}).splitlines()
+                if line.startswith("Grad-CAM pass n 4x9x32x32 at layer3"))
+    assert "% of fp32" in line
+    assert "forward_flops" not in bench.gradcam_row(network, x, "layer3", repeats=1, class_index=0)
+
+
 def test_runtime_row_without_a_ceiling_has_no_share_and_a_thread_mismatch_is_said():
     x = torch.rand(1, 3, 16, 16).numpy()
     row = bench.runtime_rows(_one_conv(), None, x, lambda a, b: True, repeats=1)

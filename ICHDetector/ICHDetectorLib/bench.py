@@ -115,7 +115,8 @@ def bench_cold_and_runtime(size: int = 512, n_slices: int = 40, net_size: int = 
     DICOM head CT, the network, Grad-CAM, the suspected region, every output), torch eager and the chosen runtime
     alternately (:func:`MedDLLib.bench.end_to_end_rows`), and the improved recipe's 2.5D ResNet forward on that
     study's network input ``(n_slices, 9, net_size, net_size)``, torch eager fp32 against the runtime, same weights
-    and input, alternating (:func:`MedDLLib.bench.runtime_rows`), with its achieved GFLOP/s and their share of the
+    and input, alternating (:func:`MedDLLib.bench.runtime_rows`), and the Grad-CAM pass a study with a heatmap runs
+    instead (:func:`MedDLLib.bench.gradcam_row`), with their achieved GFLOP/s and their share of the
     machine's ceiling (``ceiling``: :func:`MedDLLib.bench.machine_ceiling`'s result; measured here when None)."""
     import numpy as np
 
@@ -145,6 +146,11 @@ def bench_cold_and_runtime(size: int = 512, n_slices: int = 40, net_size: int = 
         result["runtime"]["resnet2d-2.5d"] = bench.runtime_rows(
             loaded.network("cpu"), loaded, np.ascontiguousarray(x, dtype=np.float32),
             probabilities_agree("sigmoid"), repeats=repeats, compare=compare, ceiling=result["ceiling"])
+        # what a study with a heatmap runs instead (ICHDetectorLib.logic.compute): Grad-CAM's pass gives the
+        # probabilities too
+        result["gradcam"] = {"resnet2d-2.5d": bench.gradcam_row(
+            loaded.network("cpu"), x, loaded.metadata["output"].get("gradcam_layer") or "layer3", repeats=repeats,
+            ceiling=result["ceiling"], class_index=0, bf16=False, return_logits=True)}
     return result
 
 

@@ -159,7 +159,7 @@ def compute(volume: Volume, model: Any, options: ICHOptions | None = None,
         # Grad-CAM runs a torch forward anyway: the prediction comes from it, in fp32 (torch's probabilities on
         # every machine), so a study runs one forward and opens no runtime session (against ONNX Runtime's forward
         # besides Grad-CAM's: the same time cold, 27 MiB less peak).
-        # One batch = the whole study, so the maps share one normalisation (a dark slice stays dark).
+        # One pass over the whole study (its maps share one normalisation either way; 40 slices at 64 px are small).
         maps, logits = compute_gradcam(network, torch.from_numpy(inputs).to(options.device), layer,
                                        class_index=LABELS.index(options.heatmap_label), bf16=False,
                                        return_logits=True)

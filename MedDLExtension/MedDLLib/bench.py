@@ -354,6 +354,31 @@ def runtime_rows(network: Any, package: Any, x: np.ndarray, agree: Any, *, repea
     return row
 
 
+def gradcam_row(network: Any, x: np.ndarray, layer: str, *, repeats: int = 5, ceiling: dict[str, Any] | None = None,
+                **options: Any) -> dict[str, Any]:
+    """The Grad-CAM pass a study runs (:func:`MedDLLib.gradcam.compute_gradcam` of ``network`` on ``x`` at ``layer``
+    with the task's ``options``, e.g. ``class_index``, ``bf16``), timed ``repeats`` times after one warm-up.
+
+    Returns:
+        ``input_shape``, ``layer``, ``seconds``, ``median_s``; with ``ceiling``, ``forward_flops`` and ``achieved``
+        (:func:`_achieved`): the forward's FLOPs over the whole pass's seconds, a lower bound of the forward's rate
+        (the pass also runs the backward from the output to ``layer``, not counted).
+    """
+    import torch
+
+    from .gradcam import compute_gradcam
+
+    tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    compute_gradcam(network, tensor, layer, **options)  # warm-up (and Grad-CAM's precision choice, if any)
+    seconds = [_time(lambda: compute_gradcam(network, tensor, layer, **options)) for _ in range(repeats)]
+    row = {"input_shape": list(x.shape), "layer": layer, "seconds": [round(t, 4) for t in seconds],
+           "median_s": round(statistics.median(seconds), 4)}
+    if ceiling is not None:
+        flops = forward_flops(network, tensor)
+        row.update({"forward_flops": flops, "achieved": _achieved(flops, seconds, ceiling, "torch")})
+    return row
+
+
 def _candidate_seconds(runner: Any, x: np.ndarray, reference: np.ndarray, repeats: int) -> dict[str, list[float]]:
     """Seconds of each installed runtime's warm forward of ``x`` whose output agrees with torch's ``reference``
     (chosen or not: a runtime whose start-up outweighs a study's forwards still shows what it makes of the
@@ -553,7 +578,8 @@ def _achieved(flops: int, seconds: list[float], ceiling: dict[str, Any] | None, 
 
 
 def task_table(result: dict[str, Any]) -> str:
-    """A text table of a task bench (:func:`end_to_end_rows` and :func:`runtime_rows` entries of ``result``)."""
+    """A text table of a task bench (:func:`end_to_end_rows`, :func:`runtime_rows` and :func:`gradcam_row` entries
+    of ``result``)."""
     rows = [("what", "torch eager", "chosen runtime", "torch/runtime (median, min)", "peak MB (torch / runtime)")]
     e2e = result.get("end_to_end")
     if e2e:
@@ -576,6 +602,10 @@ def task_table(result: dict[str, Any]) -> str:
             cell = f"{figures['median_s']:.4f} s" + (f": {_achieved_cell(figures['achieved'])}"
                                                      if "achieved" in figures else "")
             rows.append((f"  {candidate}{' (chosen)' if candidate == row['backend'] else ''}, warm", "", cell, "", ""))
+    for name, row in (result.get("gradcam") or {}).items():
+        cell = f"{row['median_s']:.3f} s" + (f": {_achieved_cell(row['achieved'])}" if "achieved" in row else "")
+        rows.append((f"Grad-CAM pass {name} {'x'.join(map(str, row['input_shape']))} at {row['layer']} (forward "
+                     "FLOPs over the pass)", cell, "", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
