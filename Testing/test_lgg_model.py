@@ -107,7 +107,7 @@ def test_grad_cam_runs_on_the_slices_with_evidence_only_and_equals_every_slices(
 
 @pytest.mark.slow
 def test_bench_reports_cold_runs_and_forwards_side_by_side(tmp_path, capsys):
-    from LGGSegmenterLib import model
+    from LGGSegmenterLib import logic, model
 
     out = tmp_path / "bench.json"
     assert main(["bench", "lgg", "--networks", "unet", "unetpp", "--size", "32", "--slices", "6", "--width", "4",
@@ -124,10 +124,13 @@ def test_bench_reports_cold_runs_and_forwards_side_by_side(tmp_path, capsys):
         assert row["agreement"]["mask_dice"] >= 0.995 and row["backend"] in ("torch", "onnxruntime", "openvino",
                                                                             "openvino-bf16")
         assert row["forward_flops"] > 0 and row["runtime_achieved"]["share_of_ceiling"] > 0
+        gradcam = result["gradcam"][kind]  # the --gradcam pass on one Grad-CAM batch
+        assert gradcam["input_shape"] == [logic.GRADCAM_BATCH, 3, 32, 32] and gradcam["median_s"] > 0
+        assert gradcam["layer"] == logic.GRADCAM_LAYERS[model.NETWORKS[kind]] and gradcam["achieved"]["gflops"] > 0
     assert result["ceiling"]["fp32_gflops"] > 0 and result["ceiling"]["threads"] == row["threads"]
     printed = capsys.readouterr().out
     assert "torch/runtime" in printed and "Load average" in result["caveat"]
-    assert "share of the ceiling" in printed and "ceiling with" in printed
+    assert "share of the ceiling" in printed and "ceiling with" in printed and "Grad-CAM pass unetpp" in printed
 
 
 def test_infer_refuses_a_missing_model_and_a_bad_study(tmp_path, capsys):

@@ -10,6 +10,8 @@
    ``size``), torch eager fp32 against the runtime :mod:`MedDLLib.runtime` chooses, same weights, same input,
    alternating; agreement as mask Dice and largest probability difference; achieved GFLOP/s of both and their
    share of the machine's ceiling (:func:`MedDLLib.bench.machine_ceiling`, measured once per bench).
+3. **Grad-CAM** (:func:`MedDLLib.bench.gradcam_row`): the ``--gradcam`` pass on one Grad-CAM batch
+   (``logic.GRADCAM_BATCH`` slices) of each network, torch fp32 as a study runs it.
 
 The networks carry seeded random weights (time and memory do not depend on the weights). Speed is measured
 here, never asserted in tests.
@@ -92,4 +94,11 @@ def run_bench(*, size: int = 256, n_slices: int = 88, width: int = model.DEFAULT
             row["torch_seconds_per_patient"] = round(row["torch_median_s"] * n_slices / len(x), 2)
             row["runtime_seconds_per_patient"] = round(row["runtime_median_s"] * n_slices / len(x), 2)
             result["runtime"][kind] = row
+            # --gradcam: the pass on one batch as a study runs it (only its slices with evidence, GRADCAM_BATCH at
+            # a time)
+            from .logic import GRADCAM_BATCH, GRADCAM_LAYERS, tumour_score
+
+            result.setdefault("gradcam", {})[kind] = bench.gradcam_row(
+                package.network("cpu"), x[:GRADCAM_BATCH], GRADCAM_LAYERS[package.metadata["network"]["name"]],
+                repeats=repeats, ceiling=result["ceiling"], class_index=0, score=tumour_score, bf16=False)
     return result
