@@ -69,6 +69,8 @@ def test_batches_give_the_maps_of_one_pass_normalised_together():
         compute_gradcam(network, x, "layer3", class_index=2, batch_size=2, cancel=lambda: calls.append(1) or
                         len(calls) > 2)
     assert len(calls) == 3  # polled before each batch: the third batch did not run
+    with pytest.raises(ValueError, match="empty"):
+        compute_gradcam(network, x[:0], "layer3", class_index=2)
 
 
 def test_a_score_explains_what_a_wrapper_module_would():

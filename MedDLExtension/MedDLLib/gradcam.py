@@ -77,6 +77,8 @@ def compute_gradcam(
         raise ValueError(f"target layer {target_layer!r} is not in the network; some layers: {sorted(modules)[-8:]}")
     if method not in ("gradcam", "gradcam++"):
         raise ValueError(f"unknown Grad-CAM method {method!r}; expected 'gradcam' or 'gradcam++'")
+    if len(inputs) == 0:
+        raise ValueError("Grad-CAM of no inputs: the batch is empty")
     from . import runtime
     from .errors import Cancelled
 
