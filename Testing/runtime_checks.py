@@ -548,6 +548,26 @@ def test_a_forced_runtime_that_does_not_agree_is_measured_once_then_torch_runs(t
     assert len(said) == 1 and runtime.describe("torch") in said[0], said
 
 
+def test_each_model_says_what_runs_it_even_when_another_said_the_same(tmp_path, monkeypatch, capsys):
+    """The announcement names the model: two packages of one input shape, run one after the other in one process
+    (a Slicer session), each say once what runs them, though the rest of the line is the same."""
+    from MedDLLib import device
+
+    network = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
+    x = np.random.default_rng(10).random((2, 1, 8, 8), dtype=np.float32)
+    for name in ("model-a", "model-b"):  # earlier runs: each package's choice is recorded
+        runtime.Runner(network, folder=tmp_path / name, weights_sha256="0" * 64, name=name)(x)
+    monkeypatch.setattr(device, "_ANNOUNCED", set())  # a new process
+    capsys.readouterr()
+    for name in ("model-a", "model-b", "model-a"):
+        runner = runtime.Runner(network, folder=tmp_path / name, weights_sha256="0" * 64, name=name)
+        runner(x)
+        runner(x)
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("MedDL runtime:")]
+    assert [line.split()[2] for line in said] == ["model-a", "model-b"], said
+    assert all(line.endswith("[chosen by an earlier run on this machine]") for line in said), said
+
+
 def test_onnxruntime_sessions_do_not_spin_after_a_run(tmp_path):
     """ONNX Runtime's threads busy-wait after a run by default; its sessions here turn that off (a spinning pool
     held one of two cores and doubled the next OpenVINO forward, the choice's next candidate)."""

@@ -268,6 +268,8 @@ class Runner:
         build: ``() -> network`` for a runner made without its network (:func:`deferred_runner`).
         network_spec: the package's ``metadata["network"]`` (name and arguments): an export records it, and one
             made for another network is not used.
+        name: the package's name, which the announcement names (two models of one shape in one Slicer session
+            are each said).
     """
 
     network: Any
@@ -280,6 +282,7 @@ class Runner:
     ran: dict[str, str] = dataclasses.field(default_factory=dict)
     build: Callable[[], Any] | None = dataclasses.field(default=None, repr=False)
     network_spec: Any = None
+    name: str = ""
     _sessions: dict[tuple[str, tuple[int, ...]], _Session] = dataclasses.field(default_factory=dict, repr=False)
     _module: Any = dataclasses.field(default=None, repr=False)
     _announced: set[str] = dataclasses.field(default_factory=set, repr=False)
@@ -324,7 +327,9 @@ class Runner:
 
             self._announced.add(key)
             chosen = self.chosen.get(key, backend)
-            announce(f"MedDL runtime: {self.forward} of {_shape_key(x.shape)} inputs on {describe(chosen)} [{why}]")
+            model = f"{self.name} " if self.name else ""
+            announce(f"MedDL runtime: {model}{self.forward} of {_shape_key(x.shape)} inputs on {describe(chosen)} "
+                     f"[{why}]")
         return out
 
     def note_ran(self, key: str, what: str) -> None:
@@ -730,7 +735,8 @@ def _new_runner(network: Any, package: "ModelPackage | None", agree: Agreement |
     folder = export_folder(package) if package is not None else None
     sha = str(package.metadata.get("sha256", "")) if package is not None else ""
     spec = json.loads(json.dumps(package.metadata.get("network"))) if package is not None else None  # as recorded
-    return Runner(network, forward, folder, sha, agree or probabilities_agree(), network_spec=spec)
+    return Runner(network, forward, folder, sha, agree or probabilities_agree(), network_spec=spec,
+                  name=str(package.name) if package is not None else "")
 
 
 def forwards_run(network: "torch.nn.Module | Mapping[str, Runner]", clear: bool = False) -> str:
