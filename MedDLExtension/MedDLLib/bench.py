@@ -22,8 +22,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .device import cpu_model
-
 log = logging.getLogger(__name__)
 
 
@@ -227,22 +225,12 @@ def caveat() -> str:
 
 
 def machine() -> dict[str, Any]:
-    """The machine a bench ran on: CPU model and flags that matter (bf16), cores, torch threads, versions."""
-    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "python": platform.python_version(),
-                            "platform": platform.platform()}
-    info.update(cpu_model())
-    try:
-        import torch
+    """The machine a bench ran on: the CPUs, Python and platform, and :func:`MedDLLib.runtime.machine` (CPU model and
+    kernel flags, the forwards' threads, torch and runtime versions: what a runtime choice holds for)."""
+    from .runtime import machine as measured_on
 
-        info["torch"], info["torch_threads"] = torch.__version__, torch.get_num_threads()
-    except ImportError:
-        pass
-    for name in ("onnxruntime", "openvino"):
-        try:
-            info[name] = __import__(name).__version__
-        except ImportError:
-            info[name] = None
-    return info
+    return {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            **measured_on()}
 
 
 def end_to_end_rows(arguments: list[str], output: str | os.PathLike, task_entry: str,
