@@ -462,6 +462,11 @@ def test_license_is_apache_2():
     text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text  # the full text, not a stub
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # an SPDX expression and the file (PEP 639): setuptools stops building the table form after 2027-02-18
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
 
 
 def _catalog_errors(entry: dict) -> list[str]:
