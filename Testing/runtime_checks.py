@@ -204,7 +204,7 @@ def test_recorded_sessions_are_compiled_ahead_while_waiting(lgg, tmp_path, monke
     network, package = _fresh(model)
     image = case_image(case, channel_names(package.metadata))
     segment_study(image, network, package.metadata, package=package)  # the first run: export and choice
-    (key, (entry,)), = json.loads((model / "runtime" / runtime.RECORD).read_text())["choices"].items()
+    (key, entry), = json.loads((model / "runtime" / runtime.RECORD).read_text())["choices"].items()
     assert entry["backend"] == "openvino" and entry["shape"][1:] == [int(s) for s in key.split("x")]
 
     pipeline._cache.clear()
@@ -323,7 +323,7 @@ def test_ich_with_a_heatmap_runs_one_torch_forward_whatever_the_runtime_choice(i
     predict_inputs(load_model(model)[0], inputs, "sigmoid")
     monkeypatch.setenv(runtime.ENV, "auto")
     key = "x".join(str(n) for n in inputs.shape[1:])
-    assert json.loads((model / "runtime" / runtime.RECORD).read_text())["choices"][key][0]["backend"] == "onnxruntime"
+    assert json.loads((model / "runtime" / runtime.RECORD).read_text())["choices"][key]["backend"] == "onnxruntime"
     for heatmap_label, ran in (("any", "Grad-CAM layer3: " + runtime.describe("torch")),
                                (None, f"forward of {key} inputs: " + runtime.describe("onnxruntime"))):
         pipeline._cache.clear()  # a later process
@@ -344,7 +344,7 @@ def test_export_is_cached_beside_the_package_and_reused_by_a_later_process(ich_u
     folder = ich_untrained / "runtime"
     record = json.loads((folder / runtime.RECORD).read_text())
     assert record["weights_sha256"] == package.metadata["sha256"]
-    assert record["choices"]["9x32x32"][0]["backend"] in ("torch", *_candidates())
+    assert record["choices"]["9x32x32"]["backend"] in ("torch", *_candidates())
     onnx_file = folder / "model-9x32x32.onnx"
     stamp = onnx_file.stat().st_mtime_ns
     assert not [p for p in folder.iterdir() if p.name.endswith(".partial") or ".partial." in p.name]
@@ -365,8 +365,9 @@ def test_a_choice_holds_on_the_machine_it_was_measured_on_only(ich_untrained, mo
     network, package = load_model(ich_untrained)
     expected = predict_inputs(network, x, "sigmoid")
     record_file = ich_untrained / "runtime" / runtime.RECORD
-    (entry,) = json.loads(record_file.read_text())["choices"]["9x32x32"]
+    entry = json.loads(record_file.read_text())["choices"]["9x32x32"]
     assert entry["machine"] == runtime.machine() and entry["machine"]["threads"] == torch.get_num_threads()
+    assert "others" not in entry
     onnx_file = ich_untrained / "runtime" / "model-9x32x32.onnx"
     stamp = onnx_file.stat().st_mtime_ns
     here = runtime.machine()
@@ -384,17 +385,22 @@ def test_a_choice_holds_on_the_machine_it_was_measured_on_only(ich_untrained, mo
               {**here, "openvino": "2024.4.0"}]
     for count, other in enumerate(others, 2):
         assert measured_on(other), other  # measured again there
-        entries = json.loads(record_file.read_text())["choices"]["9x32x32"]
-        assert [e["machine"] for e in entries] == [other, *others[:count - 2][::-1], here]  # the newest first
+        top = json.loads(record_file.read_text())["choices"]["9x32x32"]
+        # the newest on top, with the keys an earlier MedDL reads there; the other machines' under "others"
+        assert top["machine"] == other and {"backend", "shape", "seconds", "calls"} <= set(top)
+        assert [e["machine"] for e in top["others"]] == [*others[:count - 2][::-1], here]
     for machine in (here, *others):  # machines taking turns on the shared folder: none measures again
         assert not measured_on(machine), machine
     assert onnx_file.stat().st_mtime_ns == stamp  # the export is the same on every machine
     record = json.loads(record_file.read_text())
-    record["choices"]["9x32x32"] = record["choices"]["9x32x32"][-1]  # one entry, as an earlier MedDL wrote it
+    mine = next(e for e in record["choices"]["9x32x32"]["others"] if e["machine"] == here)
+    record["choices"]["9x32x32"] = mine  # an earlier MedDL measured here and wrote its entry alone
     record_file.write_text(json.dumps(record))
     assert not measured_on(here)
     monkeypatch.setattr(runtime, "MACHINES_KEPT", 2)
-    assert measured_on(others[0]) and len(json.loads(record_file.read_text())["choices"]["9x32x32"]) == 2
+    assert measured_on(others[0]) and measured_on(others[1])
+    top = json.loads(record_file.read_text())["choices"]["9x32x32"]
+    assert top["machine"] == others[1] and [e["machine"] for e in top["others"]] == [others[0]]  # 2 in all
 
 
 def test_the_record_follows_the_batch_a_later_run_uses(ich_untrained, monkeypatch):
@@ -407,10 +413,10 @@ def test_the_record_follows_the_batch_a_later_run_uses(ich_untrained, monkeypatc
     rng = np.random.default_rng(8)
     record_file = ich_untrained / "runtime" / runtime.RECORD
     predict_inputs(load_model(ich_untrained)[0], rng.random((5, 9, 32, 32), dtype=np.float32), "sigmoid")
-    assert json.loads(record_file.read_text())["choices"]["9x32x32"][0]["shape"] == [5, 9, 32, 32]
+    assert json.loads(record_file.read_text())["choices"]["9x32x32"]["shape"] == [5, 9, 32, 32]
     network, _ = load_model(ich_untrained)
     predict_inputs(network, rng.random((3, 9, 32, 32), dtype=np.float32), "sigmoid")
-    (entry,) = json.loads(record_file.read_text())["choices"]["9x32x32"]
+    entry = json.loads(record_file.read_text())["choices"]["9x32x32"]
     assert entry["shape"] == [3, 9, 32, 32] and entry["backend"] == "openvino"
     network, _ = load_model(ich_untrained)
     runner = runtime.runner_for(network)
@@ -502,7 +508,7 @@ def test_the_choice_weighs_a_runtime_start_up_against_the_callers_forwards(tmp_p
         runner = runtime.Runner(network, folder=tmp_path / str(calls), weights_sha256="0" * 64)
         runner(x, calls=calls)
         chosen[calls] = runner.chosen["1x8x8"]
-        (record,) = json.loads((tmp_path / str(calls) / runtime.RECORD).read_text())["choices"]["1x8x8"]
+        record = json.loads((tmp_path / str(calls) / runtime.RECORD).read_text())["choices"]["1x8x8"]
         assert record["calls"] == calls and record["backend"] == chosen[calls]
     assert chosen == {1: "torch", 20: "onnxruntime"}
 

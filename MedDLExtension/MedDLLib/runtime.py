@@ -53,8 +53,9 @@ ENV = "MEDDL_RUNTIME"
 CANDIDATES = ("onnxruntime", "openvino", "openvino-bf16")
 RECORD = "runtime.json"
 OPSET = 17
-#: Machines whose choice ``runtime.json`` keeps for each choice key (the most recent first): a package folder
-#: shared by several machines (a network drive, a cluster's home directory) keeps each one's choice.
+#: Machines whose choice ``runtime.json`` keeps for each choice key (the latest on top, the others under its
+#: ``"others"``): a package folder shared by several machines (a network drive, a cluster's home directory) keeps
+#: each one's choice.
 MACHINES_KEPT = 8
 
 Agreement = Callable[[np.ndarray, np.ndarray], bool]
@@ -594,25 +595,26 @@ class Runner:
 
 
 def _machine_entries(recorded: Any) -> list[dict[str, Any]]:
-    """The entries recorded for one choice key, one per machine, the most recent first (a single entry: the
-    record of an earlier MedDL, which kept one machine's)."""
-    if isinstance(recorded, dict):
-        return [recorded]
-    return [entry for entry in recorded if isinstance(entry, dict)] if isinstance(recorded, list) else []
+    """The entries recorded for one choice key, one per machine, the most recent first: the key's own entry (the
+    latest machine's, where an earlier MedDL reads it) and the other machines' under its ``"others"``."""
+    if not isinstance(recorded, dict):
+        return []
+    return [recorded, *(other for other in recorded.get("others", []) if isinstance(other, dict))]
 
 
 def _this_machines(recorded: Any) -> dict[str, Any] | None:
-    """This :func:`machine`'s entry among those recorded for a choice key (None: not measured here)."""
+    """This :func:`machine`'s entry among those recorded for a choice key, as stored (None: not measured here)."""
     here = machine()
     return next((entry for entry in _machine_entries(recorded) if entry.get("machine") == here), None)
 
 
-def _with_this_machines(recorded: Any, entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """The entries of a choice key with ``entry`` as this machine's, first; other machines' are kept (at most
-    :data:`MACHINES_KEPT` in all)."""
+def _with_this_machines(recorded: Any, entry: dict[str, Any]) -> dict[str, Any]:
+    """A choice key's record with ``entry`` as this machine's, on top (an earlier MedDL reads that one and ignores
+    ``"others"``), and the other machines' entries under ``"others"`` (at most :data:`MACHINES_KEPT` in all)."""
     here = machine()
-    others = [other for other in _machine_entries(recorded) if other.get("machine") != here]
-    return [{**entry, "machine": here}, *others][:MACHINES_KEPT]
+    others = [{k: v for k, v in other.items() if k != "others"} for other in _machine_entries(recorded)
+              if other.get("machine") != here][:MACHINES_KEPT - 1]
+    return {**entry, "machine": here, **({"others": others} if others else {})}
 
 
 def _method_module(network: Any, name: str) -> "torch.nn.Module":
