@@ -1,6 +1,6 @@
 """Where a study needs both the prediction and Grad-CAM, the network's forward runs once (issue 20): ICH takes its
-probabilities from Grad-CAM's fp32 forward when the prediction runs in torch anyway, and glioma takes both from one
-forward of its evidence map. The outputs are those of the two separate passes (same probabilities, same maps)."""
+probabilities from Grad-CAM's fp32 forward when the prediction runs in torch anyway, lung its risk the same way, and
+glioma takes both from one forward of its evidence map. The outputs are those of the two separate passes (same probabilities, same maps)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,31 @@ def test_ich_prediction_comes_from_the_gradcam_forward(tmp_path):
     calls[0] = 0
     compute(volume, LoadedModel(package, network, "cpu"), ICHOptions(heatmap_label=None))
     assert calls[0] == 1  # without a heatmap: the prediction forward alone
+
+
+def test_lung_risk_comes_from_the_gradcam_forward(tmp_path):
+    from LungSurvivalLib import model as lungmodel
+    from LungSurvivalLib.logic import LungOptions, compute
+    from LungSurvivalLib.phantom import chest_ct
+    from LungSurvivalLib.preprocess import InputSpec, network_input
+    from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
+
+    volume, _, _ = chest_ct(np.random.default_rng(4), 64, 24, tumour_diameter_mm=40.0)
+    package = load_package(lungmodel.untrained_package(tmp_path, seed=3))
+    network = package.network("cpu")
+    calls = _count_calls(network)
+    result = compute(volume, network, package.metadata, LungOptions())
+    assert calls[0] == 1  # one forward for the risk and the heatmap
+
+    x, grid, _ = network_input(volume, result.segmentation.labels, InputSpec.from_metadata(package.metadata["input"]))
+    separate = float(lungmodel.risk_scores(lungmodel.predict_inputs(network, x[None]), "improved")[0])
+    assert result.risk_score == pytest.approx(separate, abs=1e-6)
+    maps = compute_gradcam(network, torch.from_numpy(x[None]), lungmodel.GRADCAM_LAYER, class_index=0, bf16=False)
+    expected = heatmap_to_reference(maps[0], grid, volume)
+    assert np.abs(result.heatmap.array - expected.array).max() <= 1e-6
+    calls[0] = 0
+    without = compute(volume, network, package.metadata, LungOptions(gradcam=False))
+    assert calls[0] == 1 and without.heatmap is None and without.risk_score == pytest.approx(separate, abs=1e-6)
 
 
 def test_glioma_runs_only_the_evidence_map(tmp_path):

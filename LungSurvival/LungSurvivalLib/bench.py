@@ -102,15 +102,16 @@ def bench_cold_and_runtime(size: int = 512, n_slices: int = 300, *, runs: int = 
     imports, reading, lungs, network input, risk, Grad-CAM, every output), torch eager and the chosen runtime
     alternately (:func:`MedDLLib.bench.end_to_end_rows`), and the improved recipe's network forward on a crop of
     that study, torch eager fp32 against the runtime, same weights and input (:func:`MedDLLib.bench.runtime_rows`),
-    with its achieved GFLOP/s and their share of the machine's ceiling (``ceiling``:
-    :func:`MedDLLib.bench.machine_ceiling`'s result; measured here when None).
+    and the Grad-CAM pass a study with a heatmap runs instead (:func:`MedDLLib.bench.gradcam_row`), with their
+    achieved GFLOP/s and their share of the machine's ceiling (``ceiling``: :func:`MedDLLib.bench.machine_ceiling`'s
+    result; measured here when None).
     """
     from MedDLLib import bench
     from MedDLLib.dicomwrite import write_series
     from MedDLLib.models import load_package
     from MedDLLib.runtime import probabilities_agree
 
-    from .model import recipe, untrained_package
+    from .model import GRADCAM_LAYER, recipe, untrained_package
     from .preprocess import InputSpec, network_input, segment_lungs
 
     result: dict[str, Any] = {"task": "lung", "machine": bench.machine(), "caveat": bench.caveat(),
@@ -133,4 +134,8 @@ def bench_cold_and_runtime(size: int = 512, n_slices: int = 300, *, runs: int = 
         result["runtime"]["cnn3d"] = bench.runtime_rows(loaded.network("cpu"), loaded, x[None],
                                                         probabilities_agree("identity"), repeats=repeats,
                                                         ceiling=result["ceiling"])
+        # what a study with a heatmap runs instead (LungSurvivalLib.logic.compute): Grad-CAM's pass gives the risk too
+        result["gradcam"] = {"cnn3d": bench.gradcam_row(
+            loaded.network("cpu"), x[None], loaded.metadata["output"].get("gradcam_layer", GRADCAM_LAYER),
+            repeats=repeats, ceiling=result["ceiling"], class_index=0, bf16=False, return_logits=True)}
     return result

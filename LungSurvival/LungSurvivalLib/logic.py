@@ -187,24 +187,28 @@ def compute(volume: Volume, network: Any, metadata: dict[str, Any], options: Lun
         step(0.0, "segmenting the lungs")
         seg = segment_chest(volume)
     seconds = {"segmentation": time.perf_counter() - start}
-    step(0.4, "predicting the risk")
+    step(0.4, "predicting the risk and its Grad-CAM map" if options.gradcam else "predicting the risk")
     spec = InputSpec.from_metadata(metadata["input"])
     x, grid, info = network_input(volume, seg.labels, spec)
     recipe = str(metadata.get("recipe", "improved"))
-    outputs = lungmodel.predict_inputs(network, x[None], device=device)
+    heat = None
+    if options.gradcam:
+        from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
+
+        # Grad-CAM runs a torch fp32 forward anyway: the risk comes from it (torch's outputs on every machine), so
+        # a study runs one forward and opens no runtime session
+        layer = metadata["output"].get("gradcam_layer", lungmodel.GRADCAM_LAYER)
+        maps, outputs = compute_gradcam(network, torch.from_numpy(x[None]).to(device), layer,
+                                        class_index=1 if recipe == "seed" else 0, bf16=False, return_logits=True)
+    else:
+        outputs = lungmodel.predict_inputs(network, x[None], device=device)
     risk = float(lungmodel.risk_scores(outputs, recipe)[0])
     threshold = metadata["output"].get("risk_threshold")
     if threshold is None:
         raise InputError("the model has no risk_threshold in its metadata (train it with `meddl train lung`)")
     group = "high" if risk > float(threshold) else "low"
-    step(0.7, "Grad-CAM")
-    heat = None
     if options.gradcam:
-        from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
-
-        layer = metadata["output"].get("gradcam_layer", lungmodel.GRADCAM_LAYER)
-        maps = compute_gradcam(network, torch.from_numpy(x[None]).to(device), layer,
-                               class_index=1 if recipe == "seed" else 0)
+        step(0.7, "mapping the heatmap onto the CT")
         heat = heatmap_to_reference(maps[0], grid, volume)
     seconds["network"] = time.perf_counter() - start - seconds["segmentation"]
     step(1.0, "done")
