@@ -335,6 +335,47 @@ def test_ich_with_a_heatmap_runs_one_torch_forward_whatever_the_runtime_choice(i
         assert (len(sessions) == 0) == (heatmap_label is not None)
 
 
+def test_gradcam_trunk_runs_on_a_runtime_that_agrees_with_torch(ich, tmp_path, monkeypatch):
+    """Grad-CAM's trunk (the layers up to the target layer, which need no gradient) on a runtime, the head in
+    torch: on a trained phantom model the maps are within 0.02 and the outputs within 1e-3 of the torch fp32 pass,
+    the trunk's export and choice are kept beside the package under its own name, and what ran it is said. In
+    auto mode ICH's trunk (milliseconds in torch) stays in torch: nothing is exported for it."""
+    from ICHDetectorLib import phantom as ich_phantom
+    from ICHDetectorLib.model import load_model
+    from ICHDetectorLib.preprocess import InputSpec, volume_input
+
+    from MedDLLib import gradcam
+
+    volume, _, _ = ich_phantom.head_ct(np.random.default_rng(7), 32, 8, ("subdural", "intraparenchymal"))
+    for backend in ("onnxruntime", "openvino", "auto"):
+        model = tmp_path / backend
+        shutil.copytree(ich / "model", model, ignore=shutil.ignore_patterns("runtime"))
+        network, package = load_model(model)
+        x = torch.from_numpy(volume_input(volume, InputSpec.from_metadata(package.metadata["input"]))[0])
+        monkeypatch.setenv(runtime.ENV, "torch")
+        reference, logits = gradcam.compute_gradcam(network, x, "layer3", class_index=0, bf16=False,
+                                                    return_logits=True)
+        assert reference.max() > 0
+        monkeypatch.setenv(runtime.ENV, backend)
+        for run in ("first", "later"):  # the measuring call, then a later process on the recorded choice
+            network, _ = load_model(model)
+            maps, got = gradcam.compute_gradcam(network, x, "layer3", class_index=0, bf16=False,
+                                                return_logits=True)
+            assert np.abs(maps - reference).max() <= gradcam.BF16_MAP_TOLERANCE, (backend, run)
+            assert np.abs(got - logits).max() <= gradcam.TRUNK_OUTPUT_TOLERANCE, (backend, run)
+            said = runtime.forwards_run(network)
+            key = "gradcam_trunk_layer3:" + "x".join(str(n) for n in x.shape[1:])
+            recorded = json.loads((model / "runtime" / runtime.RECORD).read_text())["choices"][key]["backend"]
+            if backend == "auto":
+                assert recorded == "torch" and not list((model / "runtime").glob("gradcam_trunk*.onnx"))
+                assert said == "Grad-CAM layer3: " + runtime.describe("torch"), said
+            else:
+                assert recorded == backend and (model / "runtime" / f"gradcam_trunk_layer3-{key.rpartition(':')[2]}.onnx").is_file()
+                # the measuring call is answered by torch's trunk (the reference), a later one by the runtime
+                ran = f"{key.replace(':', ' of ')} inputs: " + runtime.describe(backend if run == "later" else "torch")
+                assert ran in said.split("; "), said
+
+
 def test_export_is_cached_beside_the_package_and_reused_by_a_later_process(ich_untrained):
     from ICHDetectorLib.model import load_model, predict_inputs
 

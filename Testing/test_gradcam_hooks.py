@@ -180,3 +180,35 @@ def test_bf16_grad_cam_only_where_measured_to_agree(tmp_path, monkeypatch):
     assert np.array_equal(compute_gradcam(network, x, "layer3", class_index=0), fp32)  # measured: fp32 maps
     top = json.loads(record.read_text())["gradcam"]["layer3:gradcam:0:9x32x32"]
     assert top["machine"] == runtime.machine() and [e["machine"]["cpu"] for e in top["others"]] == ["another CPU"]
+
+
+def test_split_at_cuts_a_network_into_trunk_and_head_where_nothing_else_crosses():
+    """``split_at``: the trunk gives the target layer's output and the head the network's output from it
+    (``head(trunk(x)) == network(x)``, on the network's own parameters); a U-Net (shape-dependent padding) and a cut
+    that a skip connection crosses give None."""
+    from LGGSegmenterLib.model import TASK, network_spec
+    from MedDLLib.gradcam import split_at
+    from MedDLLib.models import build_network
+
+    network = _small_resnet()
+    x = torch.rand(2, 9, 32, 32, generator=torch.Generator().manual_seed(4))
+    trunk, head = split_at(network, "layer3")
+    with torch.no_grad():
+        activation = trunk(x)
+        assert activation.shape[1] == 16 and torch.equal(head(activation), network(x))
+    assert {name for name, _ in trunk.named_parameters()} <= {name for name, _ in network.named_parameters()}
+    assert not any(name.startswith("layer4") for name, _ in trunk.named_parameters())  # the trunk stops there
+
+    class Skip(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Conv2d(2, 2, 3, padding=1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(y) + y  # ``y`` reaches the output past ``b``
+
+    assert split_at(Skip(), "b") is None and split_at(Skip(), "a") is not None
+    assert split_at(network, "not_a_layer") is None
+    unet = build_network({"task": TASK, "network": network_spec("unet", 3, 4)})
+    assert split_at(unet, "upcat_2") is None

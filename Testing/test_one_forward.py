@@ -1,6 +1,6 @@
 """Where a study needs both the prediction and Grad-CAM, the network's forward runs once (issue 20): ICH takes its
-probabilities from Grad-CAM's fp32 forward when the prediction runs in torch anyway, lung its risk the same way, and
-glioma takes both from one forward of its evidence map. The outputs are those of the two separate passes (same probabilities, same maps)."""
+probabilities from Grad-CAM's fp32 forward when the prediction runs in torch anyway, lung its risk and glioma's seed
+recipe its probability the same way, and glioma's improved recipe takes both from one forward of its evidence map. The outputs are those of the two separate passes (same probabilities, same maps)."""
 
 from __future__ import annotations
 
@@ -96,3 +96,30 @@ def test_glioma_runs_only_the_evidence_map(tmp_path):
 
         x = torch.from_numpy(prepare(volumes, InputSpec.from_metadata(package.metadata["input"])).array[None])
         assert float(torch.sigmoid(network(x))) == pytest.approx(result.probability, abs=1e-6)
+
+
+def test_glioma_seed_probability_comes_from_the_gradcam_forward(tmp_path):
+    from GliomaClassifierLib.logic import GliomaOptions, compute
+    from GliomaClassifierLib.model import predict_arrays, untrained_package
+    from GliomaClassifierLib.phantom import brain_mri
+    from GliomaClassifierLib.preprocess import InputSpec, prepare
+    from MedDLLib.gradcam import compute_gradcam, heatmap_to_reference
+    from MedDLLib.pipeline import LoadedModel
+
+    package = load_package(untrained_package(tmp_path / "m", "seed", size=32, depth=16, sequences=("FLAIR",)))
+    network = package.network("cpu")
+    volumes = {"FLAIR": brain_mri(np.random.default_rng(1), size=48, n_slices=20, label=1)[0]["FLAIR"]}
+    calls = _count_calls(network)
+    result = compute(volumes, LoadedModel(package, network, "cpu"), GliomaOptions())
+    assert calls[0] == 1 and result.heatmap is not None  # one forward for the probability and the map
+    prepared = prepare(volumes, InputSpec.from_metadata(package.metadata["input"]))
+    x = prepared.array[None]
+    assert result.probability == pytest.approx(float(predict_arrays(network, x)[0]), abs=1e-6)
+    layer = package.metadata["output"].get("gradcam_layer") or "layer2"
+    maps = compute_gradcam(network, torch.from_numpy(x), layer, class_index=0, bf16=False)
+    expected = heatmap_to_reference(maps[0], prepared.grid, prepared.reference)
+    assert expected.array.max() > 0 and np.abs(result.heatmap.array - expected.array).max() <= 1e-6
+    calls[0] = 0
+    without = compute(volumes, LoadedModel(package, network, "cpu"), GliomaOptions(gradcam=False))
+    assert calls[0] == 1 and without.heatmap is None and without.probability == pytest.approx(result.probability,
+                                                                                              abs=1e-6)

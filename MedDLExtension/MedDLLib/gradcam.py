@@ -13,7 +13,8 @@ so that a heatmap does not import the whole of MONAI):
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+import weakref
+from typing import Any, Callable, Literal, NamedTuple
 
 import numpy as np
 
@@ -25,6 +26,16 @@ Method = Literal["gradcam", "gradcam++"]
 
 #: Largest difference of a bf16 Grad-CAM map from the fp32 one (maps in [0, 1]) for bf16 to be used.
 BF16_MAP_TOLERANCE = 0.02
+
+#: Largest difference of the network's outputs (logits) from torch fp32's for a runtime to run Grad-CAM's trunk
+#: (ICH and lung take their prediction from Grad-CAM's forward: sigmoid probabilities then move by at most a
+#: quarter of it, a risk score by it).
+TRUNK_OUTPUT_TOLERANCE = 1e-3
+
+#: A trunk whose torch forward takes less than this (seconds, all batches) stays in torch without an export:
+#: loading and compiling one took 7 ms to 1.6 s here, so a runtime could not win it back (ICH's trunk, 40 slices
+#: to ``layer3``, takes about 8 ms; glioma's seed ResNet-10 to ``layer2`` on 64 x 256 x 256, 3.9 s).
+TRUNK_MIN_TORCH_SECONDS = 0.05
 
 
 def compute_gradcam(
@@ -67,6 +78,13 @@ def compute_gradcam(
         cancel: polled before each batch; true raises :class:`MedDLLib.errors.Cancelled`.
         progress: ``(fraction of inputs done, "Grad-CAM")`` after each batch.
 
+    The trunk (the layers up to the target layer, which need no gradient) runs on the runtime
+    :mod:`MedDLLib.runtime` chooses for it, for a network attached to its package on the CPU whose trunk
+    :func:`split_at` can cut off: the runtime must give outputs within :data:`TRUNK_OUTPUT_TOLERANCE` and maps
+    within :data:`BF16_MAP_TOLERANCE` of torch fp32's through the torch head, and win back its start-up (a trunk
+    under :data:`TRUNK_MIN_TORCH_SECONDS` in torch is not exported). Elsewhere the trunk runs in torch,
+    channels-last.
+
     Returns:
         float32 array ``(B, *spatial)`` in [0, 1], upsampled (linear) to the input size, normalised over the whole
         batch (all zeros when the network shows no positive evidence anywhere); with ``return_logits`` the pair
@@ -84,14 +102,16 @@ def compute_gradcam(
 
     layer, size = modules[target_layer], max(1, int(batch_size or len(inputs)))
     cams, outputs, ran = [], [], set()
+    trunk = _runtime_trunk(network, target_layer, inputs, size, class_index, method, score)
     for start in range(0, len(inputs), size):
         if cancel is not None and cancel():
             raise Cancelled("cancelled by the user")
         batch, cam = inputs[start:start + size], None
         if bf16 is None:
-            cam, output, bf16 = _choose_precision(network, batch, layer, target_layer, class_index, method, score)
+            cam, output, bf16 = _choose_precision(network, batch, layer, target_layer, class_index, method, score,
+                                                  trunk)
         if cam is None:
-            cam, output = _gradcam(network, batch, layer, class_index, method, bool(bf16), score)
+            cam, output = _gradcam(network, batch, layer, class_index, method, bool(bf16), score, trunk)
             ran.add("torch-bf16" if bf16 else "torch")
         else:  # the measuring call answers with its fp32 map
             ran.add("torch")
@@ -106,7 +126,8 @@ def compute_gradcam(
 
 
 def _choose_precision(network: Any, inputs: Any, layer: Any, target_layer: str, class_index: int | None,
-                      method: str, score: Callable[[Any], Any] | None) -> tuple[np.ndarray | None, Any, bool]:
+                      method: str, score: Callable[[Any], Any] | None,
+                      trunk: _Trunk | None = None) -> tuple[np.ndarray | None, Any, bool]:
     """``(cam, output, bf16)``: the recorded choice (cam None), or both precisions measured now (fp32's cam)."""
     import time
 
@@ -123,10 +144,10 @@ def _choose_precision(network: Any, inputs: Any, layer: Any, target_layer: str, 
     if choice is not None:
         return None, None, bool(choice.get("bf16"))
     start = time.perf_counter()
-    cam, output = _gradcam(network, inputs, layer, class_index, method, False, score)
+    cam, output = _gradcam(network, inputs, layer, class_index, method, False, score, trunk)
     fp32_s = time.perf_counter() - start
     start = time.perf_counter()
-    cam_bf16, _ = _gradcam(network, inputs, layer, class_index, method, True, score)
+    cam_bf16, _ = _gradcam(network, inputs, layer, class_index, method, True, score, trunk)
     bf16_s = time.perf_counter() - start
     spatial = tuple(inputs.shape[2:])
     difference = float(np.abs(cam_maps(cam, spatial) - cam_maps(cam_bf16, spatial)).max(initial=0.0))
@@ -137,15 +158,27 @@ def _choose_precision(network: Any, inputs: Any, layer: Any, target_layer: str, 
 
 
 def _gradcam(network: Any, inputs: Any, layer: Any, class_index: int | None, method: str,
-             bf16: bool, score: Callable[[Any], Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+             bf16: bool, score: Callable[[Any], Any] | None = None,
+             trunk: _Trunk | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Raw class activation maps ``(B, 1, *cells)`` (at the layer's resolution, any sign: :func:`cam_maps`
     makes Grad-CAM's maps of them) and the network's output, of one Grad-CAM pass (see
-    :func:`compute_gradcam`)."""
+    :func:`compute_gradcam`). ``trunk`` (:func:`_runtime_trunk`): its runner gives the target layer's output when
+    its choice for these inputs is a runtime (or still to be measured)."""
     import contextlib
 
     import torch
-    import torch.nn.functional as F
 
+    shape = tuple(inputs.shape)
+    if trunk is not None and trunk.runner.choice(shape) != "torch":
+        was_training = network.training
+        network.eval()
+        try:
+            activation = torch.from_numpy(trunk.runner(inputs.detach().cpu().numpy(), calls=trunk.calls))
+            if trunk.runner.choice(shape) != "torch":
+                return _head_gradcam(trunk.head, activation, class_index, method, bf16, score)
+            trunk.runner.forget(shape)  # measured now and kept in torch: the usual pass (channels-last) below
+        finally:
+            network.train(was_training)
     saved: dict[str, Any] = {}
 
     def keep_activation(module: Any, args: Any, output: Any) -> Any:
@@ -183,7 +216,36 @@ def _gradcam(network: Any, inputs: Any, layer: Any, class_index: int | None, met
         for handle in handles:
             handle.remove()
         network.train(was_training)
-    acti, grad = saved["activation"].detach().float(), gradient.detach().float()
+    return _cam(saved["activation"], gradient, chosen, method), output.detach().float().cpu().numpy()
+
+
+def _head_gradcam(head: Any, activation: Any, class_index: int | None, method: str, bf16: bool,
+                  score: Callable[[Any], Any] | None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_gradcam` from the target layer's output ``activation`` (a CPU tensor) through ``head`` (the rest
+    of the network, :func:`split_at`)."""
+    import contextlib
+
+    import torch
+
+    leaf = activation.detach().float().contiguous().requires_grad_(True)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with torch.enable_grad(), autocast:
+        output = head(leaf.clone())  # a clone goes on: an in-place layer in the head leaves the leaf alone
+        logits = output if score is None else score(output)
+        index = logits.argmax(dim=1) if class_index is None else torch.full(
+            (logits.shape[0],), int(class_index), dtype=torch.long)
+        chosen = logits.gather(1, index[:, None])[:, 0]
+        (gradient,) = torch.autograd.grad(chosen.sum(), leaf)
+    return _cam(leaf, gradient, chosen, method), output.detach().float().cpu().numpy()
+
+
+def _cam(activation: Any, gradient: Any, chosen: Any, method: str) -> np.ndarray:
+    """Raw class activation maps ``(B, 1, *cells)`` from the target layer's output, the gradient of the explained
+    scores ``chosen (B,)`` with respect to it, and the ``method``."""
+    import torch
+    import torch.nn.functional as F
+
+    acti, grad = activation.detach().float(), gradient.detach().float()
     reduce = tuple(range(2, acti.ndim))
     if method == "gradcam":
         weights = grad.mean(dim=reduce, keepdim=True)
@@ -194,7 +256,102 @@ def _gradcam(network: Any, inputs: Any, layer: Any, class_index: int | None, met
         positive = F.relu(chosen.detach().float().exp().view(-1, *([1] * (acti.ndim - 1))) * grad)
         weights = (alpha * positive).sum(dim=reduce, keepdim=True)
     cam = (weights * acti).sum(dim=1, keepdim=True)
-    return cam.cpu().numpy(), output.detach().float().cpu().numpy()
+    return cam.cpu().numpy()
+
+
+def split_at(network: Any, target_layer: str) -> tuple[Any, Any] | None:
+    """``(trunk, head)`` of ``network`` cut after ``target_layer``: ``trunk(x)`` is that layer's output and
+    ``head(activation)`` the network's output from it (``head(trunk(x)) == network(x)``; both torch.fx modules
+    sharing the network's parameters). None when torch.fx cannot trace the network (shape-dependent Python, as a
+    U-Net's padding), the layer is called more than once, or anything else of the trunk reaches the head (a
+    U-Net's skip connections)."""
+    import torch.fx as fx
+
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, module: Any, name: str) -> bool:
+            return name == target_layer or super().is_leaf_module(module, name)
+
+    try:
+        graph = Tracer().trace(network)
+    except Exception:  # noqa: BLE001 - not traceable: Grad-CAM runs the whole network in torch
+        return None
+    nodes = list(graph.nodes)
+    cuts = [i for i, node in enumerate(nodes) if node.op == "call_module" and node.target == target_layer]
+    if len(cuts) != 1:
+        return None
+    cut = nodes[cuts[0]]
+    before = set(nodes[:cuts[0]])
+    for node in nodes[cuts[0] + 1:]:
+        if any(arg in before and arg.op != "get_attr" for arg in node.all_input_nodes):
+            return None
+    trunk_graph, copied = fx.Graph(), {}
+    for node in nodes[:cuts[0] + 1]:
+        copied[node] = trunk_graph.node_copy(node, lambda arg: copied[arg])
+    trunk_graph.output(copied[cut])
+    head_graph = fx.Graph()
+    copied = {cut: head_graph.placeholder("activation")}
+
+    def head_arg(arg: Any) -> Any:
+        if arg not in copied:  # a parameter or buffer read by the head (get_attr)
+            copied[arg] = head_graph.node_copy(arg, head_arg)
+        return copied[arg]
+
+    for node in nodes[cuts[0] + 1:]:
+        copied[node] = head_graph.node_copy(node, head_arg)
+    trunk = fx.GraphModule(network, trunk_graph)
+    trunk.graph.eliminate_dead_code()  # what only the head needed
+    trunk.recompile()
+    return trunk, fx.GraphModule(network, head_graph)
+
+
+class _Trunk(NamedTuple):
+    """Grad-CAM's trunk on a runtime: ``runner`` (:class:`MedDLLib.runtime.Runner` of the trunk), ``head`` (the
+    rest of the network, in torch), ``calls`` (the batches of this Grad-CAM, weighed against a start-up)."""
+
+    runner: Any
+    head: Any
+    calls: int
+
+
+#: network -> target layer -> its runtime runner and torch head, or None where :func:`split_at` cannot cut it
+_SPLITS: "weakref.WeakKeyDictionary[Any, dict[str, tuple[Any, Any] | None]]" = weakref.WeakKeyDictionary()
+
+
+def _runtime_trunk(network: Any, target_layer: str, inputs: Any, batch_size: int, class_index: int | None,
+                   method: str, score: Callable[[Any], Any] | None) -> _Trunk | None:
+    """Grad-CAM's trunk up to ``target_layer`` on the runtime chosen for it (see :func:`compute_gradcam`); None
+    where it stays in torch (not on the CPU, no package, a forced torch, a network :func:`split_at` cannot cut)."""
+    from . import runtime
+
+    if getattr(inputs, "device", None) is None or inputs.device.type != "cpu" or \
+            runtime.forced_backend() == "torch" or runtime.runner_for(network).folder is None:
+        return None
+    splits = _SPLITS.setdefault(network, {})
+    if target_layer not in splits:
+        parts = split_at(network, target_layer)
+        if parts is None:
+            splits[target_layer] = None
+        else:
+            trunk, head = parts
+            spatial = tuple(int(n) for n in inputs.shape[2:])
+
+            def agree(reference: np.ndarray, candidate: np.ndarray) -> bool:
+                import torch
+
+                passes = [_head_gradcam(head, torch.from_numpy(np.asarray(a, dtype=np.float32)), class_index,
+                                        method, False, score) for a in (reference, candidate)]
+                outputs = float(np.abs(passes[0][1] - passes[1][1]).max(initial=0.0))
+                maps = float(np.abs(cam_maps(passes[0][0], spatial) - cam_maps(passes[1][0], spatial))
+                             .max(initial=0.0))
+                return outputs <= TRUNK_OUTPUT_TOLERANCE and maps <= BF16_MAP_TOLERANCE
+
+            runner = runtime.runner_for(network, agree=agree, forward=f"gradcam_trunk_{target_layer}", module=trunk)
+            runner.min_torch_seconds = TRUNK_MIN_TORCH_SECONDS
+            splits[target_layer] = (runner, head)
+    found = splits[target_layer]
+    if found is None:
+        return None
+    return _Trunk(found[0], found[1], max(1, -(-len(inputs) // batch_size)))
 
 
 def _channels_last(inputs: Any) -> Any:

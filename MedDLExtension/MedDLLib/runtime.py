@@ -271,6 +271,9 @@ class Runner:
             made for another network is not used.
         name: the package's name, which the announcement names (two models of one shape in one Slicer session
             are each said).
+        min_torch_seconds: a torch forward (times the caller's calls) faster than this stays in torch without an
+            export or a candidate tried (no runtime's start-up, loading and compiling an export, could be won
+            back); the choice is recorded all the same. 0: every shape is measured.
     """
 
     network: Any
@@ -284,6 +287,7 @@ class Runner:
     build: Callable[[], Any] | None = dataclasses.field(default=None, repr=False)
     network_spec: Any = None
     name: str = ""
+    min_torch_seconds: float = 0.0
     _sessions: dict[tuple[str, tuple[int, ...]], _Session] = dataclasses.field(default_factory=dict, repr=False)
     _module: Any = dataclasses.field(default=None, repr=False)
     _announced: set[str] = dataclasses.field(default_factory=set, repr=False)
@@ -393,6 +397,18 @@ class Runner:
             self._module = _method_module(self.torch_network(), self.forward)
         return self._module
 
+    def choice(self, shape: tuple[int, ...]) -> str | None:
+        """The backend chosen (in this process, or recorded on this machine) for inputs of ``shape``; None when
+        the next call of that shape measures it. ``$MEDDL_RUNTIME=torch`` or no package: ``"torch"``."""
+        if forced_backend() == "torch" or self.folder is None:
+            return "torch"
+        key = self._key(shape)
+        return self.chosen.get(key) or self._recorded(key)
+
+    def forget(self, shape: tuple[int, ...]) -> None:
+        """Drop what :attr:`ran` says of inputs of ``shape`` (for a caller that used another path's output)."""
+        self.ran.pop(self._key(shape), None)
+
     def _key(self, shape: tuple[int, ...]) -> str:
         """The choice key of an input shape: ``"9x64x64"``, or ``"evidence_map:4x64x256x256"``."""
         return _shape_key(shape) if self.forward == "forward" else f"{self.forward}:{_shape_key(shape)}"
@@ -415,6 +431,10 @@ class Runner:
         reference = self.torch_forward(x)
         times = {"torch": time.perf_counter() - start}
         setups: dict[str, float] = {}
+        if only is None and calls * times["torch"] < self.min_torch_seconds:
+            self.chosen[key], self.timings[key] = "torch", times
+            self._record(key, "torch", times, x.shape, calls)
+            return reference
         onnx_file = self._export(x.shape)
         names = [n for n in available_backends() if only in (None, n)] if onnx_file is not None else []
         if names:
@@ -507,9 +527,9 @@ class Runner:
                 calls: int = 1) -> None:
         from .io import atomic_write_json
 
-        record = self._read_record()
+        record = self._read_record() or (self._new_record() if backend == "torch" else {})
         if not record:
-            return  # no verified export to attach a choice to
+            return  # no verified export to attach a runtime's choice to
         choices = record.setdefault("choices", {})
         choices[key] = _with_this_machines(choices.get(key), {"backend": backend, "seconds": times,
                                                                "shape": [int(s) for s in shape], "calls": calls})
@@ -682,12 +702,15 @@ def export_folder(package: "ModelPackage") -> Path:
 
 
 def runner_for(network: "torch.nn.Module | Runner", package: "ModelPackage | None" = None, *,
-               agree: Agreement | None = None, forward: str = "forward") -> Runner:
+               agree: Agreement | None = None, forward: str = "forward", module: Any = None) -> Runner:
     """The :class:`Runner` of ``network`` (one per network object and ``forward``, reused by every call).
 
     Args:
         network: a torch network in eval mode, or a Runner (returned as it is).
-        forward: the network's method to run (default its ``forward``; e.g. ``"evidence_map"``).
+        forward: the network's method to run (default its ``forward``; e.g. ``"evidence_map"``), or the name of
+            the part of it that ``module`` computes (its exports and choices are kept under that name).
+        module: a torch module computing a part of ``network`` with its parameters (e.g. Grad-CAM's trunk,
+            :func:`MedDLLib.gradcam.split_at`); used when the runner is made.
         package: the model package whose weights ``network`` carries (None: the one given to :func:`attach`;
             none at all: a torch-only runner).
         agree: agreement test for choosing a runtime (default: sigmoid probabilities within 1e-3).
@@ -705,6 +728,8 @@ def runner_for(network: "torch.nn.Module | Runner", package: "ModelPackage | Non
         runner = runners[forward] = _new_runner(network, package, agree, forward)
     elif agree is not None:
         runner.agree = agree
+    if module is not None:  # also for a runner made before, to compile a recorded session (LoadedModel.warm)
+        runner._module = module
     return runner
 
 
