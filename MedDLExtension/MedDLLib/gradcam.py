@@ -33,8 +33,8 @@ BF16_MAP_TOLERANCE = 0.02
 TRUNK_OUTPUT_TOLERANCE = 1e-3
 
 #: A trunk whose torch forward takes less than this (seconds, all batches) stays in torch without an export:
-#: loading and compiling one took 7 ms to 1.6 s here, so a runtime could not win it back (ICH's trunk, 40 slices
-#: to ``layer3``, takes about 8 ms; glioma's seed ResNet-10 to ``layer2`` on 64 x 256 x 256, 3.9 s).
+#: loading and compiling one took 7 ms to 2 s here, so a runtime could not win it back (ICH's trunk, 40 slices
+#: to ``layer3``, takes about 30 ms; glioma's seed ResNet-10 to ``layer2`` on 64 x 256 x 256, 4 s).
 TRUNK_MIN_TORCH_SECONDS = 0.05
 
 
@@ -261,8 +261,8 @@ def _cam(activation: Any, gradient: Any, chosen: Any, method: str) -> np.ndarray
 
 def split_at(network: Any, target_layer: str) -> tuple[Any, Any] | None:
     """``(trunk, head)`` of ``network`` cut after ``target_layer``: ``trunk(x)`` is that layer's output and
-    ``head(activation)`` the network's output from it (``head(trunk(x)) == network(x)``; both torch.fx modules
-    sharing the network's parameters). None when torch.fx cannot trace the network (shape-dependent Python, as a
+    ``head(activation)`` the network's output from it (``head(trunk(x)) == network(x)``; torch.fx modules sharing
+    the network's parameters, the trunk run channels-last in torch, :func:`_channels_last_module`). None when torch.fx cannot trace the network (shape-dependent Python, as a
     U-Net's padding), the layer is called more than once, or anything else of the trunk reaches the head (a
     U-Net's skip connections)."""
     import torch.fx as fx
@@ -301,7 +301,24 @@ def split_at(network: Any, target_layer: str) -> tuple[Any, Any] | None:
     trunk = fx.GraphModule(network, trunk_graph)
     trunk.graph.eliminate_dead_code()  # what only the head needed
     trunk.recompile()
-    return trunk, fx.GraphModule(network, head_graph)
+    return _channels_last_module(trunk), fx.GraphModule(network, head_graph)
+
+
+def _channels_last_module(module: Any) -> Any:
+    """``module`` with its torch forward run on channels-last inputs on the CPU (:func:`_channels_last`: as
+    Grad-CAM's torch pass runs the trunk, so a runtime is timed against that); a trace (an export) sees ``module``
+    as it is (ONNX has no memory format)."""
+    import torch
+
+    class ChannelsLast(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, x: Any) -> Any:
+            return self.module(x if torch.jit.is_tracing() else _channels_last(x))
+
+    return ChannelsLast()
 
 
 class _Trunk(NamedTuple):
