@@ -149,6 +149,9 @@ def test_bf16_grad_cam_only_where_measured_to_agree(tmp_path, monkeypatch):
 
     from MedDLLib import gradcam, runtime
 
+    # the trunk stays in torch (a loaded machine could time this tiny trunk slower than a runtime's start-up):
+    # the precision choice is what this test measures; Testing/runtime_checks.py checks the trunk on a runtime
+    monkeypatch.setattr(gradcam, "TRUNK_MIN_TORCH_SECONDS", float("inf"))
     package_folder = untrained_package(tmp_path, 32)
     x = torch.rand(4, 9, 32, 32, generator=torch.Generator().manual_seed(3))
     network, _ = load_model(package_folder)

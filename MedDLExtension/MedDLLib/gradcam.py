@@ -13,7 +13,6 @@ so that a heatmap does not import the whole of MONAI):
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Callable, Literal, NamedTuple
 
 import numpy as np
@@ -206,10 +205,7 @@ def _gradcam(network: Any, inputs: Any, layer: Any, class_index: int | None, met
             output = network(_channels_last(inputs))
             if "activation" not in saved:
                 raise ValueError("the target layer was not run by the network's forward")
-            logits = output if score is None else score(output)
-            index = logits.argmax(dim=1) if class_index is None else torch.full(
-                (logits.shape[0],), int(class_index), dtype=torch.long, device=logits.device)
-            chosen = logits.gather(1, index[:, None])[:, 0]
+            chosen = _explained(output if score is None else score(output), class_index)
             # the gradient at the layer only: no weight gradients are computed or left on the network
             (gradient,) = torch.autograd.grad(chosen.sum(), saved["activation"])
     finally:
@@ -231,12 +227,18 @@ def _head_gradcam(head: Any, activation: Any, class_index: int | None, method: s
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with torch.enable_grad(), autocast:
         output = head(leaf.clone())  # a clone goes on: an in-place layer in the head leaves the leaf alone
-        logits = output if score is None else score(output)
-        index = logits.argmax(dim=1) if class_index is None else torch.full(
-            (logits.shape[0],), int(class_index), dtype=torch.long)
-        chosen = logits.gather(1, index[:, None])[:, 0]
+        chosen = _explained(output if score is None else score(output), class_index)
         (gradient,) = torch.autograd.grad(chosen.sum(), leaf)
     return _cam(leaf, gradient, chosen, method), output.detach().float().cpu().numpy()
+
+
+def _explained(logits: Any, class_index: int | None) -> Any:
+    """The scores Grad-CAM explains, ``(B,)``: each sample's ``class_index`` logit (its arg-max when None)."""
+    import torch
+
+    index = logits.argmax(dim=1) if class_index is None else torch.full(
+        (logits.shape[0],), int(class_index), dtype=torch.long, device=logits.device)
+    return logits.gather(1, index[:, None])[:, 0]
 
 
 def _cam(activation: Any, gradient: Any, chosen: Any, method: str) -> np.ndarray:
@@ -262,9 +264,9 @@ def _cam(activation: Any, gradient: Any, chosen: Any, method: str) -> np.ndarray
 def split_at(network: Any, target_layer: str) -> tuple[Any, Any] | None:
     """``(trunk, head)`` of ``network`` cut after ``target_layer``: ``trunk(x)`` is that layer's output and
     ``head(activation)`` the network's output from it (``head(trunk(x)) == network(x)``; torch.fx modules sharing
-    the network's parameters, the trunk run channels-last in torch, :func:`_channels_last_module`). None when torch.fx cannot trace the network (shape-dependent Python, as a
-    U-Net's padding), the layer is called more than once, or anything else of the trunk reaches the head (a
-    U-Net's skip connections)."""
+    the network's parameters, the trunk run channels-last in torch, :func:`_channels_last_module`). None when
+    torch.fx cannot trace the network (shape-dependent Python, as a U-Net's padding), the layer is called more than
+    once, or anything else of the trunk reaches the head (a U-Net's skip connections)."""
     import torch.fx as fx
 
     class Tracer(fx.Tracer):
@@ -330,8 +332,9 @@ class _Trunk(NamedTuple):
     calls: int
 
 
-#: network -> target layer -> its runtime runner and torch head, or None where :func:`split_at` cannot cut it
-_SPLITS: "weakref.WeakKeyDictionary[Any, dict[str, tuple[Any, Any] | None]]" = weakref.WeakKeyDictionary()
+#: The network's attribute holding, per target layer, its trunk's runner and its torch head, or None where
+#: :func:`split_at` cannot cut it (on the network, as its runners: a dict keyed by it would keep it alive)
+_SPLITS_ATTRIBUTE = "_meddl_gradcam_splits"
 
 
 def _runtime_trunk(network: Any, target_layer: str, inputs: Any, batch_size: int, class_index: int | None,
@@ -343,7 +346,7 @@ def _runtime_trunk(network: Any, target_layer: str, inputs: Any, batch_size: int
     if getattr(inputs, "device", None) is None or inputs.device.type != "cpu" or \
             runtime.forced_backend() == "torch" or runtime.runner_for(network).folder is None:
         return None
-    splits = _SPLITS.setdefault(network, {})
+    splits = network.__dict__.setdefault(_SPLITS_ATTRIBUTE, {})
     if target_layer not in splits:
         parts = split_at(network, target_layer)
         if parts is None:
