@@ -6,9 +6,11 @@ and torch takes over when the runtime packages are missing. Speed is measured by
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -385,6 +387,10 @@ def test_gradcam_trunk_runs_on_a_runtime_that_agrees_with_torch(ich, tmp_path, m
                 # the measuring call is answered by torch's trunk (the reference), a later one by the runtime
                 ran = f"{key.replace(':', ' of ')} inputs: " + runtime.describe(backend if run == "later" else "torch")
                 assert ran in said.split("; "), said
+        gone = weakref.ref(network)  # its trunk's runner and head live on it: nothing else keeps it alive
+        del network
+        gc.collect()
+        assert gone() is None
 
 
 def test_export_is_cached_beside_the_package_and_reused_by_a_later_process(ich_untrained):
