@@ -391,6 +391,18 @@ def test_gradcam_trunk_runs_on_a_runtime_that_agrees_with_torch(ich, tmp_path, m
         del network
         gc.collect()
         assert gone() is None
+    # auto mode above the floor: the trunk is exported and the candidates tried (whichever wins; the fp32 ones
+    # always agree, so they are timed)
+    monkeypatch.setattr(gradcam, "TRUNK_MIN_TORCH_SECONDS", 1e-9)
+    model = tmp_path / "above-the-floor"
+    shutil.copytree(ich / "model", model, ignore=shutil.ignore_patterns("runtime"))
+    network, _ = load_model(model)
+    maps = gradcam.compute_gradcam(network, x, "layer3", class_index=0, bf16=False)
+    assert np.abs(maps - reference).max() <= gradcam.BF16_MAP_TOLERANCE
+    key = "gradcam_trunk_layer3:" + "x".join(str(n) for n in x.shape[1:])
+    seconds = json.loads((model / "runtime" / runtime.RECORD).read_text())["choices"][key]["seconds"]
+    assert {"torch", "onnxruntime", "openvino"} <= set(seconds)
+    assert list((model / "runtime").glob("gradcam_trunk*.onnx"))
 
 
 def test_export_is_cached_beside_the_package_and_reused_by_a_later_process(ich_untrained):

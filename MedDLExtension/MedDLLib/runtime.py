@@ -438,12 +438,12 @@ class Runner:
             times["torch"] = min(times["torch"], time.perf_counter() - start)
 
         floor = only is None and self.min_torch_seconds > 0  # see min_torch_seconds
-        if floor and calls * times["torch"] >= self.min_torch_seconds:
+        if floor:
             time_torch_warm()  # the cold forward paid torch's one-off set-up
-        if floor and calls * times["torch"] < self.min_torch_seconds:
-            self.chosen[key], self.timings[key] = "torch", times
-            self._record(key, "torch", times, x.shape, calls)
-            return reference
+            if calls * times["torch"] < self.min_torch_seconds:
+                self.chosen[key], self.timings[key] = "torch", times
+                self._record(key, "torch", times, x.shape, calls)
+                return reference
         onnx_file = self._export(x.shape)
         names = [n for n in available_backends() if only in (None, n)] if onnx_file is not None else []
         if names and not floor:
